@@ -1,0 +1,84 @@
+"""Folding: every BatchNorm ends folded into a neighbouring layer, as a frozen affine, or kept with a reason.
+
+The public face is :func:`fold`. The algebra lives in :mod:`bnfold.fold.maths`, the graph patterns in
+:mod:`bnfold.fold.forward` and :mod:`bnfold.fold.backward`, and the pass in :mod:`bnfold.fold.engine`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from bnfold.errors import InputSpecError
+from bnfold.fold.capture import capture, graph_module
+from bnfold.fold.engine import fold_graph
+from bnfold.fold.records import BnRecord, summarise
+from bnfold.fold.sites import find_sites
+
+__all__ = ["BnRecord", "FoldResult", "fold", "fold_graph"]
+
+
+@dataclass
+class FoldResult:
+    """The folded model (a runnable ``nn.Module``), one record per BatchNorm, and notes on what changed."""
+
+    module: fx.GraphModule
+    records: list[BnRecord]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    program: torch.export.ExportedProgram | None = None
+    recalibrated: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return summarise(self.records)
+
+    def __repr__(self) -> str:
+        c = self.counts
+        return f"FoldResult({c['folded']}/{c['found']} BatchNorms folded, {c['affine']} frozen affine)"
+
+
+def fold(
+    model: nn.Module | torch.export.ExportedProgram,
+    example_inputs: Sequence[Any] | None = None,
+    *,
+    calibration: Iterable[Sequence[torch.Tensor]] | None = None,
+    dynamic_batch: bool = True,
+) -> FoldResult:
+    """Fold every BatchNorm of ``model`` that folds exactly; the input model is not modified.
+
+    ``model`` is an ``nn.Module`` (traced with ``example_inputs``) or an ``ExportedProgram``.
+    ``calibration``: batches to re-estimate each BN's statistics from before folding (see
+    :func:`bnfold.fold.recalibrate.recalibrate`).
+    """
+    start = time.perf_counter()
+    notes: list[str] = []
+    if isinstance(model, torch.export.ExportedProgram):
+        program = model
+    else:
+        if example_inputs is None:
+            raise InputSpecError("fold() needs example_inputs to trace an nn.Module")
+        program, notes = capture(model, tuple(example_inputs), dynamic_batch)
+    gm = graph_module(program)
+    sites = find_sites(gm)
+    recalibrated = False
+    if calibration is not None:
+        from bnfold.fold.recalibrate import recalibrate
+
+        notes.append(recalibrate(gm, sites, calibration))
+        sites, recalibrated = find_sites(gm), True
+    records = fold_graph(gm, sites)
+    if recalibrated:
+        _carry_stat_changes(gm, records)
+    return FoldResult(gm, records, notes, time.perf_counter() - start, program, recalibrated)
+
+
+def _carry_stat_changes(gm: fx.GraphModule, records: list[BnRecord]) -> None:
+    changes: dict[str, float] = getattr(gm, "_bnfold_stat_changes", {})
+    for record in records:
+        record.max_stat_change = changes.get(record.name)

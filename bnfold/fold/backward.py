@@ -1,0 +1,93 @@
+"""Backward folds: the affine moves into the layer(s) that consume its output.
+
+``Q(s·x + t)`` for a conv or linear Q equals ``Q'(x)`` with ``W'[o,i,k] = W[o,i,k]·s[i]`` and
+``b'[o] = b[o] + Σ_{i,k} W[o,i,k]·t[i]`` — but only when every output position of Q sees the whole kernel
+over real input. Zero padding breaks that (the padded border would read 0 instead of t), so a conv with
+zero padding does not qualify; reflect, replicate and circular padding copy real values, commute with a
+per-channel affine, and do qualify. A transposed conv spreads a constant unevenly over its output, so it
+never qualifies. Every consumer of the output must qualify, or nothing is folded.
+"""
+
+from __future__ import annotations
+
+from torch import fx
+
+from bnfold.fold import maths
+from bnfold.fold.forward import Match, Plan, _bypass
+from bnfold.fold.graph import Layer, ParameterWriter, arguments, as_layer, aten, display, is_permute, map_axis_forward
+
+COPYING_PADS = {"reflect", "replicate", "circular"}
+
+
+def _zero_padded(layer: Layer) -> bool:
+    padding = layer.padding
+    if isinstance(padding, str):
+        return padding == "same" and any(k > 1 for k in layer.weight_shape[2:])
+    values = list(padding) if isinstance(padding, (list, tuple)) else [padding]
+    return any(int(p) != 0 for p in values)
+
+
+def _consumer(user: fx.Node, node: fx.Node, axis: int) -> Layer | str:
+    layer = as_layer(user)
+    if layer is None:
+        return f"its output feeds {display(user)}, which is not a conv or linear"
+    if user.args[0] is not node:
+        return f"its output is a weight of {layer.name}, not its input"
+    if layer.kind == "conv_transpose":
+        return f"its output feeds the transposed conv {layer.name}, which would spread the shift unevenly"
+    if layer.input_channel_axis() != axis:
+        return f"it normalises axis {axis} of {layer.name}'s input, not the channels {layer.name} reads"
+    if _zero_padded(layer):
+        return f"{layer.name} pads with zeros: folding backward would change the border"
+    return layer
+
+
+def consumers(node: fx.Node, axis: int = 1) -> list[Layer] | str:
+    """Every layer reached from ``node`` through permutes and copying pads, or why one is not foldable."""
+    if not node.users:
+        return "its output is a model output"
+    found: list[Layer] = []
+    for user in node.users:
+        if user.op == "output":
+            return "its output is also a model output"
+        if is_permute(user):
+            mapped = map_axis_forward(user, axis)
+            result = consumers(user, mapped) if mapped is not None else f"unknown shape at {display(user)}"
+        elif user.op == "call_function" and user.target == aten.pad.default:
+            result = _through_pad(user, axis)
+        else:
+            result = _consumer(user, node, axis)
+        if isinstance(result, str):
+            return result
+        found.extend(result if isinstance(result, list) else [result])
+    return found
+
+
+def _through_pad(pad: fx.Node, axis: int) -> list[Layer] | str:
+    args = arguments(pad)
+    mode = args.get("mode") or "constant"
+    padded_dims = len(args["pad"]) // 2
+    rank = len(pad.meta["val"].shape) if "val" in pad.meta else None
+    if mode not in COPYING_PADS:
+        return f"{display(pad)} pads with {mode} values: folding backward would change the border"
+    if rank is None or axis >= rank - padded_dims:
+        return f"{display(pad)} pads the channel axis"
+    return consumers(pad, axis)
+
+
+def match_consumers(site, graph: fx.Graph) -> Match:  # type: ignore[no-untyped-def]
+    found = consumers(site.output)
+    if isinstance(found, str):
+        return found
+    layers = found
+
+    def rewrite(writer: ParameterWriter) -> None:
+        for layer in layers:
+            weight = writer.gm_tensor(layer.weight)
+            bias = writer.gm_tensor(layer.bias) if layer.bias is not None else None
+            w, b = maths.fold_into_consumer(weight, bias, site.scale, site.shift, layer.groups)
+            writer.replace(layer.node, "weight", layer.weight, w)
+            writer.replace(layer.node, "bias", layer.bias, b)
+        _bypass(site, graph)
+
+    return Plan("backward", [layer.name for layer in layers], rewrite)

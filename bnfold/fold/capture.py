@@ -1,0 +1,64 @@
+"""From a user's model to the aten-level GraphModule the folds work on, via torch.export."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from bnfold.errors import InputSpecError, TraceError, one_line
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[bool]:
+    """Put every submodule in eval mode for the block, then restore each one's flag. Yields whether any
+    submodule was training."""
+    flags = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        yield any(flags.values())
+    finally:
+        for submodule, flag in flags.items():
+            submodule.training = flag
+
+
+def batch_dynamic_shapes(inputs: tuple[Any, ...]) -> tuple[dict[int, Any] | None, ...]:
+    """Mark dim 0 of every tensor input as a batch dimension torch.export may keep dynamic."""
+    return tuple(
+        {0: torch.export.Dim.AUTO} if isinstance(t, torch.Tensor) and t.dim() > 0 else None for t in inputs
+    )
+
+
+def capture(model: nn.Module, inputs: tuple[Any, ...], dynamic_batch: bool = True) -> tuple[torch.export.ExportedProgram, list[str]]:
+    """torch.export the model in eval mode without touching the caller's flags; notes say what changed."""
+    notes: list[str] = []
+    dynamic = batch_dynamic_shapes(inputs) if dynamic_batch else None
+    with eval_mode(model) as was_training:
+        if was_training:
+            notes.append("the model was in training mode; it was traced in eval mode (BatchNorm uses running statistics)")
+        program = _export(model, inputs, dynamic)
+    return program, notes
+
+
+def _export(model: nn.Module, inputs: tuple[Any, ...], dynamic: Any) -> torch.export.ExportedProgram:
+    try:
+        return torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        if _shape_mismatch(exc):
+            raise InputSpecError(f"the inputs do not fit the model: {one_line(exc)}; check --input-shape") from exc
+        raise TraceError(f"the model's forward failed while tracing: {one_line(exc)}") from exc
+    except Exception as exc:  # torch.export raises many private error types
+        raise TraceError(f"torch.export could not trace the model: {one_line(exc)}") from exc
+
+
+def _shape_mismatch(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(k in text for k in ("size mismatch", "Expected", "expected input", "shape", "must match"))
+
+
+def graph_module(program: torch.export.ExportedProgram) -> fx.GraphModule:
+    """A runnable GraphModule whose parameters are get_attr nodes the folds can rewrite."""
+    return program.module()  # type: ignore[return-value]

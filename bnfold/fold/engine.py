@@ -1,0 +1,87 @@
+"""The fold pass over a GraphModule: every affine site ends folded, as a frozen affine, or kept.
+
+Rules are tried in phases so that one fold can enable the next: first into producers (plain, branch sums,
+concatenations), then RepVGG identity branches (whose neighbouring conv's own BN is folded by then), then
+into consumers. Whatever is left becomes a frozen ``x·s + t`` with the reasons every rule gave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import fx
+
+from bnfold.fold.backward import match_consumers
+from bnfold.fold.forward import Match, Plan, match_branches, match_concat, match_identity, match_producer
+from bnfold.fold.graph import ParameterWriter, aten, ndim, remove_unused
+from bnfold.fold.records import AFFINE, FOLDED, BnRecord
+from bnfold.fold.sites import AffineSite, find_sites
+
+Rule = Callable[[AffineSite, fx.Graph], Match]
+PHASES: tuple[tuple[Rule, ...], ...] = (
+    (match_concat, match_branches, match_producer),
+    (match_identity,),
+    (match_consumers,),
+)
+
+
+def fold_graph(gm: fx.GraphModule, sites: list[AffineSite] | None = None) -> list[BnRecord]:
+    """Fold every site of ``gm`` in place and return one record per site."""
+    sites = find_sites(gm) if sites is None else sites
+    writer = ParameterWriter(gm)
+    reasons: dict[int, list[str]] = {id(s): [] for s in sites}
+    pending = [s for s in sites if s.foldable]
+    for rules in PHASES:
+        pending = [s for s in pending if not _try(s, rules, gm.graph, writer, reasons[id(s)])]
+    for site in pending:
+        _freeze(site, gm, writer, reasons[id(site)])
+    remove_unused(gm)
+    return [s.record for s in sites if s.is_batchnorm_call or s.record.kind != "Mul/Add" or s.record.action == FOLDED]
+
+
+def _try(site: AffineSite, rules: tuple[Rule, ...], graph: fx.Graph, writer: ParameterWriter, reasons: list[str]) -> bool:
+    for rule in rules:
+        match = rule(site, graph)
+        if isinstance(match, Plan):
+            match.rewrite(writer)
+            site.record.action, site.record.into, site.record.how = FOLDED, match.into, match.how
+            site.record.reason = None
+            return True
+        if isinstance(match, str):
+            reasons.append(match)
+            if rule is not rules[-1]:
+                return False  # the pattern applied and refused: a later rule of this phase would mislead
+    return False
+
+
+def _freeze(site: AffineSite, gm: fx.GraphModule, writer: ParameterWriter, reasons: list[str]) -> None:
+    """Keep the site as a frozen per-channel ``x·s + t`` (already one when it is a Mul/Add)."""
+    site.record.action = AFFINE
+    site.record.reason = _explain(reasons)
+    if not site.is_batchnorm_call:
+        return
+    x = site.input
+    dims = ndim(x) or 2
+    dtype = x.meta["val"].dtype if "val" in x.meta else torch.float32
+    view = [-1] + [1] * (dims - 2)
+    scale = writer.new_attribute(site.output, site.scale.to(dtype).reshape(view), "scale")  # type: ignore[union-attr]
+    shift = writer.new_attribute(site.output, site.shift.to(dtype).reshape(view), "shift")  # type: ignore[union-attr]
+    with gm.graph.inserting_before(site.output):
+        scaled = gm.graph.call_function(aten.mul.Tensor, (x, scale))
+        shifted = gm.graph.call_function(aten.add.Tensor, (scaled, shift))
+    for node in (scaled, shifted):
+        node.meta["val"] = x.meta.get("val")
+        node.meta["nn_module_stack"] = site.output.meta.get("nn_module_stack", {})
+    site.output.replace_all_uses_with(shifted)
+    site.erase(gm.graph)
+
+
+def _explain(reasons: list[str]) -> str:
+    unique = list(dict.fromkeys(reasons))
+    if not unique:
+        return "no fold pattern applies"
+    if len(unique) == 1:
+        return unique[0]
+    middle = "".join(f"; {r}" for r in unique[1:-1])
+    return f"cannot fold forward: {unique[0]}{middle}; cannot fold backward: {unique[-1]}"

@@ -1,0 +1,204 @@
+"""Finding the per-channel affines to fold: BatchNorm calls and BN-like constant Mul/Add pairs.
+
+Each becomes an :class:`AffineSite`: the node it reads (``input``), the node whose value it defines
+(``output``), the nodes to erase once it is folded, and its fp64 scale and shift along axis 1. A BN that
+normalises with batch statistics gets no scale: it stays as it is, with its reason recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+from bnfold.errors import FoldError
+from bnfold.fold import maths
+from bnfold.fold.graph import (
+    BATCHNORMS, aten, arguments, as_layer, attribute_owner, constant, display, is_getitem_zero, is_permute,
+    ndim, shape,
+)
+from bnfold.fold.records import KEPT, BnRecord
+
+
+@dataclass
+class AffineSite:
+    """One per-channel affine ``output = scale · input + shift`` (axis 1) found in the graph."""
+
+    record: BnRecord
+    first: fx.Node  # the call that reads the input: the BN, or the Mul/Add
+    output: fx.Node
+    nodes: list[fx.Node]
+    scale: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+    statistics: tuple[str, str] | None = None  # running_mean, running_var attribute names
+    is_batchnorm_call: bool = True
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def input(self) -> fx.Node:
+        """The node the affine reads; read live, since folding a neighbour rewires it."""
+        args = self.first.args
+        if self.is_batchnorm_call:
+            return args[0]  # type: ignore[return-value]
+        operand = args[0]
+        return operand if isinstance(operand, fx.Node) and operand.op != "get_attr" else args[1]  # type: ignore[return-value]
+
+    @property
+    def foldable(self) -> bool:
+        return self.scale is not None
+
+    def erase(self, graph: fx.Graph) -> None:
+        """Remove the site's nodes after its output's users were pointed elsewhere."""
+        for node in self.nodes:
+            if not node.users:
+                graph.erase_node(node)
+
+
+def module_kind(node: fx.Node, default: str) -> str:
+    """The class name of the innermost module that made ``node`` (``BatchNorm2d``, ``FrozenBatchNorm2d``)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return default
+    type_name = list(stack.values())[-1][1]
+    return str(type_name).rsplit(".", 1)[-1] if isinstance(type_name, str) else getattr(type_name, "__name__", default)
+
+
+def module_path(node: fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    return list(stack.values())[-1][0] or None
+
+
+def find_sites(gm: fx.GraphModule) -> list[AffineSite]:
+    """Every BatchNorm call and BN-like constant Mul/Add in graph order."""
+    sites: list[AffineSite] = []
+    claimed: set[fx.Node] = set()
+    for node in list(gm.graph.nodes):
+        if node in claimed or node.op != "call_function":
+            continue
+        site = batchnorm_site(gm, node) if node.target in BATCHNORMS else constant_affine_site(gm, node)
+        if site is not None:
+            sites.append(site)
+            claimed.update(site.nodes)
+    return sites
+
+
+def batchnorm_site(gm: fx.GraphModule, node: fx.Node) -> AffineSite | None:
+    args = arguments(node)
+    output = node
+    if node.target == aten._native_batch_norm_legit_no_training.default:
+        outputs = list(node.users)
+        if len(outputs) != 1 or not is_getitem_zero(outputs[0]):
+            return _kept(node, args, "its saved mean and inverse std outputs are used elsewhere")
+        output = outputs[0]
+    x = args["input"]
+    if args.get("training"):
+        reason = "normalises each batch with that batch's own statistics"
+        if args["running_mean"] is None:
+            reason = "track_running_stats=False: it " + reason + " at inference, so it is not a fixed affine"
+        return _kept(node, args, reason)
+    values = {k: constant(gm, args[k]) for k in ("running_mean", "running_var", "weight", "bias")}
+    for key in ("weight", "bias"):
+        if args[key] is not None and values[key] is None:
+            return _kept(node, args, f"its {key} is computed at run time, not a stored parameter")
+    if values["running_mean"] is None or values["running_var"] is None:
+        return _kept(node, args, "its running statistics are computed at run time")
+    name = _bn_name(node, args)
+    eps = float(args["eps"])
+    problem = maths.statistics_problem(values["running_mean"], values["running_var"], eps)
+    if problem:
+        raise FoldError(f"BatchNorm {name}: {problem}; the checkpoint is damaged, retrain or restore it")
+    scale, shift = maths.batchnorm_affine(
+        values["running_mean"], values["running_var"], values["weight"], values["bias"], eps
+    )
+    record = BnRecord(name=name, kind=module_kind(node, "batch_norm"), channels=scale.numel())
+    nodes = [output, node] if output is not node else [node]
+    stats = (str(args["running_mean"].target), str(args["running_var"].target))
+    return AffineSite(record, node, output, nodes, scale, shift, statistics=stats, extra={"eps": eps})
+
+
+def _bn_name(node: fx.Node, args: dict[str, object]) -> str:
+    for key in ("running_mean", "weight"):
+        value = args.get(key)
+        if isinstance(value, fx.Node) and value.op == "get_attr":
+            target = str(value.target)
+            return attribute_owner(target) if target.endswith(f".{key}") else target
+    return module_path(node) or node.name
+
+
+def _kept(node: fx.Node, args: dict[str, object], reason: str) -> AffineSite:
+    record = BnRecord(name=_bn_name(node, args), kind=module_kind(node, "batch_norm"), action=KEPT, reason=reason)
+    return AffineSite(record, node, node, [node])
+
+
+def per_channel(value: torch.Tensor | None, like: fx.Node) -> torch.Tensor | None:
+    """``value`` as a length-C fp64 vector when it broadcasts along axis 1 of ``like`` only, else None."""
+    dims, dims_shape = ndim(like), shape(like)
+    if value is None or dims is None or dims < 2 or value.dim() > dims or not value.is_floating_point():
+        return None
+    channels = dims_shape[1] if dims_shape else None
+    if not isinstance(channels, int):
+        return None
+    full = [1] * (dims - value.dim()) + list(value.shape)
+    if any(size != 1 for axis, size in enumerate(full) if axis != 1) or full[1] not in (1, channels):
+        return None
+    return value.detach().to(torch.float64).reshape(-1).expand(channels).clone()
+
+
+def _operands(node: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, torch.Tensor | None] | None:
+    a, b = node.args[0], node.args[1]
+    if isinstance(a, fx.Node) and constant(gm, b) is not None and a.op != "get_attr":
+        return a, per_channel(constant(gm, b), a)
+    if isinstance(b, fx.Node) and constant(gm, a) is not None and b.op != "get_attr":
+        return b, per_channel(constant(gm, a), b)
+    return None
+
+
+def constant_affine_site(gm: fx.GraphModule, node: fx.Node) -> AffineSite | None:
+    """``x · c (+ d)`` or ``x + d`` with per-channel constants, when BN-like or right after a layer."""
+    if node.target not in (aten.mul.Tensor, aten.add.Tensor) or node.kwargs.get("alpha", 1) != 1:
+        return None
+    found = _operands(node, gm)
+    if found is None or found[1] is None:
+        return None
+    x, factor = found
+    channels = factor.numel()
+    scale, shift, nodes = torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64), [node]
+    if node.target == aten.add.Tensor:
+        shift = factor
+    else:
+        scale = factor
+        follow = _single_constant_add(node, gm)
+        if follow is not None:
+            nodes, shift = [follow[0], node], follow[1]
+    kind = module_kind(node, "Mul/Add")
+    if "Norm" not in kind and not _after_layer(x):
+        return None
+    record = BnRecord(name=module_path(node) or node.name, kind=kind if "Norm" in kind else "Mul/Add",
+                      channels=channels)
+    return AffineSite(record, node, nodes[0], nodes, scale, shift, is_batchnorm_call=False)
+
+
+def _single_constant_add(node: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, torch.Tensor] | None:
+    users = list(node.users)
+    if len(users) != 1 or users[0].target != aten.add.Tensor or users[0].kwargs.get("alpha", 1) != 1:
+        return None
+    found = _operands(users[0], gm)
+    if found is None or found[0] is not node or found[1] is None:
+        return None
+    return users[0], found[1]
+
+
+def _after_layer(x: fx.Node) -> bool:
+    while is_permute(x) and isinstance(x.args[0], fx.Node):
+        x = x.args[0]
+    return as_layer(x) is not None
+
+
+def describe_input(node: fx.Node) -> str:
+    """'the model input x' or 'relu_3', for reasons."""
+    if node.op == "placeholder":
+        return f"the model input {node.name}"
+    return display(node)
