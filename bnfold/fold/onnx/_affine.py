@@ -1,0 +1,176 @@
+"""Recognising BN-like nodes as per-channel affines ``y = s·x + t`` along one axis of ``x``.
+
+Two patterns are recognised:
+
+* ``BatchNormalization`` in inference form (one output, ``training_mode=0``, spatial): channel axis 1,
+  ``s = γ / √(σ² + ε)``, ``t = β − μ·s`` from :func:`bnfold.fold.maths.batchnorm_affine`;
+* ``Mul`` by a per-channel constant then ``Add`` of a per-channel constant, right after a layer with
+  constant weights (what a frozen BN, e.g. torchvision's ``FrozenBatchNorm2d``, exports to): ``s`` and
+  ``t`` are the two constants broadcast to one value per channel.
+
+Anything that looks like a BN but is not such an affine comes back as a reason to keep it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+
+from bnfold.errors import FoldError
+from bnfold.fold import maths
+from bnfold.fold.onnx._graph import Graph, Use, attribute, label, node_name
+
+BATCHNORM = "BatchNormalization"
+MUL_ADD = "Mul/Add"
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class ChannelAffine:
+    """``output = scale·input + shift`` along ``axis`` of ``input``, computed by ``nodes``."""
+
+    name: str
+    kind: str
+    nodes: list[onnx.NodeProto]
+    input: str
+    output: str
+    axis: int
+    scale: torch.Tensor
+    shift: torch.Tensor
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.numel())
+
+    @property
+    def first(self) -> onnx.NodeProto:
+        return self.nodes[0]
+
+    @property
+    def use(self) -> Use:
+        """The input slot through which the affine reads its input."""
+        return self.first, list(self.first.input).index(self.input)
+
+
+def to_f64(array: np.ndarray) -> torch.Tensor:
+    """numpy (any float dtype, also float16 or bfloat16) to a float64 torch tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+
+
+def to_numpy(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """A float64 torch result back to numpy in the dtype of the initializer it replaces."""
+    return tensor.detach().to(torch.float64).numpy().astype(dtype)
+
+
+def channel_vector(value: np.ndarray, axis: int, rank: int, channels: int) -> np.ndarray | None:
+    """The per-channel values of a constant that broadcasts along ``axis`` of a rank-``rank`` tensor only.
+
+    None when it would vary along another axis or grow the tensor's rank or shape.
+    """
+    if value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + tuple(value.shape)
+    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
+        return None
+    return np.broadcast_to(value.reshape(-1), (channels,))
+
+
+def channel_shape(ndim: int, axis: int, rank: int, channels: int) -> list[int]:
+    """The shape of a constant of at least ``ndim`` dims holding one value per channel along ``axis``."""
+    dims = max(ndim, rank - axis)
+    shape = [1] * dims
+    shape[dims - (rank - axis)] = channels
+    return shape
+
+
+def batchnorm(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | str:
+    """The affine of an inference BatchNormalization, or why it is kept as it is."""
+    outputs = [name for name in node.output if name]
+    if len(outputs) > 1:
+        return f"it also outputs its running statistics ({len(outputs)} outputs)"
+    if attribute(node, "training_mode", 0):
+        return "it normalises with batch statistics (training_mode=1)"
+    if not attribute(node, "spatial", 1):
+        return "spatial=0 (statistics per activation, not per channel) is not supported"
+    params = [graph.constant(name) for name in node.input[1:5] if name]
+    values = [to_f64(p) for p in params if p is not None]
+    if len(values) < 4:
+        return "its scale, bias, mean or variance is not a constant"
+    gamma, beta, mean, var = values
+    eps = float(attribute(node, "epsilon", 1e-5))
+    problem = maths.statistics_problem(mean, var, eps)
+    if problem is not None:
+        raise FoldError(
+            f"BatchNormalization '{node_name(node)}': {problem}; export the model from a checkpoint "
+            "with valid running statistics"
+        )
+    scale, shift = maths.batchnorm_affine(mean.flatten(), var.flatten(), gamma.flatten(), beta.flatten(), eps)
+    return ChannelAffine(node_name(node), BATCHNORM, [node], node.input[0], node.output[0], 1, scale, shift)
+
+
+def mul_add(graph: Graph, mul: onnx.NodeProto) -> ChannelAffine | None:
+    """The affine of ``Add(Mul(layer(x), a), b)`` with per-channel constants, or None if not that."""
+    if mul.op_type != "Mul" or len(mul.input) != 2 or mul.domain not in ("", "ai.onnx"):
+        return None
+    found = _constant_operand(graph, mul)
+    readers = graph.readers(mul.output[0])
+    if found is None or len(readers) != 1 or mul.output[0] in graph.outputs:
+        return None
+    data, factor = found
+    add = readers[0][0]
+    offset = _constant_operand(graph, add) if add.op_type == "Add" else None
+    layer = graph.producer.get(data)
+    geometry = _layer_geometry(graph, layer) if layer is not None else None
+    if offset is None or offset[0] != mul.output[0] or geometry is None:
+        return None
+    axis, rank, channels = geometry
+    scale, shift = (channel_vector(v, axis, rank, channels) for v in (factor, offset[1]))
+    if scale is None or shift is None:
+        return None
+    name = mul.name or add.output[0]
+    return ChannelAffine(name, MUL_ADD, [mul, add], data, add.output[0], axis, to_f64(scale), to_f64(shift))
+
+
+def _constant_operand(graph: Graph, node: onnx.NodeProto) -> tuple[str, np.ndarray] | None:
+    """(the other input, the constant) for a binary node with exactly one constant input."""
+    if len(node.input) != 2:
+        return None
+    values = [graph.constant(name) for name in node.input]
+    if (values[0] is None) == (values[1] is None):
+        return None
+    index = 0 if values[0] is None else 1
+    constant = values[1 - index]
+    if constant is None or not np.issubdtype(constant.dtype, np.floating):
+        return None
+    return node.input[index], constant
+
+
+def _layer_geometry(graph: Graph, layer: onnx.NodeProto) -> tuple[int, int, int] | None:
+    """(channel axis, output rank, channels) of a layer with a constant weight, else None."""
+    if layer.op_type not in WEIGHTED or len(layer.input) < 2:
+        return None
+    weight = graph.constant(layer.input[1])
+    if weight is None or weight.ndim < 2:
+        return None
+    if layer.op_type == "Conv":
+        return 1, weight.ndim, weight.shape[0]
+    if layer.op_type == "ConvTranspose":
+        return 1, weight.ndim, weight.shape[1] * int(attribute(layer, "group", 1))
+    if layer.op_type == "Gemm":
+        return 1, 2, weight.shape[0 if attribute(layer, "transB", 0) else 1]
+    rank = graph.rank(layer.output[0])
+    if weight.ndim != 2 or rank is None or rank < 2:
+        return None
+    return rank - 1, rank, weight.shape[1]
+
+
+def describe_blocker(graph: Graph, name: str) -> str:
+    """Why the value ``name`` has no layer to fold into."""
+    source = graph.producer.get(name)
+    if source is None:
+        return f"input '{name}' is a graph input, with no layer to fold into"
+    return f"input comes from {label(source)}, which has no weights to fold into"

@@ -1,0 +1,119 @@
+"""Backward fold: push ``y = s·x + t`` into every layer that reads y (formulas of
+:func:`bnfold.fold.maths.fold_into_consumer`, over the input channels i and kernel taps k a layer reads):
+
+    W'[o, i, k] = W[o, i, k]·s[i]        b'[o] = b[o] + Σ_{i,k} W[o, i, k]·t[i]
+
+Pattern: y is read only by Conv (data input, channels on axis 1), Gemm (A, transA=0, channels on axis 1)
+or MatMul (X, channels on X's last axis, which MatMul contracts), each with a constant weight. Check: no
+zero padding on a Conv (a padded border would see 0, not t, so the bias would be wrong there), y is no
+graph output, the channel counts agree. Rewrite: every consumer, then the consumers read x instead of y.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+
+from bnfold.fold import maths
+from bnfold.fold.onnx._affine import ChannelAffine, to_f64, to_numpy
+from bnfold.fold.onnx._graph import Graph, attribute, label, node_name, set_attribute
+from bnfold.fold.onnx._layers import append_bias, gemm_bias, optional_constant, param_name
+
+
+@dataclass
+class ConsumerFold:
+    """One layer reading the affine's output, checked and ready to absorb it."""
+
+    node: onnx.NodeProto
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+    def apply(self, graph: Graph, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        op = self.node.op_type
+        groups = int(attribute(self.node, "group", 1))
+        out_major = op == "Conv" or (op == "Gemm" and attribute(self.node, "transB", 0))
+        rows = self.weight if out_major else self.weight.T
+        bias = to_f64(self.bias) if op == "Conv" and self.bias is not None else None
+        w, b = maths.fold_into_consumer(to_f64(rows), bias, scale, shift, groups)
+        w = w if out_major else w.T
+        graph.write_param(self.node, 1, to_numpy(w, self.weight.dtype), param_name(self.node, 1, "weight"))
+        if op == "Conv":
+            dtype = self.weight.dtype if self.bias is None else self.bias.dtype
+            graph.write_param(self.node, 2, to_numpy(b, dtype), param_name(self.node, 2, "bias"))
+        elif op == "MatMul":
+            append_bias(graph, self.node, to_numpy(b, self.weight.dtype))
+        else:
+            self._gemm_bias(graph, b)
+
+    def _gemm_bias(self, graph: Graph, contribution: torch.Tensor) -> None:
+        alpha = float(attribute(self.node, "alpha", 1.0))
+        c = gemm_bias(self.node, self.bias, contribution.numel()) + alpha * contribution
+        c = c.reshape(-1) if c.shape[0] == 1 else c
+        dtype = self.weight.dtype if self.bias is None else self.bias.dtype
+        graph.write_param(self.node, 2, to_numpy(c, dtype), param_name(self.node, 2, "bias"))
+        set_attribute(self.node, "beta", 1.0)
+
+
+def backward_folds(graph: Graph, affine: ChannelAffine) -> list[ConsumerFold] | str:
+    """The folds of ``affine`` into every reader of its output, or why it cannot go there."""
+    if affine.output in graph.outputs:
+        return f"its output '{affine.output}' is a graph output"
+    folds = []
+    for node, slot in graph.readers(affine.output):
+        fold = _consumer(graph, node, slot, affine)
+        if isinstance(fold, str):
+            return fold
+        folds.append(fold)
+    return folds
+
+
+def _consumer(graph: Graph, node: onnx.NodeProto, slot: int, affine: ChannelAffine) -> ConsumerFold | str:
+    if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+        return f"its output feeds {label(node)}, which has no weights to fold into"
+    if slot != 0:
+        return f"its output is not the data input of {label(node)}"
+    weight, reason = optional_constant(graph, node, 1)
+    bias, bias_reason = optional_constant(graph, node, 2)
+    if weight is None or bias_reason:
+        return bias_reason or reason or f"{label(node)} has no weight"
+    problem = _geometry_problem(graph, node, weight, affine)
+    return ConsumerFold(node, weight, bias) if problem is None else problem
+
+
+def _geometry_problem(
+    graph: Graph, node: onnx.NodeProto, weight: np.ndarray, affine: ChannelAffine
+) -> str | None:
+    if node.op_type == "Conv":
+        if affine.axis != 1:
+            return f"{label(node)} reads its channels on axis 1, not on axis {affine.axis}"
+        if _pads(node, weight):
+            return f"zero padding of {label(node)} would change the border"
+        reads = weight.shape[1] * int(attribute(node, "group", 1))
+    elif node.op_type == "Gemm":
+        if attribute(node, "transA", 0) or affine.axis != 1:
+            return f"{label(node)} does not contract the affine's channel axis"
+        reads = weight.shape[1 if attribute(node, "transB", 0) else 0]
+    else:
+        rank = graph.rank(node.input[0])
+        if weight.ndim != 2 or rank is None or affine.axis != rank - 1:
+            return f"{label(node)} does not contract the affine's channel axis with a constant 2-D weight"
+        reads = weight.shape[0]
+    if reads != affine.channels:
+        return f"{label(node)} reads {reads} channels, the affine has {affine.channels}"
+    return None
+
+
+def _pads(node: onnx.NodeProto, weight: np.ndarray) -> bool:
+    """Whether ``node`` pads its input with zeros."""
+    auto_pad = attribute(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return any(k != 1 for k in weight.shape[2:])
+    return any(int(p) != 0 for p in attribute(node, "pads", []))
+
+
+def into_names(folds: list[ConsumerFold]) -> list[str]:
+    return [node_name(fold.node) for fold in folds]

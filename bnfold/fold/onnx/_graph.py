@@ -1,0 +1,249 @@
+"""An editable index over an ONNX GraphProto: who produces and who consumes each value.
+
+The fold rules read constants and rewire nodes through this index instead of scanning the graph, so a
+whole pass stays linear in the graph size. Constants are initializers (also those an old IR lists as graph
+inputs, as runtimes treat them when they are not fed), ``Constant`` nodes, and ``Identity`` of either (the
+TorchScript exporter deduplicates equal parameters through ``Identity``). A parameter is rewritten in place
+only when this one input slot uses it; otherwise the node gets an initializer of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from bnfold.errors import FoldError
+
+Use = tuple[onnx.NodeProto, int]  # (consumer, input slot); slot -1 is a reference from a subgraph
+
+
+@dataclass(frozen=True)
+class ValueType:
+    """What shape inference knows about a value."""
+
+    elem_type: int
+    rank: int | None
+
+
+def label(node: onnx.NodeProto) -> str:
+    """How records and reasons name a node: ``Conv 'conv1'`` (its first output when it has no name)."""
+    return f"{node.op_type} '{node_name(node)}'"
+
+
+def node_name(node: onnx.NodeProto) -> str:
+    return node.name or (node.output[0] if node.output else node.op_type)
+
+
+def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of one attribute of ``node``, or ``default``."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
+    """Set (or add) one attribute of ``node``."""
+    for index, attr in enumerate(node.attribute):
+        if attr.name == name:
+            del node.attribute[index]
+            break
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def subgraph_references(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names read by the subgraphs of ``node`` (If, Loop, Scan, ...)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            names |= _free_names(graph)
+    return names
+
+
+def _free_names(graph: onnx.GraphProto) -> set[str]:
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        used |= {name for name in node.input if name} | subgraph_references(node)
+        defined |= set(node.output)
+    used |= {v.name for v in graph.output}
+    return used - defined
+
+
+class Graph:
+    """The main graph of a model, indexed for folding. Call :meth:`finish` to write the edits back."""
+
+    def __init__(self, graph: onnx.GraphProto, types: dict[str, ValueType]) -> None:
+        self.proto = graph
+        self.types = types
+        self.outputs = {v.name for v in graph.output}
+        self.inputs = {v.name for v in graph.input}
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.uses: dict[str, list[Use]] = defaultdict(list)
+        self._position: dict[int, tuple[int, int]] = {}
+        self._nodes: dict[int, onnx.NodeProto] = {}
+        self._taken = set(self.initializers) | self.inputs | self.outputs
+        self._serial = itertools.count(1)
+        for index, node in enumerate(graph.node):
+            self._add(node, (index, 0))
+
+    # ---- reading -------------------------------------------------------------------------------
+    def nodes(self) -> list[onnx.NodeProto]:
+        """The live nodes in graph order."""
+        return sorted(self._nodes.values(), key=lambda n: self._position[id(n)])
+
+    def alive(self, node: onnx.NodeProto) -> bool:
+        return id(node) in self._nodes
+
+    def rank(self, name: str) -> int | None:
+        known = self.types.get(name)
+        return known.rank if known else None
+
+    def readers(self, name: str) -> list[Use]:
+        """The input slots that read ``name`` (slot -1: a subgraph of that node reads it)."""
+        return list(self.uses.get(name, []))
+
+    def exclusive(self, name: str, use: Use) -> str | None:
+        """Why ``name`` is not read by ``use`` alone, or None when it is."""
+        source = self.producer.get(name)
+        what = f"output of {label(source)}" if source is not None else f"value '{name}'"
+        if name in self.outputs:
+            return f"{what} is also a graph output"
+        uses = self.uses.get(name, [])
+        if len(uses) == 1 and _same(uses[0], use):
+            return None
+        others = sorted({node_name(n) for n, slot in uses if not _same((n, slot), use)})
+        return f"{what} also feeds {', '.join(repr(o) for o in others) or 'another input of the same node'}"
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of a constant input, or None when ``name`` is computed at run time."""
+        source = self._constant_source(name)
+        if isinstance(source, onnx.TensorProto):
+            return _to_array(source)
+        if source is not None:
+            return _constant_node_value(source)
+        return None
+
+    def _constant_source(self, name: str) -> onnx.TensorProto | onnx.NodeProto | None:
+        for _ in range(16):
+            if name in self.initializers:
+                return self.initializers[name]
+            node = self.producer.get(name)
+            if node is None or node.domain not in ("", "ai.onnx"):
+                return None
+            if node.op_type == "Constant":
+                return node
+            if node.op_type != "Identity":
+                return None
+            name = node.input[0]
+        return None
+
+    # ---- editing -------------------------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        """A value or node name not used anywhere in the graph yet."""
+        name = base
+        while name in self._taken:
+            name = f"{base}_{next(self._serial)}"
+        self._taken.add(name)
+        return name
+
+    def write_param(self, node: onnx.NodeProto, slot: int, value: np.ndarray, base: str) -> None:
+        """Make input ``slot`` of ``node`` the constant ``value``; a shared old one is left to its users."""
+        name = node.input[slot] if slot < len(node.input) else ""
+        uses = self.uses.get(name, [])
+        own = len(uses) == 1 and _same(uses[0], (node, slot)) and name not in self.outputs
+        if name in self.initializers and own:
+            self.initializers[name].CopyFrom(numpy_helper.from_array(value, name))
+            return
+        fresh = self.add_initializer(base, value)
+        while len(node.input) <= slot:
+            node.input.append("")
+        self.set_input(node, slot, fresh)
+
+    def add_initializer(self, base: str, value: np.ndarray) -> str:
+        """A new initializer holding ``value``; returns its (fresh) name."""
+        name = self.fresh(base)
+        self.proto.initializer.append(numpy_helper.from_array(value, name))
+        self.initializers[name] = self.proto.initializer[-1]
+        return name
+
+    def set_input(self, node: onnx.NodeProto, slot: int, name: str) -> None:
+        old = node.input[slot]
+        if old:
+            self._forget(old, (node, slot))
+        node.input[slot] = name
+        if name:
+            self.uses[name].append((node, slot))
+
+    def set_output(self, node: onnx.NodeProto, slot: int, name: str) -> None:
+        del self.producer[node.output[slot]]
+        node.output[slot] = name
+        self.producer[name] = node
+
+    def remove(self, node: onnx.NodeProto) -> None:
+        for slot, name in enumerate(node.input):
+            if name:
+                self._forget(name, (node, slot))
+        for name in subgraph_references(node):
+            self._forget(name, (node, -1))
+        for name in node.output:
+            if self.producer.get(name) is node:
+                del self.producer[name]
+        del self._nodes[id(node)]
+
+    def insert(self, node: onnx.NodeProto, at: onnx.NodeProto) -> onnx.NodeProto:
+        """Add ``node`` to the graph, ordered right after ``at`` (and after anything inserted there)."""
+        major = self._position[id(at)][0]
+        self._add(node, (major, next(self._serial)))
+        return node
+
+    def _forget(self, name: str, use: Use) -> None:
+        uses = self.uses[name]
+        uses.pop(next(i for i, u in enumerate(uses) if _same(u, use)))
+
+    def _add(self, node: onnx.NodeProto, position: tuple[int, int]) -> None:
+        self._nodes[id(node)] = node
+        self._position[id(node)] = position
+        for slot, name in enumerate(node.input):
+            if name:
+                self.uses[name].append((node, slot))
+        for name in subgraph_references(node):
+            self.uses[name].append((node, -1))
+        for name in node.output:
+            if name:
+                self.producer[name] = node
+                self._taken.add(name)
+        if node.name:
+            self._taken.add(node.name)
+
+
+def _same(a: Use, b: Use) -> bool:
+    return a[0] is b[0] and a[1] == b[1]
+
+
+def _to_array(tensor: onnx.TensorProto) -> np.ndarray:
+    external = tensor.data_location == onnx.TensorProto.EXTERNAL and not tensor.HasField("raw_data")
+    if external:
+        raise FoldError(
+            f"initializer '{tensor.name}' keeps its data in an external file that was not loaded; "
+            "load the model with onnx.load(path) (load_external_data=True) before folding"
+        )
+    return numpy_helper.to_array(tensor)
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return _to_array(attr.t)
+        if attr.name in ("value_float", "value_int"):
+            return np.array(onnx.helper.get_attribute_value(attr))
+        if attr.name in ("value_floats", "value_ints"):
+            return np.array(list(onnx.helper.get_attribute_value(attr)))
+    return None

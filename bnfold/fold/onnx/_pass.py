@@ -1,0 +1,155 @@
+"""The ONNX fold pass: every BN-like affine ends folded, frozen as Mul/Add, or kept, with a record.
+
+Three sweeps over the affines of the main graph:
+
+1. in graph order, forward into the layers that compute the input (a chain Conv→BN→BN folds completely,
+   since the Conv then produces the first BN's output);
+2. in reverse order, backward into the layers that read the output (BN→BN→Conv folds completely);
+3. what is left: a BatchNormalization becomes a frozen Mul/Add, a Mul/Add stays as it is; the record
+   carries the reasons of both sweeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from bnfold.fold.onnx._affine import BATCHNORM, MUL_ADD, ChannelAffine, batchnorm, mul_add
+from bnfold.fold.onnx._backward import backward_folds, into_names
+from bnfold.fold.onnx._cleanup import write_back
+from bnfold.fold.onnx._forward import forward_fold
+from bnfold.fold.onnx._freeze import freeze
+from bnfold.fold.onnx._graph import Graph, label, node_name
+from bnfold.fold.onnx._shapes import check_folded, infer_types
+from bnfold.fold.records import AFFINE, FOLDED, KEPT, Action, BnRecord
+
+
+@dataclass
+class OnnxFoldResult:
+    """The folded model (a new ModelProto) and one record per BN-like node of the input."""
+
+    model: onnx.ModelProto
+    records: list[BnRecord] = field(default_factory=list)
+
+
+def fold_onnx(model: onnx.ModelProto) -> OnnxFoldResult:
+    """Fold the BatchNormalization (and per-channel Mul/Add) nodes of ``model`` into neighbouring layers.
+
+    ``model`` is not modified. Its initializers must hold their data (a model over 2 GB loaded with
+    ``onnx.load(path)`` does). Raises :class:`~bnfold.errors.FoldError` for NaN, Inf or negative running
+    variance, naming the node.
+    """
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    types, strict = infer_types(work)
+    initializer_inputs = {t.name for t in work.graph.initializer} & {v.name for v in work.graph.input}
+    graph = Graph(work.graph, types)
+    records = fold_graph(graph) + subgraph_records(work.graph)
+    write_back(graph, initializer_inputs)
+    check_folded(work, model, strict)
+    return OnnxFoldResult(work, records)
+
+
+def fold_graph(graph: Graph) -> list[BnRecord]:
+    """Run the three sweeps over ``graph``; the records come in graph order."""
+    records: list[BnRecord] = []
+    pending: dict[int, ChannelAffine] = {}
+    for node in graph.nodes():
+        if not graph.alive(node):
+            continue
+        found = _recognise(graph, node)
+        if isinstance(found, BnRecord):
+            records.append(found)
+        elif found is not None:
+            records.append(_fold_forward(graph, found) or _record(found, KEPT))
+            if records[-1].action == KEPT:
+                pending[len(records) - 1] = found
+    for index in sorted(pending, reverse=True):
+        folded = _fold_backward(graph, pending[index])
+        if folded is not None:
+            records[index] = folded
+            del pending[index]
+    for index, affine in pending.items():
+        records[index] = _keep(graph, affine)
+    return records
+
+
+def _recognise(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | BnRecord | None:
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "BatchNormalization":
+        found = batchnorm(graph, node)
+        if isinstance(found, str):
+            return BnRecord(node_name(node), BATCHNORM, KEPT, reason=found)
+        return found
+    if node.op_type == "Mul":
+        return mul_add(graph, node)
+    return None
+
+
+def _record(
+    affine: ChannelAffine,
+    action: Action,
+    into: list[str] | None = None,
+    how: str | None = None,
+    reason: str | None = None,
+) -> BnRecord:
+    return BnRecord(affine.name, affine.kind, action, into or [], how, reason, channels=affine.channels)
+
+
+def _fold_forward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
+    fold = forward_fold(graph, affine.input, affine.use, affine.axis, affine.channels)
+    if isinstance(fold, str):
+        affine.reasons.append(fold)
+        return None
+    fold.apply(graph, affine.scale, affine.shift)
+    for node in affine.nodes:
+        graph.remove(node)
+    producer = graph.producer[affine.input]
+    graph.set_output(producer, list(producer.output).index(affine.input), affine.output)
+    return _record(affine, FOLDED, into=fold.into(), how=fold.how)
+
+
+def _fold_backward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
+    if not graph.readers(affine.output) and affine.output not in graph.outputs:
+        _remove(graph, affine)
+        return _record(affine, FOLDED, how="removed", reason="its output is unused")
+    folds = backward_folds(graph, affine)
+    if isinstance(folds, str):
+        affine.reasons.append(folds)
+        return None
+    for fold in folds:
+        fold.apply(graph, affine.scale, affine.shift)
+    for node, slot in graph.readers(affine.output):
+        graph.set_input(node, slot, affine.input)
+    _remove(graph, affine)
+    return _record(affine, FOLDED, into=into_names(folds), how="backward")
+
+
+def _remove(graph: Graph, affine: ChannelAffine) -> None:
+    for node in affine.nodes:
+        graph.remove(node)
+
+
+def _keep(graph: Graph, affine: ChannelAffine) -> BnRecord:
+    reason = "; ".join(affine.reasons)
+    if affine.kind == MUL_ADD:
+        return _record(affine, AFFINE, reason=reason)
+    problem = freeze(graph, affine)
+    if problem is not None:
+        return _record(affine, KEPT, reason=f"{reason}; {problem}")
+    return _record(affine, AFFINE, reason=reason)
+
+
+def subgraph_records(graph: onnx.GraphProto, owner: onnx.NodeProto | None = None) -> list[BnRecord]:
+    """Records for the BatchNormalization nodes inside subgraphs (If, Loop, ...), which are not folded."""
+    records = []
+    for node in graph.node:
+        if owner is not None and node.op_type == "BatchNormalization":
+            reason = f"it is inside a subgraph of {label(owner)}; only the main graph is folded"
+            records.append(BnRecord(node_name(node), BATCHNORM, KEPT, reason=reason))
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                records += subgraph_records(sub, owner or node)
+    return records
