@@ -12,13 +12,25 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from bnfold.errors import FoldError
+from bnfold.fold.onnx._constants import evaluable, evaluate
+from bnfold.fold.onnx._nodes import attribute, label, node_name, set_attribute, subgraph_references
+
+__all__ = [
+    "Graph",
+    "Use",
+    "ValueType",
+    "attribute",
+    "label",
+    "node_name",
+    "set_attribute",
+    "subgraph_references",
+]
 
 Use = tuple[onnx.NodeProto, int]  # (consumer, input slot); slot -1 is a reference from a subgraph
 
@@ -29,51 +41,6 @@ class ValueType:
 
     elem_type: int
     rank: int | None
-
-
-def label(node: onnx.NodeProto) -> str:
-    """How records and reasons name a node: ``Conv 'conv1'`` (its first output when it has no name)."""
-    return f"{node.op_type} '{node_name(node)}'"
-
-
-def node_name(node: onnx.NodeProto) -> str:
-    return node.name or (node.output[0] if node.output else node.op_type)
-
-
-def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    """The value of one attribute of ``node``, or ``default``."""
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
-
-
-def set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
-    """Set (or add) one attribute of ``node``."""
-    for index, attr in enumerate(node.attribute):
-        if attr.name == name:
-            del node.attribute[index]
-            break
-    node.attribute.append(onnx.helper.make_attribute(name, value))
-
-
-def subgraph_references(node: onnx.NodeProto) -> set[str]:
-    """Outer-scope names read by the subgraphs of ``node`` (If, Loop, Scan, ...)."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
-            names |= _free_names(graph)
-    return names
-
-
-def _free_names(graph: onnx.GraphProto) -> set[str]:
-    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    used: set[str] = set()
-    for node in graph.node:
-        used |= {name for name in node.input if name} | subgraph_references(node)
-        defined |= set(node.output)
-    used |= {v.name for v in graph.output}
-    return used - defined
 
 
 class Graph:
@@ -122,28 +89,25 @@ class Graph:
         others = sorted({node_name(n) for n, slot in uses if not _same((n, slot), use)})
         return f"{what} also feeds {', '.join(repr(o) for o in others) or 'another input of the same node'}"
 
-    def constant(self, name: str) -> np.ndarray | None:
-        """The value of a constant input, or None when ``name`` is computed at run time."""
-        source = self._constant_source(name)
-        if isinstance(source, onnx.TensorProto):
-            return _to_array(source)
-        if source is not None:
-            return _constant_node_value(source)
-        return None
+    def constant(self, name: str, depth: int = 0) -> np.ndarray | None:
+        """The value of a constant input, or None when ``name`` is computed at run time.
 
-    def _constant_source(self, name: str) -> onnx.TensorProto | onnx.NodeProto | None:
-        for _ in range(16):
-            if name in self.initializers:
-                return self.initializers[name]
-            node = self.producer.get(name)
-            if node is None or node.domain not in ("", "ai.onnx"):
-                return None
-            if node.op_type == "Constant":
-                return node
-            if node.op_type != "Identity":
-                return None
-            name = node.input[0]
-        return None
+        Initializers, ``Constant`` nodes, and the shaping or float arithmetic nodes over them
+        (:mod:`._constants`) are constants.
+        """
+        if name in self.initializers:
+            return _to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is None or depth > 16 or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Constant":
+            return _constant_node_value(node)
+        if not evaluable(node):
+            return None
+        args = [self.constant(arg, depth + 1) if arg else None for arg in node.input]
+        if any(value is None for arg, value in zip(node.input, args, strict=True) if arg):
+            return None
+        return evaluate(node, args)
 
     # ---- editing -------------------------------------------------------------------------------
     def fresh(self, base: str) -> str:

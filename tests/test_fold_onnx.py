@@ -1,0 +1,267 @@
+"""fold_onnx on models exported by the TorchScript ONNX exporter, against the torch module in float64.
+
+Every case asserts the four things: how many BNs were folded (records), which nodes are left (no
+BatchNormalization, no stray Mul/Add where the fold is exact), the ONNX checker (with strict shape
+inference), and onnxruntime on the folded model against an independent float64 reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from bnfold.errors import FoldError
+from bnfold.fold.onnx import OnnxFoldResult, fold_onnx
+from bnfold.fold.onnx.testing import assert_numerically_equal
+
+BATCHNORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+def export(module: nn.Module, *args: torch.Tensor) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), args, buffer, dynamo=False, do_constant_folding=False)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm statistics and affine parameters far from the identity."""
+    gen = torch.Generator().manual_seed(seed)
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            n = layer.num_features
+            with torch.no_grad():
+                layer.running_mean.copy_(torch.randn(n, generator=gen))
+                layer.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                if layer.affine:
+                    layer.weight.copy_(torch.randn(n, generator=gen))
+                    layer.bias.copy_(torch.randn(n, generator=gen))
+    return module.eval()
+
+
+def reference(module: nn.Module, *args: torch.Tensor) -> list[np.ndarray]:
+    """The unfolded module in float64: the independent reference."""
+    wide = copy.deepcopy(module).double().eval()
+    with torch.no_grad():
+        out = wide(*(a.double() for a in args))
+    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def ops(model: onnx.ModelProto) -> list[str]:
+    return [node.op_type for node in model.graph.node]
+
+
+def check_fold(
+    module: nn.Module, args: tuple[torch.Tensor, ...], folded: int, expect_ops: list[str]
+) -> OnnxFoldResult:
+    model = export(module, *args)
+    result = fold_onnx(model)
+    assert sum(r.action == "folded" for r in result.records) == folded, [r.describe() for r in result.records]
+    assert ops(result.model) == expect_ops
+    onnx.checker.check_model(result.model, full_check=True)
+    feeds = {model.graph.input[i].name: a.numpy() for i, a in enumerate(args)}
+    assert_numerically_equal(result.model, feeds, reference(module, *args))
+    return result
+
+
+def inputs(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---- forward --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("eps", [1e-5, 1e-1])
+def test_forward_into_conv(dim: int, groups: int, bias: bool, transposed: bool, eps: float) -> None:
+    kind = f"ConvTranspose{dim}d" if transposed else f"Conv{dim}d"
+    extra = {"stride": 2, "output_padding": 1} if transposed else {}
+    conv = getattr(nn, kind)(4, 6, 3, padding=1, groups=groups, bias=bias, **extra)
+    module = randomise(nn.Sequential(conv, BATCHNORMS[dim](6, eps=eps)), seed=dim)
+    op = "ConvTranspose" if transposed else "Conv"
+    result = check_fold(module, (inputs(2, 4, *[5] * dim),), 1, [op])
+    (record,) = result.records
+    assert (record.kind, record.how, record.into, record.channels) == (
+        "BatchNormalization",
+        "forward",
+        [f"/0/{op}"],
+        6,
+    )
+
+
+def test_chain_folds_completely() -> None:
+    module = randomise(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.BatchNorm2d(8), nn.ReLU()))
+    check_fold(module, (inputs(1, 3, 7, 7),), 2, ["Conv", "Relu"])
+
+
+def test_fresh_batchnorm_deduplicated_through_identity() -> None:
+    """A BN fresh from __init__ has γ = σ² = 1 and β = μ = 0; the exporter shares them via Identity."""
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    check_fold(module, (inputs(1, 3, 6, 6),), 1, ["Conv"])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_into_linear(bias: bool) -> None:
+    """With a bias the exporter writes Gemm; without, MatMul(x, Transpose(W)), which gains a bias Add."""
+    module = randomise(nn.Sequential(nn.Linear(6, 5, bias=bias), nn.BatchNorm1d(5), nn.ReLU()))
+    check_fold(module, (inputs(4, 6),), 1, ["Gemm", "Relu"] if bias else ["MatMul", "Add", "Relu"])
+
+
+class PointMLP(nn.Module):
+    """Channels-last point features: Linear over (N, L, C), then BN1d over the channels."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 7, bias=bias)
+        self.bn = nn.BatchNorm1d(7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.fc(x).transpose(1, 2)))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_through_transpose_into_matmul(bias: bool) -> None:
+    module = randomise(PointMLP(bias))
+    result = check_fold(module, (inputs(2, 9, 5),), 1, ["MatMul", "Add", "Transpose", "Relu"])
+    assert result.records[0].how == "forward"
+
+
+class Branches(nn.Module):
+    def __init__(self, concat: bool) -> None:
+        super().__init__()
+        self.concat = concat
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = (
+            nn.ConvTranspose2d(2, 4, 2, stride=2, bias=False) if concat else nn.Conv2d(2, 4, 1, bias=False)
+        )
+        self.bn = nn.BatchNorm2d(8 if concat else 4)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        a, b = self.a(x), self.b(y)
+        return self.bn(torch.cat([a, b], 1) if self.concat else a + b)
+
+
+def test_branches_of_add() -> None:
+    module = randomise(Branches(concat=False))
+    result = check_fold(module, (inputs(1, 3, 6, 6), inputs(1, 2, 6, 6, seed=2)), 1, ["Conv", "Conv", "Add"])
+    assert (result.records[0].how, result.records[0].into) == ("branches", ["/a/Conv", "/b/Conv"])
+
+
+def test_channel_slices_of_concat() -> None:
+    module = randomise(Branches(concat=True))
+    args = (inputs(1, 3, 6, 6), inputs(1, 2, 3, 3, seed=2))
+    result = check_fold(module, args, 1, ["Conv", "ConvTranspose", "Concat"])
+    assert (result.records[0].how, result.records[0].into) == ("concat", ["/a/Conv", "/b/ConvTranspose"])
+
+
+# ---- backward -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_backward_into_unpadded_conv(groups: int, bias: bool) -> None:
+    conv = nn.Conv2d(6, 9, 3, stride=2, groups=groups, bias=bias)
+    module = randomise(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(6), nn.BatchNorm2d(6), conv))
+    result = check_fold(module, (inputs(2, 6, 7, 7),), 2, ["Relu", "Conv"])
+    assert [r.how for r in result.records] == ["backward", "backward"]
+
+
+def test_backward_into_linear() -> None:
+    module = randomise(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(6), nn.Linear(6, 3)))
+    check_fold(module, (inputs(4, 6),), 1, ["Relu", "Gemm"])
+
+
+# ---- kept as a frozen affine, with a reason ------------------------------------------------------
+def only_record(result: OnnxFoldResult, action: str) -> str:
+    (record,) = result.records
+    assert record.action == action
+    assert record.reason
+    return record.reason
+
+
+def test_padded_consumer_is_not_folded() -> None:
+    module = randomise(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1)))
+    result = check_fold(module, (inputs(1, 4, 5, 5),), 0, ["Relu", "Mul", "Add", "Conv"])
+    reason = only_record(result, "affine")
+    assert "zero padding of Conv '/2/Conv' would change the border" in reason
+    assert "input comes from Relu '/0/Relu', which has no weights to fold into" in reason
+
+
+class SharedOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.relu(self.bn(y)) + y
+
+
+def test_shared_producer_output_is_not_folded() -> None:
+    result = check_fold(
+        randomise(SharedOutput()), (inputs(1, 3, 6, 6),), 0, ["Conv", "Mul", "Add", "Relu", "Add"]
+    )
+    assert "output of Conv '/conv/Conv' also feeds '/Add'" in only_record(result, "affine")
+
+
+def test_batchnorm_relu_conv_is_not_folded() -> None:
+    module = randomise(nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1)))
+    result = check_fold(module, (inputs(1, 3, 4, 4),), 0, ["Mul", "Add", "Relu", "Conv"])
+    reason = only_record(result, "affine")
+    assert "is a graph input, with no layer to fold into" in reason
+    assert "feeds Relu '/1/Relu', which has no weights to fold into" in reason
+
+
+# ---- statistics, inputs, external data ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("stat", "value", "problem"),
+    [
+        ("running_var", -1.0, "negative"),
+        ("running_var", float("nan"), "NaN"),
+        ("running_mean", float("inf"), "Inf"),
+    ],
+)
+def test_bad_statistics_raise(stat: str, value: float, problem: str) -> None:
+    module = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    getattr(module[1], stat)[2] = value
+    with pytest.raises(FoldError, match=rf"'/1/BatchNormalization'.*{problem}"):
+        fold_onnx(export(module, inputs(1, 3, 5, 5)))
+
+
+def test_input_model_is_not_modified() -> None:
+    model = export(randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))), inputs(1, 3, 5, 5))
+    before = model.SerializeToString()
+    fold_onnx(model)
+    assert model.SerializeToString() == before
+
+
+def test_model_loaded_with_external_data(tmp_path: Path) -> None:
+    module = randomise(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Linear(4, 3)))
+    args = (inputs(1, 3, 6, 6),)
+    path = str(tmp_path / "model.onnx")
+    onnx.save(
+        export(module, *args), path, save_as_external_data=True, size_threshold=0, location="model.data"
+    )
+    result = fold_onnx(onnx.load(path))
+    assert [r.action for r in result.records] == ["folded"]
+    assert ops(result.model) == ["Conv", "Relu", "Transpose", "MatMul", "Add"]
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_numerically_equal(result.model, {"input.1": args[0].numpy()}, reference(module, *args))
+
+
+def test_external_data_not_loaded_is_a_fold_error(tmp_path: Path) -> None:
+    module = randomise(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
+    path = str(tmp_path / "model.onnx")
+    model = export(module, inputs(1, 3, 6, 6))
+    onnx.save(model, path, save_as_external_data=True, size_threshold=0, location="model.data")
+    with pytest.raises(FoldError, match="load_external_data=True"):
+        fold_onnx(onnx.load(path, load_external_data=False))
