@@ -1,0 +1,219 @@
+"""The parity matrix: every candidate against an fp64 reference, and each stage against the one before it.
+
+The standard matrix (:func:`standard_candidates`), in pipeline order:
+
+=====================================  ================  =========================
+candidate                              stage             stage check against
+=====================================  ================  =========================
+original fp32                          baseline          (none: fp32 noise)
+folded fp32 (torch)                    fold              original fp32
+onnxruntime CPU (optimizations off)    export            folded fp32 (torch)
+onnxruntime CPU (optimizations all)    ort-optimization  onnxruntime CPU (opt. off)
+onnxruntime CUDA                       provider          onnxruntime CPU (opt. all)
+=====================================  ================  =========================
+
+Metrics aggregate over all batches (maxima over batches, means weighted by element count), one check per
+(reference, candidate, output) with ``batch_source`` "all"; ``per_batch=True`` gives one check per batch
+instead. Top-k agreement is always against the baseline candidate's (original fp32) predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bnfold.errors import one_line
+from bnfold.verify.metrics import ErrorAccumulator
+from bnfold.verify.providers import CPU, CUDA, CUDA_MISSING, ProviderSelection, select_providers
+from bnfold.verify.report import (
+    BASELINE,
+    EXPORT,
+    FOLD,
+    ORT_OPTIMIZATION,
+    PROVIDER,
+    ParityCheck,
+    ParityReport,
+)
+from bnfold.verify.runners import Runner, ort_runner, torch_runner
+from bnfold.verify.tolerance import OutputKey, Tolerance, Tolerances
+
+REFERENCE = "original fp64 (torch)"
+ORIGINAL = "original fp32"
+FOLDED = "folded fp32 (torch)"
+ORT_OFF = "onnxruntime CPU (optimizations off)"
+ORT_ALL = "onnxruntime CPU (optimizations all)"
+ORT_CUDA = "onnxruntime CUDA"
+
+Batch = tuple[str, Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model run to check: its ``stage`` and, for the stage check, the candidate it must agree with.
+
+    ``dtype`` picks the default tolerance (see :class:`~bnfold.verify.tolerance.Tolerance`).
+    """
+
+    name: str
+    runner: Runner
+    stage: str
+    compare_against: str | None = None
+    dtype: str = "float32"
+
+
+def run_parity(reference: Runner, candidates: Sequence[Candidate], batches: Sequence[Batch],
+               tolerance: Tolerance | None = None, per_output: Mapping[OutputKey, Tolerance] | None = None,
+               output_names: Sequence[str] | None = None, reference_name: str = REFERENCE,
+               per_batch: bool = False) -> ParityReport:
+    """Run the reference and every candidate on every batch and compare them.
+
+    ``tolerance`` (default: by each candidate's dtype) applies to every output unless ``per_output``
+    overrides it by output name or index. A candidate whose runner raises fails all its checks with the
+    error quoted; the reference raising propagates.
+    """
+    if not batches:
+        raise ValueError("run_parity needs at least one input batch")
+    outputs = {reference_name: [reference(tuple(arrays)) for _, arrays in batches]}
+    errors: dict[str, str] = {}
+    for cand in candidates:
+        outputs[cand.name], error = _run_all(cand.runner, batches)
+        if error:
+            errors[cand.name] = error
+    matrix = _Matrix(outputs, errors, [name for name, _ in batches], reference_name, output_names)
+    default = tolerance or Tolerance.for_dtype(_first_dtype(candidates))
+    checks = []
+    for cand in candidates:
+        tolerances = Tolerances(tolerance or Tolerance.for_dtype(cand.dtype), per_output)
+        checks += matrix.compare(cand, reference_name, tolerances, per_batch, _baseline(candidates))
+        if cand.compare_against:
+            checks += matrix.compare(cand, cand.compare_against, tolerances, per_batch, _baseline(candidates))
+    _fill_baseline_errors(checks, _baseline(candidates), reference_name)
+    inputs = [{"source": name, "batch": _batch_size(arrays)} for name, arrays in batches]
+    return ParityReport(reference_name, default, checks, inputs)
+
+
+class _Matrix:
+    """The outputs of every runner on every batch, and how to compare two of them."""
+
+    def __init__(self, outputs: dict[str, list[list[np.ndarray]]], errors: dict[str, str],
+                 batch_names: list[str], reference: str, output_names: Sequence[str] | None) -> None:
+        self.outputs, self.errors, self.batch_names = outputs, errors, batch_names
+        self.count = len(outputs[reference][0])
+        self.names = list(output_names) if output_names and len(output_names) == self.count else None
+
+    def compare(self, cand: Candidate, against: str, tolerances: Tolerances, per_batch: bool,
+                baseline: str | None) -> list[ParityCheck]:
+        every = list(range(len(self.batch_names)))
+        groups = [[i] for i in every] if per_batch else [every]
+        return [self._check(cand, against, k, group, tolerances, baseline)
+                for group in groups for k in range(self.count)]
+
+    def _check(self, cand: Candidate, against: str, k: int, group: list[int], tolerances: Tolerances,
+               baseline: str | None) -> ParityCheck:
+        name = self.names[k] if self.names else None
+        tol = tolerances.for_output(k, name)
+        acc = ErrorAccumulator(tol)
+        acc.error = self.errors.get(cand.name) or self.errors.get(against)
+        predictions = self.outputs.get(baseline) if baseline not in (None, cand.name) else None
+        for i in group if acc.error is None else []:
+            actual, expected = self.outputs[cand.name][i], self.outputs[against][i]
+            if len(actual) != len(expected):
+                acc.error = f"{len(actual)} outputs, the reference has {len(expected)}"
+                break
+            acc.add(actual[k], expected[k], self.batch_names[i],
+                    predictions[i][k] if predictions and k < len(predictions[i]) else None)
+        source = "all" if len(group) > 1 else self.batch_names[group[0]]
+        return ParityCheck.of(against, cand.name, name or str(k), source, cand.stage, acc.result(), tol)
+
+
+def _run_all(runner: Runner, batches: Sequence[Batch]) -> tuple[list[list[np.ndarray]], str | None]:
+    try:
+        return [runner(tuple(arrays)) for _, arrays in batches], None
+    except Exception as exc:  # a candidate that cannot run fails its checks, with the reason
+        return [], f"could not run: {one_line(exc)}"
+
+
+def _baseline(candidates: Sequence[Candidate]) -> str | None:
+    named = [c.name for c in candidates if c.stage == BASELINE]
+    return named[0] if named else (candidates[0].name if candidates else None)
+
+
+def _first_dtype(candidates: Sequence[Candidate]) -> str:
+    return candidates[0].dtype if candidates else "float32"
+
+
+def _fill_baseline_errors(checks: list[ParityCheck], baseline: str | None, reference: str) -> None:
+    """Set ``baseline_max_abs_err`` and ``error_ratio`` on every check against the reference."""
+    own = {(c.output, c.batch_source): c.max_abs_err for c in checks
+           if c.candidate == baseline and c.reference == reference}
+    for check in checks:
+        if check.reference != reference:
+            continue
+        base = own.get((check.output, check.batch_source))
+        check.baseline_max_abs_err = base
+        check.error_ratio = _ratio(check.max_abs_err, base)
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or np.isnan(value) or np.isnan(base):
+        return None
+    if base == 0.0:
+        return 1.0 if value == 0.0 else None
+    return value / base
+
+
+def _batch_size(arrays: Sequence[np.ndarray]) -> int | None:
+    first = np.asarray(arrays[0]) if len(arrays) else None
+    return int(first.shape[0]) if first is not None and first.ndim else None
+
+
+def standard_candidates(original: nn.Module, folded: nn.Module, onnx_model: str | Path | bytes,
+                        providers: ProviderSelection | None = None,
+                        threads: int | None = None) -> tuple[list[Candidate], list[str]]:
+    """The standard matrix (see the module docstring) and notes on providers left out.
+
+    CUDA is included when ``providers`` selected it and the session really runs on CUDA.
+    """
+    providers = providers or select_providers("cpu")
+    candidates = [
+        Candidate(ORIGINAL, torch_runner(original), BASELINE),
+        Candidate(FOLDED, torch_runner(folded), FOLD, ORIGINAL),
+        Candidate(ORT_OFF, ort_runner(onnx_model, (CPU,), "disabled", threads), EXPORT, FOLDED),
+        Candidate(ORT_ALL, ort_runner(onnx_model, (CPU,), "all", threads), ORT_OPTIMIZATION, ORT_OFF),
+    ]
+    notes = list(providers.notes)
+    if providers.cuda:
+        cuda = ort_runner(onnx_model, (CUDA, CPU), "all", threads)
+        if cuda.session.get_providers()[0] == CUDA:
+            candidates.append(Candidate(ORT_CUDA, cuda, PROVIDER, ORT_ALL))
+        else:
+            notes.append(CUDA_MISSING)
+    return candidates, notes
+
+
+def verify_parity(original: nn.Module, folded: nn.Module, onnx_model: str | Path | bytes,
+                  batches: Sequence[Batch], tolerance: Tolerance | None = None,
+                  per_output: Mapping[OutputKey, Tolerance] | None = None,
+                  providers: str | Sequence[str] | ProviderSelection = "auto",
+                  threads: int | None = None, per_batch: bool = False) -> ParityReport:
+    """The whole standard matrix in one call: fp64 reference, candidates, checks, provider notes."""
+    selection = providers if isinstance(providers, ProviderSelection) else select_providers(providers)
+    candidates, notes = standard_candidates(original, folded, onnx_model, selection, threads)
+    onnx_names = candidates[2].runner.output_names  # type: ignore[attr-defined]
+    report = run_parity(torch_runner(original, torch.float64), candidates, batches, tolerance, per_output,
+                        onnx_names, per_batch=per_batch)
+    report.notes = notes
+    report.cuda = _cuda_block(any(c.stage == PROVIDER for c in candidates), notes)
+    return report
+
+
+def _cuda_block(used: bool, notes: Sequence[str]) -> dict[str, object]:
+    """The report's ``parity.cuda``: whether CUDA results are in, and why not."""
+    if used:
+        return {"available": True, "note": "CUDA results included"}
+    return {"available": False, "note": CUDA_MISSING if CUDA_MISSING in notes else "CUDA not requested"}

@@ -1,0 +1,156 @@
+"""The result of the parity matrix: one :class:`ParityCheck` per (reference, candidate, output)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bnfold.verify.metrics import OutputMetrics
+from bnfold.verify.tolerance import RULE, Tolerance
+
+BASELINE = "baseline"
+FOLD = "fold"
+EXPORT = "export"
+ORT_OPTIMIZATION = "ort-optimization"
+PROVIDER = "provider"
+STAGES = (BASELINE, FOLD, EXPORT, ORT_OPTIMIZATION, PROVIDER)
+
+
+@dataclass
+class ParityCheck:
+    """One candidate's output against one reference; truthy when it passes.
+
+    ``stage`` is the step under test. A check against the matrix reference (fp64) carries
+    ``baseline_max_abs_err``, the original fp32 model's own error on that output, and ``error_ratio``, this
+    candidate's error over it ("folding added (ratio - 1) x 100 % error"). Checks between neighbouring
+    candidates (the stage checks) leave both None. ``batch_source`` is "all" when the metrics aggregate
+    every batch, with ``worst_batch`` naming where ``max_abs_err`` peaked.
+    """
+
+    reference: str
+    candidate: str
+    output: str
+    batch_source: str
+    max_abs_err: float | None
+    max_rel_err: float | None
+    mean_abs_err: float | None
+    mismatch_ratio: float | None
+    cosine: float | None
+    top1_agreement: float | None
+    top5_agreement: float | None
+    atol: float
+    rtol: float
+    passed: bool
+    stage: str
+    baseline_max_abs_err: float | None = None
+    error_ratio: float | None = None
+    worst_batch: str | None = None
+    nan_count: int = 0
+    error: str | None = None
+
+    @classmethod
+    def of(cls, reference: str, candidate: str, output: str, batch_source: str, stage: str,
+           metrics: OutputMetrics, tolerance: Tolerance) -> ParityCheck:
+        return cls(
+            reference, candidate, output, batch_source,
+            metrics.max_abs_err, metrics.max_rel_err, metrics.mean_abs_err, metrics.mismatch_ratio,
+            metrics.cosine, metrics.top1_agreement, metrics.top5_agreement,
+            tolerance.atol, tolerance.rtol, metrics.passed, stage,
+            worst_batch=metrics.worst_batch, nan_count=metrics.nan_count, error=metrics.error,
+        )
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_json(self) -> dict[str, Any]:
+        """The check as JSON; NaN and infinite numbers become null (``nan_count`` tells NaN apart)."""
+        return {k: _finite(v) for k, v in asdict(self).items()}
+
+    def describe(self) -> str:
+        """One terminal line."""
+        mark = "ok  " if self.passed else "FAIL"
+        head = f"{mark} [{self.stage}] {self.candidate} vs {self.reference}, output {self.output}"
+        if self.error:
+            return f"{head}: {self.error}"
+        parts = [f"max abs {_num(self.max_abs_err)}", f"max rel {_num(self.max_rel_err)}",
+                 f"mismatch {_pct(self.mismatch_ratio)}"]
+        if self.top1_agreement is not None:
+            parts.append(f"top1 {_pct(self.top1_agreement)}")
+        if self.error_ratio is not None:
+            parts.append(f"{self.error_ratio:.2f}x baseline error")
+        if self.nan_count:
+            parts.append(f"{self.nan_count} NaN")
+        return f"{head}: " + ", ".join(parts)
+
+
+@dataclass
+class ParityReport:
+    """Every check of the matrix; truthy when all pass. ``failed_stage`` names the step that broke parity.
+
+    ``failed_stage`` is the stage of the first failing check between neighbouring candidates (fold, then
+    export, ...); when all of those pass but a check against the reference fails, it is the stage of the
+    first such failing candidate ("baseline" means the tolerance is tighter than fp32 noise).
+    """
+
+    reference: str
+    tolerance: Tolerance
+    checks: list[ParityCheck]
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    cuda: dict[str, Any] = field(default_factory=lambda: {"available": False, "note": ""})
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(self.checks)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def failed_stage(self) -> str | None:
+        if self.passed:
+            return None
+        stage_checks = [c for c in self.checks if c.reference != self.reference and not c]
+        failing = stage_checks or [c for c in self.checks if not c]
+        return failing[0].stage if failing else None
+
+    @property
+    def failures(self) -> list[ParityCheck]:
+        return [c for c in self.checks if not c]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``parity`` block of the report."""
+        return {
+            "passed": self.passed,
+            "atol": self.tolerance.atol,
+            "rtol": self.tolerance.rtol,
+            "rule": RULE,
+            "reference": self.reference,
+            "failed_stage": self.failed_stage,
+            "cuda": dict(self.cuda),
+            "inputs": [dict(i) for i in self.inputs],
+            "checks": [c.to_json() for c in self.checks],
+            "notes": list(self.notes),
+        }
+
+    def summary_lines(self) -> list[str]:
+        """Lines for the terminal: the verdict, then one line per check, then notes."""
+        verdict = "passed" if self.passed else f"FAILED at stage {self.failed_stage}"
+        sources = ", ".join(str(i["source"]) for i in self.inputs) or "no inputs"
+        head = f"parity {verdict} vs {self.reference} ({self.tolerance.describe()}; inputs: {sources})"
+        return [head, *("  " + c.describe() for c in self.checks), *(f"  note: {n}" for n in self.notes)]
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1e}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

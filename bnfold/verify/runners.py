@@ -1,0 +1,145 @@
+"""Runners: callables mapping a tuple of numpy input arrays to a list of numpy outputs.
+
+A runner hides how a model is run (PyTorch eager in some dtype, onnxruntime with some providers and
+optimisation level), so the parity matrix can compare any two of them. Nested outputs (tuples, lists,
+dicts) are flattened in order.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from bnfold.verify.providers import CPU
+
+Runner = Callable[[tuple[np.ndarray, ...]], list[np.ndarray]]
+Optimization = Literal["all", "disabled"]
+
+
+_ORT_DTYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class TorchRunner:
+    """Runs a module under ``torch.inference_mode`` with its floating inputs cast to ``dtype``.
+
+    For any dtype other than the module's own, the runner works on a deep copy converted with
+    ``.to(dtype)``; the caller's module is never changed.
+    """
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+        self.module = module if _module_dtype(module) in (dtype, None) else copy.deepcopy(module).to(dtype)
+
+    def __call__(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        tensors = tuple(self._tensor(x) for x in inputs)
+        with torch.inference_mode():
+            out = self.module(*tensors)
+        return [_to_numpy(t) for t in flatten_outputs(out)]
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+
+
+def torch_runner(module: nn.Module, dtype: torch.dtype = torch.float32) -> TorchRunner:
+    """A runner for a PyTorch module computing in ``dtype`` (the module is not mutated)."""
+    return TorchRunner(module, dtype)
+
+
+class OrtRunner:
+    """Runs an ONNX model in one onnxruntime session; inputs are matched to the graph inputs in order.
+
+    ``providers`` lists what was asked for; ``session.get_providers()`` what onnxruntime actually uses.
+    """
+
+    def __init__(self, model: str | Path | bytes, providers: Sequence[str] = (CPU,),
+                 optimization: Optimization = "all", threads: int | None = None) -> None:
+        self.providers = tuple(providers)
+        self.optimization = optimization
+        self.session = ort.InferenceSession(
+            model if isinstance(model, bytes) else str(model),
+            sess_options=session_options(optimization, threads),
+            providers=list(self.providers),
+        )
+        self.inputs = self.session.get_inputs()
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        return [np.asarray(o) for o in self.session.run(None, self.feeds(inputs))]
+
+    def feeds(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The input dict for ``session.run``: arrays cast to the dtypes the graph declares."""
+        if len(inputs) != len(self.inputs):
+            raise ValueError(f"the ONNX model takes {len(self.inputs)} inputs, got {len(inputs)}")
+        return {
+            meta.name: np.ascontiguousarray(x, dtype=_ORT_DTYPES.get(meta.type, np.asarray(x).dtype))
+            for meta, x in zip(self.inputs, inputs, strict=True)
+        }
+
+
+def ort_runner(model: str | Path | bytes, providers: Sequence[str] = (CPU,),
+               optimization: Optimization = "all", threads: int | None = None) -> OrtRunner:
+    """A runner for an ONNX file (or serialised bytes) in onnxruntime.
+
+    ``optimization`` is "all" (``ORT_ENABLE_ALL``) or "disabled" (``ORT_DISABLE_ALL``); ``threads`` sets
+    the intra-op thread count (None: onnxruntime's default).
+    """
+    return OrtRunner(model, providers, optimization, threads)
+
+
+def session_options(optimization: Optimization = "all", threads: int | None = None) -> ort.SessionOptions:
+    """Session options with the given graph optimisation level, quiet logging, and thread count."""
+    if optimization not in ("all", "disabled"):
+        raise ValueError(f"optimization must be 'all' or 'disabled', not {optimization!r}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimization == "all"
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    """The tensors of a (possibly nested) model output, in order; non-tensor leaves are dropped."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in flatten_outputs(item)]
+    return []
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _module_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of the module's first floating parameter or buffer (None when it has none)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None

@@ -1,0 +1,219 @@
+"""The parity matrix: checks against fp64, stage checks, attribution, baseline error, the JSON contract."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from test_verify_runners import linear_onnx
+from torch import nn
+
+from bnfold.verify import Candidate, ParityReport, Tolerance, run_parity, verify_parity
+from bnfold.verify.providers import CUDA_MISSING
+
+CHECK_KEYS = {
+    "reference",
+    "candidate",
+    "output",
+    "batch_source",
+    "max_abs_err",
+    "max_rel_err",
+    "mean_abs_err",
+    "mismatch_ratio",
+    "cosine",
+    "top1_agreement",
+    "top5_agreement",
+    "atol",
+    "rtol",
+    "passed",
+    "stage",
+    "baseline_max_abs_err",
+    "error_ratio",
+}
+
+
+def original_and_folded() -> tuple[nn.Module, nn.Linear]:
+    """Linear(6, 5) + BatchNorm1d(5) with trained-looking statistics, and the same function as one Linear."""
+    torch.manual_seed(0)
+    linear, bn = nn.Linear(6, 5), nn.BatchNorm1d(5)
+    mean, var = torch.empty(5).uniform_(-1, 1), torch.empty(5).uniform_(0.5, 2)
+    gamma, beta = torch.empty(5).uniform_(0.5, 1.5), torch.empty(5).uniform_(-0.5, 0.5)
+    bn.load_state_dict(
+        {
+            "running_mean": mean,
+            "running_var": var,
+            "weight": gamma,
+            "bias": beta,
+            "num_batches_tracked": torch.tensor(100),
+        }
+    )
+    scale = gamma / torch.sqrt(var + bn.eps)
+    folded = nn.Linear(6, 5)
+    folded.load_state_dict(
+        {
+            "weight": linear.weight.detach() * scale[:, None],
+            "bias": (linear.bias.detach() - mean) * scale + beta,
+        }
+    )
+    return nn.Sequential(linear, bn).eval(), folded.eval()
+
+
+def batches() -> list[tuple[str, tuple[np.ndarray, ...]]]:
+    rng = np.random.default_rng(0)
+    return [
+        (name, (rng.normal(size=(n, 6)).astype(np.float32),))
+        for name, n in (("example", 1), ("random seed 1", 8), ("data heldout.npz", 16))
+    ]
+
+
+def matrix(folded_bias_shift: float = 0.0, onnx_bias_shift: float = 0.0, **kwargs: object) -> ParityReport:
+    original, folded = original_and_folded()
+    exported = nn.Linear(6, 5)
+    exported.load_state_dict(folded.state_dict())
+    with torch.no_grad():
+        folded.bias.add_(folded_bias_shift)
+        exported.bias.add_(folded_bias_shift + onnx_bias_shift)
+    return verify_parity(original, folded, linear_onnx(exported), batches(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_correct_fold_passes_every_check_of_the_standard_matrix() -> None:
+    report = matrix(providers="cpu")
+    assert report and report.failed_stage is None
+    pairs = [(c.stage, c.candidate, c.reference) for c in report.checks]
+    assert pairs == [
+        ("baseline", "original fp32", "original fp64 (torch)"),
+        ("fold", "folded fp32 (torch)", "original fp64 (torch)"),
+        ("fold", "folded fp32 (torch)", "original fp32"),
+        ("export", "onnxruntime CPU (optimizations off)", "original fp64 (torch)"),
+        ("export", "onnxruntime CPU (optimizations off)", "folded fp32 (torch)"),
+        ("ort-optimization", "onnxruntime CPU (optimizations all)", "original fp64 (torch)"),
+        ("ort-optimization", "onnxruntime CPU (optimizations all)", "onnxruntime CPU (optimizations off)"),
+    ]
+    assert {c.output for c in report.checks} == {"y"}  # the ONNX output name
+    assert report.inputs == [
+        {"source": "example", "batch": 1},
+        {"source": "random seed 1", "batch": 8},
+        {"source": "data heldout.npz", "batch": 16},
+    ]
+
+
+def test_json_has_the_contract_keys_and_is_plain_json() -> None:
+    block = json.loads(json.dumps(matrix(providers="cpu").to_json(), allow_nan=False))
+    keys = {"passed", "atol", "rtol", "rule", "reference", "failed_stage", "cuda", "inputs", "checks"}
+    assert keys <= set(block)
+    for check in block["checks"]:
+        assert CHECK_KEYS <= set(check)
+        assert check["batch_source"] == "all" and check["worst_batch"] in {
+            "example",
+            "random seed 1",
+            "data heldout.npz",
+        }
+    assert block["atol"] == 1e-4 and block["rtol"] == 1e-3
+
+
+def test_error_against_fp64_is_set_next_to_the_original_fp32_models_own() -> None:
+    report = matrix(providers="cpu")
+    by_candidate = {c.candidate: c for c in report.checks if c.reference == report.reference}
+    base = by_candidate["original fp32"].max_abs_err
+    assert base is not None and 0 < base < 1e-5  # fp32 noise
+    folded = by_candidate["folded fp32 (torch)"]
+    assert folded.baseline_max_abs_err == base and folded.max_abs_err is not None
+    assert folded.error_ratio == pytest.approx(folded.max_abs_err / base)
+    stage_checks = [c for c in report.checks if c.reference != report.reference]
+    assert all(c.baseline_max_abs_err is None and c.error_ratio is None for c in stage_checks)
+
+
+def test_topk_agreement_is_reported_for_classifier_outputs() -> None:
+    for check in matrix(providers="cpu").checks:
+        assert check.top1_agreement == 1.0 and check.top5_agreement == 1.0
+
+
+def test_a_broken_fold_is_attributed_to_the_fold_stage() -> None:
+    report = matrix(folded_bias_shift=0.1, providers="cpu")
+    assert not report and report.failed_stage == "fold"
+    export = [c for c in report.checks if c.stage == "export" and c.reference == "folded fp32 (torch)"]
+    assert export[0].passed  # the export of the broken fold is faithful to it
+    assert "FAILED at stage fold" in report.summary_lines()[0]
+
+
+def test_a_broken_export_is_attributed_to_the_export_stage() -> None:
+    report = matrix(onnx_bias_shift=0.1, providers="cpu")
+    assert report.failed_stage == "export"
+    failing = {(c.candidate, c.reference) for c in report.failures}
+    assert ("onnxruntime CPU (optimizations off)", "folded fp32 (torch)") in failing
+    assert not any(c.stage == "fold" for c in report.failures)
+
+
+def test_ort_optimization_and_provider_stages_are_attributed() -> None:
+    x = batches()
+    exact = lambda inputs: [inputs[0].astype(np.float64)]  # noqa: E731
+    off = lambda inputs: [inputs[0] * 1.5]  # noqa: E731
+    candidates = [
+        Candidate("original fp32", exact, "baseline"),
+        Candidate("ort off", exact, "export"),
+        Candidate("ort all", off, "ort-optimization", "ort off"),
+        Candidate("cuda", off, "provider", "ort all"),
+    ]
+    report = run_parity(exact, candidates, x)
+    assert report.failed_stage == "ort-optimization"
+    assert [c.passed for c in report.checks if c.stage == "provider"] == [False, True]
+
+
+def test_a_candidate_that_raises_fails_with_the_reason_quoted() -> None:
+    def broken(inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        raise RuntimeError("Non-zero status code returned while running Gemm node")
+
+    ok = lambda inputs: [inputs[0]]  # noqa: E731
+    report = run_parity(
+        ok,
+        [Candidate("original fp32", ok, "baseline"), Candidate("ort", broken, "export", "original fp32")],
+        batches(),
+    )
+    assert report.failed_stage == "export"
+    assert all("could not run: RuntimeError: Non-zero status" in (c.error or "") for c in report.failures)
+    assert len(report.failures) == 2
+
+
+def test_tolerance_tighter_than_fp32_noise_fails_the_baseline() -> None:
+    report = matrix(providers="cpu", tolerance=Tolerance(0.0, 0.0))
+    assert report.failed_stage in {"baseline", "fold", "export", "ort-optimization"}
+    assert not report.checks[0].passed
+
+
+def test_per_output_override_applies_to_that_output_only() -> None:
+    report = matrix(folded_bias_shift=0.1, providers="cpu", per_output={"y": Tolerance(1.0, 0.0)})
+    assert report and {(c.atol, c.rtol) for c in report.checks} == {(1.0, 0.0)}
+
+
+def test_per_batch_mode_gives_one_check_per_batch() -> None:
+    report = matrix(providers="cpu", per_batch=True)
+    assert len(report.checks) == 7 * 3
+    assert [c.batch_source for c in report.checks[:3]] == ["example", "random seed 1", "data heldout.npz"]
+    assert all(c.baseline_max_abs_err is not None for c in report.checks if c.reference == report.reference)
+
+
+def test_the_callers_modules_are_not_touched() -> None:
+    original, folded = original_and_folded()
+    verify_parity(original, folded, linear_onnx(folded), batches(), providers="cpu")
+    assert all(p.dtype == torch.float32 for p in original.parameters())
+
+
+def test_cuda_without_a_gpu_is_a_note_not_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: ["CPUExecutionProvider"])
+    report = matrix(providers="cuda")
+    assert report and report.cuda == {"available": False, "note": CUDA_MISSING}
+    assert CUDA_MISSING in report.notes and "note: " + CUDA_MISSING in report.summary_lines()[-1]
+
+
+def test_cuda_listed_but_falling_back_to_cpu_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        "onnxruntime.get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = matrix(providers="auto")
+    assert report and not any(c.stage == "provider" for c in report.checks)
+    assert report.cuda["available"] is False

@@ -1,0 +1,119 @@
+"""Runners (torch in fp32/fp64, onnxruntime) and provider selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from bnfold.verify import available_providers, ort_runner, select_providers, torch_runner
+from bnfold.verify.providers import CUDA_MISSING
+
+
+def linear_onnx(layer: nn.Linear) -> bytes:
+    """The ONNX graph of ``layer`` (a Gemm), built by hand so the test needs no exporter."""
+    w = numpy_helper.from_array(layer.weight.detach().numpy(), "w")
+    b = numpy_helper.from_array(layer.bias.detach().numpy(), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", layer.in_features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", layer.out_features])],
+        [w, b],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+class TwoOutputs(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, object]:
+        return {"a": x * 2, "rest": (x.sum(), "not a tensor", [x.to(torch.int64)])}
+
+
+def test_torch_runner_flattens_nested_outputs_in_order() -> None:
+    out = torch_runner(TwoOutputs())((np.ones((2, 3), dtype=np.float32),))
+    assert [o.shape for o in out] == [(2, 3), (), (2, 3)]
+    assert out[0].dtype == np.float32 and out[2].dtype == np.int64
+
+
+def test_fp64_runner_works_on_a_copy_and_casts_inputs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    out = torch_runner(model, torch.float64)((x,))
+    assert out[0].dtype == np.float64
+    assert all(p.dtype == torch.float32 for p in model.state_dict().values() if p.is_floating_point())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.inference_mode():
+        expected = model.double()(torch.from_numpy(x).double()).numpy()
+    np.testing.assert_allclose(out[0], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("optimization", ["all", "disabled"])
+def test_ort_runner_matches_torch_and_casts_inputs(optimization: str) -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 3)
+    runner = ort_runner(linear_onnx(layer), optimization=optimization, threads=1)  # type: ignore[arg-type]
+    x = np.random.default_rng(1).normal(size=(2, 4))  # float64: cast to the graph's float32
+    (y,) = runner((x,))
+    assert runner.output_names == ["y"] and y.dtype == np.float32
+    np.testing.assert_allclose(y, torch_runner(layer)((x.astype(np.float32),))[0], atol=1e-6)
+
+
+def test_ort_runner_rejects_a_wrong_input_count() -> None:
+    runner = ort_runner(linear_onnx(nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="takes 1 inputs, got 2"):
+        runner((np.zeros((1, 2)), np.zeros((1, 2))))
+
+
+def test_ort_runner_reads_a_file(tmp_path: object) -> None:
+    path = tmp_path / "m.onnx"  # type: ignore[operator]
+    onnx.save(onnx.load_from_string(linear_onnx(nn.Linear(2, 2))), path)
+    assert ort_runner(path)((np.zeros((1, 2), np.float32),))[0].shape == (1, 2)
+
+
+def test_unknown_optimization_level_is_refused() -> None:
+    with pytest.raises(ValueError, match="optimization"):
+        ort_runner(linear_onnx(nn.Linear(2, 2)), optimization="some")  # type: ignore[arg-type]
+
+
+CPU_ONLY = ["AzureExecutionProvider", "CPUExecutionProvider"]
+WITH_CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("requested", ["auto", "cuda", "CUDA", ["cuda", "cpu"]])
+def test_cuda_asked_for_but_missing_gives_cpu_and_a_note(
+    monkeypatch: pytest.MonkeyPatch, requested: object
+) -> None:
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: CPU_ONLY)
+    selection = select_providers(requested)  # type: ignore[arg-type]
+    assert selection.providers == ("CPUExecutionProvider",) and not selection.cuda
+    assert selection.notes == (CUDA_MISSING,)
+
+
+@pytest.mark.parametrize("requested", ["auto", "cuda"])
+def test_cuda_available_is_selected_after_cpu(monkeypatch: pytest.MonkeyPatch, requested: str) -> None:
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: WITH_CUDA)
+    selection = select_providers(requested)
+    assert selection.providers == ("CPUExecutionProvider", "CUDAExecutionProvider") and selection.cuda
+    assert selection.notes == ()
+
+
+def test_cpu_only_request_has_no_notes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: WITH_CUDA)
+    assert select_providers("cpu").providers == ("CPUExecutionProvider",)
+    assert select_providers("cpu").notes == ()
+
+
+def test_other_missing_provider_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: CPU_ONLY)
+    selection = select_providers(["TensorrtExecutionProvider"])
+    assert selection.providers == ("CPUExecutionProvider",)
+    assert "TensorrtExecutionProvider not available" in selection.notes[0]
+
+
+def test_available_providers_lists_cpu() -> None:
+    assert "CPUExecutionProvider" in available_providers()
