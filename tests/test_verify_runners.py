@@ -84,7 +84,7 @@ CPU_ONLY = ["AzureExecutionProvider", "CPUExecutionProvider"]
 WITH_CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-@pytest.mark.parametrize("requested", ["auto", "cuda", "CUDA", ["cuda", "cpu"]])
+@pytest.mark.parametrize("requested", ["auto", "cuda", "CUDA", ["cuda", "cpu"], "cpu,cuda"])
 def test_cuda_asked_for_but_missing_gives_cpu_and_a_note(
     monkeypatch: pytest.MonkeyPatch, requested: object
 ) -> None:

@@ -37,7 +37,7 @@ def available_providers() -> list[str]:
 
 
 def select_providers(requested: str | Sequence[str] = "auto") -> ProviderSelection:
-    """Resolve ``requested`` ("auto", "cpu", "cuda", or provider names) against what is available.
+    """Resolve ``requested`` ("auto", "cpu", "cuda", provider names, a comma list) against what is available.
 
     "auto" means CPU plus CUDA when available. Nothing unavailable raises: it is left out with a note,
     so a report made on a machine without a GPU says so instead of failing.
@@ -51,10 +51,12 @@ def select_providers(requested: str | Sequence[str] = "auto") -> ProviderSelecti
 
 def _expand(requested: str | Sequence[str]) -> list[str]:
     if isinstance(requested, str):
-        requested = [requested]
+        requested = requested.split(",")
     wanted: list[str] = []
     for item in requested:
         key = item.strip().lower()
+        if not key:
+            continue
         if key == "auto":
             wanted += [CPU, CUDA]
         else:
