@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bnfold.errors import InputSpecError
+from bnfold.errors import InputSpecError, one_line
 
 
 @dataclass(frozen=True)
@@ -31,21 +31,29 @@ class InputSpec:
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """``"1,3,224,224"`` (or ``1x3x224x224``) to a tuple of positive ints."""
+    example = "comma-separated positive integers like 1,3,224,224"
     parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        raise InputSpecError(f"--input-shape {text!r}: expected comma-separated integers like 1,3,224,224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise InputSpecError(f"--input-shape {text!r}: every dimension must be a positive integer")
-    return dims
+    if not parts:
+        raise InputSpecError(f"--input-shape {text!r}: no dimensions; expected {example}")
+    dims = []
+    for part in parts:
+        try:
+            dims.append(int(part))
+        except ValueError:
+            raise InputSpecError(
+                f"--input-shape {text!r}: {part!r} is not an integer; expected {example}"
+            ) from None
+    bad = next((d for d in dims if d <= 0), None)
+    if bad is not None:
+        raise InputSpecError(f"--input-shape {text!r}: dimension {bad} is not positive; expected {example}")
+    return tuple(dims)
 
 
 def make_inputs(spec: InputSpec, seed: int) -> tuple[torch.Tensor, ...]:
     """A seeded random batch of the spec: standard normal floats, small non-negative integers."""
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for shape, dtype in zip(spec.shapes, spec.dtypes):
+    for shape, dtype in zip(spec.shapes, spec.dtypes, strict=True):
         if dtype.is_floating_point:
             out.append(torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype))
         else:
@@ -54,16 +62,29 @@ def make_inputs(spec: InputSpec, seed: int) -> tuple[torch.Tensor, ...]:
 
 
 def load_data(path: str | Path, count: int) -> tuple[torch.Tensor, ...]:
-    """User data from ``.npz``: one array per input, by name in order (or ``x`` / the first array)."""
+    """User data from ``.npz``: one array per input, in the file's order (arrays named y/labels skipped)."""
     path = Path(path)
+    if not path.is_file():
+        raise InputSpecError(f"--data {path}: no such file")
+    archive = _open_npz(path)
+    with archive:
+        keys = [k for k in archive.files if k not in ("y", "labels")]
+        if len(keys) < count or not keys:
+            raise InputSpecError(f"--data {path}: the model takes {count} inputs, the file holds {len(keys)}")
+        try:
+            return tuple(torch.from_numpy(np.ascontiguousarray(archive[k])) for k in keys[:count])
+        except Exception as exc:  # an object array (pickled), a dtype torch has no match for, a bad member
+            raise InputSpecError(
+                f"--data {path}: cannot read its arrays as tensors ({one_line(exc)})"
+            ) from None
+
+
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    hint = "save inputs with numpy.savez(path, x=inputs)"
     try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise InputSpecError(f"--data {path}: not a readable .npz file ({exc})") from None
-    keys = [k for k in archive.files if k not in ("y", "labels")]
-    if not keys:
-        raise InputSpecError(f"--data {path}: holds no input arrays")
-    chosen = keys[:count] if len(keys) >= count else keys
-    if len(chosen) != count:
-        raise InputSpecError(f"--data {path}: the model takes {count} inputs, the file holds {len(keys)}")
-    return tuple(torch.from_numpy(np.ascontiguousarray(archive[k])) for k in chosen)
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:  # not numpy at all, or a pickle (refused)
+        raise InputSpecError(f"--data {path}: not a readable .npz file ({one_line(exc)}); {hint}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputSpecError(f"--data {path}: a single .npy array, not an .npz archive; {hint}")
+    return loaded
