@@ -123,7 +123,7 @@ def mul_add(graph: Graph, mul: onnx.NodeProto) -> ChannelAffine | None:
     data, factor = found
     add = readers[0][0]
     offset = _constant_operand(graph, add) if add.op_type == "Add" else None
-    layer = graph.producer.get(data)
+    layer = _weighted_layer(graph, data)
     geometry = _layer_geometry(graph, layer) if layer is not None else None
     if offset is None or offset[0] != mul.output[0] or geometry is None:
         return None
@@ -147,6 +147,15 @@ def _constant_operand(graph: Graph, node: onnx.NodeProto) -> tuple[str, np.ndarr
     if constant is None or not np.issubdtype(constant.dtype, np.floating):
         return None
     return node.input[index], constant
+
+
+def _weighted_layer(graph: Graph, name: str) -> onnx.NodeProto | None:
+    """The node computing ``name``, looking through a bias ``Add`` of a constant."""
+    node = graph.producer.get(name)
+    if node is not None and node.op_type == "Add":
+        operand = _constant_operand(graph, node)
+        node = graph.producer.get(operand[0]) if operand is not None else None
+    return node
 
 
 def _layer_geometry(graph: Graph, layer: onnx.NodeProto) -> tuple[int, int, int] | None:
