@@ -1,0 +1,184 @@
+"""The ``bnfold`` command line: a thin layer that parses options into a config and calls the API.
+
+Exit codes: 0 ok, 1 parity (or a check) failed with the report written, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bnfold.errors import BnfoldError, InputSpecError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _shapes(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    from bnfold.load import parse_shape
+
+    return tuple(parse_shape(v) for v in values)
+
+
+def _batches(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise InputSpecError(f"--batch {value!r}: expected comma-separated integers like 1,8,32") from None
+    if any(b <= 0 for b in sizes):
+        raise InputSpecError(f"--batch {value!r}: batch sizes must be positive")
+    return sizes
+
+
+def _tolerances(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[str, float, float], ...]:
+    out = []
+    for text in values:
+        name, _, numbers = text.partition("=")
+        try:
+            atol, rtol = (float(v) for v in numbers.split(","))
+        except ValueError:
+            raise InputSpecError(f"--tolerance {text!r}: expected OUTPUT=ATOL,RTOL, e.g. logits=1e-4,1e-3") from None
+        out.append((name, atol, rtol))
+    return tuple(out)
+
+
+def _providers(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+class Progress:
+    """One line per long step on stderr, unless quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(f"… {message}", err=True)
+
+
+model_option = click.option("--model", "factory", metavar="MODULE:CALLABLE",
+                            help="Code that builds the nn.Module for a state_dict/safetensors/checkpoint file.")
+shape_option = click.option("--input-shape", "input_shapes", multiple=True, callback=_shapes, metavar="1,3,224,224",
+                            help="Shape of one input (repeat per input). Overrides the example inputs stored in the model.")
+pickle_option = click.option("--trust-pickle", is_flag=True,
+                             help="Allow loading a pickled nn.Module (runs code from the file: only for files you trust).")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress or summary; the exit code tells.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bnfold")
+@click.option("--debug", is_flag=True, envvar="BNFOLD_DEBUG", help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Fold every BatchNorm out of a trained PyTorch model, export it to ONNX, and prove the result."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="ONNX file to write [default: MODEL with .onnx].")
+@click.option("--report", type=click.Path(path_type=Path), help="JSON report [default: <output stem>.report.json]; .md and .html beside it.")
+@shape_option
+@click.option("--opset", type=click.IntRange(7, 30), default=18, show_default=True, help="ONNX opset.")
+@click.option("--atol", type=float, help="Absolute tolerance for parity [default: by dtype, 1e-4 for float32].")
+@click.option("--rtol", type=float, help="Relative tolerance for parity [default: by dtype, 1e-3 for float32].")
+@click.option("--tolerance", "tolerances", multiple=True, callback=_tolerances, metavar="OUTPUT=ATOL,RTOL",
+              help="Tolerance for one output (by name or index); repeatable.")
+@click.option("--data", type=click.Path(path_type=Path), help="Extra parity inputs from .npz (one array per input; labels 'y' ignored).")
+@click.option("--recalibrate", type=click.Path(path_type=Path), metavar="DATA.npz",
+              help="Re-estimate every BN's statistics from this data before folding.")
+@click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
+@click.option("--batch", "batches", callback=_batches, metavar="1,8,32", help="Batch sizes to time (when the batch dimension is dynamic).")
+@click.option("--providers", default="auto", show_default=True, help="Execution providers: auto, cpu, cuda (comma-separated).")
+@click.option("--threads", type=click.IntRange(1, 1024), help="ONNX Runtime / torch threads for timing [default: physical cores].")
+@model_option
+@pickle_option
+@quiet_option
+def convert(model_path: Path, output: Path | None, report: Path | None, input_shapes: tuple[tuple[int, ...], ...],
+            opset: int, atol: float | None, rtol: float | None, tolerances: tuple[tuple[str, float, float], ...],
+            data: Path | None, recalibrate: Path | None, no_bench: bool, batches: tuple[int, ...], providers: str,
+            threads: int | None, factory: str | None, trust_pickle: bool, quiet: bool) -> int:
+    """Fold, export, verify and time MODEL; write MODEL.onnx and its reports."""
+    from bnfold.convert import ConvertConfig
+    from bnfold.convert import convert as run
+
+    config = ConvertConfig(
+        output=output, report=report, input_shapes=input_shapes, opset=opset, atol=atol, rtol=rtol,
+        tolerances=tolerances, data=data, recalibrate=recalibrate, bench=not no_bench, batches=batches,
+        providers=_providers(providers), threads=threads, factory=factory, trust_pickle=trust_pickle,
+    )
+    result = run(model_path, config, progress=Progress(quiet))
+    if not quiet:
+        from bnfold.report.summary import summary_lines
+
+        for line in summary_lines(result.report):
+            click.echo(line)
+        click.echo(f"wrote {result.onnx_path} and {result.report_path} (+ .md, .html)")
+    return EXIT_OK if result.passed else EXIT_FAILED
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@shape_option
+@model_option
+@pickle_option
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+def inspect(model_path: Path, input_shapes: tuple[tuple[int, ...], ...], factory: str | None, trust_pickle: bool,
+            as_json: bool) -> int:
+    """Print every BatchNorm of MODEL and its fate, without exporting."""
+    from bnfold.convert import inspect_model
+
+    records = inspect_model(model_path, input_shapes=input_shapes, factory=factory, trust_pickle=trust_pickle)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in records], indent=2))
+    else:
+        for record in records:
+            click.echo(record.describe())
+        folded = sum(r.action == "folded" for r in records)
+        click.echo(f"{folded}/{len(records)} BatchNorms fold")
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--max-abs-err", type=float, help="Fail when any parity check's max abs error exceeds this.")
+@click.option("--require-no-batchnorm", is_flag=True, help="Fail when a BatchNormalization node remains in the ONNX file.")
+@click.option("--min-speedup", type=float, help="Fail when the folded model's p50 speedup is below this.")
+def check(reports: tuple[Path, ...], max_abs_err: float | None, require_no_batchnorm: bool,
+          min_speedup: float | None) -> int:
+    """Turn one or more reports into a CI verdict: exit 0 if all pass, 1 if not."""
+    from bnfold.report.check import check_reports
+
+    verdict = check_reports(list(reports), max_abs_err=max_abs_err, require_no_batchnorm=require_no_batchnorm,
+                            min_speedup=min_speedup)
+    click.echo(verdict.table() if len(reports) > 1 else verdict.line())
+    return EXIT_OK if verdict else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one line and exit 2; bugs keep their traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("BNFOLD_DEBUG") == "1"
+    try:
+        code: Any = cli.main(args=args, prog_name="bnfold", standalone_mode=False)
+    except BnfoldError as exc:
+        if debug:
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,0 +1,261 @@
+"""``convert``: load → fold → export → verify → bench → report, the whole job in one call.
+
+:func:`convert` sequences the stages and writes the outputs (atomically, once nothing but parity can fail);
+:func:`inspect_model` stops after the fold. The two ways to a folded model live in :mod:`.paths`, the
+parity and latency glue in :mod:`.checks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnfold.convert.checks import bench_stage, parity_batches, verify_stage
+from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
+from bnfold.errors import InputSpecError, OutputError
+from bnfold.export import DEFAULT_OPSET, annotate, check
+from bnfold.fold.records import BnRecord, summarise
+from bnfold.load import InputSpec, LoadedModel, from_module, load_model, make_inputs
+from bnfold.report import new_report
+
+Progress = Callable[[str], None]
+
+__all__ = ["ConvertConfig", "ConvertResult", "convert", "inspect_model"]
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """Everything ``bnfold convert`` can be told; the CLI fills one of these from its options."""
+
+    output: Path | None = None
+    report: Path | None = None
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    opset: int = DEFAULT_OPSET
+    atol: float | None = None
+    rtol: float | None = None
+    tolerances: tuple[tuple[str, float, float], ...] = ()
+    data: Path | None = None
+    recalibrate: Path | None = None
+    bench: bool = True
+    batches: tuple[int, ...] = ()
+    providers: tuple[str, ...] = ("auto",)
+    threads: int | None = None
+    seeds: int = 3
+    factory: str | None = None
+    trust_pickle: bool = False
+    write_reports: bool = True
+
+
+@dataclass
+class ConvertResult:
+    """What ``convert`` produced; truthy when parity passed."""
+
+    report: dict[str, Any]
+    onnx_path: Path
+    report_path: Path | None
+    converted: Converted | None = None
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["verdict"]["passed"])
+
+    @property
+    def records(self) -> list[BnRecord]:
+        return self.converted.records if self.converted else []
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def output_paths(source: Path | None, config: ConvertConfig) -> tuple[Path, Path]:
+    """The ONNX and report paths: ``model.onnx`` and ``model.report.json`` unless told otherwise."""
+    if config.output is not None:
+        onnx_path = Path(config.output)
+    elif source is not None:
+        onnx_path = source.with_suffix(".folded.onnx" if source.suffix == ".onnx" else ".onnx")
+    else:
+        raise OutputError("give an output path (-o model.onnx) when converting an in-memory model")
+    report = Path(config.report) if config.report else onnx_path.with_name(onnx_path.stem + ".report.json")
+    return onnx_path, report
+
+
+def resolve_inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Tensor, ...]:
+    """The example inputs: ``--input-shape`` wins over the ones stored with the model."""
+    stored = loaded.example_inputs
+    if config.input_shapes:
+        same_count = stored is not None and len(stored) == len(config.input_shapes)
+        dtypes = tuple(t.dtype for t in stored) if same_count else (torch.float32,) * len(config.input_shapes)  # type: ignore[union-attr]
+        return make_inputs(InputSpec(config.input_shapes, dtypes), seed=0)
+    if stored:
+        return tuple(stored)
+    raise InputSpecError(
+        f"{loaded.path or 'the model'} stores no example inputs: give the input shape, e.g. --input-shape 1,3,224,224"
+    )
+
+
+def _as_loaded(model: str | Path | nn.Module | LoadedModel, example_inputs: Any, config: ConvertConfig) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):
+        return from_module(model, example_inputs)
+    return load_model(Path(model), factory=config.factory, trust_pickle=config.trust_pickle)
+
+
+def fold_and_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], config: ConvertConfig) -> Converted:
+    """The fold (and export) by the path the model's format takes."""
+    if loaded.format in ONNX_LEVEL:
+        if config.recalibrate is not None:
+            raise InputSpecError(f"--recalibrate needs a PyTorch model; a {loaded.format} model has no BatchNorm statistics to update in place")
+        return convert_onnx_level(loaded, inputs, config.opset)
+    return convert_torch(loaded, inputs, config.opset, config.recalibrate, reshaped=bool(config.input_shapes))
+
+
+def convert(
+    model: str | Path | nn.Module | LoadedModel,
+    config: ConvertConfig | None = None,
+    *,
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+    progress: Progress | None = None,
+) -> ConvertResult:
+    """Fold, export, verify and time ``model``; write the ONNX file and the reports.
+
+    Raises a :class:`bnfold.errors.BnfoldError` for bad input (nothing is written then). A parity failure
+    is not an exception: the result, and the report written, say ``passed: false``.
+    """
+    config = config or ConvertConfig()
+    say = progress or (lambda _: None)
+    loaded = _as_loaded(model, example_inputs, config)
+    onnx_path, report_path = output_paths(loaded.path, config)
+    _check_outputs(loaded.path, onnx_path, report_path if config.write_reports else None)
+    inputs = resolve_inputs(loaded, config)
+    report = new_report()
+
+    say("folding BatchNorms and exporting to ONNX")
+    converted = fold_and_export(loaded, inputs, config)
+    annotate(converted.exported.model, {"bnfold.version": report["bnfold_version"],
+                                        "bnfold.fold": _fold_metadata(converted.records)})
+    check(converted.exported.model)
+    report["model"] = model_section(loaded, inputs, converted.notes)
+    report["fold"] = fold_section(converted)
+    report["onnx"] = onnx_section(converted, onnx_path)
+    report["warnings"].extend(converted.exported.warnings)
+
+    say("checking parity")
+    report["parity"] = verify_stage(loaded, converted, parity_batches(inputs, config), config)
+    if config.bench:
+        say("measuring latency")
+        report["latency"], report["speedup"] = bench_stage(loaded, converted, inputs, config)
+    from bnfold.report.environment import capture_environment
+
+    report["environment"] = capture_environment()
+    report["verdict"] = verdict(report)
+    written = _write(converted, onnx_path, report, report_path if config.write_reports else None)
+    return ConvertResult(report, onnx_path, report_path if config.write_reports else None, converted, written)
+
+
+def inspect_model(
+    model: str | Path | nn.Module | LoadedModel,
+    *,
+    input_shapes: tuple[tuple[int, ...], ...] = (),
+    factory: str | None = None,
+    trust_pickle: bool = False,
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+) -> list[BnRecord]:
+    """Every BatchNorm of the model and its fate, without writing anything (``bnfold inspect``)."""
+    config = ConvertConfig(input_shapes=input_shapes, factory=factory, trust_pickle=trust_pickle)
+    loaded = _as_loaded(model, example_inputs, config)
+    inputs = resolve_inputs(loaded, config) if loaded.format != "onnx" else ()
+    if loaded.format == "onnx":
+        from bnfold.fold.onnx import fold_onnx
+
+        return fold_onnx(loaded.onnx_model).records  # type: ignore[arg-type]
+    return fold_and_export(loaded, inputs, config).records if loaded.format in ONNX_LEVEL else _fold_only(loaded, inputs)
+
+
+def _fold_only(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> list[BnRecord]:
+    from bnfold.fold import fold
+
+    return fold(loaded.exported or loaded.module, inputs).records  # type: ignore[arg-type]
+
+
+def fold_section(converted: Converted) -> dict[str, Any]:
+    counts = summarise(converted.records)
+    return {
+        "batchnorm_found": counts["found"],
+        "batchnorm_folded": counts["folded"],
+        "batchnorm_affine": counts["affine"],
+        "batchnorm_kept": counts["kept"],
+        "recalibrated": converted.recalibrated,
+        "seconds": round(converted.fold_seconds, 3),
+        "layers": [r.to_json() for r in converted.records],
+    }
+
+
+def model_section(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], notes: list[str]) -> dict[str, Any]:
+    return {
+        "path": str(loaded.path) if loaded.path else None,
+        "sha256": loaded.sha256,
+        "format": loaded.format,
+        "inputs": [{"name": f"input_{i}", "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+                   for i, t in enumerate(inputs)],
+        "notes": list(loaded.notes) + notes,
+    }
+
+
+def onnx_section(converted: Converted, path: Path) -> dict[str, Any]:
+    exported = converted.exported
+    return {
+        "path": str(path),
+        "exporter": exported.exporter,
+        "opset": exported.opset,
+        "batchnorm_nodes": exported.batchnorm_nodes(),
+        "nodes": len(exported.model.graph.node),
+        "size_bytes": exported.model.ByteSize(),
+        "sha256": None,
+    }
+
+
+def verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """The overall verdict: parity decides; the reason says what was gained or what broke."""
+    parity, fold = report["parity"], report["fold"]
+    if parity.get("passed"):
+        return {"passed": True, "reason": f"parity passed; {fold['batchnorm_folded']}/{fold['batchnorm_found']} BatchNorms folded"}
+    return {"passed": False, "reason": f"parity failed at stage {parity.get('failed_stage') or 'unknown'}"}
+
+
+def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:
+    counts = summarise(records)
+    return {"found": counts["found"], "folded": counts["folded"],
+            "layers": [{"name": r.name, "action": r.action, "into": r.into} for r in records]}
+
+
+def _check_outputs(source: Path | None, onnx_path: Path, report_path: Path | None) -> None:
+    from bnfold.files import check_writable, ensure_distinct
+
+    for target in (onnx_path, report_path):
+        if target is None:
+            continue
+        if source is not None:
+            ensure_distinct(source, target)
+        check_writable(target)
+
+
+def _write(converted: Converted, onnx_path: Path, report: dict[str, Any], report_path: Path | None) -> list[Path]:
+    from bnfold.export import save
+    from bnfold.files import atomic_output
+    from bnfold.load.loaded import file_sha256
+    from bnfold.report import write_reports
+
+    with atomic_output(onnx_path) as temporary:
+        save(converted.exported.model, temporary)
+    report["onnx"]["sha256"] = file_sha256(onnx_path)
+    written = [onnx_path]
+    if report_path is not None:
+        written += write_reports(report, report_path)
+    return written

@@ -1,0 +1,104 @@
+"""Parity and latency for a conversion: which runners, on which inputs, against what."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from bnfold.convert.paths import Converted
+from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
+from bnfold.verify import (
+    Candidate, Tolerance, ort_runner, run_parity, select_providers, torch_runner, verify_parity,
+)
+from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION
+
+Batches = list[tuple[str, tuple[np.ndarray, ...]]]
+
+
+def parity_batches(inputs: tuple[torch.Tensor, ...], config: Any) -> Batches:
+    """Named input batches: the example, ``config.seeds`` seeded random batches, and the user's data."""
+    batches: Batches = [("example", tuple(t.numpy() for t in inputs))]
+    spec = InputSpec.of(inputs)
+    for seed in range(1, config.seeds + 1):
+        batches.append((f"random seed {seed}", tuple(t.numpy() for t in make_inputs(spec, seed))))
+    if config.data is not None:
+        data = load_data(config.data, len(inputs))
+        batches.append((f"data {config.data.name}", tuple(t.numpy() for t in data)))
+    return batches
+
+
+def tolerance_of(config: Any) -> tuple[Tolerance | None, dict[str | int, Tolerance]]:
+    """The parity tolerance (None: by dtype) and per-output overrides from the config."""
+    default = None
+    if config.atol is not None or config.rtol is not None:
+        base = Tolerance.for_dtype("float32")
+        default = Tolerance(config.atol if config.atol is not None else base.atol,
+                            config.rtol if config.rtol is not None else base.rtol)
+    per_output: dict[str | int, Tolerance] = {
+        int(k) if k.isdigit() else k: Tolerance(a, r) for k, a, r in config.tolerances
+    }
+    return default, per_output
+
+
+def verify_stage(loaded: LoadedModel, converted: Converted, batches: Batches, config: Any) -> dict[str, Any]:
+    """The parity block of the report, by the path the model took."""
+    tolerance, per_output = tolerance_of(config)
+    folded_bytes = converted.exported.model.SerializeToString()
+    if loaded.format == "onnx":
+        report = _onnx_parity(converted.original, folded_bytes, batches, tolerance, per_output)
+    elif loaded.format == "torchscript":
+        report = _torchscript_parity(converted, folded_bytes, batches, tolerance, per_output)
+    else:
+        report = verify_parity(converted.original, converted.folded, folded_bytes, batches, tolerance, per_output,
+                               providers=",".join(config.providers), threads=config.threads)
+    return report.to_json()
+
+
+def _onnx_parity(original: bytes, folded: bytes, batches: Batches, tolerance: Any, per_output: Any) -> Any:
+    """ONNX in, ONNX out: the original as written (no ORT rewrites) is the reference."""
+    reference = ort_runner(original, optimization="disabled")
+    candidates = [
+        Candidate("folded onnxruntime CPU (optimizations off)", ort_runner(folded, optimization="disabled"), FOLD),
+        Candidate("folded onnxruntime CPU (optimizations all)", ort_runner(folded, optimization="all"),
+                  ORT_OPTIMIZATION, "folded onnxruntime CPU (optimizations off)"),
+    ]
+    return run_parity(reference, candidates, batches, tolerance, per_output, reference.output_names,
+                      reference_name="original onnxruntime CPU (optimizations off)")
+
+
+def _torchscript_parity(converted: Converted, folded: bytes, batches: Batches, tolerance: Any, per_output: Any) -> Any:
+    """TorchScript in: fp64 TorchScript is the reference; the unfolded export isolates the fold."""
+    module = converted.original
+    unfolded = converted.original_onnx() if converted.original_onnx else folded
+    candidates = [
+        Candidate("original fp32", torch_runner(module), BASELINE),
+        Candidate("unfolded onnxruntime CPU (optimizations off)", ort_runner(unfolded, optimization="disabled"),
+                  EXPORT, "original fp32"),
+        Candidate("onnxruntime CPU (optimizations off)", ort_runner(folded, optimization="disabled"), FOLD,
+                  "unfolded onnxruntime CPU (optimizations off)"),
+        Candidate("onnxruntime CPU (optimizations all)", ort_runner(folded, optimization="all"), ORT_OPTIMIZATION,
+                  "onnxruntime CPU (optimizations off)"),
+    ]
+    report = run_parity(torch_runner(module, torch.float64), candidates, batches, tolerance, per_output,
+                        output_names=None)
+    report.notes = list(select_providers("auto").notes)
+    return report
+
+
+def bench_stage(loaded: LoadedModel, converted: Converted, inputs: tuple[torch.Tensor, ...],
+                config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Latency of the original and the folded model, interleaved, on every provider and batch size."""
+    from bnfold.bench import bench_onnx, bench_torch, speedups
+
+    original_onnx = converted.original_onnx() if converted.original_onnx else None
+    models = {"original": original_onnx, "folded": converted.exported.model.SerializeToString()}
+    selection = select_providers(",".join(config.providers))
+    sizes = config.batches or (inputs[0].shape[0],)
+    results = bench_onnx({k: v for k, v in models.items() if v is not None}, inputs, providers=selection.providers,
+                         threads=config.threads, batch_sizes=sizes)
+    if isinstance(converted.folded, torch.nn.Module) and isinstance(converted.original, torch.nn.Module):
+        results += bench_torch({"original": converted.original, "folded": converted.folded}, inputs,
+                               threads=config.threads, batch_sizes=sizes)
+    return [r.to_json() for r in results], speedups(results)

@@ -1,0 +1,107 @@
+"""The two ways to a folded ONNX model, behind one shape (:class:`Converted`).
+
+* PyTorch models (torch.export archives, state dicts, checkpoints, modules) fold on the aten graph, then
+  export with the dynamo exporter; parity runs the full matrix against the original in float64.
+* ONNX files and TorchScript archives fold on the ONNX graph (TorchScript through the TorchScript
+  exporter with constant folding off, so every BatchNormalization is still there to fold).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from bnfold.errors import ExportError, one_line
+from bnfold.export import ExportResult, export_module, quiet, remove_unused_initializers
+from bnfold.fold import FoldResult, fold
+from bnfold.fold.records import BnRecord
+from bnfold.load import LoadedModel, load_data
+
+ONNX_LEVEL = ("onnx", "torchscript")
+Batches = list[tuple[str, tuple[Any, ...]]]
+
+
+@dataclass
+class Converted:
+    """A folded ONNX model with its records, and how to verify and time it against the original."""
+
+    exported: ExportResult
+    records: list[BnRecord]
+    notes: list[str]
+    fold_seconds: float
+    original: Any  # an nn.Module, or ONNX bytes for an ONNX input
+    folded: Any
+    recalibrated: bool = False
+    fold_result: FoldResult | None = None
+    original_onnx: Callable[[], bytes] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def calibration_batches(path: Path, count: int, batch: int = 64) -> list[tuple[torch.Tensor, ...]]:
+    """``--recalibrate`` data as batches of at most ``batch`` samples."""
+    data = load_data(path, count)
+    n = data[0].shape[0]
+    return [tuple(t[i : i + batch].float() for t in data) for i in range(0, n, batch)]
+
+
+def convert_torch(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int,
+                  recalibrate: Path | None = None, reshaped: bool = False) -> Converted:
+    """Fold on the aten graph, then export the folded GraphModule."""
+    calibration = calibration_batches(recalibrate, len(inputs)) if recalibrate else None
+    use_program = loaded.exported is not None and not reshaped
+    source: nn.Module | torch.export.ExportedProgram = loaded.exported if use_program else loaded.module  # type: ignore[assignment]
+    folded = fold(source, inputs, calibration=calibration)
+    exported = export_module(folded.module, inputs, opset=opset)
+    original = loaded.exported.module() if use_program else loaded.module
+
+    def original_onnx() -> bytes:
+        return export_module(loaded.exported if use_program else loaded.module, inputs, opset=opset).model.SerializeToString()  # type: ignore[arg-type]
+
+    return Converted(exported, folded.records, folded.notes, folded.seconds, original, folded.module,
+                     folded.recalibrated, folded, original_onnx)
+
+
+def torchscript_to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int) -> onnx.ModelProto:
+    """Export a TorchScript module unfolded (constant folding off keeps every BatchNormalization)."""
+    import io
+
+    buffer = io.BytesIO()
+    with quiet():
+        try:
+            torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=min(opset, 17),
+                              do_constant_folding=False, input_names=[f"input_{i}" for i in range(len(inputs))],
+                              dynamic_axes={f"input_{i}": {0: "batch"} for i in range(len(inputs))})
+        except Exception as exc:  # the TorchScript exporter raises many error types
+            raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def convert_onnx_level(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int) -> Converted:
+    """Fold on the ONNX graph: an ONNX file as it is, a TorchScript archive after an unfolded export."""
+    from bnfold.fold.onnx import fold_onnx
+
+    if loaded.format == "onnx":
+        original: onnx.ModelProto = loaded.onnx_model  # type: ignore[assignment]
+        exporter, used_opset = "none (ONNX input)", _opset_of(original)
+    else:
+        original = torchscript_to_onnx(loaded.module, inputs, opset)  # type: ignore[arg-type]
+        exporter, used_opset = "torch.onnx.export (TorchScript)", _opset_of(original)
+    start = time.perf_counter()
+    result = fold_onnx(original)
+    seconds = time.perf_counter() - start
+    remove_unused_initializers(result.model)
+    exported = ExportResult(result.model, exporter, used_opset)
+    reference: Any = original.SerializeToString() if loaded.format == "onnx" else loaded.module
+    return Converted(exported, result.records, [], seconds, reference, None,
+                     original_onnx=lambda: original.SerializeToString())
+
+
+def _opset_of(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

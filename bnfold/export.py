@@ -1,0 +1,152 @@
+"""Export to ONNX: the folded GraphModule through torch.onnx's dynamo exporter, checked and annotated.
+
+Exporter chatter (progress lines, warnings) is captured, not printed; the warnings go into the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from bnfold.errors import ExportError, one_line
+from bnfold.fold.capture import batch_dynamic_shapes
+
+DEFAULT_OPSET = 18
+
+
+@dataclass
+class ExportResult:
+    """An exported ONNX model and what the exporter said while making it."""
+
+    model: onnx.ModelProto
+    exporter: str
+    opset: int
+    warnings: list[str] = field(default_factory=list)
+
+    def batchnorm_nodes(self) -> int:
+        return count_ops(self.model, "BatchNormalization")
+
+
+def count_ops(model: onnx.ModelProto, op_type: str) -> int:
+    """How many nodes of ``op_type`` the graph (and its subgraphs) holds."""
+    def walk(graph: onnx.GraphProto) -> int:
+        total = 0
+        for node in graph.node:
+            total += node.op_type == op_type
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    total += walk(attr.g)
+                total += sum(walk(g) for g in attr.graphs)
+        return total
+
+    return walk(model.graph)
+
+
+@contextlib.contextmanager
+def quiet() -> Any:
+    """Silence stdout, stderr, Python warnings and torch.onnx logging; yield the captured warnings."""
+    captured: list[str] = []
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    sink = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("always")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield captured
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+            seen = dict.fromkeys(str(w.message).splitlines()[0] for w in caught
+                                 if not issubclass(w.category, (DeprecationWarning, FutureWarning)))
+            captured.extend(seen)
+
+
+def export_module(
+    module: nn.Module | torch.export.ExportedProgram,
+    inputs: tuple[Any, ...],
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    optimize: bool = True,
+) -> ExportResult:
+    """Export with the dynamo exporter (batch dimension dynamic when the model allows)."""
+    opset = opset or DEFAULT_OPSET
+    dynamic = None
+    if dynamic_batch and not isinstance(module, torch.export.ExportedProgram):
+        dynamic = batch_dynamic_shapes(inputs)
+    with quiet() as said:
+        try:
+            program = torch.onnx.export(
+                module, inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
+                optimize=optimize, verbose=False,
+            )
+        except Exception as exc:  # the exporter raises many private error types
+            raise ExportError(f"torch.onnx.export failed: {one_line(exc)}") from exc
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    remove_unused_initializers(proto)
+    name_batch_dimension(proto)
+    return ExportResult(proto, "torch.onnx.export (dynamo)", opset, said)
+
+
+def name_batch_dimension(model: onnx.ModelProto, name: str = "batch") -> None:
+    """Call the symbolic dimension 0 of the first input ``batch`` everywhere it appears."""
+    if not model.graph.input:
+        return
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    symbol = dims[0].dim_param if dims else ""
+    if not symbol:
+        return
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == symbol:
+                dim.dim_param = name
+
+
+def remove_unused_initializers(model: onnx.ModelProto) -> int:
+    """Drop initializers no node reads; returns how many were removed."""
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    keep = [init for init in model.graph.initializer if init.name in used]
+    removed = len(model.graph.initializer) - len(keep)
+    if removed:
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    return removed
+
+
+def annotate(model: onnx.ModelProto, entries: dict[str, Any]) -> None:
+    """Write ``bnfold.*`` entries into the model's metadata_props (JSON for non-strings)."""
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in entries.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        prop = existing.get(key) or model.metadata_props.add()
+        prop.key, prop.value = key, text
+
+
+def check(model: onnx.ModelProto) -> None:
+    """onnx.checker on the model, as an ExportError when it fails."""
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported ONNX model does not pass onnx.checker: {one_line(exc)}") from exc
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """Write the model; larger than protobuf's 2 GB limit, weights go to ``<name>.data`` beside it."""
+    large = model.ByteSize() > 2_000_000_000 if model.ByteSize() >= 0 else True
+    onnx.save_model(model, str(path), save_as_external_data=large,
+                    location=path.name + ".data" if large else None)

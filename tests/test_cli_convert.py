@@ -1,0 +1,100 @@
+"""``bnfold convert`` and ``bnfold check`` end to end on the shipped digits CNN, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import MODELS, run_cli
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
+    out = tmp_path_factory.mktemp("digits")
+    onnx_path = out / "digits.onnx"
+    done = run_cli("convert", str(MODELS / "digits_cnn.pt2"), "-o", str(onnx_path),
+                   "--data", str(MODELS / "digits_heldout.npz"), "--batch", "1,8")
+    return onnx_path, out / "digits.report.json", done
+
+
+def test_convert_exits_zero_and_prints_a_summary(converted: tuple[Path, Path, object]) -> None:
+    _, _, done = converted
+    assert done.returncode == 0, done.stderr
+    assert "4 found, 4 folded" in done.stdout
+    assert "PASS" in done.stdout
+    assert "Traceback" not in done.stderr and "Warning" not in done.stderr
+
+
+def test_every_batchnorm_is_gone_from_the_onnx_file(converted: tuple[Path, Path, object]) -> None:
+    onnx_path, report_path, _ = converted
+    model = onnx.load(str(onnx_path))
+    onnx.checker.check_model(model)
+    assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    report = json.loads(report_path.read_text())
+    assert report["schema"] == "bnfold.report/1"
+    assert report["fold"]["batchnorm_found"] == 4 == report["fold"]["batchnorm_folded"]
+    assert report["onnx"]["batchnorm_nodes"] == 0
+    assert {p.key for p in model.metadata_props} >= {"bnfold.version", "bnfold.fold"}
+    used = {name for node in model.graph.node for name in node.input}
+    assert all(init.name in used for init in model.graph.initializer)
+
+
+def test_heldout_predictions_equal_the_original_model(converted: tuple[Path, Path, object]) -> None:
+    onnx_path, _, _ = converted
+    data = np.load(MODELS / "digits_heldout.npz")
+    original = torch.export.load(str(MODELS / "digits_cnn.pt2")).module()
+    with torch.no_grad():
+        expected = original(torch.from_numpy(data["x"])).argmax(1).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: data["x"]})[0].argmax(1)
+    assert np.array_equal(got, expected)
+    assert (got == data["y"]).mean() > 0.95
+
+
+def test_report_has_parity_latency_and_companions(converted: tuple[Path, Path, object]) -> None:
+    _, report_path, _ = converted
+    report = json.loads(report_path.read_text())
+    parity = report["parity"]
+    assert parity["passed"] is True and parity["atol"] > 0 and parity["rtol"] > 0
+    assert {c["stage"] for c in parity["checks"]} >= {"fold", "export", "ort-optimization"}
+    assert any(i["source"].startswith("data") for i in parity["inputs"])
+    top1 = [c["top1_agreement"] for c in parity["checks"] if c["top1_agreement"] is not None]
+    assert top1 and min(top1) == 1.0
+    folded = {(r["backend"], r["batch"]) for r in report["latency"] if r["model"] == "folded"}
+    assert ("onnxruntime", 1) in folded and ("onnxruntime", 8) in folded
+    assert all(r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in report["latency"])
+    assert report_path.with_suffix(".md").exists() and report_path.with_suffix(".html").exists()
+    assert report["verdict"]["passed"] is True
+
+
+def test_check_passes_on_the_report_and_fails_on_a_failed_one(converted: tuple[Path, Path, object], tmp_path: Path) -> None:
+    _, report_path, _ = converted
+    ok = run_cli("check", str(report_path))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    report = json.loads(report_path.read_text())
+    report["parity"]["passed"] = False
+    report["parity"]["failed_stage"] = "export"
+    report["parity"]["checks"][0]["passed"] = False
+    report["verdict"] = {"passed": False, "reason": "parity failed at stage export"}
+    broken = tmp_path / "broken.report.json"
+    broken.write_text(json.dumps(report))
+    failed = run_cli("check", str(broken))
+    assert failed.returncode == 1
+    assert len(failed.stdout.strip().splitlines()) == 1
+
+
+def test_random_bytes_exit_2_with_one_line_and_no_output(tmp_path: Path) -> None:
+    model = tmp_path / "model.pt2"
+    model.write_bytes(np.random.default_rng(0).bytes(4096))
+    done = run_cli("convert", str(model), "--no-bench")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2"]
