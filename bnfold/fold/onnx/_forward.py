@@ -146,12 +146,12 @@ def forward_fold(
     graph: Graph, value: str, use: Use, axis: int, channels: int | None, depth: int = 0
 ) -> Fold | str:
     """The fold of an affine along ``axis`` of ``value`` (read by ``use``) into what computes it."""
-    reason = graph.exclusive(value, use)
-    if reason is not None:
-        return reason
     node = graph.producer.get(value)
     if node is None or node.domain not in ("", "ai.onnx"):
         return describe_blocker(graph, value)
+    reason = graph.exclusive(value, use)
+    if reason is not None:
+        return reason
     if depth >= MAX_DEPTH:
         return f"{label(node)} is more than {MAX_DEPTH} nodes away from the affine"
     fold = _by_op(graph, node, axis, channels, depth)
