@@ -1,0 +1,93 @@
+"""Latency of ONNX models in onnxruntime, original and folded timed interleaved.
+
+One session per (model, provider), created once (``session_create_ms``) and reused for every batch
+size. On GPU providers inputs and outputs are bound to device memory with IO binding, so host/device
+copies are not part of the timing.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from bnfold.bench.cpu import default_threads
+from bnfold.bench.inputs import InputSource, batches_of
+from bnfold.bench.timing import LatencyResult, interleave
+from bnfold.verify.runners import OrtRunner
+
+BACKEND = "onnxruntime"
+
+_DEVICE_OF = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+
+
+def binding_device(provider: str) -> str | None:
+    """The ``OrtValue`` device to bind inputs and outputs to for ``provider``; None: plain ``run``."""
+    return _DEVICE_OF.get(provider)
+
+
+def bound_call(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
+               device: str) -> Callable[[], None]:
+    """A call running ``session`` on inputs already copied to ``device``, outputs left there."""
+    binding = session.io_binding()
+    for name, array in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, device, 0))
+    for output in session.get_outputs():
+        binding.bind_output(output.name, device)
+    return lambda: session.run_with_iobinding(binding)
+
+
+def timed_call(runner: OrtRunner, inputs: Sequence[np.ndarray], provider: str) -> Callable[[], object]:
+    """The call to time: IO binding on device providers, ``session.run`` otherwise."""
+    feeds = runner.feeds(inputs)
+    device = binding_device(provider)
+    if device is not None:
+        return bound_call(runner.session, feeds, device)
+    return lambda: runner.session.run(None, feeds)
+
+
+def bench_onnx(models: Mapping[str, str | Path | bytes], inputs: InputSource,
+               providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
+               warmup: int = 10, min_runs: int = 30, min_seconds: float = 1.0,
+               batch_sizes: Sequence[int] | None = None, max_runs: int | None = None) -> list[LatencyResult]:
+    """Time each ONNX model (e.g. ``{"original": ..., "folded": ...}``) on each provider and batch size.
+
+    ``threads`` defaults to one per physical core. Sessions use full graph optimisation, as deployed. A
+    provider onnxruntime silently replaces (e.g. CUDA on a machine without a GPU) is skipped with a
+    warning rather than reported under the wrong name.
+    """
+    threads = threads or default_threads()
+    per_batch = batches_of(inputs, batch_sizes)
+    results: list[LatencyResult] = []
+    for provider in providers:
+        sessions, create_ms = _sessions(models, provider, threads)
+        if sessions is None:
+            continue
+        for batch, arrays in per_batch.items():
+            calls = {name: timed_call(runner, arrays, provider) for name, runner in sessions.items()}
+            samples = interleave(calls, warmup, min_runs, min_seconds, max_runs)
+            results += [LatencyResult.of(samples[name], backend=BACKEND, provider=provider, model=name,
+                                         batch=batch, threads=threads, session_create_ms=create_ms[name])
+                        for name in sessions]
+    return results
+
+
+def _sessions(models: Mapping[str, str | Path | bytes], provider: str,
+              threads: int) -> tuple[dict[str, OrtRunner] | None, dict[str, float]]:
+    sessions: dict[str, OrtRunner] = {}
+    create_ms: dict[str, float] = {}
+    chain = (provider,) if provider == "CPUExecutionProvider" else (provider, "CPUExecutionProvider")
+    for name, model in models.items():
+        t0 = time.perf_counter()
+        sessions[name] = OrtRunner(model, chain, "all", threads)
+        create_ms[name] = (time.perf_counter() - t0) * 1e3
+        if sessions[name].session.get_providers()[0] != provider:
+            warnings.warn(f"{provider} is not usable here (onnxruntime fell back to "
+                          f"{sessions[name].session.get_providers()[0]}); its latency is not measured",
+                          RuntimeWarning, stacklevel=3)
+            return None, {}
+    return sessions, create_ms

@@ -1,0 +1,98 @@
+"""Interleaved timing and the latency statistics of one (backend, provider, model, batch).
+
+Models are timed A/B interleaved: each iteration runs every model once, the starting model rotating
+from one iteration to the next, so that drift (thermal throttling, a noisy neighbour, frequency scaling)
+hits all of them alike and per-iteration ratios between them are paired.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Clock = Callable[[], float]
+
+
+def interleave(calls: Mapping[str, Callable[[], object]], warmup: int = 10, min_runs: int = 30,
+               min_seconds: float = 1.0, max_runs: int | None = None,
+               clock: Clock = time.perf_counter) -> dict[str, list[float]]:
+    """Time every call round robin; returns each call's per-iteration times in milliseconds.
+
+    Runs ``warmup`` untimed rounds, then timed rounds until at least ``min_runs`` rounds and
+    ``min_seconds`` have passed (or ``max_runs`` rounds, if given). Round ``i`` starts with call
+    ``i mod n``.
+    """
+    names = list(calls)
+    if not names:
+        return {}
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    start, rounds = clock(), 0
+    while rounds < min_runs or clock() - start < min_seconds:
+        if max_runs is not None and rounds >= max_runs:
+            break
+        shift = rounds % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = clock()
+            calls[name]()
+            samples[name].append((clock() - t0) * 1e3)
+        rounds += 1
+    return samples
+
+
+@dataclass
+class LatencyResult:
+    """Latency of one model on one backend, provider and batch size. Times in milliseconds.
+
+    ``throughput`` is samples per second at the mean latency (batch / mean). ``samples_ms`` holds the
+    per-iteration times (paired across models by index) and is not part of the JSON.
+    """
+
+    backend: str
+    provider: str
+    model: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    throughput: float
+    runs: int
+    threads: int
+    session_create_ms: float | None = None
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def of(cls, samples_ms: list[float], *, backend: str, provider: str, model: str, batch: int,
+           threads: int, session_create_ms: float | None = None) -> LatencyResult:
+        """Statistics of the timed samples."""
+        if not samples_ms:
+            raise ValueError(f"no timed runs for {model} ({backend}, {provider}, batch {batch})")
+        x = np.asarray(samples_ms, dtype=np.float64)
+        p50, p90, p99 = (float(v) for v in np.percentile(x, [50, 90, 99]))
+        mean = float(x.mean())
+        return cls(backend, provider, model, batch, p50, p90, p99, mean, float(x.std()), float(x.min()),
+                   float(x.max()), batch * 1e3 / mean if mean > 0 else float("inf"), len(x), threads,
+                   session_create_ms, list(samples_ms))
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's ``latency`` entry (times rounded to the nanosecond)."""
+        out = {k: v for k, v in self.__dict__.items() if k != "samples_ms"}
+        for key, value in out.items():
+            if isinstance(value, float) and key != "throughput":
+                out[key] = round(value, 6)
+        out["throughput"] = round(self.throughput, 3)
+        return out
+
+    def describe(self) -> str:
+        return (f"{self.backend} {self.provider} {self.model} batch {self.batch}: p50 {self.p50_ms:.3f} ms "
+                f"(p90 {self.p90_ms:.3f}, {self.runs} runs, {self.threads} threads)")

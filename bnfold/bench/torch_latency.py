@@ -1,0 +1,51 @@
+"""Latency of PyTorch eager modules (original and folded), timed interleaved under inference mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from bnfold.bench.cpu import default_threads
+from bnfold.bench.inputs import InputSource, batches_of
+from bnfold.bench.timing import LatencyResult, interleave
+
+BACKEND = "torch"
+PROVIDER = "eager"
+
+
+def eager_call(module: nn.Module, arrays: Sequence[np.ndarray]) -> Callable[[], object]:
+    """A call running ``module`` on tensors made once from ``arrays``, under ``torch.inference_mode``."""
+    tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+
+    def call() -> object:
+        with torch.inference_mode():
+            return module(*tensors)
+
+    return call
+
+
+def bench_torch(modules: Mapping[str, nn.Module], inputs: InputSource, threads: int | None = None,
+                warmup: int = 10, min_runs: int = 30, min_seconds: float = 1.0,
+                batch_sizes: Sequence[int] | None = None, max_runs: int | None = None) -> list[LatencyResult]:
+    """Time each module (e.g. ``{"original": ..., "folded": ...}``) per batch size on the CPU.
+
+    Runs with ``torch.set_num_threads(threads)`` (default: one per physical core) and restores the
+    previous thread count afterwards. Modules are run as given (put them in eval mode first).
+    """
+    threads = threads or default_threads()
+    per_batch = batches_of(inputs, batch_sizes)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results: list[LatencyResult] = []
+        for batch, arrays in per_batch.items():
+            calls = {name: eager_call(module, arrays) for name, module in modules.items()}
+            samples = interleave(calls, warmup, min_runs, min_seconds, max_runs)
+            results += [LatencyResult.of(samples[name], backend=BACKEND, provider=PROVIDER, model=name,
+                                         batch=batch, threads=threads) for name in modules]
+        return results
+    finally:
+        torch.set_num_threads(previous)
