@@ -11,6 +11,7 @@ import copy
 import io
 import warnings
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -22,6 +23,7 @@ from bnfold.errors import FoldError
 from bnfold.fold.onnx import OnnxFoldResult, fold_onnx
 from bnfold.fold.onnx.testing import assert_numerically_equal
 
+M = TypeVar("M", bound=nn.Module)
 BATCHNORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 
@@ -29,22 +31,25 @@ def export(module: nn.Module, *args: torch.Tensor) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, buffer, dynamo=False, do_constant_folding=False)
+        torch.onnx.export(module.eval(), args, buffer, dynamo=False, do_constant_folding=False)  # type: ignore[arg-type]
     return onnx.load_from_string(buffer.getvalue())
 
 
-def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+def randomise(module: M, seed: int = 0) -> M:
     """Give every BatchNorm statistics and affine parameters far from the identity."""
     gen = torch.Generator().manual_seed(seed)
     for layer in module.modules():
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             n = layer.num_features
+            values = {
+                "running_mean": torch.randn(n, generator=gen),
+                "running_var": torch.rand(n, generator=gen) + 0.5,
+                "weight": torch.randn(n, generator=gen),
+                "bias": torch.randn(n, generator=gen),
+            }
             with torch.no_grad():
-                layer.running_mean.copy_(torch.randn(n, generator=gen))
-                layer.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                if layer.affine:
-                    layer.weight.copy_(torch.randn(n, generator=gen))
-                    layer.bias.copy_(torch.randn(n, generator=gen))
+                for name, value in values.items():
+                    getattr(layer, name).copy_(value)
     return module.eval()
 
 

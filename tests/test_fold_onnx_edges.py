@@ -5,6 +5,8 @@ Each case checks the records, the nodes left, the ONNX checker, and onnxruntime 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import pytest
@@ -23,10 +25,11 @@ def ops(model: onnx.ModelProto) -> list[str]:
     return [node.op_type for node in model.graph.node]
 
 
-def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **kw: object) -> np.ndarray:
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **kw: Any) -> np.ndarray:
     """Reference convolution in float64."""
-    t = [None if a is None else torch.from_numpy(np.asarray(a, np.float64)) for a in (x, w, b)]
-    return F.conv2d(t[0], t[1], t[2], **kw).numpy()  # type: ignore[arg-type]
+    bias = None if b is None else torch.from_numpy(b.astype(np.float64))
+    wide = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w.astype(np.float64))
+    return F.conv2d(*wide, bias, **kw).numpy()
 
 
 def fold_and_check(
@@ -56,9 +59,9 @@ def setup(seed: int, channels: int = 4) -> tuple[dict[str, np.ndarray], np.ndarr
 
 
 def conv_node(
-    x: str, y: str, name: str = "conv", weight: str = "W", bias: str = "B", **attrs: object
+    x: str, y: str, name: str = "conv", weight: str = "W", bias: str = "B", **attrs: Any
 ) -> onnx.NodeProto:
-    return oh.make_node("Conv", [x, weight, bias], [y], name=name, **attrs)  # type: ignore[arg-type]
+    return oh.make_node("Conv", [x, weight, bias], [y], name=name, **attrs)
 
 
 # ---- sharing -------------------------------------------------------------------------------------

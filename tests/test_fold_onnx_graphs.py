@@ -5,6 +5,8 @@ a Transpose, Mul/Add constants, shared parameters. The reference is the original
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import pytest
@@ -177,10 +179,10 @@ def conv_setup(gen: np.random.Generator, c_out: int = 4) -> dict[str, np.ndarray
     }
 
 
-def conv_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, **kw: object) -> np.ndarray:
+def conv_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, **kw: Any) -> np.ndarray:
     bias = None if b is None else torch.from_numpy(b.astype(np.float64))
     args = (torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w.astype(np.float64)), bias)
-    return F.conv2d(*args, **kw).numpy()  # type: ignore[arg-type]
+    return F.conv2d(*args, **kw).numpy()
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ def assert_numerically_equal(
 
 def make_model(
     nodes: list[onnx.NodeProto],
-    inputs: dict[str, list[int]],
+    inputs: dict[str, list[int | str]],
     outputs: list[str],
     inits: dict[str, np.ndarray],
     elem_type: int = TensorProto.FLOAT,
