@@ -1,0 +1,241 @@
+"""``bnfold check``: judge written reports against CI thresholds, one line of reason per report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnfold.errors import ReportError
+
+SCHEMA_NAME = "bnfold.report"
+SUPPORTED_MAJOR = 1
+REQUIRED = ("fold", "onnx", "parity", "verdict")
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a bnfold report; :class:`~bnfold.errors.ReportError` if the file is not one this version reads."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read the report ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path}: not a bnfold report (not JSON: {exc})") from None
+    validate_report(data, str(path))
+    return data
+
+
+def validate_report(data: Any, where: str = "report") -> None:
+    """Raise :class:`~bnfold.errors.ReportError` unless ``data`` is a report of a schema major we read."""
+    if not isinstance(data, dict) or "schema" not in data:
+        raise ReportError(f'{where}: not a bnfold report (no "schema" key; expected "{SCHEMA_NAME}/1")')
+    name, _, version = str(data["schema"]).partition("/")
+    major = version.split(".")[0]
+    if name != SCHEMA_NAME or not major.isdigit():
+        raise ReportError(f'{where}: not a bnfold report (schema "{data["schema"]}")')
+    if int(major) != SUPPORTED_MAJOR:
+        raise ReportError(f'{where}: report schema "{data["schema"]}" is not readable by this bnfold, '
+                          f'which reads "{SCHEMA_NAME}/{SUPPORTED_MAJOR}"; use a matching bnfold version')
+    missing = [key for key in REQUIRED if not isinstance(data.get(key), dict)]
+    if missing:
+        raise ReportError(f"{where}: incomplete bnfold report (no {', '.join(missing)} section)")
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The figures a reader wants first: BatchNorms folded, worst error, speedup."""
+
+    batchnorm_found: int
+    batchnorm_folded: int
+    batchnorm_nodes: int
+    max_abs_err: float | None
+    worst_check: str | None
+    baseline_max_abs_err: float | None
+    speedup_min: float | None
+    speedup_max: float | None
+    slowest: str | None
+
+    def speedup_text(self) -> str | None:
+        """``1.31x``, or ``1.12-1.31x`` over several backends and batch sizes; None when not measured."""
+        if self.speedup_min is None or self.speedup_max is None:
+            return None
+        if f"{self.speedup_min:.2f}" == f"{self.speedup_max:.2f}":
+            return f"{self.speedup_min:.2f}x"
+        return f"{self.speedup_min:.2f}-{self.speedup_max:.2f}x"
+
+
+def headline(report: Mapping[str, Any]) -> Headline:
+    """The headline figures of a report.
+
+    ``max_abs_err`` is the largest error of any parity check (None when a check has no number, e.g. NaN);
+    ``baseline_max_abs_err`` that of the original fp32 model against the reference, for scale. The
+    speedups are those measured in onnxruntime (the deliverable), or all of them if none were.
+    """
+    fold, parity = report.get("fold", {}), report.get("parity", {})
+    checks = parity.get("checks", [])
+    errors = [c.get("max_abs_err") for c in checks]
+    worst = max((c for c in checks if c.get("max_abs_err") is not None),
+                key=lambda c: c["max_abs_err"], default=None)
+    baseline = [c["max_abs_err"] for c in checks
+                if c.get("stage") == "baseline" and c.get("max_abs_err") is not None]
+    speedups = _deployed(report.get("speedup", []))
+    slowest = min(speedups, key=lambda s: s["speedup_p50"], default=None)
+    return Headline(
+        batchnorm_found=int(fold.get("batchnorm_found", 0)),
+        batchnorm_folded=int(fold.get("batchnorm_folded", 0)),
+        batchnorm_nodes=int(report.get("onnx", {}).get("batchnorm_nodes") or 0),
+        max_abs_err=None if (None in errors or worst is None) else worst["max_abs_err"],
+        worst_check=_check_name(worst) if worst else None,
+        baseline_max_abs_err=max(baseline) if baseline else None,
+        speedup_min=slowest["speedup_p50"] if slowest else None,
+        speedup_max=max(s["speedup_p50"] for s in speedups) if speedups else None,
+        slowest=_speedup_name(slowest) if slowest else None,
+    )
+
+
+def _deployed(speedups: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    measured = [s for s in speedups if s.get("speedup_p50") is not None]
+    ort = [s for s in measured if s.get("backend") == "onnxruntime"]
+    return ort or measured
+
+
+def _check_name(check: Mapping[str, Any]) -> str:
+    return f"{check.get('candidate')} output {check.get('output')}"
+
+
+def _speedup_name(item: Mapping[str, Any]) -> str:
+    return f"{item.get('backend')} {item.get('provider')} batch {item.get('batch')}"
+
+
+@dataclass(frozen=True)
+class ReportCheck:
+    """The verdict on one report; truthy when it passes."""
+
+    path: str
+    passed: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def line(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'} {self.path}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class CheckVerdict:
+    """The verdicts on several reports; truthy when all pass."""
+
+    results: list[ReportCheck]
+
+    def __bool__(self) -> bool:
+        return bool(self.results) and all(self.results)
+
+    def line(self) -> str:
+        """One line per report (one line in all for a single report)."""
+        return "\n".join(r.line() for r in self.results)
+
+    def table(self) -> str:
+        """An aligned plain-text table of every report, then the count that passed."""
+        width = max((len(r.path) for r in self.results), default=6)
+        rows = [f"{'report'.ljust(width)}  verdict  reason", f"{'-' * width}  -------  ------"]
+        rows += [f"{r.path.ljust(width)}  {'PASS' if r else 'FAIL':<7}  {r.reason}" for r in self.results]
+        rows.append(f"{sum(map(bool, self.results))}/{len(self.results)} reports pass")
+        return "\n".join(rows)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [{"path": r.path, "passed": r.passed, "reason": r.reason} for r in self.results]
+
+
+def check_report(report: Mapping[str, Any], path: str = "report", max_abs_err: float | None = None,
+                 require_no_batchnorm: bool = False, min_speedup: float | None = None) -> ReportCheck:
+    """Judge one (already validated) report; every failed requirement is named in the reason."""
+    head = headline(report)
+    problems = [*_parity_problems(report), *_verdict_problems(report),
+                *_batchnorm_problems(report, head, require_no_batchnorm),
+                *_error_problems(head, max_abs_err), *_speedup_problems(report, head, min_speedup)]
+    if problems:
+        return ReportCheck(path, False, "; ".join(dict.fromkeys(problems)))
+    return ReportCheck(path, True, _ok_reason(head))
+
+
+def check_reports(paths: Iterable[str | Path], max_abs_err: float | None = None,
+                  require_no_batchnorm: bool = False, min_speedup: float | None = None) -> CheckVerdict:
+    """Load and judge each report (a file that is not a report raises ReportError)."""
+    results = []
+    for path in paths:
+        report = load_report(path)
+        results.append(check_report(report, str(path), max_abs_err, require_no_batchnorm, min_speedup))
+    return CheckVerdict(results)
+
+
+def _parity_problems(report: Mapping[str, Any]) -> list[str]:
+    parity = report["parity"]
+    if parity.get("passed"):
+        return []
+    stage = parity.get("failed_stage") or "unknown"
+    failing = [c for c in parity.get("checks", []) if not c.get("passed")]
+    first = next((c for c in failing if c.get("stage") == stage), failing[0] if failing else None)
+    if first is None:
+        return [f"parity failed at stage {stage}"]
+    return [f"parity failed at stage {stage}: {_check_name(first)} {_failure_detail(first)}"]
+
+
+def _failure_detail(check: Mapping[str, Any]) -> str:
+    if check.get("error"):
+        return str(check["error"])
+    if check.get("nan_count"):
+        return f"has {check['nan_count']} NaN values"
+    tolerance = f"tolerance (atol {check.get('atol', 0):.1e}, rtol {check.get('rtol', 0):.1e})"
+    return f"max_abs_err {_num(check.get('max_abs_err'))} > {tolerance}"
+
+
+def _verdict_problems(report: Mapping[str, Any]) -> list[str]:
+    verdict = report["verdict"]
+    if verdict.get("passed") or not report["parity"].get("passed"):
+        return []
+    return [str(verdict.get("reason") or "the report's verdict is fail")]
+
+
+def _batchnorm_problems(report: Mapping[str, Any], head: Headline, required: bool) -> list[str]:
+    if not required or head.batchnorm_nodes == 0:
+        return []
+    name = Path(str(report["onnx"].get("path") or "the ONNX file")).name
+    plural = "node remains" if head.batchnorm_nodes == 1 else "nodes remain"
+    return [f"{head.batchnorm_nodes} BatchNormalization {plural} in {name}"]
+
+
+def _error_problems(head: Headline, limit: float | None) -> list[str]:
+    if limit is None:
+        return []
+    if head.max_abs_err is None:
+        return [f"max abs err unknown (a parity check has no finite error) with --max-abs-err {limit:.1e}"]
+    if head.max_abs_err > limit:
+        return [f"max abs err {head.max_abs_err:.1e} > allowed {limit:.1e} ({head.worst_check})"]
+    return []
+
+
+def _speedup_problems(report: Mapping[str, Any], head: Headline, required: float | None) -> list[str]:
+    if required is None:
+        return []
+    if head.speedup_min is None:
+        return [f"no speedup in the report (made with --no-bench?); cannot check required {required:.2f}x"]
+    if head.speedup_min < required:
+        return [f"speedup {head.speedup_min:.2f}x < required {required:.2f}x ({head.slowest})"]
+    return []
+
+
+def _ok_reason(head: Headline) -> str:
+    parts = [f"ok: {head.batchnorm_folded}/{head.batchnorm_found} BatchNorms folded",
+             f"parity passed (max abs err {_num(head.max_abs_err)})"]
+    speedup = head.speedup_text()
+    if speedup:
+        parts.append(f"speedup {speedup}")
+    return ", ".join(parts)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1e}"
