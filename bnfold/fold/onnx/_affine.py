@@ -57,8 +57,12 @@ class ChannelAffine:
 
 
 def to_f64(array: np.ndarray) -> torch.Tensor:
-    """numpy (any float dtype, also float16 or bfloat16) to a float64 torch tensor."""
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+    """numpy (any float dtype, also float16 or bfloat16) to a float64 torch tensor (a copy).
+
+    The copy keeps the memory order of ``array``, so the transposed view of a large weight converts
+    without a strided gather, and transposing the result back is contiguous again.
+    """
+    return torch.from_numpy(np.asarray(array).astype(np.float64, order="K"))
 
 
 def to_numpy(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
