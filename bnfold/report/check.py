@@ -57,6 +57,7 @@ class Headline:
     speedup_min: float | None
     speedup_max: float | None
     slowest: str | None
+    speedup_backend: str | None = None
 
     def speedup_text(self) -> str | None:
         """``1.31x``, or ``1.12-1.31x`` over several backends and batch sizes; None when not measured."""
@@ -93,6 +94,7 @@ def headline(report: Mapping[str, Any]) -> Headline:
         speedup_min=slowest["speedup_p50"] if slowest else None,
         speedup_max=max(s["speedup_p50"] for s in speedups) if speedups else None,
         slowest=_speedup_name(slowest) if slowest else None,
+        speedup_backend=", ".join(dict.fromkeys(str(s.get("backend")) for s in speedups)) or None,
     )
 
 
@@ -172,16 +174,21 @@ def check_reports(paths: Iterable[str | Path], max_abs_err: float | None = None,
     return CheckVerdict(results)
 
 
-def _parity_problems(report: Mapping[str, Any]) -> list[str]:
-    parity = report["parity"]
+def parity_failure(parity: Mapping[str, Any]) -> str | None:
+    """Why parity failed, naming the stage and its first failing check; None when it passed."""
     if parity.get("passed"):
-        return []
+        return None
     stage = parity.get("failed_stage") or "unknown"
     failing = [c for c in parity.get("checks", []) if not c.get("passed")]
     first = next((c for c in failing if c.get("stage") == stage), failing[0] if failing else None)
     if first is None:
-        return [f"parity failed at stage {stage}"]
-    return [f"parity failed at stage {stage}: {_check_name(first)} {_failure_detail(first)}"]
+        return f"parity failed at stage {stage}"
+    return f"parity failed at stage {stage}: {_check_name(first)} {_failure_detail(first)}"
+
+
+def _parity_problems(report: Mapping[str, Any]) -> list[str]:
+    failure = parity_failure(report["parity"])
+    return [failure] if failure else []
 
 
 def _failure_detail(check: Mapping[str, Any]) -> str:
