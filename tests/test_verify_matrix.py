@@ -217,3 +217,10 @@ def test_cuda_listed_but_falling_back_to_cpu_is_left_out(monkeypatch: pytest.Mon
         report = matrix(providers="auto")
     assert report and not any(c.stage == "provider" for c in report.checks)
     assert report.cuda["available"] is False
+
+
+def test_without_a_baseline_candidate_there_is_no_error_ratio() -> None:
+    exact = lambda inputs: [inputs[0].astype(np.float64)]  # noqa: E731
+    report = run_parity(exact, [Candidate("folded ort", exact, "fold")], batches())
+    (check,) = report.checks
+    assert check.baseline_max_abs_err is None and check.error_ratio is None and check.passed

@@ -14,7 +14,9 @@ onnxruntime CUDA                       provider          onnxruntime CPU (opt. a
 
 Metrics aggregate over all batches (maxima over batches, means weighted by element count), one check per
 (reference, candidate, output) with ``batch_source`` "all"; ``per_batch=True`` gives one check per batch
-instead. Top-k agreement is always against the baseline candidate's (original fp32) predictions.
+instead. Top-k agreement is against the predictions of the candidate with stage "baseline" (the
+original fp32 model), or of the check's reference when there is no such candidate; likewise
+``baseline_max_abs_err`` and ``error_ratio`` are only set when a baseline candidate exists.
 """
 
 from __future__ import annotations
@@ -86,13 +88,14 @@ def run_parity(reference: Runner, candidates: Sequence[Candidate], batches: Sequ
             errors[cand.name] = error
     matrix = _Matrix(outputs, errors, [name for name, _ in batches], reference_name, output_names)
     default = tolerance or Tolerance.for_dtype(_first_dtype(candidates))
+    baseline = _baseline(candidates)
     checks = []
     for cand in candidates:
         tolerances = Tolerances(tolerance or Tolerance.for_dtype(cand.dtype), per_output)
-        checks += matrix.compare(cand, reference_name, tolerances, per_batch, _baseline(candidates))
+        checks += matrix.compare(cand, reference_name, tolerances, per_batch, baseline)
         if cand.compare_against:
-            checks += matrix.compare(cand, cand.compare_against, tolerances, per_batch, _baseline(candidates))
-    _fill_baseline_errors(checks, _baseline(candidates), reference_name)
+            checks += matrix.compare(cand, cand.compare_against, tolerances, per_batch, baseline)
+    _fill_baseline_errors(checks, baseline, reference_name)
     inputs = [{"source": name, "batch": _batch_size(arrays)} for name, arrays in batches]
     return ParityReport(reference_name, default, checks, inputs)
 
@@ -139,8 +142,7 @@ def _run_all(runner: Runner, batches: Sequence[Batch]) -> tuple[list[list[np.nda
 
 
 def _baseline(candidates: Sequence[Candidate]) -> str | None:
-    named = [c.name for c in candidates if c.stage == BASELINE]
-    return named[0] if named else (candidates[0].name if candidates else None)
+    return next((c.name for c in candidates if c.stage == BASELINE), None)
 
 
 def _first_dtype(candidates: Sequence[Candidate]) -> str:
@@ -149,6 +151,8 @@ def _first_dtype(candidates: Sequence[Candidate]) -> str:
 
 def _fill_baseline_errors(checks: list[ParityCheck], baseline: str | None, reference: str) -> None:
     """Set ``baseline_max_abs_err`` and ``error_ratio`` on every check against the reference."""
+    if baseline is None:
+        return
     own = {(c.output, c.batch_source): c.max_abs_err for c in checks
            if c.candidate == baseline and c.reference == reference}
     for check in checks:
