@@ -184,6 +184,8 @@ def _layer_geometry(graph: Graph, layer: onnx.NodeProto) -> tuple[int, int, int]
 def describe_blocker(graph: Graph, name: str) -> str:
     """Why the value ``name`` has no layer to fold into."""
     source = graph.producer.get(name)
+    if name in graph.initializers:
+        return f"input '{name}' is a constant, with no layer to fold into"
     if source is None:
         return f"input '{name}' is a graph input, with no layer to fold into"
     return f"input comes from {label(source)}, which has no weights to fold into"

@@ -2,9 +2,10 @@
 
 The fold rules read constants and rewire nodes through this index instead of scanning the graph, so a
 whole pass stays linear in the graph size. Constants are initializers (also those an old IR lists as graph
-inputs, as runtimes treat them when they are not fed), ``Constant`` nodes, and ``Identity`` of either (the
-TorchScript exporter deduplicates equal parameters through ``Identity``). A parameter is rewritten in place
-only when this one input slot uses it; otherwise the node gets an initializer of its own.
+inputs, as runtimes treat them when they are not fed), ``Constant`` nodes, and ``Identity``, shaping and
+float arithmetic nodes over them (:mod:`._constants`; the TorchScript exporter deduplicates equal parameters
+through ``Identity``). A parameter is rewritten in place only when this one input slot uses it; otherwise
+the node gets an initializer of its own.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class ValueType:
 
 
 class Graph:
-    """The main graph of a model, indexed for folding. Call :meth:`finish` to write the edits back."""
+    """The main graph of a model, indexed for folding; :func:`._cleanup.write_back` stores the edits."""
 
     def __init__(self, graph: onnx.GraphProto, types: dict[str, ValueType]) -> None:
         self.proto = graph

@@ -62,9 +62,10 @@ def fold_graph(graph: Graph) -> list[BnRecord]:
         if isinstance(found, BnRecord):
             records.append(found)
         elif found is not None:
-            records.append(_fold_forward(graph, found) or _record(found, KEPT))
-            if records[-1].action == KEPT:
-                pending[len(records) - 1] = found
+            folded = _fold_forward(graph, found)
+            if folded is None:
+                pending[len(records)] = found  # its record is written by the later sweeps
+            records.append(folded or _record(found, KEPT))
     for index in sorted(pending, reverse=True):
         folded = _fold_backward(graph, pending[index])
         if folded is not None:
