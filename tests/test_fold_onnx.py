@@ -72,6 +72,8 @@ def check_fold(
     result = fold_onnx(model)
     assert sum(r.action == "folded" for r in result.records) == folded, [r.describe() for r in result.records]
     assert ops(result.model) == expect_ops
+    assert [v.name for v in result.model.graph.input] == [v.name for v in model.graph.input]
+    assert [v.name for v in result.model.graph.output] == [v.name for v in model.graph.output]
     onnx.checker.check_model(result.model, full_check=True)
     feeds = {model.graph.input[i].name: a.numpy() for i, a in enumerate(args)}
     assert_numerically_equal(result.model, feeds, reference(module, *args))
@@ -270,3 +272,16 @@ def test_external_data_not_loaded_is_a_fold_error(tmp_path: Path) -> None:
     onnx.save(model, path, save_as_external_data=True, size_threshold=0, location="model.data")
     with pytest.raises(FoldError, match="load_external_data=True"):
         fold_onnx(onnx.load(path, load_external_data=False))
+
+
+def test_value_info_of_removed_values_is_dropped() -> None:
+    module = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4)))
+    args = (inputs(1, 3, 6, 6),)
+    model = onnx.shape_inference.infer_shapes(export(module, *args))
+    result = fold_onnx(model)
+    produced = {name for node in result.model.graph.node for name in node.output}
+    assert {v.name for v in result.model.graph.value_info} <= produced
+    assert [r.action for r in result.records] == ["folded", "affine"]
+    assert ops(result.model) == ["Conv", "Relu", "Mul", "Add"]
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_numerically_equal(result.model, {"input.1": args[0].numpy()}, reference(module, *args))

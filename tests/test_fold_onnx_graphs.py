@@ -46,6 +46,8 @@ def check(
     result = fold_onnx(model)
     assert sum(r.action == "folded" for r in result.records) == folded, [r.describe() for r in result.records]
     assert ops(result.model) == expect_ops
+    assert [v.name for v in result.model.graph.input] == [v.name for v in model.graph.input]
+    assert [v.name for v in result.model.graph.output] == [v.name for v in model.graph.output]
     onnx.checker.check_model(result.model, full_check=True)
     assert_numerically_equal(result.model, feeds, expected, rtol, atol)
     return result
