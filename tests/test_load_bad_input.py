@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import io
 import os
 import pickle
 import sys
@@ -299,3 +300,50 @@ def test_load_data_counts_inputs(tmp_path: Path) -> None:
     assert "the model takes 2 inputs, the file holds 1" in data_error(path, count=2)
     (tensor,) = load_data(path, 1)
     assert tensor.shape == (2, 4)
+
+
+# --- torch.export archives: torch.export.load unpickles parts of them, so they are scanned first ----------
+
+
+def _poisoned_archive(tmp_path: Path, part: str) -> tuple[Path, Path]:
+    """A real .pt2 with one part replaced by a payload (or a compiled library added)."""
+    marker = tmp_path / "pwned"
+    evil = ShellPayload()
+    evil.marker = marker
+    buffer = io.BytesIO()
+    torch.save(((evil,), {}), buffer)
+    clean = tmp_path / "clean.pt2"
+    torch.export.save(torch.export.export(nn.Linear(2, 2), (torch.randn(1, 2),)), clean)
+    path = tmp_path / "poisoned.pt2"
+    with zipfile.ZipFile(clean) as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if part == "sample inputs" and info.filename.endswith("data/sample_inputs/model.pt"):
+                data = buffer.getvalue()
+            elif part == "pickled weight" and info.filename.endswith(
+                "data/weights/model_weights_config.json"
+            ):
+                data = data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+            elif part == "pickled weight" and info.filename.endswith("data/weights/weight_0"):
+                data = buffer.getvalue()
+            target.writestr(info, data)
+        if part == "compiled code":
+            root = source.namelist()[0].split("/")[0]
+            target.writestr(f"{root}/data/aotinductor/model/model.so", b"\x7fELF")
+    return path, marker
+
+
+@pytest.mark.parametrize(
+    ("part", "named"),
+    [
+        ("sample inputs", "posix.system"),
+        ("pickled weight", "posix.system"),
+        ("compiled code", "compiled AOTInductor code (data/aotinductor/model/model.so)"),
+    ],
+)
+def test_poisoned_torch_export_archive_is_refused(tmp_path: Path, part: str, named: str) -> None:
+    path, marker = _poisoned_archive(tmp_path, part)
+    message = load_error(path)
+    assert message.startswith(f"{path} is a torch.export archive whose pickled parts refer to {named}; ")
+    assert "loading it would run code from the file" in message and "--trust-pickle" in message
+    assert not marker.exists()

@@ -2,8 +2,9 @@
 
 Nothing here runs code from the file. In order:
 
-1. a zip archive: torch.export (``models/model.json``), TorchScript (``constants.pkl`` + ``code/``), or
-   torch.save (``data.pkl``, whose pickle is scanned for the globals it would import);
+1. a zip archive: torch.export (``models/model.json``; the parts ``torch.export.load`` would unpickle are
+   scanned), TorchScript (``constants.pkl`` + ``code/``), or torch.save (``data.pkl``, whose pickle is
+   scanned for the globals it would import);
 2. bytes that start a zip but have no zip directory: a truncated archive;
 3. a safetensors header (8-byte little-endian length, then a JSON object);
 4. a legacy (pre-1.6, non-zip) torch.save pickle, scanned like ``data.pkl``;
@@ -14,14 +15,15 @@ Nothing here runs code from the file. In order:
 from __future__ import annotations
 
 import json
-import pickletools
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bnfold.errors import LoadError, one_line
-from bnfold.load.pickle_scan import code_globals, pickle_globals
+from bnfold.load.export_scan import archive_root, exported_program_code
+from bnfold.load.pickle_scan import code_globals, pickle_globals, torch_blob_globals
 
 if TYPE_CHECKING:
     import onnx
@@ -32,8 +34,17 @@ SUPPORTED = (
     "torch.save, or a .safetensors file); a whole pickled model also needs --trust-pickle"
 )
 
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, first pickle of legacy files
 _HEAD_BYTES = 4096
+# What zipfile raises on damaged archives (ValueError covers undecodable names).
+_DAMAGED_ZIP = (
+    zipfile.BadZipFile,
+    OSError,
+    EOFError,
+    ValueError,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+)
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 _EXTENSION_MEANS = {
     ".onnx": "an ONNX model",
@@ -47,7 +58,7 @@ _EXTENSION_MEANS = {
 
 @dataclass(frozen=True)
 class Detected:
-    """What a file is. ``code_globals``: for ``pickle``, what unpickling would import and call."""
+    """What a file is. ``code_globals``: for ``pickle`` and ``torch.export``, what loading would run."""
 
     kind: str  # torch.export | torchscript | torch.save | pickle | safetensors | onnx
     code_globals: tuple[str, ...] = ()
@@ -72,6 +83,10 @@ def detect_format(path: Path) -> Detected:
         with path.open("rb") as handle:
             head = handle.read(_HEAD_BYTES)
         is_zip = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile as exc:  # a zip directory record it cannot follow
+        raise LoadError(
+            f"{path}: damaged zip archive ({one_line(exc)}): copy or save the file again"
+        ) from exc
     except OSError as exc:
         raise LoadError(f"{path}: cannot read the file ({one_line(exc)})") from exc
     if is_zip:
@@ -92,15 +107,16 @@ def _detect_zip(path: Path) -> Detected:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-            if any(n.endswith("models/model.json") or "/serialized_exported_program" in n for n in names):
-                return Detected("torch.export")
+            root = archive_root(names)
+            if root is not None:
+                return Detected("torch.export", code_globals=tuple(exported_program_code(archive, root)))
             if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
                 return Detected("torchscript")
             data_pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
             if data_pkl:
                 with archive.open(data_pkl[0]) as stream:
                     return _classify_pickle(path, lambda: pickle_globals(stream))
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except _DAMAGED_ZIP as exc:
         raise LoadError(
             f"{path}: damaged zip archive ({one_line(exc)}): copy or save the file again"
         ) from exc
@@ -113,30 +129,25 @@ def _detect_zip(path: Path) -> Detected:
 def _classify_pickle(path: Path, scan: Any) -> Detected:
     try:
         found = scan()
-    except (ValueError, EOFError) as exc:  # pickletools on a damaged opcode stream
+    except Exception as exc:  # pickletools on a damaged opcode stream: ValueError, EOFError, struct.error
         raise LoadError(f"{path}: damaged torch file ({one_line(exc)}): copy or save it again") from exc
     code = code_globals(found)
     return Detected("pickle", code_globals=tuple(code)) if code else Detected("torch.save")
 
 
 def _detect_legacy_pickle(path: Path) -> Detected:
+    """A pre-1.6 torch.save file is a series of pickles; a plain pickle is refused, never unpickled."""
     with path.open("rb") as stream:
         try:
-            first = [arg for _, arg, _ in pickletools.genops(stream)]
-        except (ValueError, EOFError):
-            first = []
-        if _LEGACY_MAGIC not in first:
-            if first:
-                raise LoadError(
-                    f"{path} is a plain Python pickle, not a torch file; bnfold does not unpickle arbitrary "
-                    f"objects: give {SUPPORTED}"
-                )
+            found, is_torch = torch_blob_globals(stream)
+        except Exception:  # no pickle after all (pickletools raises ValueError, EOFError, struct.error)
             return _detect_onnx_or_refuse(path, b"\x80")
-
-        def scan() -> set[str]:  # protocol version, system info, then the object itself
-            return pickle_globals(stream) | pickle_globals(stream) | pickle_globals(stream)
-
-        return _classify_pickle(path, scan)
+    if not is_torch:
+        raise LoadError(
+            f"{path} is a plain Python pickle, not a torch file; bnfold does not unpickle arbitrary "
+            f"objects: give {SUPPORTED}"
+        )
+    return _classify_pickle(path, lambda: found)
 
 
 def _has_safetensors_header(path: Path, head: bytes) -> bool:

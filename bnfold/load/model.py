@@ -52,7 +52,7 @@ def load_model(path: str | Path, factory: str | None = None, trust_pickle: bool 
 
 def _read(path: Path, detected: Detected, factory: str | None, trust_pickle: bool) -> LoadedModel:
     if detected.kind == "torch.export":
-        return read_exported(path)
+        return read_exported(path, detected.code_globals, trust_pickle)
     if detected.kind == "torchscript":
         return read_torchscript(path)
     if detected.kind == "onnx":

@@ -2,36 +2,41 @@
 
 A pickle can name any importable callable (``os.system``, ``builtins.exec``, a model class) and call it
 while loading. Reading the opcode stream with :func:`pickletools.genops` shows those names without running
-any of them, so bnfold can refuse a file before any loader touches it. The scan is a first line only:
-files it passes are still read by torch's restricted ``weights_only`` unpickler.
+any of them, so bnfold can refuse a file before any loader touches it.
+
+The data globals below are exact names (a subset of torch's ``weights_only`` allowlist), not whole
+modules: ``torch.export.load`` falls back to a full unpickle of an archive's pickled parts, so this scan is
+the only guard there, and modules like ``torch._utils`` or ``torch.serialization`` also hold functions that
+import or unpickle whatever they are given.
 """
 
 from __future__ import annotations
 
+import io
 import pickletools
+import zipfile
 from collections.abc import Iterable
 from typing import IO
 
-# Globals that torch.save writes for plain data: tensors, storages, dtypes, ordered dicts. Being generous
-# here is safe (the weights_only unpickler has the last word); being strict would turn harmless
-# checkpoints into "needs --trust-pickle".
-_DATA_MODULES = {"torch._utils", "torch._tensor", "torch.serialization"}
+# What torch.save writes for tensors and plain containers (torch.float32 and the like are checked apart).
 _DATA_GLOBALS = {
-    "collections.OrderedDict",
-    "torch.nn.parameter.Parameter",
-    "builtins.set",
-    "builtins.frozenset",
-    "builtins.slice",
-    "builtins.bytearray",
-    "builtins.complex",
-    "__builtin__.set",
-    "__builtin__.frozenset",
-    "__builtin__.slice",
-    "__builtin__.bytearray",
-    "__builtin__.complex",
     "_codecs.encode",
+    "collections.OrderedDict",
+    "collections.Counter",
+    "torch.Size",
+    "torch.device",
+    "torch.nn.parameter.Parameter",
+    "torch.serialization._get_layout",
+    "torch._tensor._rebuild_from_type_v2",
+    *(
+        f"{m}.{n}"
+        for m in ("builtins", "__builtin__")
+        for n in ("set", "frozenset", "bytearray", "complex", "slice")
+    ),
 }
-_TORCH_DATA_NAMES = {"Size", "Tensor", "device", "dtype", "finfo", "iinfo", "layout", "memory_format"}
+_TENSOR_TYPE_MODULES = {"torch", "torch.cuda", "torch.sparse", "torch.cuda.sparse"}  # torch.FloatStorage, ...
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the first pickle of legacy files
+_LEGACY_PICKLES = 5  # magic, protocol version, system info, the object, storage keys; raw bytes follow
 
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING"}
 _UNKNOWN = "<unknown>"
@@ -93,6 +98,32 @@ def _take(stack: list[object], count: int) -> list[object]:
     return taken
 
 
+def torch_blob_globals(stream: IO[bytes]) -> tuple[set[str], bool]:
+    """Globals of a torch.save payload read from its start: a zip (its ``data.pkl``), or back-to-back
+    pickles (legacy torch.save, a plain pickle). Also returns whether it was a legacy torch.save stream.
+
+    Raises ``ValueError`` / ``EOFError`` when the bytes are no pickle: a loader would fail on them too.
+    """
+    head = stream.read(4)
+    stream.seek(-len(head), io.SEEK_CUR)
+    if head == b"PK\x03\x04":
+        with zipfile.ZipFile(stream) as archive:
+            found: set[str] = set()
+            for name in archive.namelist():
+                if name.endswith("data.pkl"):
+                    with archive.open(name) as member:
+                        found |= pickle_globals(member)
+            return found, False
+    first = [arg for _, arg, _ in pickletools.genops(stream)]
+    if _LEGACY_MAGIC not in first:
+        stream.seek(0)
+        return pickle_globals(stream), False
+    found = set()
+    for _ in range(_LEGACY_PICKLES - 1):
+        found |= pickle_globals(stream)
+    return found, True
+
+
 def code_globals(names: Iterable[str]) -> list[str]:
     """The globals that are not plain tensor data: classes and functions that loading would import."""
     return sorted(name for name in names if not _is_data_global(name))
@@ -100,14 +131,18 @@ def code_globals(names: Iterable[str]) -> list[str]:
 
 def _is_data_global(name: str) -> bool:
     module, _, attribute = name.rpartition(".")
-    if name in _DATA_GLOBALS or module in _DATA_MODULES:
+    if name in _DATA_GLOBALS:
         return True
-    if module == "torch":  # storages (torch.FloatStorage), dtypes (torch.float32), torch.Size, ...
-        return attribute.endswith("Storage") or attribute in _TORCH_DATA_NAMES or _is_torch_dtype(attribute)
-    return False
+    if module == "torch._utils":
+        return attribute.startswith("_rebuild_")
+    if module in _TENSOR_TYPE_MODULES and attribute.endswith(("Storage", "Tensor")):
+        return attribute[:1].isupper()
+    return module == "torch" and _is_torch_constant(attribute)
 
 
-def _is_torch_dtype(attribute: str) -> bool:
+def _is_torch_constant(attribute: str) -> bool:
+    """torch.float32, torch.strided, torch.channels_last, torch.per_tensor_affine: values, not callables."""
     import torch
 
-    return isinstance(getattr(torch, attribute, None), torch.dtype)
+    value = getattr(torch, attribute, None)
+    return isinstance(value, (torch.dtype, torch.layout, torch.memory_format, torch.qscheme))

@@ -23,10 +23,24 @@ SAFE_FORMATS = (
     "torch.export.save (.pt2), torch.save(model.state_dict()) used with --model package.module:factory, "
     "or safetensors"
 )
+_UNTRUSTED = (
+    "loading it would run code from the file. If you trust where it came from, pass --trust-pickle "
+    "(trust_pickle=True); better,"
+)
 
 
-def read_exported(path: Path) -> LoadedModel:
-    """A torch.export archive: the program, its module, and the example inputs stored with it."""
+def read_exported(path: Path, code: Iterable[str] = (), trust_pickle: bool = False) -> LoadedModel:
+    """A torch.export archive: the program, its module, and the example inputs stored with it.
+
+    ``code``: what its pickled parts would import (see :mod:`bnfold.load.export_scan`); refused unless
+    trusted, since ``torch.export.load`` would run it.
+    """
+    code = list(code)
+    if code and not trust_pickle:
+        raise LoadError(
+            f"{path} is a torch.export archive whose pickled parts refer to {_describe(code)}; "
+            f"{_UNTRUSTED} re-export it from the model with torch.export.save"
+        )
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # a damaged archive raises many kinds of errors
@@ -106,9 +120,8 @@ def read_pickle(
     """A pickled object: refused unless trusted; then it must be a module (or a checkpoint holding one)."""
     if not trust_pickle:
         raise LoadError(
-            f"{path} is a pickled Python object that refers to {_describe(refers_to)}; loading it would run "
-            "code from the file. If you trust where it came from, pass --trust-pickle (trust_pickle=True); "
-            f"better, re-save the model in a safe format: {SAFE_FORMATS}"
+            f"{path} is a pickled Python object that refers to {_describe(refers_to)}; {_UNTRUSTED} "
+            f"re-save the model in a safe format: {SAFE_FORMATS}"
         ) from cause
     obj = _unpickle(path)
     module, key = (obj, None) if isinstance(obj, nn.Module) else _module_in_checkpoint(obj)
