@@ -316,3 +316,31 @@ def test_input_files_are_never_modified(net: nn.Module, arch: ModuleType, tmp_pa
             load_model(path)
     after = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in paths}
     assert after == before and sorted(tmp_path.iterdir()) == listing
+
+
+def test_onnx_declared_huge_input_is_not_allocated(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    onnx.save(_onnx_model(batch=1 << 20, height=1 << 12), path)
+    loaded = load_model(path)
+    assert loaded.example_inputs is None
+    assert loaded.notes == [
+        f"input 'x' is declared {1 << 20}x1x{1 << 12}x8, too large for made-up inputs: give --input-shape"
+    ]
+
+
+def test_damaged_files_give_load_errors_only(net: nn.Module, arch: ModuleType, tmp_path: Path) -> None:
+    """Seeded corruption of every format: each variant loads or raises LoadError, nothing else."""
+    rng = np.random.default_rng(0)
+    originals = _save_every_format(net, tmp_path)
+    for number in range(60):
+        source = originals[number % len(originals)]
+        data = bytearray(source.read_bytes())
+        if number % 3 == 0:
+            data = data[: int(rng.integers(1, len(data)))]
+        else:
+            for at in rng.integers(0, len(data), size=int(rng.integers(1, 40))):
+                data[at] = int(rng.integers(0, 256))
+        damaged = tmp_path / f"damaged{number}{source.suffix}"
+        damaged.write_bytes(bytes(data))
+        with contextlib.suppress(LoadError):
+            load_model(damaged, factory=factory(arch))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import onnx
@@ -25,6 +26,10 @@ _DTYPES: dict[int, torch.dtype] = {
     TensorProto.UINT8: torch.uint8,
     TensorProto.BOOL: torch.bool,
 }
+
+
+MAX_EXAMPLE_ELEMENTS = 1 << 28  # 1 GiB of float32: declared shapes beyond it are not taken at their word
+_DTYPE_NAMES = {number: name for name, number in TensorProto.DataType.items()}
 
 
 class NotOnnx(Exception):
@@ -112,7 +117,7 @@ def _input_shape(value: onnx.ValueInfoProto) -> tuple[tuple[int | None, ...], to
     tensor = value.type.tensor_type
     dtype = _DTYPES.get(tensor.elem_type)
     if dtype is None:
-        name = TensorProto.DataType.Name(tensor.elem_type) if tensor.elem_type else "unset"
+        name = _DTYPE_NAMES.get(tensor.elem_type, f"#{tensor.elem_type}")
         return (), torch.float32, f"has element type {name}, which bnfold cannot feed"
     if not tensor.HasField("shape"):
         return (), dtype, "has no shape in the model"
@@ -122,4 +127,6 @@ def _input_shape(value: onnx.ValueInfoProto) -> tuple[tuple[int | None, ...], to
     if any(d is None for d in dims[1:]):
         symbolic = [d.dim_param or "?" for d in tensor.shape.dim if not d.HasField("dim_value")]
         return (), dtype, f"has symbolic dimensions ({', '.join(symbolic)})"
+    if math.prod(d or 1 for d in dims) > MAX_EXAMPLE_ELEMENTS:
+        return (), dtype, f"is declared {'x'.join(str(d or '?') for d in dims)}, too large for made-up inputs"
     return dims, dtype, ""
