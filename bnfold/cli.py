@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit 2; bugs keep their traceback."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("BNFOLD_DEBUG") == "1"
+    if not debug:
+        warnings.simplefilter("ignore")  # library chatter; the exporter's warnings go into the report
     try:
         code: Any = cli.main(args=args, prog_name="bnfold", standalone_mode=False)
     except BnfoldError as exc:

@@ -226,7 +226,9 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     parity, fold = report["parity"], report["fold"]
     if parity.get("passed"):
         return {"passed": True, "reason": f"parity passed; {fold['batchnorm_folded']}/{fold['batchnorm_found']} BatchNorms folded"}
-    return {"passed": False, "reason": f"parity failed at stage {parity.get('failed_stage') or 'unknown'}"}
+    from bnfold.report.check import parity_failure
+
+    return {"passed": False, "reason": parity_failure(parity) or "parity failed"}
 
 
 def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:

@@ -92,13 +92,27 @@ def bench_stage(loaded: LoadedModel, converted: Converted, inputs: tuple[torch.T
     """Latency of the original and the folded model, interleaved, on every provider and batch size."""
     from bnfold.bench import bench_onnx, bench_torch, speedups
 
-    original_onnx = converted.original_onnx() if converted.original_onnx else None
-    models = {"original": original_onnx, "folded": converted.exported.model.SerializeToString()}
+    sizes = batch_sizes(converted, inputs, config.batches)
+    spec = InputSpec.of(inputs)
+
+    def factory(batch: int) -> tuple[np.ndarray, ...]:
+        return tuple(t.numpy() for t in make_inputs(spec.with_batch(batch), seed=0))
+
+    models = {"original": converted.original_onnx() if converted.original_onnx else None,
+              "folded": converted.exported.model.SerializeToString()}
     selection = select_providers(",".join(config.providers))
-    sizes = config.batches or (inputs[0].shape[0],)
-    results = bench_onnx({k: v for k, v in models.items() if v is not None}, inputs, providers=selection.providers,
-                         threads=config.threads, batch_sizes=sizes)
+    results = bench_onnx({k: v for k, v in models.items() if v is not None}, factory,
+                         providers=selection.providers, threads=config.threads, batch_sizes=sizes)
     if isinstance(converted.folded, torch.nn.Module) and isinstance(converted.original, torch.nn.Module):
-        results += bench_torch({"original": converted.original, "folded": converted.folded}, inputs,
+        results += bench_torch({"original": converted.original, "folded": converted.folded}, factory,
                                threads=config.threads, batch_sizes=sizes)
-    return [r.to_json() for r in results], speedups(results)
+    return [r.to_json() for r in results], [s.to_json() for s in speedups(results)]
+
+
+def batch_sizes(converted: Converted, inputs: tuple[torch.Tensor, ...], requested: tuple[int, ...]) -> list[int]:
+    """The requested batch sizes when the exported batch dimension is dynamic, else the example's."""
+    example = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
+    graph_inputs = converted.exported.model.graph.input
+    dims = graph_inputs[0].type.tensor_type.shape.dim if graph_inputs else []
+    dynamic = bool(dims) and bool(dims[0].dim_param)
+    return list(requested) if requested and dynamic else [example]

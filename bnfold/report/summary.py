@@ -4,37 +4,46 @@ from __future__ import annotations
 
 from typing import Any
 
+from bnfold.report.check import headline, parity_failure
+
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """BNs found, folded, kept (with reasons), the parity verdict and latency before/after."""
     fold, onnx, parity = report["fold"], report["onnx"], report["parity"]
+    as_is = fold["batchnorm_kept"] - fold["batchnorm_affine"]
     lines = [
         f"BatchNorms: {fold['batchnorm_found']} found, {fold['batchnorm_folded']} folded, "
-        f"{fold['batchnorm_affine']} frozen affine, {fold['batchnorm_kept'] - fold['batchnorm_affine']} kept as is; "
-        f"{onnx['batchnorm_nodes']} BatchNormalization nodes in the ONNX file"
+        f"{fold['batchnorm_affine']} frozen affine, {as_is} kept as is; "
+        f"{onnx['batchnorm_nodes']} BatchNormalization nodes in {onnx['path']}"
     ]
     for layer in fold["layers"]:
         if layer["action"] != "folded":
-            lines.append(f"  {layer['name']}: {'frozen affine' if layer['action'] == 'affine' else 'kept'} — {layer['reason']}")
-    lines.append(_parity_line(parity))
+            fate = "frozen affine" if layer["action"] == "affine" else "kept as is"
+            lines.append(f"  {layer['name']}: {fate}: {layer['reason']}")
+    lines.append(_parity_line(report))
+    lines.extend(_agreement_lines(parity))
     for item in report.get("speedup", []):
         lines.append(
-            f"latency {item['backend']} {item.get('provider', '')} batch {item['batch']}: "
-            f"{item['original_p50_ms']:.3f} ms → {item['folded_p50_ms']:.3f} ms (×{item['speedup_p50']:.2f})"
-            if "original_p50_ms" in item else
-            f"latency {item['backend']} {item.get('provider', '')} batch {item['batch']}: ×{item['speedup_p50']:.2f} p50 speedup"
+            f"latency {item['backend']} ({item['provider']}) batch {item['batch']}: "
+            f"{item['original_p50_ms']:.3f} ms → {item['folded_p50_ms']:.3f} ms p50, ×{item['speedup_p50']:.2f}"
         )
     verdict = report["verdict"]
     lines.append(("PASS: " if verdict["passed"] else "FAIL: ") + verdict["reason"])
     return lines
 
 
-def _parity_line(parity: dict[str, Any]) -> str:
-    checks = parity.get("checks", [])
-    worst = max((c["max_abs_err"] for c in checks), default=0.0)
-    if parity.get("passed"):
-        return f"parity: passed ({len(checks)} checks, max abs err {worst:.2e}, atol {parity['atol']:g}, rtol {parity['rtol']:g})"
-    failing = [c for c in checks if not c["passed"]]
-    first = failing[0] if failing else None
-    where = f" — {first['candidate']} vs {first['reference']}, output {first['output']}: max abs err {first['max_abs_err']:.2e}" if first else ""
-    return f"parity: FAILED at stage {parity.get('failed_stage')}{where}"
+def _parity_line(report: dict[str, Any]) -> str:
+    parity = report["parity"]
+    failure = parity_failure(parity)
+    if failure:
+        return failure
+    head = headline(report)
+    worst = f"{head.max_abs_err:.2e}" if head.max_abs_err is not None else "n/a"
+    base = f" (original fp32 alone: {head.baseline_max_abs_err:.2e})" if head.baseline_max_abs_err is not None else ""
+    return (f"parity: passed, {len(parity['checks'])} checks, max abs err {worst}{base}; "
+            f"atol {parity['atol']:g}, rtol {parity['rtol']:g}")
+
+
+def _agreement_lines(parity: dict[str, Any]) -> list[str]:
+    rates = [c["top1_agreement"] for c in parity.get("checks", []) if c.get("top1_agreement") is not None]
+    return [f"top-1 agreement with the original model: {min(rates):.2%} (worst candidate)"] if rates else []
