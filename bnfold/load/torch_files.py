@@ -23,6 +23,7 @@ SAFE_FORMATS = (
     "torch.export.save (.pt2), torch.save(model.state_dict()) used with --model package.module:factory, "
     "or safetensors"
 )
+_TRUSTED = "unpickled in full as trusted (--trust-pickle), running what it refers to"
 _UNTRUSTED = (
     "loading it would run code from the file. If you trust where it came from, pass --trust-pickle "
     "(trust_pickle=True); better,"
@@ -53,6 +54,7 @@ def read_exported(path: Path, code: Iterable[str] = (), trust_pickle: bool = Fal
         example_inputs=args,
         exported=program,
         dynamic_batch=_has_dynamic_batch(program),
+        notes=[f"{_TRUSTED} ({_describe(code)})"] if code else [],
     )
 
 
@@ -124,15 +126,16 @@ def read_pickle(
             f"re-save the model in a safe format: {SAFE_FORMATS}"
         ) from cause
     obj = _unpickle(path)
+    trusted = [f"{_TRUSTED} ({_describe(refers_to)})"]
     module, key = (obj, None) if isinstance(obj, nn.Module) else _module_in_checkpoint(obj)
     if module is not None:
         notes = [f"module taken from checkpoint key {key!r}"] if key else []
-        return LoadedModel(format="pickle", module=module, notes=notes + _mode_notes(module))
+        return LoadedModel(format="pickle", module=module, notes=trusted + notes + _mode_notes(module))
     if not isinstance(obj, Mapping):
         raise LoadError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module or a checkpoint")
     state, key, notes = find_weights(obj, path)
     module, more = module_with_weights(state, factory, path, "a pickled state_dict or checkpoint")
-    return LoadedModel(format="pickle", module=module, notes=notes + more)
+    return LoadedModel(format="pickle", module=module, notes=trusted + notes + more)
 
 
 def _unpickle(path: Path) -> Any:

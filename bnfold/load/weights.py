@@ -53,8 +53,11 @@ def find_weights(obj: Any, path: Path) -> tuple[StateDict, str | None, list[str]
 def module_with_weights(
     state: StateDict, factory: str | None, path: Path, what: str
 ) -> tuple[nn.Module, list[str]]:
-    """Build the factory's module, load ``state`` into it, set it to eval mode (a freshly built module is
-    in training mode by default, which says nothing of the user's intent); notes say what was stripped."""
+    """Build the factory's module, load ``state`` into it and set it to eval mode.
+
+    A freshly built module is in training mode by default, which says nothing of the user's intent. The
+    notes say which wrapper prefix was stripped from the names, if any.
+    """
     if factory is None:
         raise LoadError(
             f"{path} is {what}: it holds weights but no architecture; name the code that builds the model "
