@@ -14,7 +14,18 @@ from torch import fx
 
 from bnfold.fold import maths
 from bnfold.fold.forward import Match, Plan, _bypass
-from bnfold.fold.graph import Layer, ParameterWriter, arguments, as_layer, aten, display, is_permute, map_axis_forward
+from bnfold.fold.graph import (
+    Layer,
+    ParameterWriter,
+    arguments,
+    as_layer,
+    aten,
+    display,
+    is_permute,
+    map_axis_forward,
+    readers,
+)
+from bnfold.fold.sites import AffineSite
 
 COPYING_PADS = {"reflect", "replicate", "circular"}
 
@@ -38,16 +49,18 @@ def _consumer(user: fx.Node, node: fx.Node, axis: int) -> Layer | str:
     if layer.input_channel_axis() != axis:
         return f"it normalises axis {axis} of {layer.name}'s input, not the channels {layer.name} reads"
     if _zero_padded(layer):
-        return f"{layer.name} pads with zeros: folding backward would change the border"
+        return (f"{layer.name} pads its input with zeros (padding={layer.padding}): folded backward, "
+                "the shift would be missing at the border")
     return layer
 
 
 def consumers(node: fx.Node, axis: int = 1) -> list[Layer] | str:
     """Every layer reached from ``node`` through permutes and copying pads, or why one is not foldable."""
-    if not node.users:
+    if not readers(node):
         return "its output is a model output"
     found: list[Layer] = []
-    for user in node.users:
+    result: Layer | list[Layer] | str
+    for user in readers(node):
         if user.op == "output":
             return "its output is also a model output"
         if is_permute(user):
@@ -75,7 +88,7 @@ def _through_pad(pad: fx.Node, axis: int) -> list[Layer] | str:
     return consumers(pad, axis)
 
 
-def match_consumers(site, graph: fx.Graph) -> Match:  # type: ignore[no-untyped-def]
+def match_consumers(site: AffineSite, graph: fx.Graph) -> Match:
     found = consumers(site.output)
     if isinstance(found, str):
         return found
@@ -85,7 +98,9 @@ def match_consumers(site, graph: fx.Graph) -> Match:  # type: ignore[no-untyped-
         for layer in layers:
             weight = writer.gm_tensor(layer.weight)
             bias = writer.gm_tensor(layer.bias) if layer.bias is not None else None
-            w, b = maths.fold_into_consumer(weight, bias, site.scale, site.shift, layer.groups)
+            w, b = maths.fold_into_consumer(
+                weight, bias, site.scale, site.shift, layer.groups  # type: ignore[arg-type]
+            )
             writer.replace(layer.node, "weight", layer.weight, w)
             writer.replace(layer.node, "bias", layer.bias, b)
         _bypass(site, graph)

@@ -18,7 +18,8 @@ def eval_mode(module: nn.Module) -> Iterator[bool]:
     submodule was training."""
     flags = {m: m.training for m in module.modules()}
     try:
-        module.eval()
+        for submodule in flags:
+            submodule.training = False  # not .eval(): exported programs' modules refuse it
         yield any(flags.values())
     finally:
         for submodule, flag in flags.items():
@@ -32,13 +33,16 @@ def batch_dynamic_shapes(inputs: tuple[Any, ...]) -> tuple[dict[int, Any] | None
     )
 
 
-def capture(model: nn.Module, inputs: tuple[Any, ...], dynamic_batch: bool = True) -> tuple[torch.export.ExportedProgram, list[str]]:
+def capture(
+    model: nn.Module, inputs: tuple[Any, ...], dynamic_batch: bool = True
+) -> tuple[torch.export.ExportedProgram, list[str]]:
     """torch.export the model in eval mode without touching the caller's flags; notes say what changed."""
     notes: list[str] = []
     dynamic = batch_dynamic_shapes(inputs) if dynamic_batch else None
     with eval_mode(model) as was_training:
         if was_training:
-            notes.append("the model was in training mode; it was traced in eval mode (BatchNorm uses running statistics)")
+            notes.append("the model was in training mode; it was traced in eval mode (BatchNorm uses running "
+                         "statistics) and its flags were restored afterwards")
         program = _export(model, inputs, dynamic)
     return program, notes
 
@@ -48,7 +52,9 @@ def _export(model: nn.Module, inputs: tuple[Any, ...], dynamic: Any) -> torch.ex
         return torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
         if _shape_mismatch(exc):
-            raise InputSpecError(f"the inputs do not fit the model: {one_line(exc)}; check --input-shape") from exc
+            raise InputSpecError(
+                f"the inputs do not fit the model: {one_line(exc)}; check --input-shape"
+            ) from exc
         raise TraceError(f"the model's forward failed while tracing: {one_line(exc)}") from exc
     except Exception as exc:  # torch.export raises many private error types
         raise TraceError(f"torch.export could not trace the model: {one_line(exc)}") from exc
@@ -60,5 +66,11 @@ def _shape_mismatch(exc: BaseException) -> bool:
 
 
 def graph_module(program: torch.export.ExportedProgram) -> fx.GraphModule:
-    """A runnable GraphModule whose parameters are get_attr nodes the folds can rewrite."""
-    return program.module()  # type: ignore[return-value]
+    """A runnable GraphModule whose parameters are get_attr nodes the folds can rewrite.
+
+    It is flagged as in eval mode, which is what its graph computes (``capture`` traced in eval mode), so
+    that exporting it raises no training-mode warning; its ``eval()`` raises, hence the flags are set."""
+    gm: fx.GraphModule = program.module()
+    for submodule in gm.modules():
+        submodule.training = False
+    return gm

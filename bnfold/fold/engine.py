@@ -37,10 +37,17 @@ def fold_graph(gm: fx.GraphModule, sites: list[AffineSite] | None = None) -> lis
     for site in pending:
         _freeze(site, gm, writer, reasons[id(site)])
     remove_unused(gm)
-    return [s.record for s in sites if s.is_batchnorm_call or s.record.kind != "Mul/Add" or s.record.action == FOLDED]
+    return [s.record for s in sites if _recorded(s)]
 
 
-def _try(site: AffineSite, rules: tuple[Rule, ...], graph: fx.Graph, writer: ParameterWriter, reasons: list[str]) -> bool:
+def _recorded(site: AffineSite) -> bool:
+    """A plain Mul/Add after a layer is only reported when it folded; anything from a BN always is."""
+    return site.is_batchnorm_call or site.record.kind != "Mul/Add" or site.record.action == FOLDED
+
+
+def _try(
+    site: AffineSite, rules: tuple[Rule, ...], graph: fx.Graph, writer: ParameterWriter, reasons: list[str]
+) -> bool:
     for rule in rules:
         match = rule(site, graph)
         if isinstance(match, Plan):

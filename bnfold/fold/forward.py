@@ -23,8 +23,20 @@ import torch
 from torch import fx
 
 from bnfold.fold import maths
-from bnfold.fold.graph import Layer, ParameterWriter, as_layer, aten, display, is_permute, map_axis_back, ndim, shape
-from bnfold.fold.sites import AffineSite, describe_input
+from bnfold.fold.graph import (
+    Layer,
+    ParameterWriter,
+    arguments,
+    as_layer,
+    aten,
+    display,
+    is_permute,
+    map_axis_back,
+    ndim,
+    readers,
+    shape,
+)
+from bnfold.fold.sites import AffineSite
 
 
 @dataclass
@@ -39,26 +51,31 @@ class Plan:
 Match = Plan | str | None  # a plan, the reason it does not fold, or None when the pattern does not apply
 
 
-def others(node: fx.Node, expected: fx.Node) -> str:
-    return ", ".join(display(u) for u in node.users if u is not expected) or "the model output"
+def also_feeds(node: fx.Node, expected: fx.Node) -> str | None:
+    """Why ``node``'s value cannot change for ``expected`` alone: the other nodes that read it, or None."""
+    extra = [display(u) if u.op != "output" else "the model output"
+             for u in readers(node) if u is not expected]
+    return f"the output of {display(node)} also feeds {', '.join(extra)}" if extra else None
 
 
-def trace_to_layer(node: fx.Node, reader: fx.Node, axis: int = 1) -> Layer | str:
-    """The layer whose output reaches ``reader`` through ``node`` and permutes only, with axis mapping."""
-    while True:
-        if len(node.users) != 1:
-            return f"the output of {display(node)} also feeds {others(node, reader)}"
-        if not is_permute(node):
-            break
+def trace_to_layer(node: fx.Node, reader: fx.Node, axis: int = 1, what: str = "its input") -> Layer | str:
+    """The layer whose output reaches ``reader`` through ``node`` and permutes only, with axis mapping.
+    ``what`` names ``node`` in the reason when there is none."""
+    path = [(node, reader)]
+    while is_permute(node):
         mapped = map_axis_back(node, axis)
         if mapped is None:
             return f"the shape through {display(node)} is unknown"
-        reader, node, axis = node, node.args[0], mapped
+        node, axis = node.args[0], mapped  # type: ignore[assignment]
+        path.append((node, path[-1][0]))
     layer = as_layer(node)
     if layer is None:
-        return f"its input comes from {describe_input(node)}, which has no weights to fold into"
+        return f"{what} comes from {display(node)}, which has no weights to fold into"
+    shared = next((why for why in (also_feeds(n, r) for n, r in path) if why), None)
+    if shared is not None:
+        return shared
     if layer.output_channel_axis() != axis % (ndim(node) or axis + 1):
-        return f"it normalises axis {axis} of {layer.name}'s output, not its channels"
+        return f"it normalises axis {axis} of {layer.name}'s output, not its output channels"
     return layer
 
 
@@ -93,16 +110,22 @@ def match_producer(site: AffineSite, graph: fx.Graph) -> Match:
 
 
 def _is_plain_add(node: fx.Node) -> bool:
-    return (node.op == "call_function" and node.target == aten.add.Tensor and node.kwargs.get("alpha", 1) == 1
-            and all(isinstance(a, fx.Node) for a in node.args[:2]))
+    return bool(node.op == "call_function" and node.target == aten.add.Tensor
+                and node.kwargs.get("alpha", 1) == 1 and len(_node_args(node)) == 2)
+
+
+def _node_args(node: fx.Node, stop: int = 2) -> list[fx.Node]:
+    """The first ``stop`` positional arguments of ``node`` that are nodes."""
+    return [a for a in node.args[:stop] if isinstance(a, fx.Node)]
 
 
 def _sum_leaves(node: fx.Node, reader: fx.Node) -> list[tuple[fx.Node, fx.Node]] | str:
     """The summands of a tree of single-use adds, each with the node that reads it."""
-    if len(node.users) != 1:
-        return f"the output of {display(node)} also feeds {others(node, reader)}"
+    shared = also_feeds(node, reader)
+    if shared is not None:
+        return shared
     leaves: list[tuple[fx.Node, fx.Node]] = []
-    for operand in node.args[:2]:
+    for operand in _node_args(node):
         if shape(operand) != shape(node):
             return f"{display(node)} broadcasts {display(operand)}"
         if _is_plain_add(operand):
@@ -121,10 +144,11 @@ def match_branches(site: AffineSite, graph: fx.Graph) -> Match:
     leaves = _sum_leaves(site.input, site.nodes[-1])
     if isinstance(leaves, str):
         return leaves
-    layers = [trace_to_layer(leaf, reader) for leaf, reader in leaves]
+    what = f"a summand of {display(site.input)}"
+    layers = [trace_to_layer(leaf, reader, what=what) for leaf, reader in leaves]
     failed = next((r for r in layers if isinstance(r, str)), None)
     if failed is not None:
-        return f"a summand of {display(site.input)} cannot take it: {failed}"
+        return failed
     if len({id(layer.node) for layer in layers}) != len(layers):  # type: ignore[union-attr]
         return f"{display(site.input)} adds the same layer output twice"
 
@@ -142,25 +166,27 @@ def match_concat(site: AffineSite, graph: fx.Graph) -> Match:
     if not (cat.op == "call_function" and cat.target == aten.cat.default):
         return None
     dims = ndim(cat)
-    if dims is None or int(cat.args[1] if len(cat.args) > 1 else 0) % dims != 1:
+    if dims is None or int(arguments(cat)["dim"]) % dims != 1:
         return "its input is a concatenation along another axis than the channels"
-    if len(cat.users) != 1:
-        return f"the output of {display(cat)} also feeds {others(cat, site.nodes[-1])}"
-    pieces = list(cat.args[0])
+    shared = also_feeds(cat, site.nodes[-1])
+    if shared is not None:
+        return shared
+    pieces: list[fx.Node] = list(cat.args[0])  # type: ignore[arg-type]
     widths = [(shape(p) or (None, None))[1] for p in pieces]
     if not all(isinstance(w, int) for w in widths) or len(set(pieces)) != len(pieces):
         return f"the channel slices of {display(cat)} are not known or not distinct"
-    layers = [trace_to_layer(piece, cat) for piece in pieces]
+    layers = [trace_to_layer(piece, cat, what=f"slice {i} of {display(cat)}")
+              for i, piece in enumerate(pieces)]
     failed = next((r for r in layers if isinstance(r, str)), None)
     if failed is not None:
-        return f"a slice of {display(cat)} cannot take it: {failed}"
+        return failed
 
     def rewrite(writer: ParameterWriter) -> None:
         start = 0
-        for layer, width in zip(layers, widths):
-            part = slice(start, start + width)  # type: ignore[operator]
+        for layer, width in zip(layers, widths, strict=True):
+            part = slice(start, start + width)
             fold_scale_into(layer, site.scale[part], site.shift[part], writer)  # type: ignore[arg-type,index]
-            start += width  # type: ignore[operator]
+            start += width
         _bypass(site, graph)
 
     return Plan("concat", [layer.name for layer in layers], rewrite)  # type: ignore[union-attr]
@@ -172,14 +198,17 @@ def _same_padding(layer: Layer, dilation: list[int]) -> bool:
         return False
     if layer.padding == "same":
         return True
-    padding = list(layer.padding) if isinstance(layer.padding, (list, tuple)) else [layer.padding] * len(kernel)
+    given = layer.padding
+    padding = list(given) if isinstance(given, (list, tuple)) else [given] * len(kernel)
     padding = padding * len(kernel) if len(padding) == 1 else padding
-    return padding == [d * (k - 1) // 2 for d, k in zip(dilation, kernel)]
+    return padding == [d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True)]
 
 
 def identity_conv_problem(layer: Layer, x: fx.Node, channels: int) -> str | None:
     """Why ``layer`` cannot absorb an identity branch on ``x``, or None when it can."""
-    if layer.kind != "conv" or layer.node.args[0] is not x:
+    if layer.kind != "conv":
+        return f"{layer.name} is not a convolution"
+    if layer.node.args[0] is not x:
         return f"{layer.name} does not read the same input"
     stride = list(layer.stride) if isinstance(layer.stride, (list, tuple)) else [layer.stride]
     if any(int(s) != 1 for s in stride):
@@ -194,32 +223,34 @@ def identity_conv_problem(layer: Layer, x: fx.Node, channels: int) -> str | None
 
 
 def match_identity(site: AffineSite, graph: fx.Graph) -> Match:
-    users = list(site.output.users)
+    users = readers(site.output)
     if len(users) != 1 or not _is_plain_add(users[0]):
         return None
     add = users[0]
     rest = add.args[1] if add.args[0] is site.output else add.args[0]
-    candidates = [rest] if not _is_plain_add(rest) else _flat_sum(rest)
+    layers = [layer for layer in map(as_layer, _flat_sum(rest))  # type: ignore[arg-type]
+              if layer is not None and layer.node.args[0] is site.input and len(readers(layer.node)) == 1]
+    if not layers:
+        return None  # no conv beside it reads the same input: not a RepVGG identity branch
     channels = site.scale.numel()  # type: ignore[union-attr]
     reasons = []
-    for node in candidates:
-        layer = as_layer(node)
-        if layer is None or len(node.users) != 1:
-            continue
+    for layer in layers:
         problem = identity_conv_problem(layer, site.input, channels)
         if problem is None:
-            return Plan("identity", [layer.name], _absorb(site, layer, add, rest, graph))
+            return Plan("identity", [layer.name], _absorb(site, layer, add, rest, graph))  # type: ignore[arg-type]
         reasons.append(problem)
-    return "identity branch: " + ("; ".join(reasons) or "no conv beside it reads the same input")
+    return "as an identity branch: " + "; ".join(reasons)
 
 
 def _flat_sum(node: fx.Node) -> list[fx.Node]:
-    if not _is_plain_add(node) or len(node.users) != 1:
+    if not _is_plain_add(node) or len(readers(node)) != 1:
         return [node]
-    return [leaf for operand in node.args[:2] for leaf in _flat_sum(operand)]
+    return [leaf for operand in _node_args(node) for leaf in _flat_sum(operand)]
 
 
-def _absorb(site: AffineSite, layer: Layer, add: fx.Node, rest: fx.Node, graph: fx.Graph) -> Callable[[ParameterWriter], None]:
+def _absorb(
+    site: AffineSite, layer: Layer, add: fx.Node, rest: fx.Node, graph: fx.Graph
+) -> Callable[[ParameterWriter], None]:
     def rewrite(writer: ParameterWriter) -> None:
         weight = writer.gm_tensor(layer.weight)
         bias = writer.gm_tensor(layer.bias) if layer.bias is not None else None

@@ -81,6 +81,23 @@ def constant(gm: fx.GraphModule, value: Any) -> torch.Tensor | None:
     return None
 
 
+def readers(node: fx.Node) -> list[fx.Node]:
+    """The nodes that read ``node``'s value, leaving out torch.export's input guard (``_guards_fn``)."""
+    return [u for u in node.users if not (u.op == "call_module" and u.target == "_guards_fn")]
+
+
+def set_tensor(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
+    """Point the attribute ``target`` at a copy of ``value`` (a Parameter stays a Parameter); the tensor it
+    held before is not modified, so a caller still holding it keeps its values."""
+    owner_path, _, leaf = target.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    old = getattr(owner, leaf)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, leaf, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
+    else:
+        setattr(owner, leaf, value.detach().clone())
+
+
 def attribute_uses(gm: fx.GraphModule, target: str) -> int:
     """How many calls read the attribute ``target``, over every get_attr node naming it."""
     return sum(len(n.users) for n in gm.graph.nodes if n.op == "get_attr" and n.target == target)
@@ -101,7 +118,7 @@ class Layer:
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
-        return tuple(fetch(self.node.graph.owning_module, str(self.weight.target)).shape)
+        return tuple(fetch(self.node.graph.owning_module, str(self.weight.target)).shape)  # type: ignore[arg-type]
 
     @property
     def name(self) -> str:
@@ -154,6 +171,8 @@ def attribute_owner(target: str) -> str:
 
 def display(node: fx.Node) -> str:
     """A name for a node that a user can find in their model."""
+    if node.op == "placeholder":
+        return f"the model input '{node.target}'"
     layer = as_layer(node)
     if layer is not None:
         return layer.name
@@ -176,9 +195,9 @@ def map_axis_back(node: fx.Node, axis: int) -> int | None:
         return None
     axis %= dims
     if node.target == aten.permute.default:
-        return int(node.args[1][axis]) % dims
+        return int(_ints(node.args[1])[axis]) % dims
     if node.target == aten.transpose.int:
-        a, b = int(node.args[1]) % dims, int(node.args[2]) % dims
+        a, b = int(node.args[1]) % dims, int(node.args[2]) % dims  # type: ignore[arg-type]
         return b if axis == a else a if axis == b else axis
     return axis
 
@@ -190,13 +209,17 @@ def map_axis_forward(node: fx.Node, axis: int) -> int | None:
         return None
     axis %= dims
     if node.target == aten.permute.default:
-        order = [int(d) % dims for d in node.args[1]]
+        order = [int(d) % dims for d in _ints(node.args[1])]
         return order.index(axis)
     return map_axis_back(node, axis)
 
 
+def _ints(value: object) -> list[int]:
+    return [int(v) for v in value]  # type: ignore[attr-defined]
+
+
 def is_getitem_zero(node: fx.Node) -> bool:
-    return node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0
+    return node.op == "call_function" and node.target is operator.getitem and bool(node.args[1] == 0)
 
 
 class ParameterWriter:
@@ -212,7 +235,7 @@ class ParameterWriter:
     def replace(self, user: fx.Node, arg_name: str, current: fx.Node | None, value: torch.Tensor) -> None:
         """Give ``user`` the tensor ``value`` for its argument ``arg_name``."""
         if current is not None and current.op == "get_attr" and self._exclusive(current, user):
-            self._overwrite(str(current.target), value)
+            set_tensor(self.gm, str(current.target), value)
             return
         set_argument(user, arg_name, self.new_attribute(user, value, hint=arg_name))
 
@@ -229,15 +252,6 @@ class ParameterWriter:
 
     def _exclusive(self, attr: fx.Node, user: fx.Node) -> bool:
         return set(attr.users) == {user} and attribute_uses(self.gm, str(attr.target)) == 1
-
-    def _overwrite(self, target: str, value: torch.Tensor) -> None:
-        owner_path, _, leaf = target.rpartition(".")
-        owner = self.gm.get_submodule(owner_path) if owner_path else self.gm
-        old = getattr(owner, leaf)
-        if isinstance(old, nn.Parameter):
-            setattr(owner, leaf, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
-        else:
-            setattr(owner, leaf, value.detach().clone())
 
 
 def remove_unused(gm: fx.GraphModule) -> None:

@@ -125,7 +125,8 @@ def absorb_identity(
     centre = tuple(k // 2 for k in weight.shape[2:])
     w = weight.detach().to(F64).clone()
     out = torch.arange(c_out)
-    w[(out, out % c_in_g, *centre)] += scale
+    taps = (out, out % c_in_g) + centre
+    w[taps] += scale
     b = _bias64(bias, c_out) + shift
     return w.to(weight.dtype), b.to(weight.dtype)
 
