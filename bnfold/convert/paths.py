@@ -21,6 +21,7 @@ from torch import nn
 from bnfold.errors import ExportError, one_line
 from bnfold.export import ExportResult, export_module, quiet, remove_unused_initializers
 from bnfold.fold import FoldResult, fold
+from bnfold.fold.capture import eval_mode
 from bnfold.fold.records import BnRecord
 from bnfold.load import LoadedModel, load_data
 
@@ -73,7 +74,7 @@ def torchscript_to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], ops
     import io
 
     buffer = io.BytesIO()
-    with quiet():
+    with eval_mode(module), quiet():
         try:
             torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=min(opset, 17),
                               do_constant_folding=False, input_names=[f"input_{i}" for i in range(len(inputs))],
