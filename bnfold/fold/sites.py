@@ -15,8 +15,17 @@ from torch import fx
 from bnfold.errors import FoldError
 from bnfold.fold import maths
 from bnfold.fold.graph import (
-    BATCHNORMS, aten, arguments, as_layer, attribute_owner, constant, display, is_getitem_zero, is_permute,
-    ndim, shape,
+    BATCHNORMS,
+    arguments,
+    as_layer,
+    aten,
+    attribute_owner,
+    constant,
+    is_getitem_zero,
+    is_permute,
+    ndim,
+    readers,
+    shape,
 )
 from bnfold.fold.records import KEPT, BnRecord
 
@@ -61,7 +70,9 @@ def module_kind(node: fx.Node, default: str) -> str:
     if not stack:
         return default
     type_name = list(stack.values())[-1][1]
-    return str(type_name).rsplit(".", 1)[-1] if isinstance(type_name, str) else getattr(type_name, "__name__", default)
+    if isinstance(type_name, str):
+        return type_name.rsplit(".", 1)[-1]
+    return getattr(type_name, "__name__", default)
 
 
 def module_path(node: fx.Node) -> str | None:
@@ -71,29 +82,45 @@ def module_path(node: fx.Node) -> str | None:
     return list(stack.values())[-1][0] or None
 
 
-def find_sites(gm: fx.GraphModule) -> list[AffineSite]:
-    """Every BatchNorm call and BN-like constant Mul/Add in graph order."""
+def find_sites(gm: fx.GraphModule, check_statistics: bool = True) -> list[AffineSite]:
+    """Every BatchNorm call and BN-like constant Mul/Add in graph order.
+
+    Raises :class:`FoldError` for running statistics that define no affine (NaN, Inf, negative variance)
+    unless ``check_statistics`` is False (they are about to be re-estimated).
+    """
     sites: list[AffineSite] = []
     claimed: set[fx.Node] = set()
     for node in list(gm.graph.nodes):
         if node in claimed or node.op != "call_function":
             continue
-        site = batchnorm_site(gm, node) if node.target in BATCHNORMS else constant_affine_site(gm, node)
+        if node.target in BATCHNORMS:
+            site = batchnorm_site(gm, node, check_statistics)
+        else:
+            site = constant_affine_site(gm, node)
         if site is not None:
             sites.append(site)
             claimed.update(site.nodes)
+    _distinct_names(sites)
     return sites
 
 
-def batchnorm_site(gm: fx.GraphModule, node: fx.Node) -> AffineSite | None:
+def _distinct_names(sites: list[AffineSite]) -> None:
+    """Two sites from one module (a BN and the scaling its subclass adds) get the node's name appended."""
+    seen: set[str] = set()
+    for site in sites:
+        if site.record.name in seen:
+            site.record.name = f"{site.record.name} ({site.first.name})"
+        seen.add(site.record.name)
+
+
+def batchnorm_site(gm: fx.GraphModule, node: fx.Node, check_statistics: bool = True) -> AffineSite | None:
     args = arguments(node)
     output = node
     if node.target == aten._native_batch_norm_legit_no_training.default:
-        outputs = list(node.users)
+        outputs = readers(node)
         if len(outputs) != 1 or not is_getitem_zero(outputs[0]):
             return _kept(node, args, "its saved mean and inverse std outputs are used elsewhere")
         output = outputs[0]
-    x = args["input"]
     if args.get("training"):
         reason = "normalises each batch with that batch's own statistics"
         if args["running_mean"] is None:
@@ -105,31 +132,41 @@ def batchnorm_site(gm: fx.GraphModule, node: fx.Node) -> AffineSite | None:
             return _kept(node, args, f"its {key} is computed at run time, not a stored parameter")
     if values["running_mean"] is None or values["running_var"] is None:
         return _kept(node, args, "its running statistics are computed at run time")
-    name = _bn_name(node, args)
-    eps = float(args["eps"])
-    problem = maths.statistics_problem(values["running_mean"], values["running_var"], eps)
-    if problem:
-        raise FoldError(f"BatchNorm {name}: {problem}; the checkpoint is damaged, retrain or restore it")
-    scale, shift = maths.batchnorm_affine(
-        values["running_mean"], values["running_var"], values["weight"], values["bias"], eps
-    )
-    record = BnRecord(name=name, kind=module_kind(node, "batch_norm"), channels=scale.numel())
+    record = BnRecord(name=_bn_name(node, args), kind=module_kind(node, "batch_norm"))
     nodes = [output, node] if output is not node else [node]
     stats = (str(args["running_mean"].target), str(args["running_var"].target))
-    return AffineSite(record, node, output, nodes, scale, shift, statistics=stats, extra={"eps": eps})
+    site = AffineSite(record, node, output, nodes, statistics=stats, extra={"eps": float(args["eps"])})
+    refresh_affine(gm, site, check_statistics)
+    return site
+
+
+def refresh_affine(gm: fx.GraphModule, site: AffineSite, check_statistics: bool = True) -> None:
+    """(Re)compute a BatchNorm site's fp64 scale and shift from the tensors the graph holds now."""
+    args = arguments(site.first)
+    mean, var = constant(gm, args["running_mean"]), constant(gm, args["running_var"])
+    eps = float(args["eps"])
+    problem = maths.statistics_problem(mean, var, eps) if check_statistics else None  # type: ignore[arg-type]
+    if problem:
+        raise FoldError(f"BatchNorm {site.record.name} ({site.record.kind}): {problem}; the checkpoint is "
+                        "damaged: restore it, or pass calibration data to re-estimate the statistics")
+    site.scale, site.shift = maths.batchnorm_affine(
+        mean, var, constant(gm, args["weight"]), constant(gm, args["bias"]), eps
+    )
+    site.record.channels = site.scale.numel()
 
 
 def _bn_name(node: fx.Node, args: dict[str, object]) -> str:
+    """The BatchNorm module's path, or for a functional call the module it sits in and the node's name."""
     for key in ("running_mean", "weight"):
         value = args.get(key)
-        if isinstance(value, fx.Node) and value.op == "get_attr":
-            target = str(value.target)
-            return attribute_owner(target) if target.endswith(f".{key}") else target
-    return module_path(node) or node.name
+        if isinstance(value, fx.Node) and value.op == "get_attr" and str(value.target).endswith(f".{key}"):
+            return attribute_owner(str(value.target))
+    path = module_path(node)
+    return f"{path} ({node.name})" if path else node.name
 
 
 def _kept(node: fx.Node, args: dict[str, object], reason: str) -> AffineSite:
-    record = BnRecord(name=_bn_name(node, args), kind=module_kind(node, "batch_norm"), action=KEPT, reason=reason)
+    record = BnRecord(_bn_name(node, args), module_kind(node, "batch_norm"), action=KEPT, reason=reason)
     return AffineSite(record, node, node, [node])
 
 
@@ -161,11 +198,14 @@ def constant_affine_site(gm: fx.GraphModule, node: fx.Node) -> AffineSite | None
     if node.target not in (aten.mul.Tensor, aten.add.Tensor) or node.kwargs.get("alpha", 1) != 1:
         return None
     found = _operands(node, gm)
-    if found is None or found[1] is None:
+    if found is None:
         return None
     x, factor = found
+    if factor is None:
+        return None
     channels = factor.numel()
-    scale, shift, nodes = torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64), [node]
+    scale, shift = torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    nodes = [node]
     if node.target == aten.add.Tensor:
         shift = factor
     else:
@@ -192,13 +232,9 @@ def _single_constant_add(node: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, to
 
 
 def _after_layer(x: fx.Node) -> bool:
-    while is_permute(x) and isinstance(x.args[0], fx.Node):
-        x = x.args[0]
+    """Whether ``x`` comes from a layer, through permutes and BatchNorms (which may fold into it)."""
+    while isinstance(x.args[0] if x.args else None, fx.Node) and (
+        is_permute(x) or x.target in BATCHNORMS or is_getitem_zero(x)
+    ):
+        x = x.args[0]  # type: ignore[assignment]
     return as_layer(x) is not None
-
-
-def describe_input(node: fx.Node) -> str:
-    """'the model input x' or 'relu_3', for reasons."""
-    if node.op == "placeholder":
-        return f"the model input {node.name}"
-    return display(node)
