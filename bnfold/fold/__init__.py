@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from bnfold.errors import InputSpecError
 from bnfold.fold.capture import capture, graph_module
+from bnfold.fold.constants import fold_constants
 from bnfold.fold.engine import fold_graph
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.fold.sites import find_sites
@@ -65,6 +66,9 @@ def fold(
             raise InputSpecError("fold() needs example_inputs to trace an nn.Module")
         program, notes = capture(model, tuple(example_inputs), dynamic_batch)
     gm = graph_module(program)
+    folded_constants = fold_constants(gm)
+    if folded_constants:
+        notes.append(f"evaluated {folded_constants} computation(s) on stored tensors once, as constants")
     sites = find_sites(gm)
     recalibrated = False
     if calibration is not None:
