@@ -1,0 +1,118 @@
+"""Everything that computes a BatchNorm: functional calls, FrozenBatchNorm2d, SyncBatchNorm, lazy modules,
+hand-written per-channel Mul/Add, and subclasses whose forward does more than normalise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fold_models import (
+    BNThenGain,
+    BNThenReLU,
+    BNThenSquash,
+    ChannelScale,
+    FrozenBatchNorm2d,
+    FunctionalBN,
+    assert_matches,
+    aten_batchnorms,
+    check_fold,
+    image,
+    randomise,
+    reference,
+)
+from torch import nn
+
+from bnfold.fold import fold
+from bnfold.fold.constants import fold_constants
+
+aten = torch.ops.aten
+
+
+@pytest.mark.parametrize("aten_call", [False, True])
+def test_functional_batch_norm_on_buffers(aten_call: bool) -> None:
+    result = check_fold(FunctionalBN(aten_call).eval(), [image(2, 3)], folded=1, onnx_export=not aten_call)
+    assert result.records[0].name == "batch_norm" and result.records[0].into == ["conv"]
+
+
+def test_frozen_batchnorm_is_constant_folded_then_folded() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), FrozenBatchNorm2d(4)).eval()
+    result = check_fold(model, [image(2, 3)], folded=1, onnx_export=True)
+    record = result.records[0]
+    assert (record.name, record.kind, record.into) == ("1", "FrozenBatchNorm2d", ["0"])
+    assert any("as constants" in note for note in result.notes)
+
+
+def test_sync_batchnorm_in_eval_is_a_batchnorm() -> None:
+    model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4)), seed=50)
+    result = check_fold(model, [image(2, 3)], folded=1)
+    assert result.records[0].kind == "SyncBatchNorm"
+
+
+def test_materialised_lazy_batchnorm() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LazyBatchNorm2d())
+    model(image(2, 3))  # materialise
+    check_fold(randomise(model, seed=51), [image(2, 3)], folded=1)
+
+
+def test_per_channel_mul_add_after_conv() -> None:
+    result = check_fold(ChannelScale().eval(), [image(2, 3)], folded=1, onnx_export=True)
+    assert result.records[0].kind == "Mul/Add" and result.records[0].into == ["conv"]
+
+
+def test_bn_subclass_keeps_its_activation() -> None:
+    model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), BNThenReLU(4)), seed=52)
+    result = check_fold(model, [image(2, 3)], folded=1)
+    assert [n.target for n in result.module.graph.nodes if n.op == "call_function"] == [
+        aten.conv2d.default, aten.relu.default,
+    ]
+
+
+def test_bn_subclass_gain_folds_too() -> None:
+    model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), BNThenGain(4)), seed=53)
+    result = check_fold(model, [image(2, 3)], folded=2, found=2, onnx_export=True)
+    assert [(r.name, r.into) for r in result.records] == [("1", ["0"]), ("1 (mul)", ["0"])]
+
+
+def test_bn_subclass_keeps_what_follows_the_normalisation() -> None:
+    model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), BNThenSquash(4)), seed=54)
+    result = check_fold(model, [image(2, 3)], folded=1, found=1, exact=False)
+    assert aten_batchnorms(result.module) == 0
+    targets = [n.target for n in result.module.graph.nodes if n.op == "call_function"]
+    assert targets == [
+        aten.conv2d.default, aten.mul.Tensor, aten.add.Tensor, aten.sigmoid.default, aten.mul.Tensor,
+    ]
+
+
+class StoredAndRandom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("a", torch.linspace(0.0, 1.0, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (self.a * 2).exp() + torch.rand_like(self.a) + x.sum() * self.a
+
+
+def test_constant_folding_evaluates_only_pure_calls_on_stored_tensors() -> None:
+    model = StoredAndRandom()
+    gm = torch.export.export(model, (torch.ones(3),)).module()
+    assert fold_constants(gm) == 2  # a * 2, then its exp
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert aten.exp.default not in targets
+    assert aten.rand_like.default in targets and aten.sum.default in targets
+    x = torch.randn(3)
+    torch.manual_seed(0)
+    expected = model(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(gm(x), expected)
+
+
+def test_decomposed_program_with_native_batch_norm() -> None:
+    model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4),
+                                    nn.Conv2d(4, 2, 1)), seed=55)
+    x = image(2, 3)
+    program = torch.export.export(model, (x,)).run_decompositions()
+    assert aten._native_batch_norm_legit_no_training.default in {n.target for n in program.graph.nodes}
+    result = fold(program)
+    assert [(r.name, r.how) for r in result.records] == [("1", "forward"), ("3", "backward")]
+    assert aten_batchnorms(result.module) == 0
+    with torch.no_grad():
+        assert_matches(result.module(x), reference(model, [x]))
