@@ -18,6 +18,7 @@ from bnfold.errors import InputSpecError
 from bnfold.fold.capture import capture, graph_module
 from bnfold.fold.constants import fold_constants
 from bnfold.fold.engine import fold_graph
+from bnfold.fold.recalibrate import recalibrate
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.fold.sites import find_sites
 
@@ -48,14 +49,15 @@ def fold(
     model: nn.Module | torch.export.ExportedProgram,
     example_inputs: Sequence[Any] | None = None,
     *,
-    calibration: Iterable[Sequence[torch.Tensor]] | None = None,
+    calibration: Iterable[Sequence[torch.Tensor] | torch.Tensor] | None = None,
     dynamic_batch: bool = True,
 ) -> FoldResult:
     """Fold every BatchNorm of ``model`` that folds exactly; the input model is not modified.
 
     ``model`` is an ``nn.Module`` (traced with ``example_inputs``) or an ``ExportedProgram``.
-    ``calibration``: batches to re-estimate each BN's statistics from before folding (see
-    :func:`bnfold.fold.recalibrate.recalibrate`).
+    ``calibration``: batches (each a sequence of the model's inputs) to re-estimate every BN's running
+    statistics from before folding, as ``torch.optim.swa_utils.update_bn`` does (see
+    :func:`bnfold.fold.recalibrate.recalibrate`); each record then carries ``max_stat_change``.
     """
     start = time.perf_counter()
     notes: list[str] = []
@@ -69,20 +71,8 @@ def fold(
     folded_constants = fold_constants(gm)
     if folded_constants:
         notes.append(f"evaluated {folded_constants} computation(s) on stored tensors once, as constants")
-    sites = find_sites(gm)
-    recalibrated = False
+    sites = find_sites(gm, check_statistics=calibration is None)
     if calibration is not None:
-        from bnfold.fold.recalibrate import recalibrate
-
         notes.append(recalibrate(gm, sites, calibration))
-        sites, recalibrated = find_sites(gm), True
     records = fold_graph(gm, sites)
-    if recalibrated:
-        _carry_stat_changes(gm, records)
-    return FoldResult(gm, records, notes, time.perf_counter() - start, program, recalibrated)
-
-
-def _carry_stat_changes(gm: fx.GraphModule, records: list[BnRecord]) -> None:
-    changes: dict[str, float] = getattr(gm, "_bnfold_stat_changes", {})
-    for record in records:
-        record.max_stat_change = changes.get(record.name)
+    return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None)
