@@ -126,6 +126,76 @@ def convert(model_path: Path, output: Path | None, report: Path | None, input_sh
 
 
 @cli.command()
+@click.argument("original", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report here (.md and .html beside it).")
+@shape_option
+@click.option("--atol", type=float, help="Absolute tolerance [default: by dtype].")
+@click.option("--rtol", type=float, help="Relative tolerance [default: by dtype].")
+@click.option("--tolerance", "tolerances", multiple=True, callback=_tolerances, metavar="OUTPUT=ATOL,RTOL",
+              help="Tolerance for one output (by name or index); repeatable.")
+@click.option("--data", type=click.Path(path_type=Path), help="Extra parity inputs from .npz.")
+@click.option("--providers", default="auto", show_default=True, help="Execution providers: auto, cpu, cuda.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="ONNX Runtime threads.")
+@model_option
+@pickle_option
+@quiet_option
+def verify(original: Path, candidate: Path, report: Path | None, input_shapes: tuple[tuple[int, ...], ...],
+           atol: float | None, rtol: float | None, tolerances: tuple[tuple[str, float, float], ...],
+           data: Path | None, providers: str, threads: int | None, factory: str | None, trust_pickle: bool,
+           quiet: bool) -> int:
+    """Check that CANDIDATE (an ONNX file or a PyTorch model) computes what ORIGINAL computes."""
+    from bnfold.convert import ConvertConfig
+    from bnfold.convert.pair import verify_pair
+    from bnfold.report import write_reports
+    from bnfold.report.summary import parity_lines
+
+    if report is not None:
+        from bnfold.files import check_writable
+
+        check_writable(report)
+    config = ConvertConfig(input_shapes=input_shapes, atol=atol, rtol=rtol, tolerances=tolerances, data=data,
+                           providers=_providers(providers), threads=threads, factory=factory,
+                           trust_pickle=trust_pickle)
+    Progress(quiet)("checking parity")
+    result = verify_pair(original, candidate, config)
+    if report is not None:
+        write_reports(result, report)
+    if not quiet:
+        for line in parity_lines(result):
+            click.echo(line)
+    return EXIT_OK if result["verdict"]["passed"] else EXIT_FAILED
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@shape_option
+@click.option("--batch", "batches", callback=_batches, metavar="1,8,32", help="Batch sizes (dynamic batch dimension).")
+@click.option("--providers", default="auto", show_default=True, help="Execution providers: auto, cpu, cuda.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="Threads [default: physical cores].")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(models: tuple[Path, ...], input_shapes: tuple[tuple[int, ...], ...], batches: tuple[int, ...],
+          providers: str, threads: int | None, as_json: bool) -> int:
+    """Time an ONNX model, or two (ORIGINAL.onnx FOLDED.onnx) interleaved, with the speedup."""
+    from bnfold.convert import ConvertConfig
+    from bnfold.convert.pair import bench_files
+
+    if len(models) > 2:
+        raise click.UsageError("give one ONNX model, or two to compare (original first)")
+    config = ConvertConfig(input_shapes=input_shapes, batches=batches, providers=_providers(providers), threads=threads)
+    latency, speedup = bench_files(list(models), config)
+    if as_json:
+        click.echo(json.dumps({"latency": latency, "speedup": speedup}, indent=2))
+        return EXIT_OK
+    for row in latency:
+        click.echo(f"{row['model']:>10} {row['provider']} batch {row['batch']}: p50 {row['p50_ms']:.3f} ms, "
+                   f"p90 {row['p90_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, {row['throughput']:.1f} samples/s")
+    for row in speedup:
+        click.echo(f"speedup batch {row['batch']}: x{row['speedup_p50']:.2f} (IQR {row['speedup_low']:.2f}-{row['speedup_high']:.2f})")
+    return EXIT_OK
+
+
+@cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @shape_option
 @model_option

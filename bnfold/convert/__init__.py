@@ -225,7 +225,8 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     """The overall verdict: parity decides; the reason says what was gained or what broke."""
     parity, fold = report["parity"], report["fold"]
     if parity.get("passed"):
-        return {"passed": True, "reason": f"parity passed; {fold['batchnorm_folded']}/{fold['batchnorm_found']} BatchNorms folded"}
+        folded = f"; {fold['batchnorm_folded']}/{fold['batchnorm_found']} BatchNorms folded" if fold else ""
+        return {"passed": True, "reason": "parity passed" + folded}
     from bnfold.report.check import parity_failure
 
     return {"passed": False, "reason": parity_failure(parity) or "parity failed"}

@@ -32,6 +32,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def parity_lines(report: dict[str, Any]) -> list[str]:
+    """The parity verdict, its agreement figures, and the overall verdict (``bnfold verify``)."""
+    verdict = report["verdict"]
+    return [_parity_line(report), *_agreement_lines(report["parity"]),
+            ("PASS: " if verdict["passed"] else "FAIL: ") + verdict["reason"]]
+
+
 def _parity_line(report: dict[str, Any]) -> str:
     parity = report["parity"]
     failure = parity_failure(parity)

@@ -1,0 +1,115 @@
+"""``verify`` and ``bench`` for models the user already has: any original against any candidate.
+
+``bnfold verify ORIGINAL CANDIDATE``: the candidate is an ONNX file (checked at the ``export`` stage against
+the original in PyTorch, then ``ort-optimization``) or a PyTorch model (checked at the ``fold`` stage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from bnfold.convert.checks import parity_batches, tolerance_of
+from bnfold.errors import InputSpecError
+from bnfold.export import count_ops
+from bnfold.load import LoadedModel, load_model
+from bnfold.report import new_report
+from bnfold.verify import Candidate, ort_runner, run_parity, select_providers, torch_runner
+from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION, PROVIDER
+from bnfold.verify.providers import CUDA, CPU
+
+
+def _inputs(loaded: LoadedModel, config: Any) -> tuple[torch.Tensor, ...]:
+    from bnfold.convert import resolve_inputs
+
+    return resolve_inputs(loaded, config)
+
+
+def _reference(loaded: LoadedModel) -> tuple[Any, str]:
+    if loaded.format == "onnx":
+        return ort_runner(loaded.onnx_model.SerializeToString(), optimization="disabled"), "original onnxruntime CPU (optimizations off)"  # type: ignore[union-attr]
+    return torch_runner(loaded.module, torch.float64), "original fp64 (torch)"  # type: ignore[arg-type]
+
+
+def _candidates(original: LoadedModel, candidate: LoadedModel, config: Any) -> tuple[list[Candidate], list[str]]:
+    base: list[Candidate] = []
+    if original.format != "onnx":
+        base.append(Candidate("original fp32", torch_runner(original.module), BASELINE))  # type: ignore[arg-type]
+    against = base[0].name if base else None
+    if candidate.format != "onnx":
+        return base + [Candidate("candidate fp32 (torch)", torch_runner(candidate.module), FOLD, against)], []  # type: ignore[arg-type]
+    model = candidate.onnx_model.SerializeToString()  # type: ignore[union-attr]
+    selection = select_providers(",".join(config.providers))
+    found = base + [
+        Candidate("onnxruntime CPU (optimizations off)", ort_runner(model, (CPU,), "disabled", config.threads), EXPORT, against),
+        Candidate("onnxruntime CPU (optimizations all)", ort_runner(model, (CPU,), "all", config.threads),
+                  ORT_OPTIMIZATION, "onnxruntime CPU (optimizations off)"),
+    ]
+    if selection.cuda:
+        found.append(Candidate("onnxruntime CUDA", ort_runner(model, (CUDA, CPU), "all", config.threads), PROVIDER,
+                               "onnxruntime CPU (optimizations all)"))
+    return found, list(selection.notes)
+
+
+def verify_pair(original_path: str | Path, candidate_path: str | Path, config: Any) -> dict[str, Any]:
+    """A report comparing a candidate model with the original on the parity matrix."""
+    original = load_model(Path(original_path), factory=config.factory, trust_pickle=config.trust_pickle)
+    candidate = load_model(Path(candidate_path), factory=config.factory, trust_pickle=config.trust_pickle)
+    if original.format == "onnx" and candidate.format != "onnx":
+        raise InputSpecError("give the original model first and the candidate second")
+    inputs = _inputs(original, config)
+    reference, reference_name = _reference(original)
+    candidates, notes = _candidates(original, candidate, config)
+    tolerance, per_output = tolerance_of(config)
+    names = candidates[-1].runner.output_names if hasattr(candidates[-1].runner, "output_names") else None
+    parity = run_parity(reference, candidates, parity_batches(inputs, config), tolerance, per_output, names,
+                        reference_name=reference_name)
+    parity.notes = notes
+    return _pair_report(original, candidate, inputs, parity.to_json())
+
+
+def _pair_report(original: LoadedModel, candidate: LoadedModel, inputs: tuple[torch.Tensor, ...],
+                 parity: dict[str, Any]) -> dict[str, Any]:
+    from bnfold.convert import model_section, verdict
+    from bnfold.report.environment import capture_environment
+
+    report = new_report()
+    report["model"] = model_section(original, inputs, [])
+    report["fold"] = {}
+    report["onnx"] = _candidate_section(candidate)
+    report["parity"] = parity
+    report["environment"] = capture_environment()
+    report["verdict"] = verdict(report)
+    return report
+
+
+def _candidate_section(candidate: LoadedModel) -> dict[str, Any]:
+    section: dict[str, Any] = {"path": str(candidate.path), "sha256": candidate.sha256, "format": candidate.format}
+    if candidate.onnx_model is not None:
+        model: onnx.ModelProto = candidate.onnx_model
+        section.update(batchnorm_nodes=count_ops(model, "BatchNormalization"), nodes=len(model.graph.node))
+    return section
+
+
+def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Latency of one ONNX model, or of two interleaved (the first is the baseline)."""
+    from bnfold.bench import bench_onnx, speedups
+    from bnfold.load import InputSpec, make_inputs
+
+    loaded = [load_model(p) for p in paths]
+    if any(m.format != "onnx" for m in loaded):
+        raise InputSpecError("bnfold bench times ONNX files: convert the model first (bnfold convert)")
+    inputs = _inputs(loaded[0], config)
+    spec = InputSpec.of(inputs)
+    names = ["original", "folded"] if len(paths) == 2 else [paths[0].stem]
+    models = {name: m.onnx_model.SerializeToString() for name, m in zip(names, loaded)}  # type: ignore[union-attr]
+    results = bench_onnx(models, lambda b: tuple(t.numpy() for t in make_inputs(spec.with_batch(b), 0)),
+                         providers=select_providers(",".join(config.providers)).providers, threads=config.threads,
+                         batch_sizes=list(config.batches) or [int(inputs[0].shape[0])])
+    return [r.to_json() for r in results], [s.to_json() for s in speedups(results)] if len(paths) == 2 else []
+
+
+__all__ = ["bench_files", "verify_pair"]

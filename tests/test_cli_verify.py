@@ -1,0 +1,90 @@
+"""``bnfold verify``, ``bnfold bench`` and ``bnfold inspect`` as a user runs them, on the shipped digits CNN."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import bnfold
+from conftest import MODELS, run_cli
+
+DIGITS = MODELS / "digits_cnn.pt2"
+
+
+@pytest.fixture(scope="module")
+def folded_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("verify") / "digits.onnx"
+    result = bnfold.convert(DIGITS, bnfold.ConvertConfig(output=out, bench=False, write_reports=False))
+    assert result.passed
+    return out
+
+
+def _perturb_largest_weight(source: Path, target: Path) -> None:
+    model = onnx.load(str(source))
+    weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] += 0.5
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(model, str(target))
+
+
+def test_verify_passes_on_the_folded_model_and_writes_a_checkable_report(folded_onnx: Path, tmp_path: Path) -> None:
+    report = tmp_path / "verify.report.json"
+    done = run_cli("verify", str(DIGITS), str(folded_onnx), "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(report.read_text())
+    assert data["parity"]["passed"] and data["onnx"]["batchnorm_nodes"] == 0
+    assert run_cli("check", str(report), "--require-no-batchnorm").returncode == 0
+
+
+def test_verify_names_the_export_stage_for_a_perturbed_onnx_weight(folded_onnx: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    _perturb_largest_weight(folded_onnx, broken)
+    report = tmp_path / "broken.report.json"
+    done = run_cli("verify", str(DIGITS), str(broken), "--report", str(report))
+    assert done.returncode == 1
+    assert "stage export" in done.stdout
+    assert json.loads(report.read_text())["parity"]["failed_stage"] == "export"
+    assert run_cli("check", str(report)).returncode == 1
+
+
+def test_verify_names_the_fold_stage_for_a_broken_folded_pytorch_model(tmp_path: Path) -> None:
+    program = torch.export.load(str(DIGITS))
+    inputs = program.example_inputs[0]
+    folded = bnfold.fold(program).module
+    name, weight = next((n, p) for n, p in folded.named_parameters() if p.dim() == 4)
+    with torch.no_grad():
+        weight[0] += 0.5
+    broken = tmp_path / "broken_folded.pt2"
+    torch.export.save(torch.export.export(folded, inputs), str(broken))
+    done = run_cli("verify", str(DIGITS), str(broken))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "stage fold" in done.stdout, name
+
+
+def test_bench_compares_two_onnx_files_interleaved(folded_onnx: Path) -> None:
+    done = run_cli("bench", str(folded_onnx), str(folded_onnx), "--batch", "1,4", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert {(r["model"], r["batch"]) for r in data["latency"]} == {
+        ("original", 1), ("folded", 1), ("original", 4), ("folded", 4)}
+    assert {s["batch"] for s in data["speedup"]} == {1, 4}
+
+
+def test_bench_refuses_a_pytorch_file() -> None:
+    done = run_cli("bench", str(DIGITS))
+    assert done.returncode == 2 and done.stderr.startswith("Error: ") and "bnfold convert" in done.stderr
+
+
+def test_inspect_prints_each_batchnorm_and_its_fate() -> None:
+    done = run_cli("inspect", str(DIGITS))
+    assert done.returncode == 0, done.stderr
+    assert "stem.1 → folded into stem.0 (forward)" in done.stdout
+    records = json.loads(run_cli("inspect", str(DIGITS), "--json").stdout)
+    assert [r["action"] for r in records] == ["folded"] * 4
