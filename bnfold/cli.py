@@ -82,7 +82,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-@cli.command()
+@cli.command(short_help="Fold, export, verify and time a model.")
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="ONNX file to write [default: MODEL with .onnx].")
 @click.option("--report", type=click.Path(path_type=Path), help="JSON report [default: <output stem>.report.json]; .md and .html beside it.")
@@ -125,7 +125,7 @@ def convert(model_path: Path, output: Path | None, report: Path | None, input_sh
     return EXIT_OK if result.passed else EXIT_FAILED
 
 
-@cli.command()
+@cli.command(short_help="Check a candidate model against the original.")
 @click.argument("original", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report here (.md and .html beside it).")
@@ -167,7 +167,7 @@ def verify(original: Path, candidate: Path, report: Path | None, input_shapes: t
     return EXIT_OK if result["verdict"]["passed"] else EXIT_FAILED
 
 
-@cli.command()
+@cli.command(short_help="Time ONNX models, A/B interleaved.")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @shape_option
 @click.option("--batch", "batches", callback=_batches, metavar="1,8,32", help="Batch sizes (dynamic batch dimension).")
@@ -195,7 +195,7 @@ def bench(models: tuple[Path, ...], input_shapes: tuple[tuple[int, ...], ...], b
     return EXIT_OK
 
 
-@cli.command()
+@cli.command(short_help="List every BatchNorm and its fate.")
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @shape_option
 @model_option
@@ -217,7 +217,7 @@ def inspect(model_path: Path, input_shapes: tuple[tuple[int, ...], ...], factory
     return EXIT_OK
 
 
-@cli.command()
+@cli.command(short_help="Turn reports into a CI verdict (exit 0/1).")
 @click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--max-abs-err", type=float, help="Fail when any parity check's max abs error exceeds this.")
 @click.option("--require-no-batchnorm", is_flag=True, help="Fail when a BatchNormalization node remains in the ONNX file.")

@@ -22,6 +22,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"  {layer['name']}: {fate}: {layer['reason']}")
     lines.append(_parity_line(report))
     lines.extend(_agreement_lines(parity))
+    lines.extend(f"note: {note}" for note in parity.get("notes", []))
     for item in report.get("speedup", []):
         lines.append(
             f"latency {item['backend']} ({item['provider']}) batch {item['batch']}: "
@@ -35,7 +36,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 def parity_lines(report: dict[str, Any]) -> list[str]:
     """The parity verdict, its agreement figures, and the overall verdict (``bnfold verify``)."""
     verdict = report["verdict"]
-    return [_parity_line(report), *_agreement_lines(report["parity"]),
+    notes = [f"note: {note}" for note in report["parity"].get("notes", [])]
+    return [_parity_line(report), *_agreement_lines(report["parity"]), *notes,
             ("PASS: " if verdict["passed"] else "FAIL: ") + verdict["reason"]]
 
 
