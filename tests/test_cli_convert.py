@@ -98,3 +98,17 @@ def test_random_bytes_exit_2_with_one_line_and_no_output(tmp_path: Path) -> None
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2"]
+
+
+def test_recalibrate_updates_statistics_and_keeps_parity(tmp_path: Path) -> None:
+    heldout = np.load(MODELS / "digits_heldout.npz")
+    shifted = tmp_path / "shifted.npz"
+    np.savez(shifted, x=(heldout["x"] * 1.5 + 0.2).astype(np.float32))
+    done = run_cli("convert", str(MODELS / "digits_cnn.pt2"), "-o", str(tmp_path / "r.onnx"),
+                   "--recalibrate", str(shifted), "--no-bench")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "r.report.json").read_text())
+    assert report["fold"]["recalibrated"] is True
+    changes = [layer["max_stat_change"] for layer in report["fold"]["layers"]]
+    assert all(c is not None and c > 0.01 for c in changes)
+    assert report["parity"]["passed"] and report["fold"]["batchnorm_folded"] == 4

@@ -60,7 +60,9 @@ def convert_torch(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: 
     source: nn.Module | torch.export.ExportedProgram = loaded.exported if use_program else loaded.module  # type: ignore[assignment]
     folded = fold(source, inputs, calibration=calibration)
     exported = export_module(folded.module, inputs, opset=opset)
-    original = loaded.exported.module() if use_program else loaded.module
+    original = folded.reference or (loaded.exported.module() if use_program else loaded.module)
+    if folded.reference is not None:
+        folded.notes.append("parity reference: the original model with the re-estimated statistics, unfolded")
 
     def original_onnx() -> bytes:
         return export_module(loaded.exported if use_program else loaded.module, inputs, opset=opset).model.SerializeToString()  # type: ignore[arg-type]

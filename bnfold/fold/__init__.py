@@ -6,6 +6,7 @@ The public face is :func:`fold`. The algebra lives in :mod:`bnfold.fold.maths`, 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class FoldResult:
     seconds: float = 0.0
     program: torch.export.ExportedProgram | None = None
     recalibrated: bool = False
+    reference: fx.GraphModule | None = None
+    """With calibration: the unfolded model with the re-estimated statistics, what ``module`` must match."""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -72,7 +75,10 @@ def fold(
     if folded_constants:
         notes.append(f"evaluated {folded_constants} computation(s) on stored tensors once, as constants")
     sites = find_sites(gm, check_statistics=calibration is None)
+    recalibrated = None
     if calibration is not None:
         notes.append(recalibrate(gm, sites, calibration))
+        recalibrated = copy.deepcopy(gm)
     records = fold_graph(gm, sites)
-    return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None)
+    return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None,
+                      recalibrated)

@@ -107,21 +107,27 @@ def _run(calibration: _CalibrationPass, batch: Sequence[torch.Tensor] | torch.Te
 
 
 def _store(gm: fx.GraphModule, key: tuple[str, str], sums: _Sums) -> float:
-    """Set the averaged statistics on ``gm``; returns the largest relative change over both."""
-    change = 0.0
-    for target, total in zip(key, (sums.mean, sums.var), strict=True):
-        old = fetch(gm, target)
-        new = (total / sums.count).to(old.dtype)
-        change = max(change, relative_change(old, new))
-        set_tensor(gm, target, new)
-    return change
+    """Set the averaged statistics on ``gm``; returns :func:`statistics_change` of old to new."""
+    old = [fetch(gm, target) for target in key]
+    new = [(total / sums.count).to(o.dtype) for total, o in zip((sums.mean, sums.var), old, strict=True)]
+    for target, value in zip(key, new, strict=True):
+        set_tensor(gm, target, value)
+    return statistics_change(old[0], old[1], new[0], new[1])
 
 
-def relative_change(old: torch.Tensor, new: torch.Tensor) -> float:
-    """max over channels of |new − old| / max(|old|, 1e-12)."""
-    old64, new64 = old.detach().to(F64), new.detach().to(F64)
-    ratio = (new64 - old64).abs() / old64.abs().clamp_min(1e-12)
-    return float(torch.nan_to_num(ratio, nan=float("inf")).max())
+def statistics_change(old_mean: torch.Tensor, old_var: torch.Tensor, new_mean: torch.Tensor,
+                      new_var: torch.Tensor, eps: float = 1e-5) -> float:
+    """How far the old statistics were from the new, as the largest relative change over channels.
+
+    The mean's change is measured in old standard deviations, ``|μ' − μ| / √(σ² + ε)``, the variance's
+    relative to the old variance, ``|σ'² − σ²| / (σ² + ε)``: both are 0 for unchanged statistics and
+    stay meaningful where the old mean was 0.
+    """
+    mean0, var0 = old_mean.detach().to(F64), old_var.detach().to(F64)
+    mean1, var1 = new_mean.detach().to(F64), new_var.detach().to(F64)
+    shift = (mean1 - mean0).abs() / torch.sqrt(var0.clamp_min(0) + eps)
+    spread = (var1 - var0).abs() / (var0.clamp_min(0) + eps)
+    return float(torch.nan_to_num(torch.maximum(shift, spread), nan=float("inf")).max())
 
 
 def _note(sites: list[AffineSite], changes: dict[tuple[str, str], float], batches: int) -> str:
