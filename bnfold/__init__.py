@@ -12,6 +12,14 @@ from bnfold.fold import BnRecord, FoldResult, fold
 from bnfold.load import LoadedModel, load_model
 
 __all__ = [
-    "BnRecord", "BnfoldError", "ConvertConfig", "ConvertResult", "FoldResult", "LoadedModel", "convert", "fold",
-    "inspect_model", "load_model",
+    "BnRecord",
+    "BnfoldError",
+    "ConvertConfig",
+    "ConvertResult",
+    "FoldResult",
+    "LoadedModel",
+    "convert",
+    "fold",
+    "inspect_model",
+    "load_model",
 ]

@@ -37,7 +37,9 @@ def _batches(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     return sizes
 
 
-def _tolerances(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[str, float, float], ...]:
+def _tolerances(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[tuple[str, float, float], ...]:
     out = []
     for text in values:
         name, _, numbers = text.partition("=")
@@ -64,12 +66,25 @@ class Progress:
             click.echo(f"… {message}", err=True)
 
 
-model_option = click.option("--model", "factory", metavar="MODULE:CALLABLE",
-                            help="Code that builds the nn.Module for a state_dict/safetensors/checkpoint file.")
-shape_option = click.option("--input-shape", "input_shapes", multiple=True, callback=_shapes, metavar="1,3,224,224",
-                            help="Shape of one input (repeat per input). Overrides the example inputs stored in the model.")
-pickle_option = click.option("--trust-pickle", is_flag=True,
-                             help="Allow loading a pickled nn.Module (runs code from the file: only for files you trust).")
+model_option = click.option(
+    "--model",
+    "factory",
+    metavar="MODULE:CALLABLE",
+    help="Code that builds the nn.Module for a state_dict/safetensors/checkpoint file.",
+)
+shape_option = click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    callback=_shapes,
+    metavar="1,3,224,224",
+    help="Shape of one input (repeat per input). Overrides the example inputs stored in the model.",
+)
+pickle_option = click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow loading a pickled nn.Module (runs code from the file: only for files you trust).",
+)
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress or summary; the exit code tells.")
 
 
@@ -85,35 +100,90 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cli.command(short_help="Fold, export, verify and time a model.")
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="ONNX file to write [default: MODEL with .onnx].")
-@click.option("--report", type=click.Path(path_type=Path), help="JSON report [default: <output stem>.report.json]; .md and .html beside it.")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    help="JSON report [default: <output stem>.report.json]; .md and .html beside it.",
+)
 @shape_option
 @click.option("--opset", type=click.IntRange(7, 30), default=18, show_default=True, help="ONNX opset.")
 @click.option("--atol", type=float, help="Absolute tolerance for parity [default: by dtype, 1e-4 for float32].")
 @click.option("--rtol", type=float, help="Relative tolerance for parity [default: by dtype, 1e-3 for float32].")
-@click.option("--tolerance", "tolerances", multiple=True, callback=_tolerances, metavar="OUTPUT=ATOL,RTOL",
-              help="Tolerance for one output (by name or index); repeatable.")
-@click.option("--data", type=click.Path(path_type=Path), help="Extra parity inputs from .npz (one array per input; labels 'y' ignored).")
-@click.option("--recalibrate", type=click.Path(path_type=Path), metavar="DATA.npz",
-              help="Re-estimate every BN's statistics from this data before folding.")
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    callback=_tolerances,
+    metavar="OUTPUT=ATOL,RTOL",
+    help="Tolerance for one output (by name or index); repeatable.",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Extra parity inputs from .npz (one array per input; labels 'y' ignored).",
+)
+@click.option(
+    "--recalibrate",
+    type=click.Path(path_type=Path),
+    metavar="DATA.npz",
+    help="Re-estimate every BN's statistics from this data before folding.",
+)
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
-@click.option("--batch", "batches", callback=_batches, metavar="1,8,32", help="Batch sizes to time (when the batch dimension is dynamic).")
-@click.option("--providers", default="auto", show_default=True, help="Execution providers: auto, cpu, cuda (comma-separated).")
-@click.option("--threads", type=click.IntRange(1, 1024), help="ONNX Runtime / torch threads for timing [default: physical cores].")
+@click.option(
+    "--batch",
+    "batches",
+    callback=_batches,
+    metavar="1,8,32",
+    help="Batch sizes to time (when the batch dimension is dynamic).",
+)
+@click.option(
+    "--providers", default="auto", show_default=True, help="Execution providers: auto, cpu, cuda (comma-separated)."
+)
+@click.option(
+    "--threads", type=click.IntRange(1, 1024), help="ONNX Runtime / torch threads for timing [default: physical cores]."
+)
 @model_option
 @pickle_option
 @quiet_option
-def convert(model_path: Path, output: Path | None, report: Path | None, input_shapes: tuple[tuple[int, ...], ...],
-            opset: int, atol: float | None, rtol: float | None, tolerances: tuple[tuple[str, float, float], ...],
-            data: Path | None, recalibrate: Path | None, no_bench: bool, batches: tuple[int, ...], providers: str,
-            threads: int | None, factory: str | None, trust_pickle: bool, quiet: bool) -> int:
+def convert(
+    model_path: Path,
+    output: Path | None,
+    report: Path | None,
+    input_shapes: tuple[tuple[int, ...], ...],
+    opset: int,
+    atol: float | None,
+    rtol: float | None,
+    tolerances: tuple[tuple[str, float, float], ...],
+    data: Path | None,
+    recalibrate: Path | None,
+    no_bench: bool,
+    batches: tuple[int, ...],
+    providers: str,
+    threads: int | None,
+    factory: str | None,
+    trust_pickle: bool,
+    quiet: bool,
+) -> int:
     """Fold, export, verify and time MODEL; write MODEL.onnx and its reports."""
     from bnfold.convert import ConvertConfig
     from bnfold.convert import convert as run
 
     config = ConvertConfig(
-        output=output, report=report, input_shapes=input_shapes, opset=opset, atol=atol, rtol=rtol,
-        tolerances=tolerances, data=data, recalibrate=recalibrate, bench=not no_bench, batches=batches,
-        providers=_providers(providers), threads=threads, factory=factory, trust_pickle=trust_pickle,
+        output=output,
+        report=report,
+        input_shapes=input_shapes,
+        opset=opset,
+        atol=atol,
+        rtol=rtol,
+        tolerances=tolerances,
+        data=data,
+        recalibrate=recalibrate,
+        bench=not no_bench,
+        batches=batches,
+        providers=_providers(providers),
+        threads=threads,
+        factory=factory,
+        trust_pickle=trust_pickle,
     )
     result = run(model_path, config, progress=Progress(quiet))
     if not quiet:
@@ -132,18 +202,35 @@ def convert(model_path: Path, output: Path | None, report: Path | None, input_sh
 @shape_option
 @click.option("--atol", type=float, help="Absolute tolerance [default: by dtype].")
 @click.option("--rtol", type=float, help="Relative tolerance [default: by dtype].")
-@click.option("--tolerance", "tolerances", multiple=True, callback=_tolerances, metavar="OUTPUT=ATOL,RTOL",
-              help="Tolerance for one output (by name or index); repeatable.")
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    callback=_tolerances,
+    metavar="OUTPUT=ATOL,RTOL",
+    help="Tolerance for one output (by name or index); repeatable.",
+)
 @click.option("--data", type=click.Path(path_type=Path), help="Extra parity inputs from .npz.")
 @click.option("--providers", default="auto", show_default=True, help="Execution providers: auto, cpu, cuda.")
 @click.option("--threads", type=click.IntRange(1, 1024), help="ONNX Runtime threads.")
 @model_option
 @pickle_option
 @quiet_option
-def verify(original: Path, candidate: Path, report: Path | None, input_shapes: tuple[tuple[int, ...], ...],
-           atol: float | None, rtol: float | None, tolerances: tuple[tuple[str, float, float], ...],
-           data: Path | None, providers: str, threads: int | None, factory: str | None, trust_pickle: bool,
-           quiet: bool) -> int:
+def verify(
+    original: Path,
+    candidate: Path,
+    report: Path | None,
+    input_shapes: tuple[tuple[int, ...], ...],
+    atol: float | None,
+    rtol: float | None,
+    tolerances: tuple[tuple[str, float, float], ...],
+    data: Path | None,
+    providers: str,
+    threads: int | None,
+    factory: str | None,
+    trust_pickle: bool,
+    quiet: bool,
+) -> int:
     """Check that CANDIDATE (an ONNX file or a PyTorch model) computes what ORIGINAL computes."""
     from bnfold.convert import ConvertConfig
     from bnfold.convert.pair import verify_pair
@@ -154,9 +241,17 @@ def verify(original: Path, candidate: Path, report: Path | None, input_shapes: t
         from bnfold.files import check_writable
 
         check_writable(report)
-    config = ConvertConfig(input_shapes=input_shapes, atol=atol, rtol=rtol, tolerances=tolerances, data=data,
-                           providers=_providers(providers), threads=threads, factory=factory,
-                           trust_pickle=trust_pickle)
+    config = ConvertConfig(
+        input_shapes=input_shapes,
+        atol=atol,
+        rtol=rtol,
+        tolerances=tolerances,
+        data=data,
+        providers=_providers(providers),
+        threads=threads,
+        factory=factory,
+        trust_pickle=trust_pickle,
+    )
     Progress(quiet)("checking parity")
     result = verify_pair(original, candidate, config)
     if report is not None:
@@ -174,8 +269,14 @@ def verify(original: Path, candidate: Path, report: Path | None, input_shapes: t
 @click.option("--providers", default="auto", show_default=True, help="Execution providers: auto, cpu, cuda.")
 @click.option("--threads", type=click.IntRange(1, 1024), help="Threads [default: physical cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(models: tuple[Path, ...], input_shapes: tuple[tuple[int, ...], ...], batches: tuple[int, ...],
-          providers: str, threads: int | None, as_json: bool) -> int:
+def bench(
+    models: tuple[Path, ...],
+    input_shapes: tuple[tuple[int, ...], ...],
+    batches: tuple[int, ...],
+    providers: str,
+    threads: int | None,
+    as_json: bool,
+) -> int:
     """Time an ONNX model, or two (ORIGINAL.onnx FOLDED.onnx) interleaved, with the speedup."""
     from bnfold.convert import ConvertConfig
     from bnfold.convert.pair import bench_files
@@ -188,10 +289,15 @@ def bench(models: tuple[Path, ...], input_shapes: tuple[tuple[int, ...], ...], b
         click.echo(json.dumps({"latency": latency, "speedup": speedup}, indent=2))
         return EXIT_OK
     for row in latency:
-        click.echo(f"{row['model']:>10} {row['provider']} batch {row['batch']}: p50 {row['p50_ms']:.3f} ms, "
-                   f"p90 {row['p90_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, {row['throughput']:.1f} samples/s")
+        click.echo(
+            f"{row['model']:>10} {row['provider']} batch {row['batch']}: p50 {row['p50_ms']:.3f} ms, "
+            f"p90 {row['p90_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, {row['throughput']:.1f} samples/s"
+        )
     for row in speedup:
-        click.echo(f"speedup batch {row['batch']}: x{row['speedup_p50']:.2f} (IQR {row['speedup_low']:.2f}-{row['speedup_high']:.2f})")
+        click.echo(
+            f"speedup batch {row['batch']}: x{row['speedup_p50']:.2f} "
+            f"(IQR {row['speedup_low']:.2f}-{row['speedup_high']:.2f})"
+        )
     return EXIT_OK
 
 
@@ -201,8 +307,9 @@ def bench(models: tuple[Path, ...], input_shapes: tuple[tuple[int, ...], ...], b
 @model_option
 @pickle_option
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
-def inspect(model_path: Path, input_shapes: tuple[tuple[int, ...], ...], factory: str | None, trust_pickle: bool,
-            as_json: bool) -> int:
+def inspect(
+    model_path: Path, input_shapes: tuple[tuple[int, ...], ...], factory: str | None, trust_pickle: bool, as_json: bool
+) -> int:
     """Print every BatchNorm of MODEL and its fate, without exporting."""
     from bnfold.convert import inspect_model
 
@@ -220,15 +327,19 @@ def inspect(model_path: Path, input_shapes: tuple[tuple[int, ...], ...], factory
 @cli.command(short_help="Turn reports into a CI verdict (exit 0/1).")
 @click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--max-abs-err", type=float, help="Fail when any parity check's max abs error exceeds this.")
-@click.option("--require-no-batchnorm", is_flag=True, help="Fail when a BatchNormalization node remains in the ONNX file.")
+@click.option(
+    "--require-no-batchnorm", is_flag=True, help="Fail when a BatchNormalization node remains in the ONNX file."
+)
 @click.option("--min-speedup", type=float, help="Fail when the folded model's p50 speedup is below this.")
-def check(reports: tuple[Path, ...], max_abs_err: float | None, require_no_batchnorm: bool,
-          min_speedup: float | None) -> int:
+def check(
+    reports: tuple[Path, ...], max_abs_err: float | None, require_no_batchnorm: bool, min_speedup: float | None
+) -> int:
     """Turn one or more reports into a CI verdict: exit 0 if all pass, 1 if not."""
     from bnfold.report.check import check_reports
 
-    verdict = check_reports(list(reports), max_abs_err=max_abs_err, require_no_batchnorm=require_no_batchnorm,
-                            min_speedup=min_speedup)
+    verdict = check_reports(
+        list(reports), max_abs_err=max_abs_err, require_no_batchnorm=require_no_batchnorm, min_speedup=min_speedup
+    )
     click.echo(verdict.table() if len(reports) > 1 else verdict.line())
     return EXIT_OK if verdict else EXIT_FAILED
 

@@ -39,6 +39,7 @@ class ExportResult:
 
 def count_ops(model: onnx.ModelProto, op_type: str) -> int:
     """How many nodes of ``op_type`` the graph (and its subgraphs) holds."""
+
     def walk(graph: onnx.GraphProto) -> int:
         total = 0
         for node in graph.node:
@@ -59,17 +60,24 @@ def quiet() -> Any:
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]
     sink = io.StringIO()
-    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
         warnings.simplefilter("always")
         for lg in loggers:
             lg.setLevel(logging.ERROR)
         try:
             yield captured
         finally:
-            for lg, level in zip(loggers, levels):
+            for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
-            seen = dict.fromkeys(str(w.message).splitlines()[0] for w in caught
-                                 if not issubclass(w.category, (DeprecationWarning, FutureWarning)))
+            seen = dict.fromkeys(
+                str(w.message).splitlines()[0]
+                for w in caught
+                if not issubclass(w.category, (DeprecationWarning, FutureWarning))
+            )
             captured.extend(seen)
 
 
@@ -89,8 +97,13 @@ def export_module(
     with quiet() as said:
         try:
             program = torch.onnx.export(
-                module, inputs, dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
-                optimize=optimize, verbose=False,
+                module,
+                inputs,
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=dynamic,
+                optimize=optimize,
+                verbose=False,
             )
         except Exception as exc:  # the exporter raises many private error types
             raise ExportError(f"torch.onnx.export failed: {one_line(exc)}") from exc
@@ -148,5 +161,4 @@ def check(model: onnx.ModelProto) -> None:
 def save(model: onnx.ModelProto, path: Path) -> None:
     """Write the model; larger than protobuf's 2 GB limit, weights go to ``<name>.data`` beside it."""
     large = model.ByteSize() > 2_000_000_000 if model.ByteSize() >= 0 else True
-    onnx.save_model(model, str(path), save_as_external_data=large,
-                    location=path.name + ".data" if large else None)
+    onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)

@@ -19,5 +19,6 @@ def models_dir() -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``bnfold ARGS`` in a fresh process, as a user would run it."""
-    return subprocess.run([sys.executable, "-m", "bnfold", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bnfold", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=600
+    )

@@ -10,7 +10,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import MODELS, run_cli
 
 
@@ -18,8 +17,16 @@ from conftest import MODELS, run_cli
 def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
     out = tmp_path_factory.mktemp("digits")
     onnx_path = out / "digits.onnx"
-    done = run_cli("convert", str(MODELS / "digits_cnn.pt2"), "-o", str(onnx_path),
-                   "--data", str(MODELS / "digits_heldout.npz"), "--batch", "1,8")
+    done = run_cli(
+        "convert",
+        str(MODELS / "digits_cnn.pt2"),
+        "-o",
+        str(onnx_path),
+        "--data",
+        str(MODELS / "digits_heldout.npz"),
+        "--batch",
+        "1,8",
+    )
     return onnx_path, out / "digits.report.json", done
 
 
@@ -73,7 +80,9 @@ def test_report_has_parity_latency_and_companions(converted: tuple[Path, Path, o
     assert report["verdict"]["passed"] is True
 
 
-def test_check_passes_on_the_report_and_fails_on_a_failed_one(converted: tuple[Path, Path, object], tmp_path: Path) -> None:
+def test_check_passes_on_the_report_and_fails_on_a_failed_one(
+    converted: tuple[Path, Path, object], tmp_path: Path
+) -> None:
     _, report_path, _ = converted
     ok = run_cli("check", str(report_path))
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -104,8 +113,15 @@ def test_recalibrate_updates_statistics_and_keeps_parity(tmp_path: Path) -> None
     heldout = np.load(MODELS / "digits_heldout.npz")
     shifted = tmp_path / "shifted.npz"
     np.savez(shifted, x=(heldout["x"] * 1.5 + 0.2).astype(np.float32))
-    done = run_cli("convert", str(MODELS / "digits_cnn.pt2"), "-o", str(tmp_path / "r.onnx"),
-                   "--recalibrate", str(shifted), "--no-bench")
+    done = run_cli(
+        "convert",
+        str(MODELS / "digits_cnn.pt2"),
+        "-o",
+        str(tmp_path / "r.onnx"),
+        "--recalibrate",
+        str(shifted),
+        "--no-bench",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "r.report.json").read_text())
     assert report["fold"]["recalibrated"] is True

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import MODELS, run_cli
 from onnx import numpy_helper
 
 import bnfold
-from conftest import MODELS, run_cli
 
 DIGITS = MODELS / "digits_cnn.pt2"
 
@@ -73,7 +73,11 @@ def test_bench_compares_two_onnx_files_interleaved(folded_onnx: Path) -> None:
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert {(r["model"], r["batch"]) for r in data["latency"]} == {
-        ("original", 1), ("folded", 1), ("original", 4), ("folded", 4)}
+        ("original", 1),
+        ("folded", 1),
+        ("original", 4),
+        ("folded", 4),
+    }
     assert {s["batch"] for s in data["speedup"]} == {1, 4}
 
 

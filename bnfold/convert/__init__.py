@@ -111,7 +111,10 @@ def fold_and_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], confi
     """The fold (and export) by the path the model's format takes."""
     if loaded.format in ONNX_LEVEL:
         if config.recalibrate is not None:
-            raise InputSpecError(f"--recalibrate needs a PyTorch model; a {loaded.format} model has no BatchNorm statistics to update in place")
+            raise InputSpecError(
+                f"--recalibrate needs a PyTorch model: a {loaded.format} model is folded on its ONNX graph, "
+                "where BatchNorm statistics cannot be re-estimated"
+            )
         return convert_onnx_level(loaded, inputs, config.opset)
     return convert_torch(loaded, inputs, config.opset, config.recalibrate, reshaped=bool(config.input_shapes))
 
@@ -138,8 +141,10 @@ def convert(
 
     say("folding BatchNorms and exporting to ONNX")
     converted = fold_and_export(loaded, inputs, config)
-    annotate(converted.exported.model, {"bnfold.version": report["bnfold_version"],
-                                        "bnfold.fold": _fold_metadata(converted.records)})
+    annotate(
+        converted.exported.model,
+        {"bnfold.version": report["bnfold_version"], "bnfold.fold": _fold_metadata(converted.records)},
+    )
     check(converted.exported.model)
     report["model"] = model_section(loaded, inputs, converted.notes)
     report["fold"] = fold_section(converted)
@@ -175,7 +180,9 @@ def inspect_model(
         from bnfold.fold.onnx import fold_onnx
 
         return fold_onnx(loaded.onnx_model).records  # type: ignore[arg-type]
-    return fold_and_export(loaded, inputs, config).records if loaded.format in ONNX_LEVEL else _fold_only(loaded, inputs)
+    return (
+        fold_and_export(loaded, inputs, config).records if loaded.format in ONNX_LEVEL else _fold_only(loaded, inputs)
+    )
 
 
 def _fold_only(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> list[BnRecord]:
@@ -202,8 +209,10 @@ def model_section(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], notes: 
         "path": str(loaded.path) if loaded.path else None,
         "sha256": loaded.sha256,
         "format": loaded.format,
-        "inputs": [{"name": f"input_{i}", "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-                   for i, t in enumerate(inputs)],
+        "inputs": [
+            {"name": f"input_{i}", "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+            for i, t in enumerate(inputs)
+        ],
         "notes": list(loaded.notes) + notes,
     }
 
@@ -234,8 +243,11 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
 
 def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:
     counts = summarise(records)
-    return {"found": counts["found"], "folded": counts["folded"],
-            "layers": [{"name": r.name, "action": r.action, "into": r.into} for r in records]}
+    return {
+        "found": counts["found"],
+        "folded": counts["folded"],
+        "layers": [{"name": r.name, "action": r.action, "into": r.into} for r in records],
+    }
 
 
 def _check_outputs(source: Path | None, onnx_path: Path, report_path: Path | None) -> None:

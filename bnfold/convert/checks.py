@@ -10,7 +10,13 @@ import torch
 from bnfold.convert.paths import Converted
 from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
 from bnfold.verify import (
-    Candidate, Tolerance, ort_runner, run_parity, select_providers, torch_runner, verify_parity,
+    Candidate,
+    Tolerance,
+    ort_runner,
+    run_parity,
+    select_providers,
+    torch_runner,
+    verify_parity,
 )
 from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION
 
@@ -34,8 +40,9 @@ def tolerance_of(config: Any) -> tuple[Tolerance | None, dict[str | int, Toleran
     default = None
     if config.atol is not None or config.rtol is not None:
         base = Tolerance.for_dtype("float32")
-        default = Tolerance(config.atol if config.atol is not None else base.atol,
-                            config.rtol if config.rtol is not None else base.rtol)
+        default = Tolerance(
+            config.atol if config.atol is not None else base.atol, config.rtol if config.rtol is not None else base.rtol
+        )
     per_output: dict[str | int, Tolerance] = {
         int(k) if k.isdigit() else k: Tolerance(a, r) for k, a, r in config.tolerances
     }
@@ -51,8 +58,16 @@ def verify_stage(loaded: LoadedModel, converted: Converted, batches: Batches, co
     elif loaded.format == "torchscript":
         report = _torchscript_parity(converted, folded_bytes, batches, tolerance, per_output)
     else:
-        report = verify_parity(converted.original, converted.folded, folded_bytes, batches, tolerance, per_output,
-                               providers=",".join(config.providers), threads=config.threads)
+        report = verify_parity(
+            converted.original,
+            converted.folded,
+            folded_bytes,
+            batches,
+            tolerance,
+            per_output,
+            providers=",".join(config.providers),
+            threads=config.threads,
+        )
     return report.to_json()
 
 
@@ -61,11 +76,22 @@ def _onnx_parity(original: bytes, folded: bytes, batches: Batches, tolerance: An
     reference = ort_runner(original, optimization="disabled")
     candidates = [
         Candidate("folded onnxruntime CPU (optimizations off)", ort_runner(folded, optimization="disabled"), FOLD),
-        Candidate("folded onnxruntime CPU (optimizations all)", ort_runner(folded, optimization="all"),
-                  ORT_OPTIMIZATION, "folded onnxruntime CPU (optimizations off)"),
+        Candidate(
+            "folded onnxruntime CPU (optimizations all)",
+            ort_runner(folded, optimization="all"),
+            ORT_OPTIMIZATION,
+            "folded onnxruntime CPU (optimizations off)",
+        ),
     ]
-    return run_parity(reference, candidates, batches, tolerance, per_output, reference.output_names,
-                      reference_name="original onnxruntime CPU (optimizations off)")
+    return run_parity(
+        reference,
+        candidates,
+        batches,
+        tolerance,
+        per_output,
+        reference.output_names,
+        reference_name="original onnxruntime CPU (optimizations off)",
+    )
 
 
 def _torchscript_parity(converted: Converted, folded: bytes, batches: Batches, tolerance: Any, per_output: Any) -> Any:
@@ -74,21 +100,35 @@ def _torchscript_parity(converted: Converted, folded: bytes, batches: Batches, t
     unfolded = converted.original_onnx() if converted.original_onnx else folded
     candidates = [
         Candidate("original fp32", torch_runner(module), BASELINE),
-        Candidate("unfolded onnxruntime CPU (optimizations off)", ort_runner(unfolded, optimization="disabled"),
-                  EXPORT, "original fp32"),
-        Candidate("onnxruntime CPU (optimizations off)", ort_runner(folded, optimization="disabled"), FOLD,
-                  "unfolded onnxruntime CPU (optimizations off)"),
-        Candidate("onnxruntime CPU (optimizations all)", ort_runner(folded, optimization="all"), ORT_OPTIMIZATION,
-                  "onnxruntime CPU (optimizations off)"),
+        Candidate(
+            "unfolded onnxruntime CPU (optimizations off)",
+            ort_runner(unfolded, optimization="disabled"),
+            EXPORT,
+            "original fp32",
+        ),
+        Candidate(
+            "onnxruntime CPU (optimizations off)",
+            ort_runner(folded, optimization="disabled"),
+            FOLD,
+            "unfolded onnxruntime CPU (optimizations off)",
+        ),
+        Candidate(
+            "onnxruntime CPU (optimizations all)",
+            ort_runner(folded, optimization="all"),
+            ORT_OPTIMIZATION,
+            "onnxruntime CPU (optimizations off)",
+        ),
     ]
-    report = run_parity(torch_runner(module, torch.float64), candidates, batches, tolerance, per_output,
-                        output_names=None)
+    report = run_parity(
+        torch_runner(module, torch.float64), candidates, batches, tolerance, per_output, output_names=None
+    )
     report.notes = list(select_providers("auto").notes)
     return report
 
 
-def bench_stage(loaded: LoadedModel, converted: Converted, inputs: tuple[torch.Tensor, ...],
-                config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def bench_stage(
+    loaded: LoadedModel, converted: Converted, inputs: tuple[torch.Tensor, ...], config: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Latency of the original and the folded model, interleaved, on every provider and batch size."""
     from bnfold.bench import bench_onnx, bench_torch, speedups
 
@@ -98,14 +138,25 @@ def bench_stage(loaded: LoadedModel, converted: Converted, inputs: tuple[torch.T
     def factory(batch: int) -> tuple[np.ndarray, ...]:
         return tuple(t.numpy() for t in make_inputs(spec.with_batch(batch), seed=0))
 
-    models = {"original": converted.original_onnx() if converted.original_onnx else None,
-              "folded": converted.exported.model.SerializeToString()}
+    models = {
+        "original": converted.original_onnx() if converted.original_onnx else None,
+        "folded": converted.exported.model.SerializeToString(),
+    }
     selection = select_providers(",".join(config.providers))
-    results = bench_onnx({k: v for k, v in models.items() if v is not None}, factory,
-                         providers=selection.providers, threads=config.threads, batch_sizes=sizes)
+    results = bench_onnx(
+        {k: v for k, v in models.items() if v is not None},
+        factory,
+        providers=selection.providers,
+        threads=config.threads,
+        batch_sizes=sizes,
+    )
     if isinstance(converted.folded, torch.nn.Module) and isinstance(converted.original, torch.nn.Module):
-        results += bench_torch({"original": converted.original, "folded": converted.folded}, factory,
-                               threads=config.threads, batch_sizes=sizes)
+        results += bench_torch(
+            {"original": converted.original, "folded": converted.folded},
+            factory,
+            threads=config.threads,
+            batch_sizes=sizes,
+        )
     return [r.to_json() for r in results], [s.to_json() for s in speedups(results)]
 
 

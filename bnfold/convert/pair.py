@@ -18,8 +18,8 @@ from bnfold.export import count_ops
 from bnfold.load import LoadedModel, load_model
 from bnfold.report import new_report
 from bnfold.verify import Candidate, ort_runner, run_parity, select_providers, torch_runner
+from bnfold.verify.providers import CPU, CUDA
 from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION, PROVIDER
-from bnfold.verify.providers import CUDA, CPU
 
 
 def _inputs(loaded: LoadedModel, config: Any) -> tuple[torch.Tensor, ...]:
@@ -29,8 +29,9 @@ def _inputs(loaded: LoadedModel, config: Any) -> tuple[torch.Tensor, ...]:
 
 
 def _reference(loaded: LoadedModel) -> tuple[Any, str]:
-    if loaded.format == "onnx":
-        return ort_runner(loaded.onnx_model.SerializeToString(), optimization="disabled"), "original onnxruntime CPU (optimizations off)"  # type: ignore[union-attr]
+    if loaded.onnx_model is not None:
+        model = loaded.onnx_model.SerializeToString()
+        return ort_runner(model, optimization="disabled"), "original onnxruntime CPU (optimizations off)"
     return torch_runner(loaded.module, torch.float64), "original fp64 (torch)"  # type: ignore[arg-type]
 
 
@@ -44,13 +45,28 @@ def _candidates(original: LoadedModel, candidate: LoadedModel, config: Any) -> t
     model = candidate.onnx_model.SerializeToString()  # type: ignore[union-attr]
     selection = select_providers(",".join(config.providers))
     found = base + [
-        Candidate("onnxruntime CPU (optimizations off)", ort_runner(model, (CPU,), "disabled", config.threads), EXPORT, against),
-        Candidate("onnxruntime CPU (optimizations all)", ort_runner(model, (CPU,), "all", config.threads),
-                  ORT_OPTIMIZATION, "onnxruntime CPU (optimizations off)"),
+        Candidate(
+            "onnxruntime CPU (optimizations off)",
+            ort_runner(model, (CPU,), "disabled", config.threads),
+            EXPORT,
+            against,
+        ),
+        Candidate(
+            "onnxruntime CPU (optimizations all)",
+            ort_runner(model, (CPU,), "all", config.threads),
+            ORT_OPTIMIZATION,
+            "onnxruntime CPU (optimizations off)",
+        ),
     ]
     if selection.cuda:
-        found.append(Candidate("onnxruntime CUDA", ort_runner(model, (CUDA, CPU), "all", config.threads), PROVIDER,
-                               "onnxruntime CPU (optimizations all)"))
+        found.append(
+            Candidate(
+                "onnxruntime CUDA",
+                ort_runner(model, (CUDA, CPU), "all", config.threads),
+                PROVIDER,
+                "onnxruntime CPU (optimizations all)",
+            )
+        )
     return found, list(selection.notes)
 
 
@@ -65,14 +81,22 @@ def verify_pair(original_path: str | Path, candidate_path: str | Path, config: A
     candidates, notes = _candidates(original, candidate, config)
     tolerance, per_output = tolerance_of(config)
     names = candidates[-1].runner.output_names if hasattr(candidates[-1].runner, "output_names") else None
-    parity = run_parity(reference, candidates, parity_batches(inputs, config), tolerance, per_output, names,
-                        reference_name=reference_name)
+    parity = run_parity(
+        reference,
+        candidates,
+        parity_batches(inputs, config),
+        tolerance,
+        per_output,
+        names,
+        reference_name=reference_name,
+    )
     parity.notes = notes
     return _pair_report(original, candidate, inputs, parity.to_json())
 
 
-def _pair_report(original: LoadedModel, candidate: LoadedModel, inputs: tuple[torch.Tensor, ...],
-                 parity: dict[str, Any]) -> dict[str, Any]:
+def _pair_report(
+    original: LoadedModel, candidate: LoadedModel, inputs: tuple[torch.Tensor, ...], parity: dict[str, Any]
+) -> dict[str, Any]:
     from bnfold.convert import model_section, verdict
     from bnfold.report.environment import capture_environment
 
@@ -105,10 +129,14 @@ def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], l
     inputs = _inputs(loaded[0], config)
     spec = InputSpec.of(inputs)
     names = ["original", "folded"] if len(paths) == 2 else [paths[0].stem]
-    models = {name: m.onnx_model.SerializeToString() for name, m in zip(names, loaded)}  # type: ignore[union-attr]
-    results = bench_onnx(models, lambda b: tuple(t.numpy() for t in make_inputs(spec.with_batch(b), 0)),
-                         providers=select_providers(",".join(config.providers)).providers, threads=config.threads,
-                         batch_sizes=list(config.batches) or [int(inputs[0].shape[0])])
+    models = {name: m.onnx_model.SerializeToString() for name, m in zip(names, loaded, strict=True)}  # type: ignore[union-attr]
+    results = bench_onnx(
+        models,
+        lambda b: tuple(t.numpy() for t in make_inputs(spec.with_batch(b), 0)),
+        providers=select_providers(",".join(config.providers)).providers,
+        threads=config.threads,
+        batch_sizes=list(config.batches) or [int(inputs[0].shape[0])],
+    )
     return [r.to_json() for r in results], [s.to_json() for s in speedups(results)] if len(paths) == 2 else []
 
 

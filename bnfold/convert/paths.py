@@ -52,23 +52,39 @@ def calibration_batches(path: Path, count: int, batch: int = 64) -> list[tuple[t
     return [tuple(t[i : i + batch].float() for t in data) for i in range(0, n, batch)]
 
 
-def convert_torch(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int,
-                  recalibrate: Path | None = None, reshaped: bool = False) -> Converted:
+def convert_torch(
+    loaded: LoadedModel,
+    inputs: tuple[torch.Tensor, ...],
+    opset: int,
+    recalibrate: Path | None = None,
+    reshaped: bool = False,
+) -> Converted:
     """Fold on the aten graph, then export the folded GraphModule."""
     calibration = calibration_batches(recalibrate, len(inputs)) if recalibrate else None
-    use_program = loaded.exported is not None and not reshaped
-    source: nn.Module | torch.export.ExportedProgram = loaded.exported if use_program else loaded.module  # type: ignore[assignment]
+    program = loaded.exported if not reshaped else None
+    source: nn.Module | torch.export.ExportedProgram | None = program if program is not None else loaded.module
+    if source is None:
+        raise ExportError(f"{loaded.path}: holds no runnable PyTorch model")
     folded = fold(source, inputs, calibration=calibration)
     exported = export_module(folded.module, inputs, opset=opset)
-    original = folded.reference or (loaded.exported.module() if use_program else loaded.module)
+    original = folded.reference or (program.module() if program is not None else source)
     if folded.reference is not None:
         folded.notes.append("parity reference: the original model with the re-estimated statistics, unfolded")
 
     def original_onnx() -> bytes:
-        return export_module(loaded.exported if use_program else loaded.module, inputs, opset=opset).model.SerializeToString()  # type: ignore[arg-type]
+        return export_module(source, inputs, opset=opset).model.SerializeToString()
 
-    return Converted(exported, folded.records, folded.notes, folded.seconds, original, folded.module,
-                     folded.recalibrated, folded, original_onnx)
+    return Converted(
+        exported,
+        folded.records,
+        folded.notes,
+        folded.seconds,
+        original,
+        folded.module,
+        folded.recalibrated,
+        folded,
+        original_onnx,
+    )
 
 
 def torchscript_to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int) -> onnx.ModelProto:
@@ -78,9 +94,16 @@ def torchscript_to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], ops
     buffer = io.BytesIO()
     with eval_mode(module), quiet():
         try:
-            torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=min(opset, 17),
-                              do_constant_folding=False, input_names=[f"input_{i}" for i in range(len(inputs))],
-                              dynamic_axes={f"input_{i}": {0: "batch"} for i in range(len(inputs))})
+            torch.onnx.export(
+                module,
+                inputs,
+                buffer,  # type: ignore[arg-type]  # a file object works, as documented
+                dynamo=False,
+                opset_version=min(opset, 17),
+                do_constant_folding=False,
+                input_names=[f"input_{i}" for i in range(len(inputs))],
+                dynamic_axes={f"input_{i}": {0: "batch"} for i in range(len(inputs))},
+            )
         except Exception as exc:  # the TorchScript exporter raises many error types
             raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
     return onnx.load_from_string(buffer.getvalue())
@@ -102,8 +125,9 @@ def convert_onnx_level(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], op
     remove_unused_initializers(result.model)
     exported = ExportResult(result.model, exporter, used_opset)
     reference: Any = original.SerializeToString() if loaded.format == "onnx" else loaded.module
-    return Converted(exported, result.records, [], seconds, reference, None,
-                     original_onnx=lambda: original.SerializeToString())
+    return Converted(
+        exported, result.records, [], seconds, reference, None, original_onnx=lambda: original.SerializeToString()
+    )
 
 
 def _opset_of(model: onnx.ModelProto) -> int:

@@ -37,8 +37,12 @@ def parity_lines(report: dict[str, Any]) -> list[str]:
     """The parity verdict, its agreement figures, and the overall verdict (``bnfold verify``)."""
     verdict = report["verdict"]
     notes = [f"note: {note}" for note in report["parity"].get("notes", [])]
-    return [_parity_line(report), *_agreement_lines(report["parity"]), *notes,
-            ("PASS: " if verdict["passed"] else "FAIL: ") + verdict["reason"]]
+    return [
+        _parity_line(report),
+        *_agreement_lines(report["parity"]),
+        *notes,
+        ("PASS: " if verdict["passed"] else "FAIL: ") + verdict["reason"],
+    ]
 
 
 def _parity_line(report: dict[str, Any]) -> str:
@@ -49,8 +53,10 @@ def _parity_line(report: dict[str, Any]) -> str:
     head = headline(report)
     worst = f"{head.max_abs_err:.2e}" if head.max_abs_err is not None else "n/a"
     base = f" (original fp32 alone: {head.baseline_max_abs_err:.2e})" if head.baseline_max_abs_err is not None else ""
-    return (f"parity: passed, {len(parity['checks'])} checks, max abs err {worst}{base}; "
-            f"atol {parity['atol']:g}, rtol {parity['rtol']:g}")
+    return (
+        f"parity: passed, {len(parity['checks'])} checks, max abs err {worst}{base}; "
+        f"atol {parity['atol']:g}, rtol {parity['rtol']:g}"
+    )
 
 
 def _agreement_lines(parity: dict[str, Any]) -> list[str]:
