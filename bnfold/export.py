@@ -158,7 +158,28 @@ def check(model: onnx.ModelProto) -> None:
         raise ExportError(f"the exported ONNX model does not pass onnx.checker: {one_line(exc)}") from exc
 
 
-def save(model: onnx.ModelProto, path: Path) -> None:
-    """Write the model; larger than protobuf's 2 GB limit, weights go to ``<name>.data`` beside it."""
-    large = model.ByteSize() > 2_000_000_000 if model.ByteSize() >= 0 else True
-    onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held by the model's initializers (protobuf cannot serialise past 2 GB)."""
+    return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
+
+
+def save(model: onnx.ModelProto, path: Path, final_name: str | None = None) -> None:
+    """Write the model to ``path``; past protobuf's 2 GB limit the weights go to ``<final_name>.data``
+    beside it (``final_name``: the name the file will have once moved into place)."""
+    if tensor_bytes(model) < EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path))
+        return
+    location = (final_name or path.name) + ".data"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving with external data rewrites the initializers it is given
+    onnx.save_model(
+        copy,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+    )
+
+
+EXTERNAL_DATA_BYTES = 1_800_000_000

@@ -268,7 +268,7 @@ def _write(converted: Converted, onnx_path: Path, report: dict[str, Any], report
     from bnfold.report import write_reports
 
     with atomic_output(onnx_path) as temporary:
-        save(converted.exported.model, temporary)
+        save(converted.exported.model, temporary, onnx_path.name)
     report["onnx"]["sha256"] = file_sha256(onnx_path)
     written = [onnx_path]
     if report_path is not None:

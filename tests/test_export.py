@@ -1,0 +1,79 @@
+"""Export helpers: batch dimension naming, unused initializers, metadata, and external data for big models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from bnfold import export
+from bnfold.files import atomic_output
+
+
+@pytest.fixture(scope="module")
+def exported() -> export.ExportResult:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    return export.export_module(model, (torch.randn(2, 3, 8, 8),))
+
+
+def test_batch_dimension_is_named_and_dynamic(exported: export.ExportResult) -> None:
+    dims = exported.model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    assert [d.dim_value for d in dims[1:]] == [3, 8, 8]
+
+
+def test_no_unused_initializers_and_no_exporter_noise_on_stdout(
+    exported: export.ExportResult, capsys: pytest.CaptureFixture[str]
+) -> None:
+    used = {name for node in exported.model.graph.node for name in node.input}
+    assert all(t.name in used for t in exported.model.graph.initializer)
+    export.export_module(nn.Linear(3, 2).eval(), (torch.randn(2, 3),))
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_remove_unused_initializers_counts_what_it_drops(exported: export.ExportResult) -> None:
+    model = onnx.ModelProto()
+    model.CopyFrom(exported.model)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(3, np.float32), "orphan"))
+    assert export.remove_unused_initializers(model) == 1
+    assert "orphan" not in {t.name for t in model.graph.initializer}
+
+
+def test_annotate_writes_json_metadata(exported: export.ExportResult) -> None:
+    model = onnx.ModelProto()
+    model.CopyFrom(exported.model)
+    export.annotate(model, {"bnfold.fold": {"found": 2}, "bnfold.version": "x"})
+    export.annotate(model, {"bnfold.version": "y"})
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["bnfold.fold"] == '{"found": 2}' and props["bnfold.version"] == "y"
+
+
+def test_large_models_are_saved_with_external_data_under_the_final_name(
+    exported: export.ExportResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    target = tmp_path / "big.onnx"
+    with atomic_output(target) as temporary:
+        export.save(exported.model, temporary, target.name)
+    assert (tmp_path / "big.onnx.data").exists()
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    small = ort.InferenceSession(exported.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(
+        session.run(None, {session.get_inputs()[0].name: x})[0],
+        small.run(None, {small.get_inputs()[0].name: x})[0],
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_count_ops_sees_batchnorm_nodes() -> None:
+    node = onnx.helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])
+    graph = onnx.helper.make_graph([node], "g", [], [])
+    assert export.count_ops(onnx.helper.make_model(graph), "BatchNormalization") == 1
