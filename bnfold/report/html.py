@@ -1,39 +1,72 @@
 """A report as one self-contained HTML page: inline CSS and an inline SVG chart, no external assets.
 
-Top to bottom: a green or red verdict banner, the big numbers (BatchNorms folded, worst error, speedup,
-BatchNormalization nodes left), the per-BatchNorm table, latency (chart and table), parity, warnings and
-the environment. Every string from the report goes through :func:`html.escape`.
+Top to bottom: a green or red verdict banner naming the files (and, on failure, the stage and the reason),
+four big numbers (BatchNorms folded, worst error against the fp64 reference in units of the original
+model's own fp32 error, speedup, BatchNormalization nodes left), the per-BatchNorm table, latency (chart
+and table), parity, warnings and the environment. Every string from the report goes through
+:func:`html.escape`.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from bnfold.report.check import headline, parity_failure
-from bnfold.report.markdown import latency_groups, ms, num, pct, ratio_text, size
+from bnfold.report.markdown import (
+    error_figure,
+    fold_ran,
+    latency_groups,
+    ms,
+    num,
+    onnx_details,
+    other_speedups,
+    parity_notes,
+    pct,
+    ratio_text,
+    speedup_range,
+    speedup_tone,
+    spread_text,
+    times,
+    worst_top1,
+)
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2328;
 background:#f6f8fa}
-main{max-width:1100px;margin:0 auto;padding:0 20px 40px}
-.verdict{padding:22px 28px;color:#fff}.verdict h1{margin:0;font-size:30px}.verdict p{margin:6px 0 0}
+.wrap{max-width:1100px;margin:0 auto;padding:0 20px}main{padding-bottom:40px}
+.verdict{color:#fff;padding:16px 0 18px}.verdict h1{margin:0;font-size:32px}
+.verdict p{margin:4px 0 0}.verdict .why{font-size:17px;font-weight:600;overflow-wrap:anywhere}
 .pass{background:#1a7f37}.fail{background:#cf222e}
-.figures{display:flex;flex-wrap:wrap;gap:14px;margin:20px 0}
-.figure{flex:1 1 200px;background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:14px 18px}
-.big{font-size:32px;font-weight:700}.label{color:#57606a}.bad{color:#cf222e}.good{color:#1a7f37}
-.warn{color:#9a6700}
-section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:4px 18px 14px;margin:16px 0}
+.figures{display:grid;grid-template-columns:repeat(auto-fit,minmax(175px,1fr));gap:12px;margin:18px 0 10px}
+.figure{background:#fff;border:1px solid #d0d7de;border-top:5px solid #8c959f;border-radius:8px;
+padding:10px 16px 12px}
+.figure.good{border-top-color:#1a7f37}.figure.bad{border-top-color:#cf222e}
+.figure.warn{border-top-color:#bf8700}
+.big{font-size:32px;font-weight:700;font-variant-numeric:tabular-nums;white-space:nowrap}
+.good .big,.good.tag{color:#116329}.bad .big,.bad.tag{color:#a40e26}.warn .big,.warn.tag{color:#7d4e00}
+.label{font-weight:600}.sub,.note,.files{color:#57606a}.sub{font-size:13px;margin-top:2px}
+.tag{display:inline-block;padding:0 8px;border-radius:10px;font-size:13px;font-weight:600;white-space:nowrap}
+.good.tag{background:#dafbe1}.bad.tag{background:#ffebe9}.warn.tag{background:#fff8c5}
+section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:2px 18px 14px;margin:16px 0}
+h2{font-size:20px;margin:14px 0 8px}.scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-size:14px}
-th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #eaeef2;vertical-align:top}
-th{background:#f6f8fa}
-.files,.note{color:#57606a}code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace}
-svg text{font:12px system-ui,sans-serif;fill:#1f2328}
+th,td{text-align:left;padding:5px 7px;border-bottom:1px solid #eaeef2;vertical-align:top}
+th{background:#f6f8fa;white-space:nowrap}th.n,td.n{text-align:right;white-space:nowrap;
+font-variant-numeric:tabular-nums}.nowrap{white-space:nowrap}tr.failed td{background:#fff5f5}
+code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;overflow-wrap:anywhere}
+svg{max-width:100%;height:auto}svg text{font:13px system-ui,sans-serif;fill:#1f2328}
+svg .faster{fill:#116329}svg .slower{fill:#a40e26}
+.env{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:6px 20px;margin:0}
+.env div{min-width:0}.env dt{color:#57606a;font-size:13px}.env dd{margin:0;overflow-wrap:anywhere}
+.env .wide{grid-column:1/-1}
 """
 
 ORIGINAL_COLOUR = "#8c959f"
-FOLDED_COLOUR = "#1a7f37"
+FOLDED_COLOUR = "#0969da"
+TONES = {"faster": "good", "slower": "bad", "unchanged": None}
 
 
 def esc(value: Any) -> str:
@@ -43,10 +76,13 @@ def esc(value: Any) -> str:
 def render_html(report: Mapping[str, Any]) -> str:
     """The whole report as a standalone HTML document."""
     passed = bool(report.get("verdict", {}).get("passed"))
-    title = f"bnfold: {'PASS' if passed else 'FAIL'} — {report.get('model', {}).get('path') or 'model'}"
+    title = f"bnfold: {'PASS' if passed else 'FAIL'} — {_file_name(report.get('model', {}).get('path'))}"
+    sections = [_batchnorms(report.get("fold", {})),
+                _latency(report.get("latency", []), report.get("speedup", [])), _parity(report.get("parity", {}))]
+    if not report.get("parity", {}).get("passed", True):
+        sections.insert(0, sections.pop())  # a failed parity is what the reader came for
     body = "\n".join(p for p in (
-        _banner(report), "<main>", _figures(report), _files(report), _batchnorms(report.get("fold", {})),
-        _latency(report.get("latency", []), report.get("speedup", [])), _parity(report.get("parity", {})),
+        _banner(report), '<main class="wrap">', _figures(report), _files(report), *sections,
         _warnings(report.get("warnings", [])), _environment(report), "</main>",
     ) if p)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -55,52 +91,99 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 
 def _banner(report: Mapping[str, Any]) -> str:
-    verdict = report.get("verdict", {})
+    verdict, parity = report.get("verdict", {}), report.get("parity", {})
     passed = bool(verdict.get("passed"))
     reason = str(verdict.get("reason", ""))
-    failure = parity_failure(report.get("parity", {}))
+    failure = parity_failure(parity)
     lines = [reason] if not failure else ([failure] if failure.startswith(reason) else [reason, failure])
-    word = "✅ PASS" if passed else "❌ FAIL"
-    return (f'<header class="verdict {"pass" if passed else "fail"}"><h1>{word}</h1>'
-            + "".join(f"<p>{esc(line)}</p>" for line in lines) + "</header>")
+    stage = "" if passed or not parity.get("failed_stage") else f" at stage {parity['failed_stage']}"
+    what = (f"{_file_name(report.get('model', {}).get('path'))} → "
+            f"{_file_name(report.get('onnx', {}).get('path'))}")
+    word = "✔ PASS" if passed else f"✘ FAIL{stage}"
+    return (f'<header class="verdict {"pass" if passed else "fail"}"><div class="wrap">'
+            f"<h1>{esc(word)}</h1><p>{esc(what)}</p>"
+            + "".join(f'<p class="why">{esc(line)}</p>' for line in lines) + "</div></header>")
+
+
+def _file_name(path: Any) -> str:
+    return PurePath(str(path)).name if path else "in-memory model"
 
 
 def _figures(report: Mapping[str, Any]) -> str:
     head = headline(report)
-    base = head.baseline_max_abs_err
-    error_label = "max abs error vs fp64 reference" + (f"; original fp32 itself: {num(base)}" if base else "")
-    speed = head.speedup_text()
-    speed_label = f"speedup, p50 original / folded ({esc(head.speedup_backend)})" if speed else "not measured"
+    name = _file_name(report.get("onnx", {}).get("path"))
     cards = [
-        _card(f"{head.batchnorm_folded}/{head.batchnorm_found}", "BatchNorms folded",
-              head.batchnorm_folded == head.batchnorm_found or "warn"),
-        _card(num(head.max_abs_err), error_label, bool(report.get("parity", {}).get("passed"))),
-        _card(speed.replace("x", "×") if speed else "—", speed_label,
-              None if head.speedup_min is None else head.speedup_min >= 1.0),
-        _card(str(head.batchnorm_nodes), "BatchNormalization nodes left in the ONNX file",
-              head.batchnorm_nodes == 0),
+        _batchnorm_card(report),
+        _error_card(report),
+        _speedup_card(report),
+        _card(str(head.batchnorm_nodes), "BatchNormalization nodes left", f"in {name}",
+              "good" if head.batchnorm_nodes == 0 else "warn"),
     ]
     return '<div class="figures">' + "".join(cards) + "</div>"
 
 
-def _card(big: str, label: str, good: bool | str | None) -> str:
-    """A big-number card, green if ``good``, red if not, or the CSS class given; ``label`` is escaped."""
-    tone = "" if good is None else " " + (good if isinstance(good, str) else ("good" if good else "bad"))
-    return (f'<div class="figure"><div class="big{tone}">{esc(big)}</div>'
-            f'<div class="label">{label}</div></div>')
+def _card(big: str, label: str, sub: str, tone: str | None) -> str:
+    """A big-number card with a coloured top edge: ``good``, ``bad``, ``warn`` or neutral (None)."""
+    return (f'<div class="figure{" " + tone if tone else ""}"><div class="big">{esc(big)}</div>'
+            f'<div class="label">{esc(label)}</div><div class="sub">{esc(sub)}</div></div>')
+
+
+def _batchnorm_card(report: Mapping[str, Any]) -> str:
+    if not fold_ran(report):
+        return _card("—", "BatchNorms folded", "not part of this run: two given models compared", None)
+    fold = report["fold"]
+    found, folded = int(fold.get("batchnorm_found", 0)), int(fold.get("batchnorm_folded", 0))
+    affine = int(fold.get("batchnorm_affine", 0))
+    as_is = int(fold.get("batchnorm_kept", 0)) - affine
+    if folded == found:
+        sub = "every BatchNorm folded" if found else "the model has no BatchNorm"
+    else:
+        parts = [f"{affine} frozen as affine" if affine else "", f"{as_is} kept as is" if as_is else ""]
+        sub = ", ".join(part for part in parts if part) + ": reasons below"
+    return _card(f"{folded}/{found}", "BatchNorms folded", sub, "good" if folded == found else "warn")
+
+
+def _error_card(report: Mapping[str, Any]) -> str:
+    error, top1 = error_figure(report), worst_top1(report)
+    parts = []
+    if error.ratio is not None and error.baseline:
+        parts.append(f"{times(error.ratio)} the original fp32 model's own error ({num(error.baseline)})")
+    elif error.baseline:
+        parts.append(f"original fp32 model's own: {num(error.baseline)}")
+    if top1 is not None:
+        parts.append(f"top-1 agreement {pct(top1)}")
+    passed = bool(report.get("parity", {}).get("passed"))
+    return _card(num(error.max_abs_err), "max abs error vs fp64 reference", "; ".join(parts),
+                 "good" if passed else "bad")
+
+
+def _speedup_card(report: Mapping[str, Any]) -> str:
+    head = headline(report)
+    if head.speedup_text() is None:
+        return _card("—", "speedup", "latency not measured", None)
+    tone = speedup_tone(report) or "unchanged"
+    sub = {"faster": "faster beyond timing noise", "slower": "slower beyond timing noise",
+           "unchanged": "no change beyond timing noise"}[tone]
+    sub += "".join(f"; {name} {text}" for name, text in other_speedups(report))
+    return _card(speedup_range(head), f"{head.speedup_backend} speedup (p50 original ÷ folded)", sub,
+                 TONES[tone])
 
 
 def _files(report: Mapping[str, Any]) -> str:
     model, onnx = report.get("model", {}), report.get("onnx", {})
     source = f'<code>{esc(model.get("path") or "in-memory model")}</code> ({esc(model.get("format"))})'
-    details = (f'opset {onnx.get("opset")}, {onnx.get("nodes")} nodes, {size(onnx.get("size_bytes"))}, '
-               f'exporter {onnx.get("exporter")}')
-    return f'<p class="files">{source} → <code>{esc(onnx.get("path"))}</code> ({esc(details)})</p>'
+    details = ", ".join(onnx_details(onnx))
+    target = f'<code>{esc(onnx.get("path"))}</code>' + (f" ({esc(details)})" if details else "")
+    notes = "".join(f"<li>{esc(note)}</li>" for note in model.get("notes") or [])
+    return f'<p class="files">{source} → {target}</p>' + (f'<ul class="note">{notes}</ul>' if notes else "")
 
 
 def _batchnorms(fold: Mapping[str, Any]) -> str:
-    rows = [[esc(layer.get("name")), esc(layer.get("kind")), _action(layer), esc(_detail(layer)),
-             _cell_num(layer.get("channels"))]
+    if "batchnorm_found" not in fold:
+        return _section("BatchNorms", '<p class="note">Not folded in this run: the report compares two '
+                                      "given models.</p>")
+    rows = [[f"<code>{esc(layer.get('name'))}</code>", esc(layer.get("kind")), _action(layer),
+             esc(_detail(layer)), _cell_num(layer.get("channels"))]
             for layer in fold.get("layers", [])]
     kept = int(fold.get("batchnorm_kept", 0)) - int(fold.get("batchnorm_affine", 0))
     counts = (f'{fold.get("batchnorm_found", 0)} found, {fold.get("batchnorm_folded", 0)} folded, '
@@ -108,20 +191,22 @@ def _batchnorms(fold: Mapping[str, Any]) -> str:
     if fold.get("recalibrated"):
         counts += " Statistics were recalibrated."
     header = ["BatchNorm", "kind", "result", "into / reason", "channels"]
-    return _section("BatchNorms", f'<p class="note">{esc(counts)}</p>' + _table(header, rows))
+    return _section("BatchNorms", f'<p class="note">{esc(counts)}</p>' + _table(header, rows, numeric={4}))
 
 
 def _detail(layer: Mapping[str, Any]) -> str:
     if layer.get("action") == "folded":
-        return ", ".join(str(name) for name in layer.get("into") or [])
+        return "into " + ", ".join(str(name) for name in layer.get("into") or [])
     return str(layer.get("reason") or "")
 
 
 def _action(layer: Mapping[str, Any]) -> str:
     action = layer.get("action")
     if action == "folded":
-        return f'<span class="good">folded</span> ({esc(layer.get("how"))})'
-    return '<span class="bad">frozen affine</span>' if action == "affine" else '<span class="bad">kept</span>'
+        return f'<span class="good tag">folded, {esc(layer.get("how"))}</span>'
+    if action == "affine":
+        return '<span class="warn tag">frozen affine</span>'
+    return '<span class="bad tag">kept</span>'
 
 
 def _latency(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str, Any]]) -> str:
@@ -129,70 +214,98 @@ def _latency(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str
         return _section("Latency", '<p class="note">Not measured.</p>')
     groups = latency_groups(latency, speedup)
     rows = [[esc(g["backend"]), esc(g["provider"]), _cell_num(g["batch"]), esc(ms(g["original"])),
-             esc(ms(g["folded"])), esc(ratio_text((g["speedup"] or {}).get("speedup_p50")))] for g in groups]
-    table = _table(["backend", "provider", "batch", "original p50", "folded p50", "speedup"], rows)
-    note = '<p class="note">Original and folded timed interleaved; bars scaled within each row pair.</p>'
+             esc(ms(g["folded"])), esc(ratio_text((g["speedup"] or {}).get("speedup_p50"))),
+             esc(spread_text(g["speedup"] or {}))] for g in groups]
+    header = ["backend", "provider", "batch", "original p50", "folded p50", "speedup", "paired IQR"]
+    table = _table(header, rows, numeric={2, 3, 4, 5, 6})
+    threads = ", ".join(sorted({str(r.get("threads")) for r in latency}))
+    note = (f'<p class="note">Original and folded timed interleaved, {esc(threads)} thread(s). Each row '
+            "has its own scale: bars compare the two models, not the rows.</p>")
     return _section("Latency", latency_chart(groups) + note + table)
 
 
 def latency_chart(groups: Sequence[Mapping[str, Any]]) -> str:
     """An inline SVG bar chart: original and folded p50 per (backend, provider, batch)."""
-    label_w, bar_w, row_h, top = 260, 360, 46, 28
-    height = top + row_h * len(groups) + 6
-    parts = [f'<svg width="{label_w + bar_w + 170}" height="{height}" role="img" '
+    label_w, bar_w, row_h, top = 220, 440, 52, 30
+    width, height = label_w + bar_w + 250, top + row_h * len(groups)
+    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="p50 latency, original vs folded">', _legend(label_w)]
     for i, group in enumerate(groups):
         y = top + i * row_h
         provider = str(group["provider"]).removesuffix("ExecutionProvider")
         label = f"{group['backend']} · {provider} · batch {group['batch']}"
-        parts.append(f'<text x="0" y="{y + 22}">{esc(label)}</text>')
+        parts.append(f'<text x="0" y="{y + 24}">{esc(label)}</text>')
+        if i and group["backend"] != groups[i - 1]["backend"]:
+            parts.append(f'<line x1="0" x2="{width}" y1="{y - 5}" y2="{y - 5}" stroke="#d0d7de"></line>')
         scale = max(v for v in (group["original"], group["folded"], 1e-12) if v is not None)
-        speedup = (group["speedup"] or {}).get("speedup_p50")
-        note = f" ({ratio_text(speedup)}, {'faster' if speedup >= 1 else 'slower'})" if speedup else ""
         parts.append(_bar(label_w, y + 4, bar_w, group["original"], scale, ORIGINAL_COLOUR, "original"))
-        parts.append(_bar(label_w, y + 22, bar_w, group["folded"], scale, FOLDED_COLOUR, "folded", note))
+        parts.append(_bar(label_w, y + 24, bar_w, group["folded"], scale, FOLDED_COLOUR, "folded",
+                          _bar_note(group["speedup"] or {})))
     parts.append("</svg>")
     return "\n".join(parts)
 
 
+def _bar_note(speedup: Mapping[str, Any]) -> tuple[str, str]:
+    """`` (1.32×, faster)`` and its tone: faster or slower beyond the paired ratios' spread, else noise."""
+    p50 = speedup.get("speedup_p50")
+    if p50 is None:
+        return "", ""
+    low, high = speedup.get("speedup_low") or p50, speedup.get("speedup_high") or p50
+    tone = "faster" if low > 1.0 else "slower" if high < 1.0 else ""
+    return f" ({ratio_text(p50)}, {tone or 'within noise'})", tone
+
+
 def _legend(x: int) -> str:
-    return (f'<rect x="{x}" y="4" width="12" height="12" fill="{ORIGINAL_COLOUR}"></rect>'
-            f'<text x="{x + 18}" y="14">original</text>'
-            f'<rect x="{x + 90}" y="4" width="12" height="12" fill="{FOLDED_COLOUR}"></rect>'
-            f'<text x="{x + 108}" y="14">folded</text>')
+    return (f'<rect x="{x}" y="4" width="13" height="13" fill="{ORIGINAL_COLOUR}"></rect>'
+            f'<text x="{x + 19}" y="15">original</text>'
+            f'<rect x="{x + 100}" y="4" width="13" height="13" fill="{FOLDED_COLOUR}"></rect>'
+            f'<text x="{x + 119}" y="15">folded</text>')
 
 
 def _bar(x: int, y: int, width: int, value: float | None, scale: float, colour: str, name: str,
-         note: str = "") -> str:
+         note: tuple[str, str] = ("", "")) -> str:
     length = 0.0 if value is None else max(1.0, width * value / scale)
-    return (f'<rect x="{x}" y="{y}" width="{length:.1f}" height="14" fill="{colour}">'
+    tone = f' class="{note[1]}"' if note[1] else ""
+    return (f'<rect x="{x}" y="{y}" width="{length:.1f}" height="17" fill="{colour}">'
             f"<title>{esc(name)}: {esc(ms(value))}</title></rect>"
-            f'<text x="{x + length + 6:.1f}" y="{y + 12}">{esc(ms(value) + note)}</text>')
+            f'<text x="{x + length + 6:.1f}" y="{y + 13}"{tone}>{esc(ms(value) + note[0])}</text>')
 
 
 def _parity(parity: Mapping[str, Any]) -> str:
     if not parity:
         return ""
+    checks = parity.get("checks", [])
+    outputs = list(dict.fromkeys(str(c.get("output")) for c in checks))
+    header = ["", "stage", "candidate", "vs", "output", "abs err", "× fp32 err", "rel err", "mismatch",
+              "cosine", "top-1", "top-5"]
+    rows = [_parity_row(c) for c in checks]
+    if len(outputs) == 1:
+        header.pop(4)
+        rows = [row[:4] + row[5:] for row in rows]
+    first = len(header) - 7
+    table = _table(header, rows, numeric=set(range(first, len(header))),
+                   row_classes=["" if c.get("passed") else "failed" for c in checks])
+    notes = "".join(f'<p class="note">{esc(note)}</p>' for note in parity_notes(parity))
+    verdict = "passed" if parity.get("passed") else f"FAILED at stage {parity.get('failed_stage')}"
+    return _section(f"Parity: {verdict}", _parity_intro(parity, outputs) + table + notes)
+
+
+def _parity_intro(parity: Mapping[str, Any], outputs: Sequence[str]) -> str:
     inputs = ", ".join(f"{i.get('source')} (batch {i.get('batch')})" for i in parity.get("inputs", []))
     tolerance = f"atol {num(parity.get('atol'))}, rtol {num(parity.get('rtol'))}"
-    intro = (f'<p class="note">Every candidate against {esc(parity.get("reference"))}, and each stage '
-             f'against the one before it. Rule: <code>{esc(parity.get("rule"))}</code>, {esc(tolerance)}. '
-             f'Inputs: {esc(inputs or "none")}.</p>')
-    cuda = parity.get("cuda", {}).get("note")
-    note = f'<p class="note">{esc(cuda)}</p>' if cuda else ""
-    header = ["", "stage", "candidate", "vs", "output", "max abs err", "× fp32 error", "max rel err",
-              "mismatch", "cosine", "top-1", "top-5"]
-    verdict = "passed" if parity.get("passed") else f"FAILED at stage {parity.get('failed_stage')}"
-    rows = [_parity_row(c) for c in parity.get("checks", [])]
-    return _section(f"Parity: {verdict}", intro + _table(header, rows) + note)
+    output = f" of output {outputs[0]}" if len(outputs) == 1 else ""
+    return (f'<p class="note">Every candidate{esc(output)} against {esc(parity.get("reference"))}, and '
+            f'each stage against the one before it. Passes when <code>{esc(parity.get("rule"))}</code>, '
+            f"{esc(tolerance)}. Inputs: {esc(inputs or 'none')}.</p>")
 
 
 def _parity_row(check: Mapping[str, Any]) -> list[str]:
     ratio, cosine = check.get("error_ratio"), check.get("cosine")
-    mark = '<span class="good">✔</span>' if check.get("passed") else '<span class="bad">✘</span>'
-    return [mark, esc(check.get("stage")), esc(check.get("candidate")), esc(check.get("reference")),
-            esc(check.get("output")), esc(check.get("error") or num(check.get("max_abs_err"))),
-            esc("" if ratio is None else f"{ratio:.2f}×"), esc(num(check.get("max_rel_err"))),
+    mark = '<span class="good tag">✔</span>' if check.get("passed") else '<span class="bad tag">✘</span>'
+    return [mark, f'<span class="nowrap">{esc(check.get("stage"))}</span>', esc(check.get("candidate")),
+            esc(check.get("reference")), esc(check.get("output")),
+            esc(check.get("error") or num(check.get("max_abs_err"))),
+            esc("" if ratio is None else times(ratio)), esc(num(check.get("max_rel_err"))),
             esc(pct(check.get("mismatch_ratio"))), esc("" if cosine is None else f"{cosine:.6f}"),
             esc(pct(check.get("top1_agreement"))), esc(pct(check.get("top5_agreement")))]
 
@@ -205,23 +318,37 @@ def _warnings(warnings: Sequence[str]) -> str:
 
 def _environment(report: Mapping[str, Any]) -> str:
     env = dict(report.get("environment", {}))
-    rows = [[esc(k), esc(", ".join(map(str, v)) if isinstance(v, list) else v)] for k, v in env.items()]
-    rows += [[esc(k), esc(report.get(k))] for k in ("bnfold_version", "created") if report.get(k)]
-    sha = report.get("model", {}).get("sha256")
-    if sha:
-        rows.append(["model sha256", f"<code>{esc(sha)}</code>"])
-    return _section("Environment", _table(["", "version / value"], rows))
+    items = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in env.items()]
+    items += [(k, report[k]) for k in ("bnfold_version", "created")
+              if report.get(k) and report[k] != env.get(k.removesuffix("_version"))]
+    cells = [f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in items]
+    for key, section in (("model sha256", "model"), ("ONNX sha256", "onnx")):
+        sha = report.get(section, {}).get("sha256")
+        if sha:
+            cells.append(f'<div class="wide"><dt>{key}</dt><dd><code>{esc(sha)}</code></dd></div>')
+    return _section("Environment", '<dl class="env">' + "".join(cells) + "</dl>")
 
 
 def _section(title: str, content: str) -> str:
     return f"<section><h2>{esc(title)}</h2>\n{content}\n</section>"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A table; cells must already be escaped HTML."""
-    head = "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int] | None = None,
+           row_classes: Sequence[str] | None = None) -> str:
+    """A table that scrolls sideways on a narrow screen; cells must already be escaped HTML.
+
+    Columns in ``numeric`` are right-aligned and never wrap."""
+    numeric = numeric or set()
+
+    def cls(i: int) -> str:
+        return ' class="n"' if i in numeric else ""
+
+    head = "<tr>" + "".join(f"<th{cls(i)}>{h}</th>" for i, h in enumerate(header)) + "</tr>"
+    classes = row_classes or [""] * len(rows)
+    body = "".join((f'<tr class="{c}">' if c else "<tr>")
+                   + "".join(f"<td{cls(i)}>{cell}</td>" for i, cell in enumerate(row)) + "</tr>"
+                   for row, c in zip(rows, classes, strict=True))
+    return f'<div class="scroll"><table><thead>{head}</thead><tbody>{body}</tbody></table></div>'
 
 
 def _cell_num(value: Any) -> str:

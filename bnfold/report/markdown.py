@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bnfold.report.check import Headline, headline, parity_failure
@@ -22,13 +23,13 @@ def esc(value: Any) -> str:
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """The whole report as Markdown: verdict, headline, BatchNorms, parity, latency, warnings, environment."""
+    """The whole report as Markdown: verdict, headline, BatchNorms, latency, parity, warnings, environment."""
     parts = [
         _verdict(report),
         _figures(report),
         _batchnorms(report.get("fold", {})),
-        _parity(report.get("parity", {})),
         _latency(report.get("latency", []), report.get("speedup", [])),
+        _parity(report.get("parity", {})),
         _warnings(report.get("warnings", [])),
         _environment(report.get("environment", {})),
     ]
@@ -38,35 +39,130 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 def _verdict(report: Mapping[str, Any]) -> str:
     verdict = report.get("verdict", {})
     mark, word = ("✅", "PASS") if verdict.get("passed") else ("❌", "FAIL")
-    line = f"# {mark} bnfold: {word} — {esc(verdict.get('reason', ''))}"
+    reason = str(verdict.get("reason", ""))
+    line = f"# {mark} bnfold: {word} — {esc(reason)}"
     failure = parity_failure(report.get("parity", {}))
-    return f"{line}\n\n**{esc(failure)}**" if failure else line
+    return f"{line}\n\n**{esc(failure)}**" if failure and failure != reason else line
 
 
 def _figures(report: Mapping[str, Any]) -> str:
     head = headline(report)
-    figures = [f"**{head.batchnorm_folded}/{head.batchnorm_found} BatchNorms folded**",
-               f"**max abs error {num(head.max_abs_err)}**{_baseline_note(head)}"]
+    figures = [_error_text(error_figure(report))]
+    if fold_ran(report):
+        figures.insert(0, f"**{head.batchnorm_folded}/{head.batchnorm_found} BatchNorms folded**")
     if head.speedup_text():
         where = esc(head.speedup_backend)
-        figures.append(f"**speedup {head.speedup_text()}** ({where} p50, original / folded)")
+        noise = {"faster": "", "slower": ", slower beyond timing noise",
+                 "unchanged": ", within timing noise"}[speedup_tone(report) or "unchanged"]
+        others = "".join(f"; {esc(name)} {text}" for name, text in other_speedups(report))
+        figures.append(f"**speedup {speedup_range(head)}** ({where} p50, original / folded{noise}{others})")
     return " · ".join(figures) + "\n\n" + _files(report)
 
 
-def _baseline_note(head: Headline) -> str:
-    return f" (original fp32 itself: {num(head.baseline_max_abs_err)})" if head.baseline_max_abs_err else ""
+def _error_text(error: ErrorFigure) -> str:
+    text = f"**max abs error {num(error.max_abs_err)}** vs fp64"
+    if error.ratio is not None and error.baseline:
+        return text + f" ({times(error.ratio)} the original fp32 model's own, {num(error.baseline)})"
+    return text + (f" (original fp32 itself: {num(error.baseline)})" if error.baseline else "")
 
 
 def _files(report: Mapping[str, Any]) -> str:
     model, onnx = report.get("model", {}), report.get("onnx", {})
     source = f"{esc(model.get('path') or 'in-memory model')} ({esc(model.get('format', '?'))})"
-    target = (f"{esc(onnx.get('path', '?'))} (opset {esc(onnx.get('opset', '?'))}, "
-              f"{esc(onnx.get('nodes', '?'))} nodes, {esc(onnx.get('batchnorm_nodes', '?'))} "
-              f"BatchNormalization nodes, {size(onnx.get('size_bytes'))})")
-    return f"{source} → {target}"
+    details = onnx_details(onnx) + [f"{esc(onnx.get('batchnorm_nodes', '?'))} BatchNormalization nodes"]
+    line = f"{source} → {esc(onnx.get('path', '?'))} ({', '.join(details)})"
+    return line + "".join(f"\n\n> {esc(note)}" for note in model.get("notes") or [])
+
+
+def fold_ran(report: Mapping[str, Any]) -> bool:
+    """Whether this report folded anything (``bnfold verify`` reports compare two given models)."""
+    return "batchnorm_found" in (report.get("fold") or {})
+
+
+def onnx_details(onnx: Mapping[str, Any]) -> list[str]:
+    """Opset, node count, size and exporter of the ONNX file, leaving out what the report does not know."""
+    parts = [f"opset {onnx['opset']}" if onnx.get("opset") is not None else "",
+             f"{onnx['nodes']} nodes" if onnx.get("nodes") is not None else "",
+             size(onnx["size_bytes"]) if onnx.get("size_bytes") is not None else "",
+             f"exporter {onnx['exporter']}" if onnx.get("exporter") else ""]
+    return [part for part in parts if part]
+
+
+@dataclass(frozen=True)
+class ErrorFigure:
+    """The worst error of a candidate against the fp64 reference, and in units of the original fp32's own."""
+
+    max_abs_err: float | None
+    ratio: float | None
+    baseline: float | None
+
+
+def error_figure(report: Mapping[str, Any]) -> ErrorFigure:
+    """Worst candidate against the reference; the headline's worst check when none names the reference.
+
+    ``max_abs_err`` is None when a check has no number (NaN or a failed run)."""
+    parity = report.get("parity", {})
+    head = headline(report)
+    checks = [c for c in parity.get("checks", [])
+              if c.get("reference") == parity.get("reference") and c.get("stage") != "baseline"]
+    if not checks:
+        return ErrorFigure(head.max_abs_err, None, head.baseline_max_abs_err)
+    errors = [c.get("max_abs_err") for c in checks]
+    ratios = [c["error_ratio"] for c in checks if c.get("error_ratio") is not None]
+    worst = None if None in errors else max(errors)
+    return ErrorFigure(worst, max(ratios, default=None), head.baseline_max_abs_err)
+
+
+def worst_top1(report: Mapping[str, Any]) -> float | None:
+    rates = [c["top1_agreement"] for c in report.get("parity", {}).get("checks", [])
+             if c.get("top1_agreement") is not None]
+    return min(rates, default=None)
+
+
+def speedup_range(head: Headline) -> str:
+    return (head.speedup_text() or "").replace("x", "×")
+
+
+def speedup_tone(report: Mapping[str, Any]) -> str | None:
+    """``faster`` when every headline speedup's spread is above 1, ``slower`` when one is below, else
+    ``unchanged`` (within the timing noise); None when nothing was measured."""
+    chosen = _headline_speedups(report)
+    if not chosen:
+        return None
+    if min(s.get("speedup_high") or s["speedup_p50"] for s in chosen) < 1.0:
+        return "slower"
+    return "faster" if min(s.get("speedup_low") or s["speedup_p50"] for s in chosen) > 1.0 else "unchanged"
+
+
+def other_speedups(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Speedup ranges of the backends the headline leaves out (e.g. torch eager), by backend and provider."""
+    shown = [id(s) for s in _headline_speedups(report)]
+    ranges: dict[str, list[float]] = {}
+    for item in report.get("speedup", []):
+        if item.get("speedup_p50") is not None and id(item) not in shown:
+            ranges.setdefault(f"{item.get('backend')} {item.get('provider')}", []).append(item["speedup_p50"])
+    return [(name, _range(min(v), max(v))) for name, v in ranges.items()]
+
+
+def _headline_speedups(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The speedups the headline is about: onnxruntime's (the deliverable), or all when it was not timed."""
+    measured = [s for s in report.get("speedup", []) if s.get("speedup_p50") is not None]
+    return [s for s in measured if s.get("backend") == "onnxruntime"] or measured
+
+
+def _range(low: float, high: float) -> str:
+    return f"{low:.2f}×" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}×"
+
+
+def parity_notes(parity: Mapping[str, Any]) -> list[str]:
+    """The parity notes (e.g. why CUDA was not checked), each once."""
+    notes = [*parity.get("notes", []), (parity.get("cuda") or {}).get("note")]
+    return [str(note) for note in dict.fromkeys(notes) if note]
 
 
 def _batchnorms(fold: Mapping[str, Any]) -> str:
+    if "batchnorm_found" not in fold:
+        return "## BatchNorms\n\nNot folded in this run: the report compares two given models."
     kept_as_is = int(fold.get("batchnorm_kept", 0)) - int(fold.get("batchnorm_affine", 0))
     title = (f"## BatchNorms: {fold.get('batchnorm_found', 0)} found, {fold.get('batchnorm_folded', 0)} "
              f"folded, {fold.get('batchnorm_affine', 0)} frozen affine, {kept_as_is} kept as is")
@@ -103,8 +199,8 @@ def _parity(parity: Mapping[str, Any]) -> str:
     header = ["", "stage", "candidate", "vs", "output", "max abs err", "× fp32 error", "max rel err",
               "mismatch", "cosine", "top-1"]
     rows = [_parity_row(c) for c in parity.get("checks", [])]
-    note = parity.get("cuda", {}).get("note")
-    return intro + "\n\n" + table(header, rows) + (f"\n\n> {esc(note)}" if note else "")
+    notes = "".join(f"\n\n> {esc(note)}" for note in parity_notes(parity))
+    return intro + "\n\n" + table(header, rows) + notes
 
 
 def _parity_row(check: Mapping[str, Any]) -> list[str]:
@@ -114,7 +210,7 @@ def _parity_row(check: Mapping[str, Any]) -> list[str]:
         "✅" if check.get("passed") else "❌", esc(check.get("stage")), esc(check.get("candidate")),
         esc(check.get("reference")), esc(check.get("output")),
         esc(check["error"]) if check.get("error") else num(error),
-        "" if ratio is None else f"{ratio:.2f}×", num(check.get("max_rel_err")),
+        "" if ratio is None else times(ratio), num(check.get("max_rel_err")),
         pct(check.get("mismatch_ratio")), _cosine(check.get("cosine")), pct(check.get("top1_agreement")),
     ]
 
@@ -127,7 +223,7 @@ def _latency(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str
         s = group["speedup"] or {}
         rows.append([esc(group["backend"]), esc(group["provider"]), esc(group["batch"]),
                      ms(group["original"]), ms(group["folded"]), ratio_text(s.get("speedup_p50")),
-                     _spread(s)])
+                     spread_text(s)])
     threads = sorted({str(r.get("threads")) for r in latency})
     header = ["backend", "provider", "batch", "original p50", "folded p50", "speedup", "IQR of paired ratios"]
     return ("## Latency\n\n" + table(header, rows)
@@ -151,7 +247,7 @@ def latency_groups(latency: Sequence[Mapping[str, Any]],
     return list(groups.values())
 
 
-def _spread(speedup: Mapping[str, Any]) -> str:
+def spread_text(speedup: Mapping[str, Any]) -> str:
     low, high = speedup.get("speedup_low"), speedup.get("speedup_high")
     return "" if low is None or high is None else f"{low:.2f}–{high:.2f}×"
 
@@ -191,6 +287,12 @@ def ms(value: Any) -> str:
 
 def ratio_text(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.2f}×"
+
+
+def times(value: float) -> str:
+    """A ratio as ``1.67×``, ``12.5×`` or ``33,116×``."""
+    digits = 2 if value < 10 else 1 if value < 100 else 0
+    return f"{value:,.{digits}f}×"
 
 
 def size(value: Any) -> str:

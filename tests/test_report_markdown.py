@@ -1,0 +1,52 @@
+"""The Markdown report as a CI job summary: verdict on the first line, headline figures, then the tables."""
+
+from __future__ import annotations
+
+from test_report_html import HOSTILE, verify_report
+from test_report_sample import sample_report
+
+from bnfold.report.markdown import esc, render_markdown, times
+
+
+def test_the_headline_line_gives_the_figures_a_reader_needs() -> None:
+    figures = render_markdown(sample_report()).split("\n\n")[1]
+    assert figures.startswith("**3/4 BatchNorms folded** · **max abs error 2.6e-06** vs fp64 (1.30× the "
+                              "original fp32 model's own, 2.0e-06)")
+    assert "**speedup 1.25-1.32×** (onnxruntime p50, original / folded; torch eager 1.67×)" in figures
+
+
+def test_a_failure_is_stated_once() -> None:
+    lines = render_markdown(verify_report()).splitlines()
+    assert lines[0].startswith("# ❌ bnfold: FAIL — parity failed at stage export: onnxruntime CPU")
+    assert not lines[2].startswith("**parity failed")
+
+
+def test_a_verify_report_shows_no_made_up_figures() -> None:
+    document = render_markdown(verify_report())
+    assert "0/0" not in document and "opset ?" not in document and "size unknown" not in document
+    assert "BROKEN.onnx (21 nodes, 0 BatchNormalization nodes)" in document
+    assert "## BatchNorms\n\nNot folded in this run" in document
+
+
+def test_latency_comes_before_the_long_parity_table() -> None:
+    document = render_markdown(sample_report())
+    assert document.index("## BatchNorms") < document.index("## Latency") < document.index("## Parity")
+
+
+def test_parity_notes_appear_once() -> None:
+    report = sample_report()
+    report["parity"]["notes"] = [report["parity"]["cuda"]["note"], "fp16 outputs compared in fp32"]
+    document = render_markdown(report)
+    assert document.count("CUDA not available") == 1 and "> fp16 outputs compared in fp32" in document
+
+
+def test_hostile_names_cannot_break_the_summary() -> None:
+    report = sample_report()
+    report["fold"]["layers"][0]["name"] = HOSTILE
+    report["model"]["notes"] = [HOSTILE]
+    document = render_markdown(report)
+    assert "<script" not in document and esc(HOSTILE) in document
+
+
+def test_ratios_read_at_any_size() -> None:
+    assert [times(x) for x in (0.9, 1.666, 12.34, 33115.6)] == ["0.90×", "1.67×", "12.3×", "33,116×"]
