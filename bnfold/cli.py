@@ -128,6 +128,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
     metavar="DATA.npz",
     help="Re-estimate every BN's statistics from this data before folding.",
 )
+@click.option(
+    "--affine-form",
+    type=click.Choice(["batchnorm", "muladd"]),
+    default="batchnorm",
+    show_default=True,
+    help="How a BN that cannot fold is frozen: a BatchNormalization computing x*s+t (mean 0, var 1; fastest "
+    "in ONNX Runtime) or Mul+Add (no BatchNormalization node left).",
+)
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option(
     "--batch",
@@ -156,6 +164,7 @@ def convert(
     tolerances: tuple[tuple[str, float, float], ...],
     data: Path | None,
     recalibrate: Path | None,
+    affine_form: str,
     no_bench: bool,
     batches: tuple[int, ...],
     providers: str,
@@ -178,6 +187,7 @@ def convert(
         tolerances=tolerances,
         data=data,
         recalibrate=recalibrate,
+        affine_form=affine_form,
         bench=not no_bench,
         batches=batches,
         providers=_providers(providers),

@@ -69,7 +69,7 @@ def check_fold(
     module: nn.Module, args: tuple[torch.Tensor, ...], folded: int, expect_ops: list[str]
 ) -> OnnxFoldResult:
     model = export(module, *args)
-    result = fold_onnx(model)
+    result = fold_onnx(model, "muladd")
     assert sum(r.action == "folded" for r in result.records) == folded, [r.describe() for r in result.records]
     assert ops(result.model) == expect_ops
     assert [v.name for v in result.model.graph.input] == [v.name for v in model.graph.input]
@@ -247,7 +247,7 @@ def test_bad_statistics_raise(stat: str, value: float, problem: str) -> None:
 def test_input_model_is_not_modified() -> None:
     model = export(randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))), inputs(1, 3, 5, 5))
     before = model.SerializeToString()
-    fold_onnx(model)
+    fold_onnx(model, "muladd")
     assert model.SerializeToString() == before
 
 
@@ -278,10 +278,25 @@ def test_value_info_of_removed_values_is_dropped() -> None:
     module = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4)))
     args = (inputs(1, 3, 6, 6),)
     model = onnx.shape_inference.infer_shapes(export(module, *args))
-    result = fold_onnx(model)
+    result = fold_onnx(model, "muladd")
     produced = {name for node in result.model.graph.node for name in node.output}
     assert {v.name for v in result.model.graph.value_info} <= produced
     assert [r.action for r in result.records] == ["folded", "affine"]
     assert ops(result.model) == ["Conv", "Relu", "Mul", "Add"]
     onnx.checker.check_model(result.model, full_check=True)
     assert_numerically_equal(result.model, {"input.1": args[0].numpy()}, reference(module, *args))
+
+
+def test_frozen_affine_defaults_to_a_batchnorm_with_identity_statistics() -> None:
+    module = randomise(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1)))
+    args = (inputs(2, 3, 4, 4),)
+    model = export(module, *args)
+    result = fold_onnx(model)
+    assert [r.action for r in result.records] == ["affine"]
+    bn = next(n for n in result.model.graph.node if n.op_type == "BatchNormalization")
+    stored = {t.name: onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    np.testing.assert_array_equal(stored[bn.input[3]], 0.0)
+    np.testing.assert_array_equal(stored[bn.input[4]], 1.0)
+    assert {a.name: a.f for a in bn.attribute} == {"epsilon": 0.0}
+    feeds = {model.graph.input[0].name: args[0].numpy()}
+    assert_numerically_equal(result.model, feeds, reference(module, *args))

@@ -41,7 +41,7 @@ def fold_and_check(
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> OnnxFoldResult:
-    result = fold_onnx(model)
+    result = fold_onnx(model, "muladd")
     assert [r.action for r in result.records] == actions, [r.describe() for r in result.records]
     assert ops(result.model) == expect_ops
     onnx.checker.check_model(result.model, full_check=True)

@@ -43,7 +43,7 @@ def check(
     atol: float = 1e-5,
 ) -> OnnxFoldResult:
     onnx.checker.check_model(model, full_check=True)
-    result = fold_onnx(model)
+    result = fold_onnx(model, "muladd")
     assert sum(r.action == "folded" for r in result.records) == folded, [r.describe() for r in result.records]
     assert ops(result.model) == expect_ops
     assert [v.name for v in result.model.graph.input] == [v.name for v in model.graph.input]

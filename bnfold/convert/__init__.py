@@ -46,6 +46,7 @@ class ConvertConfig:
     providers: tuple[str, ...] = ("auto",)
     threads: int | None = None
     seeds: int = 3
+    affine_form: str = "batchnorm"
     factory: str | None = None
     trust_pickle: bool = False
     write_reports: bool = True
@@ -115,8 +116,10 @@ def fold_and_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], confi
                 f"--recalibrate needs a PyTorch model: a {loaded.format} model is folded on its ONNX graph, "
                 "where BatchNorm statistics cannot be re-estimated"
             )
-        return convert_onnx_level(loaded, inputs, config.opset)
-    return convert_torch(loaded, inputs, config.opset, config.recalibrate, reshaped=bool(config.input_shapes))
+        return convert_onnx_level(loaded, inputs, config.opset, config.affine_form)
+    return convert_torch(
+        loaded, inputs, config.opset, config.recalibrate, bool(config.input_shapes), config.affine_form
+    )
 
 
 def convert(
@@ -147,7 +150,7 @@ def convert(
     )
     check(converted.exported.model)
     report["model"] = model_section(loaded, inputs, converted.notes)
-    report["fold"] = fold_section(converted)
+    report["fold"] = fold_section(converted, config.affine_form)
     report["onnx"] = onnx_section(converted, onnx_path)
     report["warnings"].extend(converted.exported.warnings)
 
@@ -191,7 +194,7 @@ def _fold_only(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> list[Bn
     return fold(loaded.exported or loaded.module, inputs).records  # type: ignore[arg-type]
 
 
-def fold_section(converted: Converted) -> dict[str, Any]:
+def fold_section(converted: Converted, affine_form: str = "batchnorm") -> dict[str, Any]:
     counts = summarise(converted.records)
     return {
         "batchnorm_found": counts["found"],
@@ -199,6 +202,7 @@ def fold_section(converted: Converted) -> dict[str, Any]:
         "batchnorm_affine": counts["affine"],
         "batchnorm_kept": counts["kept"],
         "recalibrated": converted.recalibrated,
+        "affine_form": affine_form,
         "seconds": round(converted.fold_seconds, 3),
         "layers": [r.to_json() for r in converted.records],
     }

@@ -58,6 +58,7 @@ def convert_torch(
     opset: int,
     recalibrate: Path | None = None,
     reshaped: bool = False,
+    affine_form: str = "batchnorm",
 ) -> Converted:
     """Fold on the aten graph, then export the folded GraphModule."""
     calibration = calibration_batches(recalibrate, len(inputs)) if recalibrate else None
@@ -65,7 +66,7 @@ def convert_torch(
     source: nn.Module | torch.export.ExportedProgram | None = program if program is not None else loaded.module
     if source is None:
         raise ExportError(f"{loaded.path}: holds no runnable PyTorch model")
-    folded = fold(source, inputs, calibration=calibration)
+    folded = fold(source, inputs, calibration=calibration, affine_form=affine_form)
     exported = export_module(folded.module, inputs, opset=opset)
     original = folded.reference or (program.module() if program is not None else source)
     if folded.reference is not None:
@@ -109,7 +110,9 @@ def torchscript_to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], ops
     return onnx.load_from_string(buffer.getvalue())
 
 
-def convert_onnx_level(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int) -> Converted:
+def convert_onnx_level(
+    loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int, affine_form: str = "batchnorm"
+) -> Converted:
     """Fold on the ONNX graph: an ONNX file as it is, a TorchScript archive after an unfolded export."""
     from bnfold.fold.onnx import fold_onnx
 
@@ -120,7 +123,7 @@ def convert_onnx_level(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], op
         original = torchscript_to_onnx(loaded.module, inputs, opset)  # type: ignore[arg-type]
         exporter, used_opset = "torch.onnx.export (TorchScript)", _opset_of(original)
     start = time.perf_counter()
-    result = fold_onnx(original)
+    result = fold_onnx(original, affine_form)
     seconds = time.perf_counter() - start
     remove_unused_initializers(result.model)
     exported = ExportResult(result.model, exporter, used_opset)

@@ -54,6 +54,7 @@ def fold(
     *,
     calibration: Iterable[Sequence[torch.Tensor] | torch.Tensor] | None = None,
     dynamic_batch: bool = True,
+    affine_form: str = "batchnorm",
 ) -> FoldResult:
     """Fold every BatchNorm of ``model`` that folds exactly; the input model is not modified.
 
@@ -61,6 +62,8 @@ def fold(
     ``calibration``: batches (each a sequence of the model's inputs) to re-estimate every BN's running
     statistics from before folding, as ``torch.optim.swa_utils.update_bn`` does (see
     :func:`bnfold.fold.recalibrate.recalibrate`); each record then carries ``max_stat_change``.
+    ``affine_form``: how a BN that cannot fold is frozen, "batchnorm" or "muladd" (see
+    :func:`bnfold.fold.engine.fold_graph`).
     """
     start = time.perf_counter()
     notes: list[str] = []
@@ -79,6 +82,6 @@ def fold(
     if calibration is not None:
         notes.append(recalibrate(gm, sites, calibration))
         recalibrated = copy.deepcopy(gm)
-    records = fold_graph(gm, sites)
+    records = fold_graph(gm, sites, affine_form)
     return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None,
                       recalibrated)

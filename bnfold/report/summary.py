@@ -16,6 +16,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"{fold['batchnorm_affine']} frozen affine, {as_is} kept as is; "
         f"{onnx['batchnorm_nodes']} BatchNormalization nodes in {onnx['path']}"
     ]
+    if fold["batchnorm_affine"] and fold.get("affine_form") == "batchnorm":
+        lines.append(
+            "  frozen affines are written as BatchNormalization with mean 0, var 1 (ONNX Runtime runs that "
+            "fastest); --affine-form muladd writes Mul+Add instead"
+        )
     for layer in fold["layers"]:
         if layer["action"] != "folded":
             fate = "frozen affine" if layer["action"] == "affine" else "kept as is"

@@ -1,9 +1,13 @@
-"""Freezing a BatchNormalization that cannot be folded into its per-channel affine:
+"""Freezing a BatchNormalization that cannot be folded into its per-channel affine ``y = x·s + t``.
 
-    y = x·s + t,   s and t constants of shape [1, C, 1, ...] (rank of x), so they broadcast over axis 1
+Two forms, the same numbers as the BN in inference and no running statistics left in the model:
 
-Same numbers as the BN in inference, two elementwise nodes any runtime fuses or runs cheaply, and no
-running statistics left in the model. The output keeps the BN's name.
+* "batchnorm": the BatchNormalization itself with scale s, bias t, mean 0, variance 1 and epsilon 0 —
+  one per-channel kernel, the fastest form measured in ONNX Runtime;
+* "muladd": Mul and Add with constants of shape [1, C, 1, ...] (rank of x), broadcasting over axis 1 —
+  no BatchNormalization node left at all.
+
+The output keeps the BN's name.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from bnfold.fold.onnx._affine import ChannelAffine, channel_shape, to_numpy
 from bnfold.fold.onnx._graph import Graph
 
 
-def freeze(graph: Graph, affine: ChannelAffine) -> str | None:
-    """Replace ``affine``'s BatchNormalization by Mul and Add; returns why it cannot, or None."""
+def freeze(graph: Graph, affine: ChannelAffine, form: str = "batchnorm") -> str | None:
+    """Freeze ``affine``'s BatchNormalization in ``form``; returns why it cannot, or None."""
+    if form == "batchnorm":
+        return _as_batchnorm(graph, affine)
     known = graph.types.get(affine.input)
     if known is None or known.rank is None:
         return f"the rank of its input '{affine.input}' is unknown, so a frozen affine cannot be shaped"
@@ -40,3 +46,22 @@ def _dtype(elem_type: int, graph: Graph, affine: ChannelAffine) -> np.dtype:
         return onnx.helper.tensor_dtype_to_np_dtype(elem_type)
     scale = graph.constant(affine.first.input[1])
     return scale.dtype if scale is not None else np.dtype(np.float32)
+
+
+def _as_batchnorm(graph: Graph, affine: ChannelAffine) -> None:
+    """Point the BatchNormalization at (s, t, 0, 1) with epsilon 0: exactly ``x·s + t``."""
+    bn = affine.first
+    scale = graph.constant(bn.input[1])
+    dtype = scale.dtype if scale is not None else np.dtype(np.float32)
+    values = (to_numpy(affine.scale, dtype), to_numpy(affine.shift, dtype))
+    names = [
+        graph.add_initializer(f"{affine.name}_{label}", value)
+        for label, value in zip(
+            ("scale", "shift", "mean", "var"), (*values, np.zeros_like(values[0]), np.ones_like(values[0])), strict=True
+        )
+    ]
+    for slot, name in enumerate(names, start=1):
+        graph.set_input(bn, slot, name)
+    del bn.attribute[:]
+    bn.attribute.append(onnx.helper.make_attribute("epsilon", 0.0))
+    return None

@@ -33,25 +33,26 @@ class OnnxFoldResult:
     records: list[BnRecord] = field(default_factory=list)
 
 
-def fold_onnx(model: onnx.ModelProto) -> OnnxFoldResult:
+def fold_onnx(model: onnx.ModelProto, affine_form: str = "batchnorm") -> OnnxFoldResult:
     """Fold the BatchNormalization (and per-channel Mul/Add) nodes of ``model`` into neighbouring layers.
 
     ``model`` is not modified. Its initializers must hold their data (a model over 2 GB loaded with
     ``onnx.load(path)`` does). Raises :class:`~bnfold.errors.FoldError` for NaN, Inf or negative running
-    variance, naming the node.
+    variance, naming the node. ``affine_form``: how a BN that cannot fold is frozen, "batchnorm" (one
+    BatchNormalization computing ``x·s + t``: mean 0, variance 1, epsilon 0) or "muladd" (Mul and Add).
     """
     work = onnx.ModelProto()
     work.CopyFrom(model)
     types, strict = infer_types(work)
     initializer_inputs = {t.name for t in work.graph.initializer} & {v.name for v in work.graph.input}
     graph = Graph(work.graph, types)
-    records = fold_graph(graph) + subgraph_records(work.graph)
+    records = fold_graph(graph, affine_form) + subgraph_records(work.graph)
     write_back(graph, initializer_inputs)
     check_folded(work, model, strict)
     return OnnxFoldResult(work, records)
 
 
-def fold_graph(graph: Graph) -> list[BnRecord]:
+def fold_graph(graph: Graph, affine_form: str = "batchnorm") -> list[BnRecord]:
     """Run the three sweeps over ``graph``; the records come in graph order."""
     records: list[BnRecord] = []
     pending: dict[int, ChannelAffine] = {}
@@ -72,7 +73,7 @@ def fold_graph(graph: Graph) -> list[BnRecord]:
             records[index] = folded
             del pending[index]
     for index, affine in pending.items():
-        records[index] = _keep(graph, affine)
+        records[index] = _keep(graph, affine, affine_form)
     return records
 
 
@@ -133,11 +134,11 @@ def _remove(graph: Graph, affine: ChannelAffine) -> None:
         graph.remove(node)
 
 
-def _keep(graph: Graph, affine: ChannelAffine) -> BnRecord:
+def _keep(graph: Graph, affine: ChannelAffine, affine_form: str) -> BnRecord:
     reason = "; ".join(affine.reasons)
     if affine.kind == MUL_ADD:
         return _record(affine, AFFINE, reason=reason)
-    problem = freeze(graph, affine)
+    problem = freeze(graph, affine, affine_form)
     if problem is not None:
         return _record(affine, KEPT, reason=f"{reason}; {problem}")
     return _record(affine, AFFINE, reason=reason)
