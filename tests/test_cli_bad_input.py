@@ -99,8 +99,6 @@ class Case:
     id: str
     setup: Setup
     expect: tuple[str, ...]
-    xfail: str = ""  # why the error line is not yet right
-    xfail_disk: str = ""  # why something is left on disk
 
 
 @dataclass
@@ -207,10 +205,7 @@ def unknown_option(_: Path, __: Files) -> list[str]:
 
 
 SUPPORTED = "give a torch.export archive (.pt2)"
-NO_INPUT_SHAPE_HINT = "the error blames the model, not --input-shape: "
 DIGITS = MODELS / "digits_cnn.pt2"
-REPORT_OVER_OUTPUT = ("exit 0: the JSON report replaces the ONNX file just written (convert/__init__.py "
-                      "_check_outputs never compares the output with the report path)")
 
 CASES = [
     Case("empty-file", convert_bytes("model.pt2", b""), ("is empty (0 bytes)", SUPPORTED)),
@@ -244,19 +239,12 @@ CASES = [
          ("features.norm", "running_var", "Inf", "restore it")),
     Case("running-var-negative", damaged_running_var(-1.0),
          ("features.norm", "running_var", "negative", "restore it")),
-    Case("input-shape-rank-pt2", convert_copy(DIGITS, "--input-shape", "8,8"), ("--input-shape",),
-         xfail=NO_INPUT_SHAPE_HINT + "'the model's forward failed while tracing: AssertionError: Guard "
-               "failed: x.size()[1] == 1' (fold/capture.py _shape_mismatch misses torch.export's input "
-               "guard)"),
+    Case("input-shape-rank-pt2", convert_copy(DIGITS, "--input-shape", "8,8"), ("--input-shape",)),
     Case("input-shape-rank-state-dict", convert_state(f"{CODE}:small", "--input-shape", "8,8"),
          ("--input-shape",)),
     Case("input-shape-rank-torchscript", convert_shared("small_torchscript", "--input-shape", "8,8"),
-         ("--input-shape",),
-         xfail=NO_INPUT_SHAPE_HINT + "'the TorchScript exporter failed: SymbolicValueError ...', and the "
-               "exporter's IR graph is dumped on stdout (convert/paths.py torchscript_to_onnx)"),
-    Case("input-shape-rank-onnx", convert_shared("small_onnx", "--input-shape", "8,8"), ("--input-shape",),
-         xfail="a Traceback, exit 1: onnxruntime's InvalidArgument (rank 2, expected 4) escapes from "
-               "verify/runners.py; --input-shape is never checked against the ONNX graph's inputs"),
+         ("--input-shape",)),
+    Case("input-shape-rank-onnx", convert_shared("small_onnx", "--input-shape", "8,8"), ("--input-shape",)),
     Case("input-shape-not-numeric", convert_copy(DIGITS, "--input-shape", "a,b"),
          ("--input-shape 'a,b'", "is not an integer", "like 1,3,224,224")),
     # an ONNX input: the outputs are only checked once the model is loaded, which is quick for ONNX
@@ -264,8 +252,7 @@ CASES = [
          ("is the input file itself", "choose another output path")),
     Case("output-directory-missing", convert_shared("small_onnx", output="missing/out.onnx"),
          ("does not exist", "create it first")),
-    Case("report-is-output", report_over_output, ("--report",),
-         xfail=REPORT_OVER_OUTPUT, xfail_disk=REPORT_OVER_OUTPUT),
+    Case("report-is-output", report_over_output, ("--report",)),
     Case("check-not-json", check_file("notes.txt", "hello\n"), ("not a bnfold report", "not JSON")),
     Case("check-json-without-schema", check_file("other.json", json.dumps({"parity": {}})),
          ("not a bnfold report", 'no "schema" key')),
@@ -332,14 +319,10 @@ def outcomes(workspace: tuple[Path, Files, dict[str, str]]) -> dict[str, Outcome
         return {key: future.result() for key, future in futures.items()}
 
 
-def params(reason: Callable[[Case], str]) -> list[object]:
-    """Every case, marked as an expected failure where ``reason`` says why."""
-    return [pytest.param(case.id, id=case.id,
-                         marks=[pytest.mark.xfail(strict=True, reason=reason(case))] if reason(case) else [])
-            for case in CASES]
+CASE_IDS = [case.id for case in CASES]
 
 
-@pytest.mark.parametrize("case_id", params(lambda case: case.xfail))
+@pytest.mark.parametrize("case_id", CASE_IDS)
 def test_one_error_line_that_says_what_to_do(outcomes: dict[str, Outcome], case_id: str) -> None:
     done = outcomes[case_id].done
     assert "Traceback" not in done.stderr, done.stderr
@@ -351,7 +334,7 @@ def test_one_error_line_that_says_what_to_do(outcomes: dict[str, Outcome], case_
     assert done.stdout == ""
 
 
-@pytest.mark.parametrize("case_id", params(lambda case: case.xfail_disk))
+@pytest.mark.parametrize("case_id", CASE_IDS)
 def test_nothing_is_left_on_disk(outcomes: dict[str, Outcome], case_id: str) -> None:
     outcome = outcomes[case_id]
     assert outcome.after == outcome.before

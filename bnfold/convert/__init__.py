@@ -89,6 +89,8 @@ def output_paths(source: Path | None, config: ConvertConfig) -> tuple[Path, Path
 def resolve_inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Tensor, ...]:
     """The example inputs: ``--input-shape`` wins over the ones stored with the model."""
     stored = loaded.example_inputs
+    if config.input_shapes and loaded.onnx_model is not None:
+        check_onnx_shapes(loaded.onnx_model, config.input_shapes)
     if config.input_shapes:
         same_count = stored is not None and len(stored) == len(config.input_shapes)
         dtypes = tuple(t.dtype for t in stored) if same_count else (torch.float32,) * len(config.input_shapes)  # type: ignore[union-attr]
@@ -98,6 +100,20 @@ def resolve_inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Te
     raise InputSpecError(
         f"{loaded.path or 'the model'} stores no example inputs: give the input shape, e.g. --input-shape 1,3,224,224"
     )
+
+
+def check_onnx_shapes(model: Any, shapes: tuple[tuple[int, ...], ...]) -> None:
+    """``--input-shape`` against an ONNX graph's declared inputs: count, rank and fixed sizes."""
+    stored = {t.name for t in model.graph.initializer}
+    declared = [v for v in model.graph.input if v.name not in stored]
+    if len(declared) != len(shapes):
+        raise InputSpecError(f"the model takes {len(declared)} input(s), --input-shape gave {len(shapes)}")
+    for value, shape in zip(declared, shapes, strict=True):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        expected = "x".join(str(d) if d is not None else "?" for d in dims)
+        if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
+            given = "x".join(map(str, shape))
+            raise InputSpecError(f"--input-shape {given} does not fit input '{value.name}' of shape {expected}")
 
 
 def _as_loaded(model: str | Path | nn.Module | LoadedModel, example_inputs: Any, config: ConvertConfig) -> LoadedModel:
@@ -136,9 +152,10 @@ def convert(
     """
     config = config or ConvertConfig()
     say = progress or (lambda _: None)
+    source = Path(model) if isinstance(model, (str, Path)) else getattr(model, "path", None)
+    onnx_path, report_path = output_paths(source, config)
+    _check_outputs(source, onnx_path, report_path if config.write_reports else None)
     loaded = _as_loaded(model, example_inputs, config)
-    onnx_path, report_path = output_paths(loaded.path, config)
-    _check_outputs(loaded.path, onnx_path, report_path if config.write_reports else None)
     inputs = resolve_inputs(loaded, config)
     report = new_report()
 
@@ -255,14 +272,17 @@ def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:
 
 
 def _check_outputs(source: Path | None, onnx_path: Path, report_path: Path | None) -> None:
+    """Before any work: every output is writable, and none is the input or another output."""
     from bnfold.files import check_writable, ensure_distinct
+    from bnfold.report import companion_paths
 
-    for target in (onnx_path, report_path):
-        if target is None:
-            continue
+    reports = [report_path, *companion_paths(report_path)] if report_path is not None else []
+    for target in [onnx_path, *reports]:
         if source is not None:
             ensure_distinct(source, target)
         check_writable(target)
+    if any(onnx_path.resolve() == r.resolve() for r in reports):
+        raise OutputError(f"the report would overwrite the ONNX file {onnx_path}: give --report another name")
 
 
 def _write(converted: Converted, onnx_path: Path, report: dict[str, Any], report_path: Path | None) -> list[Path]:

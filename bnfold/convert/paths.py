@@ -18,12 +18,12 @@ import onnx
 import torch
 from torch import nn
 
-from bnfold.errors import ExportError, one_line
+from bnfold.errors import ExportError, InputSpecError, one_line
 from bnfold.export import ExportResult, export_module, quiet, remove_unused_initializers
 from bnfold.fold import FoldResult, fold
 from bnfold.fold.capture import eval_mode
 from bnfold.fold.records import BnRecord
-from bnfold.load import LoadedModel, load_data
+from bnfold.load import InputSpec, LoadedModel, load_data
 
 ONNX_LEVEL = ("onnx", "torchscript")
 Batches = list[tuple[str, tuple[Any, ...]]]
@@ -92,6 +92,7 @@ def torchscript_to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], ops
     """Export a TorchScript module unfolded (constant folding off keeps every BatchNormalization)."""
     import io
 
+    _check_runs(module, inputs)
     buffer = io.BytesIO()
     with eval_mode(module), quiet():
         try:
@@ -108,6 +109,17 @@ def torchscript_to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], ops
         except Exception as exc:  # the TorchScript exporter raises many error types
             raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _check_runs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Run the module once, so that inputs it cannot take fail with its own message, not the exporter's."""
+    with eval_mode(module), torch.no_grad():
+        try:
+            module(*inputs)
+        except Exception as exc:  # a scripted forward raises whatever the model raises
+            last = next((line.strip() for line in reversed(str(exc).splitlines()) if line.strip()), type(exc).__name__)
+            raise InputSpecError(f"the model's forward failed on inputs {InputSpec.of(inputs).describe()}: "
+                                 f"{last}; check --input-shape") from exc
 
 
 def convert_onnx_level(

@@ -62,7 +62,7 @@ def _export(model: nn.Module, inputs: tuple[Any, ...], dynamic: Any) -> torch.ex
 
 def _shape_mismatch(exc: BaseException) -> bool:
     text = str(exc)
-    return any(k in text for k in ("size mismatch", "Expected", "expected input", "shape", "must match"))
+    return any(k in text for k in ("size mismatch", "Expected", "expected input", "shape", "must match", "Guard failed"))
 
 
 def graph_module(program: torch.export.ExportedProgram) -> fx.GraphModule:

@@ -148,7 +148,7 @@ def refresh_affine(gm: fx.GraphModule, site: AffineSite, check_statistics: bool 
     problem = maths.statistics_problem(mean, var, eps) if check_statistics else None  # type: ignore[arg-type]
     if problem:
         raise FoldError(f"BatchNorm {site.record.name} ({site.record.kind}): {problem}; the checkpoint is "
-                        "damaged: restore it, or pass calibration data to re-estimate the statistics")
+                        "damaged: restore it, or re-estimate the statistics with --recalibrate DATA.npz")
     site.scale, site.shift = maths.batchnorm_affine(
         mean, var, constant(gm, args["weight"]), constant(gm, args["bias"]), eps
     )

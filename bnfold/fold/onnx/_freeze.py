@@ -22,7 +22,8 @@ from bnfold.fold.onnx._graph import Graph
 def freeze(graph: Graph, affine: ChannelAffine, form: str = "batchnorm") -> str | None:
     """Freeze ``affine``'s BatchNormalization in ``form``; returns why it cannot, or None."""
     if form == "batchnorm":
-        return _as_batchnorm(graph, affine)
+        _as_batchnorm(graph, affine)
+        return None
     known = graph.types.get(affine.input)
     if known is None or known.rank is None:
         return f"the rank of its input '{affine.input}' is unknown, so a frozen affine cannot be shaped"
@@ -64,4 +65,3 @@ def _as_batchnorm(graph: Graph, affine: ChannelAffine) -> None:
         graph.set_input(bn, slot, name)
     del bn.attribute[:]
     bn.attribute.append(onnx.helper.make_attribute("epsilon", 0.0))
-    return None
