@@ -28,9 +28,7 @@ def eval_mode(module: nn.Module) -> Iterator[bool]:
 
 def batch_dynamic_shapes(inputs: tuple[Any, ...]) -> tuple[dict[int, Any] | None, ...]:
     """Mark dim 0 of every tensor input as a batch dimension torch.export may keep dynamic."""
-    return tuple(
-        {0: torch.export.Dim.AUTO} if isinstance(t, torch.Tensor) and t.dim() > 0 else None for t in inputs
-    )
+    return tuple({0: torch.export.Dim.AUTO} if isinstance(t, torch.Tensor) and t.dim() > 0 else None for t in inputs)
 
 
 def capture(
@@ -41,8 +39,10 @@ def capture(
     dynamic = batch_dynamic_shapes(inputs) if dynamic_batch else None
     with eval_mode(model) as was_training:
         if was_training:
-            notes.append("the model was in training mode; it was traced in eval mode (BatchNorm uses running "
-                         "statistics) and its flags were restored afterwards")
+            notes.append(
+                "the model was in training mode; it was traced in eval mode (BatchNorm uses running "
+                "statistics) and its flags were restored afterwards"
+            )
         program = _export(model, inputs, dynamic)
     return program, notes
 
@@ -52,9 +52,7 @@ def _export(model: nn.Module, inputs: tuple[Any, ...], dynamic: Any) -> torch.ex
         return torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
         if _shape_mismatch(exc):
-            raise InputSpecError(
-                f"the inputs do not fit the model: {one_line(exc)}; check --input-shape"
-            ) from exc
+            raise InputSpecError(f"the inputs do not fit the model: {one_line(exc)}; check --input-shape") from exc
         raise TraceError(f"the model's forward failed while tracing: {one_line(exc)}") from exc
     except Exception as exc:  # torch.export raises many private error types
         raise TraceError(f"torch.export could not trace the model: {one_line(exc)}") from exc
@@ -62,7 +60,9 @@ def _export(model: nn.Module, inputs: tuple[Any, ...], dynamic: Any) -> torch.ex
 
 def _shape_mismatch(exc: BaseException) -> bool:
     text = str(exc)
-    return any(k in text for k in ("size mismatch", "Expected", "expected input", "shape", "must match", "Guard failed"))
+    return any(
+        k in text for k in ("size mismatch", "Expected", "expected input", "shape", "must match", "Guard failed")
+    )
 
 
 def graph_module(program: torch.export.ExportedProgram) -> fx.GraphModule:
