@@ -92,3 +92,9 @@ def test_inspect_prints_each_batchnorm_and_its_fate() -> None:
     assert "stem.1 → folded into stem.0 (forward)" in done.stdout
     records = json.loads(run_cli("inspect", str(DIGITS), "--json").stdout)
     assert [r["action"] for r in records] == ["folded"] * 4
+
+
+def test_public_api_names_are_the_functions() -> None:
+    import bnfold.fold.maths  # importing a submodule must not shadow bnfold.fold, the function
+
+    assert callable(bnfold.fold) and callable(bnfold.convert) and callable(bnfold.inspect_model)

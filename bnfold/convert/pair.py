@@ -91,6 +91,13 @@ def verify_pair(original_path: str | Path, candidate_path: str | Path, config: A
         reference_name=reference_name,
     )
     parity.notes = notes
+    cuda_used = any(c.stage == PROVIDER for c in candidates)
+    parity.cuda = {
+        "available": cuda_used,
+        "note": "CUDA results included"
+        if cuda_used
+        else (next((n for n in notes if "CUDA" in n), "CUDA not requested")),
+    }
     return _pair_report(original, candidate, inputs, parity.to_json())
 
 
@@ -114,7 +121,13 @@ def _candidate_section(candidate: LoadedModel) -> dict[str, Any]:
     section: dict[str, Any] = {"path": str(candidate.path), "sha256": candidate.sha256, "format": candidate.format}
     if candidate.onnx_model is not None:
         model: onnx.ModelProto = candidate.onnx_model
-        section.update(batchnorm_nodes=count_ops(model, "BatchNormalization"), nodes=len(model.graph.node))
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        section.update(
+            batchnorm_nodes=count_ops(model, "BatchNormalization"),
+            nodes=len(model.graph.node),
+            opset=opset,
+            size_bytes=candidate.path.stat().st_size if candidate.path else None,
+        )
     return section
 
 
