@@ -179,12 +179,15 @@ def convert_processes(subject: Subject, folder: Path, effort: Effort) -> dict[st
     return {"P3": wall, "memory": memory, "convert": facts}
 
 
-def output_nodes(path: Path) -> dict[str, int]:
-    """Node count and BatchNormalization count of an ONNX file."""
+def output_nodes(path: Path) -> dict[str, Any]:
+    """Node and BatchNormalization counts of an ONNX file, its size, and the size of its external data."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return {"nodes": len(graph.node), "batchnorm_nodes": sum(n.op_type == "BatchNormalization" for n in graph.node)}
+    external = [path.parent / e.value for t in graph.initializer for e in t.external_data if e.key == "location"]
+    return {"nodes": len(graph.node), "batchnorm_nodes": sum(n.op_type == "BatchNormalization" for n in graph.node),
+            "file_mb": path.stat().st_size / 2**20,
+            "external_data_mb": sum(p.stat().st_size for p in set(external)) / 2**20}
 
 
 def outputs_agree(folded: Path, original: Path, inputs: tuple[torch.Tensor, ...]) -> float:
