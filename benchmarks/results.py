@@ -148,8 +148,9 @@ METHOD = """\
   threads are erratic on this machine for small ops).
 - **P1, P2.** Latency A/B interleaved in one run (`bnfold.bench.bench_onnx` / `bench_torch`: warm-up, then
   rounds alternating which model goes first, at least {min_runs} rounds and {min_seconds:g} s); ratio of
-  medians. onnxruntime sessions use `ORT_ENABLE_ALL`. The twin is exported as bnfold exports: dynamo
-  exporter, opset 18, batch dimension `Dim.AUTO`.
+  medians. P1 is timed in three blocks with fresh sessions, and its ratio is the median of the blocks'.
+  onnxruntime sessions use `ORT_ENABLE_ALL`. The twin is exported as bnfold exports: dynamo exporter,
+  opset 18, batch dimension `Dim.AUTO`.
 - **P3, memory.** Each side in {processes} fresh processes (`benchmarks/wall.py`), alternating which runs
   first. Both first pay the same one-time costs, outside the timing: the same imports (the lazily imported
   torch.export / torch.onnx internals included) and one export of a one-layer model (the exporter builds

@@ -28,7 +28,7 @@ import results  # noqa: E402
 from architectures import without_batchnorm  # noqa: E402
 from subjects import ALL, HERE, Subject  # noqa: E402
 
-FULL = measure.Effort()
+FULL = measure.Effort(min_runs=40, min_seconds=4.0)
 QUICK = measure.Effort(min_runs=10, min_seconds=0.5, repeats=2, sessions=3, processes=1)
 
 
