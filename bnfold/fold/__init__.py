@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 
 from bnfold.errors import InputSpecError
-from bnfold.fold.capture import capture, graph_module
+from bnfold.fold.capture import capture, graph_module, plain_module
 from bnfold.fold.constants import fold_constants
 from bnfold.fold.engine import fold_graph
 from bnfold.fold.recalibrate import recalibrate
@@ -83,5 +83,6 @@ def fold(
         notes.append(recalibrate(gm, sites, calibration))
         recalibrated = copy.deepcopy(gm)
     records = fold_graph(gm, sites, affine_form)
+    gm = plain_module(gm)
     return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None,
                       recalibrated)

@@ -74,3 +74,14 @@ def graph_module(program: torch.export.ExportedProgram) -> fx.GraphModule:
     for submodule in gm.modules():
         submodule.training = False
     return gm
+
+
+def plain_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """The folded graph as a plain GraphModule in eval mode, without the input-check hooks and the
+    ``_guards_fn`` call ``ExportedProgram.module()`` adds: they cost more than a small model's layers, and
+    without them ``eval()`` and ``train()`` work. Inputs and outputs keep their structure."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            gm.graph.erase_node(node)
+    plain = fx.GraphModule(gm, gm.graph, class_name="FoldedModule")
+    return plain.eval()
