@@ -88,6 +88,35 @@ pickle_option = click.option(
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress or summary; the exit code tells.")
 
 
+def parity_options(command: Any) -> Any:
+    """--atol, --rtol, --tolerance and --data: the parity settings convert and verify share."""
+    for option in reversed(
+        [
+            click.option(
+                "--atol", type=float, help="Absolute tolerance for parity [default: by dtype, 1e-4 for float32]."
+            ),
+            click.option(
+                "--rtol", type=float, help="Relative tolerance for parity [default: by dtype, 1e-3 for float32]."
+            ),
+            click.option(
+                "--tolerance",
+                "tolerances",
+                multiple=True,
+                callback=_tolerances,
+                metavar="OUTPUT=ATOL,RTOL",
+                help="Tolerance for one output (by name or index); repeatable.",
+            ),
+            click.option(
+                "--data",
+                type=click.Path(path_type=Path),
+                help="Extra parity inputs from .npz (one array per input; labels 'y' ignored).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bnfold")
 @click.option("--debug", is_flag=True, envvar="BNFOLD_DEBUG", help="Show tracebacks for errors.")
@@ -107,21 +136,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 )
 @shape_option
 @click.option("--opset", type=click.IntRange(7, 30), default=18, show_default=True, help="ONNX opset.")
-@click.option("--atol", type=float, help="Absolute tolerance for parity [default: by dtype, 1e-4 for float32].")
-@click.option("--rtol", type=float, help="Relative tolerance for parity [default: by dtype, 1e-3 for float32].")
-@click.option(
-    "--tolerance",
-    "tolerances",
-    multiple=True,
-    callback=_tolerances,
-    metavar="OUTPUT=ATOL,RTOL",
-    help="Tolerance for one output (by name or index); repeatable.",
-)
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    help="Extra parity inputs from .npz (one array per input; labels 'y' ignored).",
-)
+@parity_options
 @click.option(
     "--recalibrate",
     type=click.Path(path_type=Path),
@@ -210,17 +225,7 @@ def convert(
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report here (.md and .html beside it).")
 @shape_option
-@click.option("--atol", type=float, help="Absolute tolerance [default: by dtype].")
-@click.option("--rtol", type=float, help="Relative tolerance [default: by dtype].")
-@click.option(
-    "--tolerance",
-    "tolerances",
-    multiple=True,
-    callback=_tolerances,
-    metavar="OUTPUT=ATOL,RTOL",
-    help="Tolerance for one output (by name or index); repeatable.",
-)
-@click.option("--data", type=click.Path(path_type=Path), help="Extra parity inputs from .npz.")
+@parity_options
 @click.option("--providers", default="auto", show_default=True, help="Execution providers: auto, cpu, cuda.")
 @click.option("--threads", type=click.IntRange(1, 1024), help="ONNX Runtime threads.")
 @model_option
