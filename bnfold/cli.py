@@ -89,7 +89,7 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress or 
 
 
 def parity_options(command: Any) -> Any:
-    """--atol, --rtol, --tolerance and --data: the parity settings convert and verify share."""
+    """--atol, --rtol, --tolerance, --data and --random-batches: the parity settings convert and verify share."""
     for option in reversed(
         [
             click.option(
@@ -110,6 +110,13 @@ def parity_options(command: Any) -> Any:
                 "--data",
                 type=click.Path(path_type=Path),
                 help="Extra parity inputs from .npz (one array per input; labels 'y' ignored).",
+            ),
+            click.option(
+                "--random-batches",
+                type=click.IntRange(0, 100),
+                default=1,
+                show_default=True,
+                help="Seeded random batches checked besides the example (and --data).",
             ),
         ]
     ):
@@ -151,6 +158,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="How a BN that cannot fold is frozen: a BatchNormalization computing x*s+t (mean 0, var 1; fastest "
     "in ONNX Runtime) or Mul+Add (no BatchNormalization node left).",
 )
+@click.option(
+    "--exporter",
+    type=click.Choice(["auto", "torchscript", "dynamo"]),
+    default="auto",
+    show_default=True,
+    help="ONNX exporter for the folded graph: auto tries the TorchScript exporter (fast on a folded graph) "
+    "and falls back on the dynamo exporter.",
+)
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option(
     "--batch",
@@ -178,8 +193,10 @@ def convert(
     rtol: float | None,
     tolerances: tuple[tuple[str, float, float], ...],
     data: Path | None,
+    random_batches: int,
     recalibrate: Path | None,
     affine_form: str,
+    exporter: str,
     no_bench: bool,
     batches: tuple[int, ...],
     providers: str,
@@ -201,8 +218,10 @@ def convert(
         rtol=rtol,
         tolerances=tolerances,
         data=data,
+        seeds=random_batches,
         recalibrate=recalibrate,
         affine_form=affine_form,
+        exporter=exporter,
         bench=not no_bench,
         batches=batches,
         providers=_providers(providers),
@@ -240,6 +259,7 @@ def verify(
     rtol: float | None,
     tolerances: tuple[tuple[str, float, float], ...],
     data: Path | None,
+    random_batches: int,
     providers: str,
     threads: int | None,
     factory: str | None,
@@ -262,6 +282,7 @@ def verify(
         rtol=rtol,
         tolerances=tolerances,
         data=data,
+        seeds=random_batches,
         providers=_providers(providers),
         threads=threads,
         factory=factory,

@@ -1,4 +1,9 @@
-"""Export to ONNX: the folded GraphModule through torch.onnx's dynamo exporter, checked and annotated.
+"""Export to ONNX: the folded GraphModule through one of torch.onnx's two exporters, checked and annotated.
+
+``exporter="auto"`` (the default) takes the TorchScript exporter and falls back on the dynamo exporter
+when it fails. On a folded graph (plain aten ops, no BatchNorm left to fold) the TorchScript exporter is
+4-75x faster and its output runs as fast in onnxruntime (``benchmarks/PROFILE.md``); torch deprecates it,
+so the dynamo exporter stays one option away (``exporter="dynamo"``) and takes over where it is gone.
 
 Exporter chatter (progress lines, warnings) is captured, not printed; the warnings go into the report.
 """
@@ -16,12 +21,17 @@ from typing import Any
 
 import onnx
 import torch
-from torch import nn
+from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from bnfold.errors import ExportError, one_line
 from bnfold.fold.capture import batch_dynamic_shapes
 
 DEFAULT_OPSET = 18
+EXPORTERS = ("auto", "torchscript", "dynamo")
+DYNAMO = "torch.onnx.export (dynamo)"
+TORCHSCRIPT = "torch.onnx.export (TorchScript)"
+TORCHSCRIPT_MAX_OPSET = 20
 
 
 @dataclass
@@ -112,7 +122,93 @@ def export_module(
     proto = program.model_proto
     remove_unused_initializers(proto)
     name_batch_dimension(proto)
-    return ExportResult(proto, "torch.onnx.export (dynamo)", opset, said)
+    return ExportResult(proto, DYNAMO, opset, said)
+
+
+def export_folded(
+    module: fx.GraphModule, inputs: tuple[Any, ...], *, exporter: str = "auto", opset: int | None = None
+) -> ExportResult:
+    """Export a folded GraphModule with ``exporter`` ("auto", "torchscript" or "dynamo", see the module
+    docstring). With "auto", why the TorchScript exporter was not used is the result's first warning."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
+    if exporter == "dynamo":
+        return export_module(module, inputs, opset=opset)
+    try:
+        return export_torchscript(module, inputs, opset=opset)
+    except ExportError as exc:
+        if exporter == "torchscript":
+            raise
+        result = export_module(module, inputs, opset=opset)
+        result.warnings.insert(0, f"exported with the dynamo exporter: {exc}")
+        return result
+
+
+def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset: int | None = None) -> ExportResult:
+    """Export a GraphModule of aten ops with the TorchScript exporter.
+
+    Inputs and outputs keep the graph's node names, as the dynamo exporter names them; dimension 0 is
+    dynamic ("batch") on the inputs and outputs where torch.export kept it symbolic, and fixed elsewhere.
+    """
+    opset = opset or DEFAULT_OPSET
+    if opset > TORCHSCRIPT_MAX_OPSET:
+        raise ExportError(f"the TorchScript exporter stops at opset {TORCHSCRIPT_MAX_OPSET}, {opset} was asked for")
+    placeholders = [node for node in module.graph.nodes if node.op == "placeholder"]
+    outputs = pytree.tree_leaves(next(n for n in reversed(module.graph.nodes) if n.op == "output").args[0])
+    if not all(isinstance(o, fx.Node) and o.op != "placeholder" for o in outputs) or len(set(outputs)) < len(outputs):
+        raise ExportError("the TorchScript exporter cannot name outputs that are inputs, constants or repeated")
+    names_in, names_out = [n.name for n in placeholders], [n.name for n in outputs]
+    dynamic = {n.name: {0: "batch"} for n in [*placeholders, *outputs] if _symbolic_batch(n)}
+    buffer = io.BytesIO()
+    with quiet() as said, torch.no_grad():
+        try:
+            torch.onnx.export(
+                module,
+                inputs,
+                buffer,  # type: ignore[arg-type]  # a file object works, as documented
+                dynamo=False,
+                opset_version=opset,
+                input_names=names_in,
+                output_names=names_out,
+                dynamic_axes=dynamic or None,
+            )
+        except Exception as exc:  # the TorchScript exporter raises many error types
+            raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
+    proto = onnx.load_from_string(buffer.getvalue())
+    del buffer
+    inline_initializer_identities(proto)
+    remove_unused_initializers(proto)
+    return ExportResult(proto, TORCHSCRIPT, opset, said)
+
+
+def _symbolic_batch(node: fx.Node) -> bool:
+    value = node.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and isinstance(value.shape[0], torch.SymInt)
+
+
+def inline_initializer_identities(model: onnx.ModelProto) -> int:
+    """Drop the ``Identity(initializer)`` nodes the TorchScript exporter writes for deduplicated constants:
+    their readers read the initializer itself. Returns how many were dropped."""
+    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in model.graph.node for attr in node.attribute):
+        return 0  # a subgraph may read the alias by name
+    stored = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {
+        node.output[0]: node.input[0]
+        for node in model.graph.node
+        if node.op_type == "Identity" and node.input[0] in stored and node.output[0] not in outputs
+    }
+    if not alias:
+        return 0
+    keep = [node for node in model.graph.node if not (node.op_type == "Identity" and node.output[0] in alias)]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return len(alias)
 
 
 def name_batch_dimension(model: onnx.ModelProto, name: str = "batch") -> None:

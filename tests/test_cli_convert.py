@@ -128,3 +128,20 @@ def test_recalibrate_updates_statistics_and_keeps_parity(tmp_path: Path) -> None
     changes = [layer["max_stat_change"] for layer in report["fold"]["layers"]]
     assert all(c is not None and c > 0.01 for c in changes)
     assert report["parity"]["passed"] and report["fold"]["batchnorm_folded"] == 4
+
+
+def test_default_export_is_torchscript_and_dynamo_on_request(
+    converted: tuple[Path, Path, object], tmp_path: Path
+) -> None:
+    _, report_path, _ = converted
+    assert json.loads(report_path.read_text())["onnx"]["exporter"] == "torch.onnx.export (TorchScript)"
+    onnx_path = tmp_path / "mlp.onnx"
+    done = run_cli(
+        "convert", str(MODELS / "tabular_mlp.pt2"), "-o", str(onnx_path), "--exporter", "dynamo", "--no-bench",
+        "--random-batches", "0", "-q",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "mlp.report.json").read_text())
+    assert report["onnx"]["exporter"] == "torch.onnx.export (dynamo)"
+    assert [i["source"] for i in report["parity"]["inputs"]] == ["example"]
+    assert report["parity"]["passed"] and report["fold"]["batchnorm_folded"] == 2

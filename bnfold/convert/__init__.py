@@ -45,8 +45,9 @@ class ConvertConfig:
     batches: tuple[int, ...] = ()
     providers: tuple[str, ...] = ("auto",)
     threads: int | None = None
-    seeds: int = 3
+    seeds: int = 1
     affine_form: str = "batchnorm"
+    exporter: str = "auto"
     factory: str | None = None
     trust_pickle: bool = False
     write_reports: bool = True
@@ -134,7 +135,13 @@ def fold_and_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], confi
             )
         return convert_onnx_level(loaded, inputs, config.opset, config.affine_form)
     return convert_torch(
-        loaded, inputs, config.opset, config.recalibrate, bool(config.input_shapes), config.affine_form
+        loaded,
+        inputs,
+        config.opset,
+        config.recalibrate,
+        bool(config.input_shapes),
+        config.affine_form,
+        config.exporter,
     )
 
 

@@ -1,7 +1,7 @@
 """The two ways to a folded ONNX model, behind one shape (:class:`Converted`).
 
 * PyTorch models (torch.export archives, state dicts, checkpoints, modules) fold on the aten graph, then
-  export with the dynamo exporter; parity runs the full matrix against the original in float64.
+  export (TorchScript exporter, or the dynamo exporter: :func:`bnfold.export.export_folded`); parity runs the full matrix against the original in float64.
 * ONNX files and TorchScript archives fold on the ONNX graph (TorchScript through the TorchScript
   exporter with constant folding off, so every BatchNormalization is still there to fold).
 """
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bnfold.errors import ExportError, InputSpecError, one_line
-from bnfold.export import ExportResult, export_module, quiet, remove_unused_initializers
+from bnfold.export import ExportResult, export_folded, export_module, quiet, remove_unused_initializers
 from bnfold.fold import FoldResult, fold
 from bnfold.fold.capture import eval_mode
 from bnfold.fold.records import BnRecord
@@ -59,6 +59,7 @@ def convert_torch(
     recalibrate: Path | None = None,
     reshaped: bool = False,
     affine_form: str = "batchnorm",
+    exporter: str = "auto",
 ) -> Converted:
     """Fold on the aten graph, then export the folded GraphModule."""
     calibration = calibration_batches(recalibrate, len(inputs)) if recalibrate else None
@@ -67,7 +68,7 @@ def convert_torch(
     if source is None:
         raise ExportError(f"{loaded.path}: holds no runnable PyTorch model")
     folded = fold(source, inputs, calibration=calibration, affine_form=affine_form)
-    exported = export_module(folded.module, inputs, opset=opset)
+    exported = export_folded(folded.module, inputs, exporter=exporter, opset=opset)
     original = folded.reference or (program.module() if program is not None else source)
     if folded.reference is not None:
         folded.notes.append("parity reference: the original model with the re-estimated statistics, unfolded")

@@ -1,0 +1,121 @@
+"""export_folded: the TorchScript exporter on folded graphs, the dynamo exporter as fallback and as option.
+
+Numbers are checked against the unfolded module in float64, at batch sizes other than the example's."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import bnfold
+from bnfold import export
+from bnfold.errors import ExportError
+
+
+class Net(nn.Module):
+    """Conv-BN-ReLU, two BNs that cannot fold (each after a ReLU) and a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.kept = nn.BatchNorm2d(6)
+        self.kept2 = nn.BatchNorm2d(6)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.kept2(torch.relu(self.kept(torch.relu(self.bn(self.conv(x))))))
+        return self.head(torch.flatten(nn.functional.adaptive_max_pool2d(y, 1), 1))
+
+
+def trained_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = Net()
+    for bn in (net.bn, net.kept, net.kept2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def folded() -> tuple[nn.Module, bnfold.FoldResult, tuple[torch.Tensor, ...]]:
+    net = trained_net()
+    inputs = (torch.randn(4, 3, 10, 10),)
+    return net, bnfold.fold(net, inputs), inputs
+
+
+def run(model: export.ExportResult, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_torchscript_output_matches_fp64_at_other_batch_sizes(folded, batch: int) -> None:
+    net, result, inputs = folded
+    exported = export.export_folded(result.module, inputs, exporter="torchscript")
+    assert exported.exporter == export.TORCHSCRIPT
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 10, 10)).astype(np.float32)
+    with torch.no_grad():
+        expected = net.double()(torch.from_numpy(x).double()).numpy()
+    net.float()
+    np.testing.assert_allclose(run(exported, x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_both_exporters_name_inputs_outputs_and_the_batch_alike(folded) -> None:
+    _, result, inputs = folded
+    ts = export.export_folded(result.module, inputs, exporter="torchscript").model
+    dynamo = export.export_folded(result.module, inputs, exporter="dynamo").model
+    for graph_ts, graph_dynamo in ((ts.graph.input, dynamo.graph.input), (ts.graph.output, dynamo.graph.output)):
+        assert [v.name for v in graph_ts] == [v.name for v in graph_dynamo]
+        assert [v.type.tensor_type.shape.dim[0].dim_param for v in graph_ts] == ["batch"] * len(graph_ts)
+
+
+def test_static_batch_stays_static(folded) -> None:
+    net, _, _ = folded
+    inputs = (torch.randn(1, 3, 10, 10),)  # torch.export specialises a batch of 1
+    exported = export.export_folded(bnfold.fold(net, inputs).module, inputs, exporter="torchscript")
+    assert exported.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+def test_no_identity_nodes_left_for_shared_constants(folded) -> None:
+    _, result, inputs = folded
+    exported = export.export_folded(result.module, inputs, exporter="torchscript")
+    assert export.count_ops(exported.model, "Identity") == 0
+    assert exported.batchnorm_nodes() == 2  # the BNs after a ReLU, frozen with the same mean 0 and var 1
+
+
+def test_auto_falls_back_on_the_dynamo_exporter_and_says_why(folded, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, result, inputs = folded
+    real = torch.onnx.export
+
+    def no_torchscript(*args, **kwargs):
+        if kwargs.get("dynamo") is False:
+            raise RuntimeError("TorchScript exporter removed\nsecond line")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_torchscript)
+    exported = export.export_folded(result.module, inputs)
+    assert exported.exporter == export.DYNAMO
+    assert exported.warnings[0].startswith("exported with the dynamo exporter: the TorchScript exporter failed")
+    assert "TorchScript exporter removed" in exported.warnings[0] and "\n" not in exported.warnings[0]
+    with pytest.raises(ExportError, match="TorchScript exporter failed"):
+        export.export_folded(result.module, inputs, exporter="torchscript")
+
+
+def test_opsets_past_the_torchscript_exporter_go_to_dynamo(folded) -> None:
+    _, result, inputs = folded
+    with pytest.raises(ExportError, match="stops at opset 20"):
+        export.export_folded(result.module, inputs, exporter="torchscript", opset=21)
+    exported = export.export_folded(result.module, inputs, opset=21)
+    assert exported.exporter == export.DYNAMO and exported.opset == 21
+
+
+def test_unknown_exporter_is_refused(folded) -> None:
+    _, result, inputs = folded
+    with pytest.raises(ValueError, match="auto, torchscript, dynamo"):
+        export.export_folded(result.module, inputs, exporter="tflite")
