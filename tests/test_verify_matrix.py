@@ -224,3 +224,49 @@ def test_without_a_baseline_candidate_there_is_no_error_ratio() -> None:
     report = run_parity(exact, [Candidate("folded ort", exact, "fold")], batches())
     (check,) = report.checks
     assert check.baseline_max_abs_err is None and check.error_ratio is None and check.passed
+
+
+class Counting:
+    """A runner that counts how often it is built, run and released (a stand-in for a heavy model)."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name, self.output_names = log, name, ["y"]
+        log.append(f"build {name}")
+
+    def __call__(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        self.log.append(f"run {self.name}")
+        return [np.asarray(inputs[0], np.float64).sum(1)]
+
+
+def test_lazy_runners_are_built_one_at_a_time_and_keep_their_output_names() -> None:
+    from bnfold.verify import LazyRunner
+
+    log: list[str] = []
+    reference = LazyRunner(lambda: Counting(log, "reference"))
+    first, second = LazyRunner(lambda: Counting(log, "first")), LazyRunner(lambda: Counting(log, "second"))
+    assert log == []  # nothing built before it is needed
+    batches = [("a", (np.ones((2, 3), np.float32),)), ("b", (np.zeros((2, 3), np.float32),))]
+    report = run_parity(reference, [Candidate("first", first, "fold"), Candidate("second", second, "export")],
+                        batches, output_names=lambda: second.output_names)
+    assert log == ["build reference", "run reference", "run reference", "build first", "run first", "run first",
+                   "build second", "run second", "run second"]
+    assert report.passed and {c.output for c in report.checks} == {"y"}
+    assert reference._runner is None and first._runner is None and second._runner is None
+
+
+def test_a_candidate_that_cannot_be_built_fails_its_checks_with_the_reason() -> None:
+    from bnfold.verify import LazyRunner, ort_runner
+
+    model = nn.Linear(3, 2).eval()
+    broken = LazyRunner(lambda: ort_runner(b"not an onnx model"))
+    report = run_parity(LazyRunner(lambda: torch_runner_fp64(model)), [Candidate("onnx", broken, "export")],
+                        [("a", (np.ones((2, 3), np.float32),))], output_names=lambda: broken.output_names)
+    assert not report.passed
+    assert report.checks[0].candidate == "onnx" and report.checks[0].output == "0"
+    assert report.checks[0].error is not None and report.checks[0].error.startswith("could not run")
+
+
+def torch_runner_fp64(model: nn.Module):
+    from bnfold.verify import torch_runner
+
+    return torch_runner(model, torch.float64)

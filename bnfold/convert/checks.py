@@ -11,6 +11,7 @@ from bnfold.convert.paths import Converted
 from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
 from bnfold.verify import (
     Candidate,
+    LazyRunner,
     Tolerance,
     ort_runner,
     run_parity,
@@ -73,12 +74,16 @@ def verify_stage(loaded: LoadedModel, converted: Converted, batches: Batches, co
 
 def _onnx_parity(original: bytes, folded: bytes, batches: Batches, tolerance: Any, per_output: Any) -> Any:
     """ONNX in, ONNX out: the original as written (no ORT rewrites) is the reference."""
-    reference = ort_runner(original, optimization="disabled")
+    reference = LazyRunner(lambda: ort_runner(original, optimization="disabled"))
     candidates = [
-        Candidate("folded onnxruntime CPU (optimizations off)", ort_runner(folded, optimization="disabled"), FOLD),
+        Candidate(
+            "folded onnxruntime CPU (optimizations off)",
+            LazyRunner(lambda: ort_runner(folded, optimization="disabled")),
+            FOLD,
+        ),
         Candidate(
             "folded onnxruntime CPU (optimizations all)",
-            ort_runner(folded, optimization="all"),
+            LazyRunner(lambda: ort_runner(folded, optimization="all")),
             ORT_OPTIMIZATION,
             "folded onnxruntime CPU (optimizations off)",
         ),
@@ -89,7 +94,7 @@ def _onnx_parity(original: bytes, folded: bytes, batches: Batches, tolerance: An
         batches,
         tolerance,
         per_output,
-        reference.output_names,
+        lambda: reference.output_names,
         reference_name="original onnxruntime CPU (optimizations off)",
     )
 
@@ -102,25 +107,30 @@ def _torchscript_parity(converted: Converted, folded: bytes, batches: Batches, t
         Candidate("original fp32", torch_runner(module), BASELINE),
         Candidate(
             "unfolded onnxruntime CPU (optimizations off)",
-            ort_runner(unfolded, optimization="disabled"),
+            LazyRunner(lambda: ort_runner(unfolded, optimization="disabled")),
             EXPORT,
             "original fp32",
         ),
         Candidate(
             "onnxruntime CPU (optimizations off)",
-            ort_runner(folded, optimization="disabled"),
+            LazyRunner(lambda: ort_runner(folded, optimization="disabled")),
             FOLD,
             "unfolded onnxruntime CPU (optimizations off)",
         ),
         Candidate(
             "onnxruntime CPU (optimizations all)",
-            ort_runner(folded, optimization="all"),
+            LazyRunner(lambda: ort_runner(folded, optimization="all")),
             ORT_OPTIMIZATION,
             "onnxruntime CPU (optimizations off)",
         ),
     ]
     report = run_parity(
-        torch_runner(module, torch.float64), candidates, batches, tolerance, per_output, output_names=None
+        LazyRunner(lambda: torch_runner(module, torch.float64)),
+        candidates,
+        batches,
+        tolerance,
+        per_output,
+        output_names=None,
     )
     report.notes = list(select_providers("auto").notes)
     return report

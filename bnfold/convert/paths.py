@@ -1,7 +1,8 @@
 """The two ways to a folded ONNX model, behind one shape (:class:`Converted`).
 
 * PyTorch models (torch.export archives, state dicts, checkpoints, modules) fold on the aten graph, then
-  export (TorchScript exporter, or the dynamo exporter: :func:`bnfold.export.export_folded`); parity runs the full matrix against the original in float64.
+  export (:func:`bnfold.export.export_folded`: the TorchScript exporter, or the dynamo exporter); parity
+  runs the full matrix against the original in float64.
 * ONNX files and TorchScript archives fold on the ONNX graph (TorchScript through the TorchScript
   exporter with constant folding off, so every BatchNormalization is still there to fold).
 """

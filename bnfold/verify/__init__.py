@@ -12,12 +12,12 @@ from bnfold.verify.matrix import Candidate, run_parity, standard_candidates, ver
 from bnfold.verify.metrics import OutputMetrics
 from bnfold.verify.providers import ProviderSelection, available_providers, select_providers
 from bnfold.verify.report import STAGES, ParityCheck, ParityReport
-from bnfold.verify.runners import OrtRunner, Runner, TorchRunner, ort_runner, session_options, torch_runner
+from bnfold.verify.runners import LazyRunner, OrtRunner, Runner, TorchRunner, ort_runner, session_options, torch_runner
 from bnfold.verify.tolerance import RULE, Tolerance, Tolerances
 
 __all__ = [
     "RULE", "STAGES", "Candidate", "Comparison", "OrtRunner", "OutputMetrics", "ParityCheck", "ParityReport",
-    "ProviderSelection", "Runner", "Tolerance", "Tolerances", "TorchRunner", "assert_allclose_report",
+    "LazyRunner", "ProviderSelection", "Runner", "Tolerance", "Tolerances", "TorchRunner", "assert_allclose_report",
     "available_providers", "compare_outputs", "ort_runner", "run_parity", "select_providers",
     "session_options", "standard_candidates", "torch_runner", "verify_parity",
 ]

@@ -21,7 +21,7 @@ original fp32 model), or of the check's reference when there is no such candidat
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from bnfold.verify.report import (
     ParityCheck,
     ParityReport,
 )
-from bnfold.verify.runners import Runner, ort_runner, torch_runner
+from bnfold.verify.runners import LazyRunner, Runner, ort_runner, torch_runner
 from bnfold.verify.tolerance import OutputKey, Tolerance, Tolerances
 
 REFERENCE = "original fp64 (torch)"
@@ -70,23 +70,28 @@ class Candidate:
 
 def run_parity(reference: Runner, candidates: Sequence[Candidate], batches: Sequence[Batch],
                tolerance: Tolerance | None = None, per_output: Mapping[OutputKey, Tolerance] | None = None,
-               output_names: Sequence[str] | None = None, reference_name: str = REFERENCE,
-               per_batch: bool = False) -> ParityReport:
+               output_names: Sequence[str] | Callable[[], Sequence[str] | None] | None = None,
+               reference_name: str = REFERENCE, per_batch: bool = False) -> ParityReport:
     """Run the reference and every candidate on every batch and compare them.
 
     ``tolerance`` (default: by each candidate's dtype) applies to every output unless ``per_output``
-    overrides it by output name or index. A candidate whose runner raises fails all its checks with the
-    error quoted; the reference raising propagates.
+    overrides it by output name or index; ``output_names`` may be a callable, asked once every runner has
+    run. A candidate whose runner raises fails all its checks with the error quoted; the reference raising
+    propagates. Runners with a ``release()`` (:class:`~bnfold.verify.runners.LazyRunner`) are released
+    as soon as their outputs are in.
     """
     if not batches:
         raise ValueError("run_parity needs at least one input batch")
     outputs = {reference_name: [reference(tuple(arrays)) for _, arrays in batches]}
+    _release(reference)
     errors: dict[str, str] = {}
     for cand in candidates:
         outputs[cand.name], error = _run_all(cand.runner, batches)
+        _release(cand.runner)
         if error:
             errors[cand.name] = error
-    matrix = _Matrix(outputs, errors, [name for name, _ in batches], reference_name, output_names)
+    names = _names(output_names) if callable(output_names) else output_names
+    matrix = _Matrix(outputs, errors, [name for name, _ in batches], reference_name, names)
     default = tolerance or Tolerance.for_dtype(_first_dtype(candidates))
     baseline = _baseline(candidates)
     checks = []
@@ -141,6 +146,19 @@ def _run_all(runner: Runner, batches: Sequence[Batch]) -> tuple[list[list[np.nda
         return [], f"could not run: {one_line(exc)}"
 
 
+def _release(runner: Runner) -> None:
+    release = getattr(runner, "release", None)
+    if callable(release):
+        release()
+
+
+def _names(names: Callable[[], Sequence[str] | None]) -> Sequence[str] | None:
+    try:
+        return names()
+    except Exception:  # a runner that could not be built has no names; its checks already fail
+        return None
+
+
 def _baseline(candidates: Sequence[Candidate]) -> str | None:
     return next((c.name for c in candidates if c.stage == BASELINE), None)
 
@@ -181,14 +199,16 @@ def standard_candidates(original: nn.Module, folded: nn.Module, onnx_model: str 
                         threads: int | None = None) -> tuple[list[Candidate], list[str]]:
     """The standard matrix (see the module docstring) and notes on providers left out.
 
-    CUDA is included when ``providers`` selected it and the session really runs on CUDA.
+    The onnxruntime CPU sessions are built when first run (:class:`LazyRunner`). CUDA is included when
+    ``providers`` selected it and the session really runs on CUDA.
     """
     providers = providers or select_providers("cpu")
     candidates = [
         Candidate(ORIGINAL, torch_runner(original), BASELINE),
         Candidate(FOLDED, torch_runner(folded), FOLD, ORIGINAL),
-        Candidate(ORT_OFF, ort_runner(onnx_model, (CPU,), "disabled", threads), EXPORT, FOLDED),
-        Candidate(ORT_ALL, ort_runner(onnx_model, (CPU,), "all", threads), ORT_OPTIMIZATION, ORT_OFF),
+        Candidate(ORT_OFF, LazyRunner(lambda: ort_runner(onnx_model, (CPU,), "disabled", threads)), EXPORT, FOLDED),
+        Candidate(ORT_ALL, LazyRunner(lambda: ort_runner(onnx_model, (CPU,), "all", threads)), ORT_OPTIMIZATION,
+                  ORT_OFF),
     ]
     notes = list(providers.notes)
     if providers.cuda:
@@ -205,12 +225,15 @@ def verify_parity(original: nn.Module, folded: nn.Module, onnx_model: str | Path
                   per_output: Mapping[OutputKey, Tolerance] | None = None,
                   providers: str | Sequence[str] | ProviderSelection = "auto",
                   threads: int | None = None, per_batch: bool = False) -> ParityReport:
-    """The whole standard matrix in one call: fp64 reference, candidates, checks, provider notes."""
+    """The whole standard matrix in one call: fp64 reference, candidates, checks, provider notes.
+
+    One heavy model is alive at a time: the fp64 copy of the original, then each onnxruntime session."""
     selection = providers if isinstance(providers, ProviderSelection) else select_providers(providers)
     candidates, notes = standard_candidates(original, folded, onnx_model, selection, threads)
-    onnx_names = candidates[2].runner.output_names  # type: ignore[attr-defined]
-    report = run_parity(torch_runner(original, torch.float64), candidates, batches, tolerance, per_output,
-                        onnx_names, per_batch=per_batch)
+    reference = LazyRunner(lambda: torch_runner(original, torch.float64))
+    report = run_parity(reference, candidates, batches, tolerance, per_output,
+                        lambda: candidates[2].runner.output_names,  # type: ignore[attr-defined]
+                        per_batch=per_batch)
     report.notes = notes
     report.cuda = _cuda_block(any(c.stage == PROVIDER for c in candidates), notes)
     return report

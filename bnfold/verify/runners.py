@@ -103,6 +103,33 @@ def ort_runner(model: str | Path | bytes, providers: Sequence[str] = (CPU,),
     return OrtRunner(model, providers, optimization, threads)
 
 
+class LazyRunner:
+    """A runner built on its first call and dropped by :meth:`release`, so that a parity run holds one
+    heavy model at a time (an fp64 copy, an onnxruntime session). ``output_names`` outlives the release."""
+
+    def __init__(self, build: Callable[[], Runner]) -> None:
+        self.build = build
+        self._runner: Runner | None = None
+        self._names: list[str] | None = None
+
+    def __call__(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        return self.runner(inputs)
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            self._runner = self.build()
+            self._names = getattr(self._runner, "output_names", None)
+        return self._runner
+
+    @property
+    def output_names(self) -> list[str] | None:
+        return self._names if self._names is not None else getattr(self.runner, "output_names", None)
+
+    def release(self) -> None:
+        self._runner = None
+
+
 def session_options(optimization: Optimization = "all", threads: int | None = None) -> ort.SessionOptions:
     """Session options with the given graph optimisation level, quiet logging, and thread count."""
     if optimization not in ("all", "disabled"):
