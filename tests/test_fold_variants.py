@@ -116,3 +116,33 @@ def test_decomposed_program_with_native_batch_norm() -> None:
     assert aten_batchnorms(result.module) == 0
     with torch.no_grad():
         assert_matches(result.module(x), reference(model, [x]))
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.bn(self.conv(x))
+        return {"mean": y.mean((2, 3)), "max": y.amax((2, 3))}
+
+
+@pytest.mark.parametrize(
+    ("model", "plain"),
+    [(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), True), (TwoHeads(), False)],
+)
+def test_plain_signatures_skip_pytree_and_structured_ones_keep_it(model: nn.Module, plain: bool) -> None:
+    model.eval()
+    x = torch.randn(2, 3, 6, 6)
+    folded = fold(model, (x,)).module
+    assert ("tree_unflatten" not in folded.code) == plain
+    with torch.no_grad():
+        expected, got = model(x), folded(x)
+    if plain:
+        assert isinstance(got, torch.Tensor)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    else:
+        assert isinstance(got, dict) and got.keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-5)
