@@ -14,6 +14,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +178,7 @@ def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset
             raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
     proto = onnx.load_from_string(buffer.getvalue())
     del buffer
+    constants_to_initializers(proto)
     inline_initializer_identities(proto)
     remove_unused_initializers(proto)
     return ExportResult(proto, TORCHSCRIPT, opset, said)
@@ -184,6 +187,25 @@ def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset
 def _symbolic_batch(node: fx.Node) -> bool:
     value = node.meta.get("val")
     return isinstance(value, torch.Tensor) and value.dim() > 0 and isinstance(value.shape[0], torch.SymInt)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Turn the graph's tensor-valued Constant nodes (the TorchScript exporter writes Clip's bounds so)
+    into initializers, as the dynamo exporter writes them. Returns how many."""
+    moved = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            moved.append((node, tensor))
+    if moved:
+        gone = {id(node) for node, _ in moved}
+        keep = [node for node in model.graph.node if id(node) not in gone]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        model.graph.initializer.extend(tensor for _, tensor in moved)
+    return len(moved)
 
 
 def inline_initializer_identities(model: onnx.ModelProto) -> int:
@@ -259,23 +281,52 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
 
 
-def save(model: onnx.ModelProto, path: Path, final_name: str | None = None) -> None:
-    """Write the model to ``path``; past protobuf's 2 GB limit the weights go to ``<final_name>.data``
-    beside it (``final_name``: the name the file will have once moved into place)."""
-    if tensor_bytes(model) < EXTERNAL_DATA_BYTES:
+EXTERNAL_DATA = ("auto", "always", "never")
+EXTERNAL_DATA_AUTO_BYTES = 10_000_000
+"""``external_data="auto"``: weights from this size on go to a ``.data`` file beside the model. onnxruntime
+creates sessions from such a pair faster (ResNet-50, 98 MB: 50 ms against 92 ms from one file;
+``benchmarks/PROFILE.md``); below it one file is simpler and as fast."""
+EXTERNAL_DATA_BYTES = 1_800_000_000
+"""Past this, one file cannot hold the model (protobuf's 2 GB limit): the weights always go beside it."""
+
+
+def external_data_path(model: onnx.ModelProto, path: Path, external_data: str = "auto") -> Path | None:
+    """Where :func:`save` writes ``model``'s weights for ``path``: ``<name>.data`` beside it, or None for one
+    self-contained file. Raises :class:`ExportError` for "never" on a model one file cannot hold."""
+    if external_data not in EXTERNAL_DATA:
+        raise ValueError(f"external_data must be one of {', '.join(EXTERNAL_DATA)}, not {external_data!r}")
+    size = tensor_bytes(model)
+    if external_data == "never" and size >= EXTERNAL_DATA_BYTES:
+        raise ExportError(
+            f"the weights ({size / 1e9:.1f} GB) do not fit in one ONNX file (protobuf's 2 GB limit): "
+            "use --external-data auto"
+        )
+    external = size >= EXTERNAL_DATA_BYTES or external_data == "always" or (
+        external_data == "auto" and size >= EXTERNAL_DATA_AUTO_BYTES
+    )
+    return path.with_name(path.name + ".data") if external else None
+
+
+def save(model: onnx.ModelProto, path: Path, final_name: str | None = None, external_data: str = "auto") -> None:
+    """Write the model to ``path``, its weights to ``<final_name>.data`` beside it where
+    :func:`external_data_path` says so (``final_name``: the name the file will have once moved into
+    place). ``model`` is left as it was."""
+    target = Path(path).with_name(final_name or Path(path).name)
+    data = external_data_path(model, target, external_data)
+    if data is None:
         onnx.save_model(model, str(path))
         return
-    location = (final_name or path.name) + ".data"
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # saving with external data rewrites the initializers it is given
-    onnx.save_model(
-        copy,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=location,
-        size_threshold=1024,
-    )
-
-
-EXTERNAL_DATA_BYTES = 1_800_000_000
+    with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.name}.") as folder:
+        staged = Path(folder) / target.name  # beside a fresh .data: onnx appends to an existing one
+        onnx.save_model(
+            copy,
+            str(staged),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
+        os.replace(Path(folder) / data.name, data)
+        os.replace(staged, path)

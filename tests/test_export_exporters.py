@@ -119,3 +119,14 @@ def test_unknown_exporter_is_refused(folded) -> None:
     _, result, inputs = folded
     with pytest.raises(ValueError, match="auto, torchscript, dynamo"):
         export.export_folded(result.module, inputs, exporter="tflite")
+
+
+def test_constants_become_initializers_and_still_compute_the_same() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU6()).eval()
+    inputs = (torch.randn(2, 3, 5, 5),)
+    exported = export.export_folded(bnfold.fold(model, inputs).module, inputs, exporter="torchscript")
+    assert export.count_ops(exported.model, "Constant") == 0 and export.count_ops(exported.model, "Clip") == 1
+    x = np.random.default_rng(0).standard_normal((3, 3, 5, 5)).astype(np.float32) * 10
+    with torch.no_grad():
+        expected = model.double()(torch.from_numpy(x).double()).numpy()
+    np.testing.assert_allclose(run(exported, x), expected, atol=1e-5, rtol=1e-5)
