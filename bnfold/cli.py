@@ -166,6 +166,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="ONNX exporter for the folded graph: auto tries the TorchScript exporter (fast on a folded graph) "
     "and falls back on the dynamo exporter.",
 )
+@click.option(
+    "--external-data",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Write the weights to OUTPUT.data beside the ONNX file: auto from 10 MB of weights on (onnxruntime "
+    "loads such models faster), always, or never (one file; up to protobuf's 2 GB).",
+)
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option(
     "--batch",
@@ -197,6 +205,7 @@ def convert(
     recalibrate: Path | None,
     affine_form: str,
     exporter: str,
+    external_data: str,
     no_bench: bool,
     batches: tuple[int, ...],
     providers: str,
@@ -222,6 +231,7 @@ def convert(
         recalibrate=recalibrate,
         affine_form=affine_form,
         exporter=exporter,
+        external_data=external_data,
         bench=not no_bench,
         batches=batches,
         providers=_providers(providers),
@@ -235,7 +245,9 @@ def convert(
 
         for line in summary_lines(result.report):
             click.echo(line)
-        click.echo(f"wrote {result.onnx_path} and {result.report_path} (+ .md, .html)")
+        data = result.report["onnx"].get("external_data")
+        weights = f" (weights in {data})" if data else ""
+        click.echo(f"wrote {result.onnx_path}{weights} and {result.report_path} (+ .md, .html)")
     return EXIT_OK if result.passed else EXIT_FAILED
 
 

@@ -145,3 +145,43 @@ def test_default_export_is_torchscript_and_dynamo_on_request(
     assert report["onnx"]["exporter"] == "torch.onnx.export (dynamo)"
     assert [i["source"] for i in report["parity"]["inputs"]] == ["example"]
     assert report["parity"]["passed"] and report["fold"]["batchnorm_folded"] == 2
+
+
+def test_external_data_always_writes_weights_beside_the_model(tmp_path: Path) -> None:
+    onnx_path = tmp_path / "mlp.onnx"
+    done = run_cli(
+        "convert", str(MODELS / "tabular_mlp.pt2"), "-o", str(onnx_path), "--external-data", "always", "--no-bench",
+    )
+    assert done.returncode == 0, done.stderr
+    data = tmp_path / "mlp.onnx.data"
+    assert data.is_file() and f"weights in {data}" in done.stdout
+    report = json.loads((tmp_path / "mlp.report.json").read_text())
+    assert report["onnx"]["external_data"] == str(data)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = np.load(MODELS / "breast_cancer_heldout.npz")["x"][:16]
+    original = torch.export.load(str(MODELS / "tabular_mlp.pt2")).module()
+    with torch.no_grad():
+        expected = original(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], expected, atol=1e-4)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_small_models_stay_one_file_by_default(converted: tuple[Path, Path, object]) -> None:
+    onnx_path, report_path, _ = converted
+    assert json.loads(report_path.read_text())["onnx"]["external_data"] is None
+    assert not onnx_path.with_name(onnx_path.name + ".data").exists()
+
+
+def test_external_data_never_on_a_model_past_2gb_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnfold import ConvertConfig, convert, export
+    from bnfold.errors import ExportError
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1)  # every model is "too big for one file"
+    config = ConvertConfig(output=tmp_path / "mlp.onnx", external_data="never", bench=False)
+    with pytest.raises(ExportError, match="use --external-data auto"):
+        convert(MODELS / "tabular_mlp.pt2", config)
+    assert list(tmp_path.iterdir()) == []

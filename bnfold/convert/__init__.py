@@ -18,7 +18,7 @@ from torch import nn
 from bnfold.convert.checks import bench_stage, parity_batches, verify_stage
 from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
 from bnfold.errors import InputSpecError, OutputError
-from bnfold.export import DEFAULT_OPSET, annotate, check
+from bnfold.export import DEFAULT_OPSET, annotate, check, external_data_path
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.load import InputSpec, LoadedModel, from_module, load_model, make_inputs
 from bnfold.report import new_report
@@ -48,6 +48,7 @@ class ConvertConfig:
     seeds: int = 1
     affine_form: str = "batchnorm"
     exporter: str = "auto"
+    external_data: str = "auto"
     factory: str | None = None
     trust_pickle: bool = False
     write_reports: bool = True
@@ -173,9 +174,14 @@ def convert(
         {"bnfold.version": report["bnfold_version"], "bnfold.fold": _fold_metadata(converted.records)},
     )
     check(converted.exported.model)
+    data_path = external_data_path(converted.exported.model, onnx_path, config.external_data)
+    if source is not None and data_path is not None:
+        from bnfold.files import ensure_distinct
+
+        ensure_distinct(source, data_path)
     report["model"] = model_section(loaded, inputs, converted.notes)
     report["fold"] = fold_section(converted, config.affine_form)
-    report["onnx"] = onnx_section(converted, onnx_path)
+    report["onnx"] = onnx_section(converted, onnx_path, data_path)
     report["warnings"].extend(converted.exported.warnings)
 
     say("checking parity")
@@ -187,7 +193,7 @@ def convert(
 
     report["environment"] = capture_environment()
     report["verdict"] = verdict(report)
-    written = _write(converted, onnx_path, report, report_path if config.write_reports else None)
+    written = _write(converted, onnx_path, report, report_path if config.write_reports else None, config)
     return ConvertResult(report, onnx_path, report_path if config.write_reports else None, converted, written)
 
 
@@ -245,10 +251,11 @@ def model_section(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], notes: 
     }
 
 
-def onnx_section(converted: Converted, path: Path) -> dict[str, Any]:
+def onnx_section(converted: Converted, path: Path, external_data: Path | None = None) -> dict[str, Any]:
     exported = converted.exported
     return {
         "path": str(path),
+        "external_data": str(external_data) if external_data else None,
         "exporter": exported.exporter,
         "opset": exported.opset,
         "batchnorm_nodes": exported.batchnorm_nodes(),
@@ -292,16 +299,18 @@ def _check_outputs(source: Path | None, onnx_path: Path, report_path: Path | Non
         raise OutputError(f"the report would overwrite the ONNX file {onnx_path}: give --report another name")
 
 
-def _write(converted: Converted, onnx_path: Path, report: dict[str, Any], report_path: Path | None) -> list[Path]:
+def _write(
+    converted: Converted, onnx_path: Path, report: dict[str, Any], report_path: Path | None, config: ConvertConfig
+) -> list[Path]:
     from bnfold.export import save
     from bnfold.files import atomic_output
     from bnfold.load.loaded import file_sha256
     from bnfold.report import write_reports
 
     with atomic_output(onnx_path) as temporary:
-        save(converted.exported.model, temporary, onnx_path.name)
+        save(converted.exported.model, temporary, onnx_path.name, config.external_data)
     report["onnx"]["sha256"] = file_sha256(onnx_path)
-    written = [onnx_path]
+    written = [onnx_path] + ([Path(report["onnx"]["external_data"])] if report["onnx"]["external_data"] else [])
     if report_path is not None:
         written += write_reports(report, report_path)
     return written

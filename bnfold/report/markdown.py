@@ -9,6 +9,7 @@ import html
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bnfold.report.check import Headline, headline, parity_failure
@@ -84,7 +85,8 @@ def onnx_details(onnx: Mapping[str, Any]) -> list[str]:
     parts = [f"opset {onnx['opset']}" if onnx.get("opset") is not None else "",
              f"{onnx['nodes']} nodes" if onnx.get("nodes") is not None else "",
              size(onnx["size_bytes"]) if onnx.get("size_bytes") is not None else "",
-             f"exporter {onnx['exporter']}" if onnx.get("exporter") else ""]
+             f"exporter {onnx['exporter']}" if onnx.get("exporter") else "",
+             f"weights in {Path(onnx['external_data']).name}" if onnx.get("external_data") else ""]
     return [part for part in parts if part]
 
 
