@@ -330,3 +330,21 @@ def save(model: onnx.ModelProto, path: Path, final_name: str | None = None, exte
         )
         os.replace(Path(folder) / data.name, data)
         os.replace(staged, path)
+
+
+def save_ort_optimized(model: bytes, path: Path, threads: int | None = None) -> None:
+    """Write what onnxruntime makes of ``model`` at ``ORT_ENABLE_ALL`` on the CPU provider, so that sessions
+    start from it without optimising again (about 2x faster session creation, ``benchmarks/PROFILE.md``).
+    onnxruntime warns that such a file can hold layouts specific to the CPU it was made on."""
+    import onnxruntime as ort
+
+    from bnfold.verify.runners import session_options
+
+    if len(model) >= EXTERNAL_DATA_BYTES:
+        raise ExportError("--save-optimized handles models under 2 GB: leave it out for this model")
+    options = session_options("all", threads)
+    options.optimized_model_filepath = str(path)
+    try:
+        ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own error types
+        raise ExportError(f"onnxruntime could not save an optimized model: {one_line(exc)}") from exc

@@ -185,3 +185,51 @@ def test_external_data_never_on_a_model_past_2gb_is_refused_before_writing(
     with pytest.raises(ExportError, match="use --external-data auto"):
         convert(MODELS / "tabular_mlp.pt2", config)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_optimized_writes_a_checked_onnxruntime_model(tmp_path: Path) -> None:
+    onnx_path, optimized = tmp_path / "digits.onnx", tmp_path / "digits.ort.onnx"
+    done = run_cli(
+        "convert", str(MODELS / "digits_cnn.pt2"), "-o", str(onnx_path), "--save-optimized", str(optimized),
+        "--no-bench", "-q",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "digits.report.json").read_text())
+    assert report["onnx"]["optimized_path"] == str(optimized)
+    checks = [c for c in report["parity"]["checks"] if c["candidate"] == "onnxruntime CPU (saved optimized model)"]
+    assert {c["reference"] for c in checks} == {"original fp64 (torch)", "onnxruntime CPU (optimizations off)"}
+    assert all(c["passed"] for c in checks)
+    assert optimized.stat().st_mode & 0o777 == onnx_path.stat().st_mode & 0o777
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(optimized), options, providers=["CPUExecutionProvider"])
+    data = np.load(MODELS / "digits_heldout.npz")
+    original = torch.export.load(str(MODELS / "digits_cnn.pt2")).module()
+    with torch.no_grad():
+        expected = original(torch.from_numpy(data["x"])).argmax(1).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: data["x"]})[0].argmax(1)
+    assert (got == expected).all()
+
+
+def test_save_optimized_on_another_output_is_refused(tmp_path: Path) -> None:
+    onnx_path = tmp_path / "digits.onnx"
+    done = run_cli("convert", str(MODELS / "digits_cnn.pt2"), "-o", str(onnx_path), "--save-optimized", str(onnx_path))
+    assert done.returncode == 2 and done.stderr.startswith("Error: --save-optimized")
+    assert len(done.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_no_optimized_file_is_left_when_convert_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from bnfold import ConvertConfig
+
+    convert_module = importlib.import_module("bnfold.convert")  # the package; bnfold.convert is the function
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("parity crashed")
+
+    monkeypatch.setattr(convert_module, "verify_stage", broken)
+    config = ConvertConfig(output=tmp_path / "d.onnx", save_optimized=tmp_path / "d.ort.onnx", bench=False)
+    with pytest.raises(RuntimeError, match="parity crashed"):
+        convert_module.convert(MODELS / "digits_cnn.pt2", config)
+    assert list(tmp_path.iterdir()) == []

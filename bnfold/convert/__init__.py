@@ -7,7 +7,8 @@ parity and latency glue in :mod:`.checks`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class ConvertConfig:
     affine_form: str = "batchnorm"
     exporter: str = "auto"
     external_data: str = "auto"
+    save_optimized: Path | None = None
     factory: str | None = None
     trust_pickle: bool = False
     write_reports: bool = True
@@ -162,9 +164,24 @@ def convert(
     say = progress or (lambda _: None)
     source = Path(model) if isinstance(model, (str, Path)) else getattr(model, "path", None)
     onnx_path, report_path = output_paths(source, config)
-    _check_outputs(source, onnx_path, report_path if config.write_reports else None)
+    optimized = Path(config.save_optimized) if config.save_optimized else None
+    _check_outputs(source, onnx_path, report_path if config.write_reports else None, optimized)
     loaded = _as_loaded(model, example_inputs, config)
     inputs = resolve_inputs(loaded, config)
+    with _staged(optimized) as staged:
+        return _convert(loaded, inputs, config, onnx_path, report_path, say, source, staged)
+
+
+def _convert(
+    loaded: LoadedModel,
+    inputs: tuple[torch.Tensor, ...],
+    config: ConvertConfig,
+    onnx_path: Path,
+    report_path: Path,
+    say: Progress,
+    source: Path | None,
+    staged: tuple[Path, Path] | None,
+) -> ConvertResult:
     report = new_report()
 
     say("folding BatchNorms and exporting to ONNX")
@@ -183,9 +200,16 @@ def convert(
     report["fold"] = fold_section(converted, config.affine_form)
     report["onnx"] = onnx_section(converted, onnx_path, data_path)
     report["warnings"].extend(converted.exported.warnings)
+    if staged is not None:
+        from bnfold.export import save_ort_optimized
+
+        say("saving the onnxruntime-optimized model")
+        save_ort_optimized(converted.exported.model.SerializeToString(), staged[0], config.threads)
+        report["onnx"]["optimized_path"] = str(staged[1])
 
     say("checking parity")
-    report["parity"] = verify_stage(loaded, converted, parity_batches(inputs, config), config)
+    batches = parity_batches(inputs, config)
+    report["parity"] = verify_stage(loaded, converted, batches, config, staged[0] if staged else None)
     if config.bench:
         say("measuring latency")
         report["latency"], report["speedup"] = bench_stage(loaded, converted, inputs, config)
@@ -194,6 +218,8 @@ def convert(
     report["environment"] = capture_environment()
     report["verdict"] = verdict(report)
     written = _write(converted, onnx_path, report, report_path if config.write_reports else None, config)
+    if staged is not None:
+        written.append(staged[1])  # moved into place when _staged's block ends
     return ConvertResult(report, onnx_path, report_path if config.write_reports else None, converted, written)
 
 
@@ -262,6 +288,7 @@ def onnx_section(converted: Converted, path: Path, external_data: Path | None = 
         "nodes": len(exported.model.graph.node),
         "size_bytes": exported.model.ByteSize(),
         "sha256": None,
+        "optimized_path": None,
     }
 
 
@@ -285,18 +312,35 @@ def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:
     }
 
 
-def _check_outputs(source: Path | None, onnx_path: Path, report_path: Path | None) -> None:
+def _check_outputs(
+    source: Path | None, onnx_path: Path, report_path: Path | None, optimized: Path | None = None
+) -> None:
     """Before any work: every output is writable, and none is the input or another output."""
     from bnfold.files import check_writable, ensure_distinct
     from bnfold.report import companion_paths
 
     reports = [report_path, *companion_paths(report_path)] if report_path is not None else []
-    for target in [onnx_path, *reports]:
+    for target in [onnx_path, *reports, *([optimized] if optimized else [])]:
         if source is not None:
             ensure_distinct(source, target)
         check_writable(target)
     if any(onnx_path.resolve() == r.resolve() for r in reports):
         raise OutputError(f"the report would overwrite the ONNX file {onnx_path}: give --report another name")
+    if optimized is not None and any(optimized.resolve() == t.resolve() for t in [onnx_path, *reports]):
+        raise OutputError(f"--save-optimized {optimized} is another output's path: give it a name of its own")
+
+
+@contextlib.contextmanager
+def _staged(target: Path | None) -> Iterator[tuple[Path, Path] | None]:
+    """A temporary path beside ``target``, and ``target``: moved into place when the block ends without
+    an exception, removed otherwise (:func:`bnfold.files.atomic_output`)."""
+    if target is None:
+        yield None
+        return
+    from bnfold.files import atomic_output
+
+    with atomic_output(target) as temporary:
+        yield temporary, target
 
 
 def _write(

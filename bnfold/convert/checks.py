@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,14 +51,29 @@ def tolerance_of(config: Any) -> tuple[Tolerance | None, dict[str | int, Toleran
     return default, per_output
 
 
-def verify_stage(loaded: LoadedModel, converted: Converted, batches: Batches, config: Any) -> dict[str, Any]:
-    """The parity block of the report, by the path the model took."""
+OPTIMIZED = "onnxruntime CPU (saved optimized model)"
+
+
+def verify_stage(
+    loaded: LoadedModel, converted: Converted, batches: Batches, config: Any, optimized: Path | None = None
+) -> dict[str, Any]:
+    """The parity block of the report, by the path the model took; with ``optimized`` (the
+    ``--save-optimized`` file), that file too, run as saved (no further onnxruntime rewrites)."""
     tolerance, per_output = tolerance_of(config)
     folded_bytes = converted.exported.model.SerializeToString()
+
+    def extra(against: str) -> list[Candidate]:
+        if optimized is None:
+            return []
+        runner = LazyRunner(lambda: ort_runner(optimized, optimization="disabled", threads=config.threads))
+        return [Candidate(OPTIMIZED, runner, ORT_OPTIMIZATION, against)]
+
     if loaded.format == "onnx":
-        report = _onnx_parity(converted.original, folded_bytes, batches, tolerance, per_output)
+        report = _onnx_parity(converted.original, folded_bytes, batches, tolerance, per_output,
+                              extra("folded onnxruntime CPU (optimizations off)"))
     elif loaded.format == "torchscript":
-        report = _torchscript_parity(converted, folded_bytes, batches, tolerance, per_output)
+        report = _torchscript_parity(converted, folded_bytes, batches, tolerance, per_output,
+                                     extra("onnxruntime CPU (optimizations off)"))
     else:
         report = verify_parity(
             converted.original,
@@ -68,11 +84,14 @@ def verify_stage(loaded: LoadedModel, converted: Converted, batches: Batches, co
             per_output,
             providers=",".join(config.providers),
             threads=config.threads,
+            extra=extra("onnxruntime CPU (optimizations off)"),
         )
     return report.to_json()
 
 
-def _onnx_parity(original: bytes, folded: bytes, batches: Batches, tolerance: Any, per_output: Any) -> Any:
+def _onnx_parity(
+    original: bytes, folded: bytes, batches: Batches, tolerance: Any, per_output: Any, extra: list[Candidate]
+) -> Any:
     """ONNX in, ONNX out: the original as written (no ORT rewrites) is the reference."""
     reference = LazyRunner(lambda: ort_runner(original, optimization="disabled"))
     candidates = [
@@ -87,6 +106,7 @@ def _onnx_parity(original: bytes, folded: bytes, batches: Batches, tolerance: An
             ORT_OPTIMIZATION,
             "folded onnxruntime CPU (optimizations off)",
         ),
+        *extra,
     ]
     return run_parity(
         reference,
@@ -99,7 +119,9 @@ def _onnx_parity(original: bytes, folded: bytes, batches: Batches, tolerance: An
     )
 
 
-def _torchscript_parity(converted: Converted, folded: bytes, batches: Batches, tolerance: Any, per_output: Any) -> Any:
+def _torchscript_parity(
+    converted: Converted, folded: bytes, batches: Batches, tolerance: Any, per_output: Any, extra: list[Candidate]
+) -> Any:
     """TorchScript in: fp64 TorchScript is the reference; the unfolded export isolates the fold."""
     module = converted.original
     unfolded = converted.original_onnx() if converted.original_onnx else folded
@@ -123,6 +145,7 @@ def _torchscript_parity(converted: Converted, folded: bytes, batches: Batches, t
             ORT_OPTIMIZATION,
             "onnxruntime CPU (optimizations off)",
         ),
+        *extra,
     ]
     report = run_parity(
         LazyRunner(lambda: torch_runner(module, torch.float64)),

@@ -224,12 +224,15 @@ def verify_parity(original: nn.Module, folded: nn.Module, onnx_model: str | Path
                   batches: Sequence[Batch], tolerance: Tolerance | None = None,
                   per_output: Mapping[OutputKey, Tolerance] | None = None,
                   providers: str | Sequence[str] | ProviderSelection = "auto",
-                  threads: int | None = None, per_batch: bool = False) -> ParityReport:
-    """The whole standard matrix in one call: fp64 reference, candidates, checks, provider notes.
+                  threads: int | None = None, per_batch: bool = False,
+                  extra: Sequence[Candidate] = ()) -> ParityReport:
+    """The whole standard matrix in one call: fp64 reference, candidates (``extra`` ones last), checks,
+    provider notes.
 
     One heavy model is alive at a time: the fp64 copy of the original, then each onnxruntime session."""
     selection = providers if isinstance(providers, ProviderSelection) else select_providers(providers)
     candidates, notes = standard_candidates(original, folded, onnx_model, selection, threads)
+    candidates += extra
     reference = LazyRunner(lambda: torch_runner(original, torch.float64))
     report = run_parity(reference, candidates, batches, tolerance, per_output,
                         lambda: candidates[2].runner.output_names,  # type: ignore[attr-defined]
