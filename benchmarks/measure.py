@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from subjects import HERE, Subject, batch_dynamic_shapes
+from subjects import HERE, Subject
 from torch import nn
 
 from bnfold.bench import bench_onnx, bench_torch
@@ -54,15 +54,14 @@ def ratio_block(candidate: Sequence[float], baseline: Sequence[float], unit: str
 # P1: onnxruntime latency ------------------------------------------------------------------------------
 
 def export_without_batchnorm(twin: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> Path:
-    """The BN-free twin exported as bnfold exports: dynamo exporter, opset 18, batch dimension Dim.AUTO."""
-    from bnfold.export import quiet
+    """The BN-free twin exported as ``bnfold convert`` exports its output: captured by ``bnfold.fold``
+    (nothing to fold), ``export_folded`` with the default exporter, opset 18, saved by ``export.save``
+    (external data by the same rule)."""
+    import bnfold
+    from bnfold.export import export_folded, save
 
-    with quiet():
-        program = torch.onnx.export(twin, inputs, dynamo=True, opset_version=18, verbose=False,
-                                    dynamic_shapes=batch_dynamic_shapes(inputs))
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.save(str(path))
+    captured = bnfold.fold(twin, inputs)
+    save(export_folded(captured.module, inputs).model, path)
     return path
 
 
