@@ -130,7 +130,7 @@ def stage_targets() -> list[tuple[str, str, Callable[..., str] | str]]:
         ("bnfold.fold", "fold_constants", "fold_constants"),
         ("bnfold.fold", "find_sites", "find_sites"),
         ("bnfold.fold", "fold_graph", "fold_graph (graph rewrite)"),
-        ("bnfold.convert.paths", "export_module", "dynamo export of the folded GraphModule"),
+        ("bnfold.convert.paths", "export_folded", "export of the folded GraphModule (export_folded)"),
         ("bnfold.convert", "annotate", "annotate metadata"),
         ("bnfold.convert", "check", "onnx.checker"),
         ("bnfold.convert", "verify_stage", "parity (verify_stage)"),

@@ -268,10 +268,11 @@ def annotate(model: onnx.ModelProto, entries: dict[str, Any]) -> None:
         prop.key, prop.value = key, text
 
 
-def check(model: onnx.ModelProto) -> None:
-    """onnx.checker on the model, as an ExportError when it fails."""
+def check(model: onnx.ModelProto | Path) -> None:
+    """onnx.checker on the model (or the saved file: its external data is checked for presence, not read),
+    as an ExportError when it fails."""
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model))
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"the exported ONNX model does not pass onnx.checker: {one_line(exc)}") from exc
 
@@ -332,7 +333,7 @@ def save(model: onnx.ModelProto, path: Path, final_name: str | None = None, exte
         os.replace(staged, path)
 
 
-def save_ort_optimized(model: bytes, path: Path, threads: int | None = None) -> None:
+def save_ort_optimized(model: Path, path: Path, threads: int | None = None) -> None:
     """Write what onnxruntime makes of ``model`` at ``ORT_ENABLE_ALL`` on the CPU provider, so that sessions
     start from it without optimising again (about 2x faster session creation, ``benchmarks/PROFILE.md``).
     onnxruntime warns that such a file can hold layouts specific to the CPU it was made on."""
@@ -340,11 +341,12 @@ def save_ort_optimized(model: bytes, path: Path, threads: int | None = None) -> 
 
     from bnfold.verify.runners import session_options
 
-    if len(model) >= EXTERNAL_DATA_BYTES:
+    data = model.with_name(model.name + ".data")
+    if data.exists() and data.stat().st_size >= EXTERNAL_DATA_BYTES:
         raise ExportError("--save-optimized handles models under 2 GB: leave it out for this model")
     options = session_options("all", threads)
     options.optimized_model_filepath = str(path)
     try:
-        ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own error types
         raise ExportError(f"onnxruntime could not save an optimized model: {one_line(exc)}") from exc

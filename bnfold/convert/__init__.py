@@ -168,8 +168,10 @@ def convert(
     _check_outputs(source, onnx_path, report_path if config.write_reports else None, optimized)
     loaded = _as_loaded(model, example_inputs, config)
     inputs = resolve_inputs(loaded, config)
-    with _staged(optimized) as staged:
-        return _convert(loaded, inputs, config, onnx_path, report_path, say, source, staged)
+    from bnfold.files import staging_directory
+
+    with _staged(optimized) as staged, staging_directory(onnx_path) as folder:
+        return _convert(loaded, inputs, config, onnx_path, report_path, say, source, staged, folder)
 
 
 def _convert(
@@ -181,7 +183,12 @@ def _convert(
     say: Progress,
     source: Path | None,
     staged: tuple[Path, Path] | None,
+    folder: Path,
 ) -> ConvertResult:
+    """The stages after loading. The ONNX file (and its external data) is saved into ``folder`` first:
+    checked, verified and timed from there, and moved into place at the end."""
+    from bnfold.export import save
+
     report = new_report()
 
     say("folding BatchNorms and exporting to ONNX")
@@ -190,12 +197,14 @@ def _convert(
         converted.exported.model,
         {"bnfold.version": report["bnfold_version"], "bnfold.fold": _fold_metadata(converted.records)},
     )
-    check(converted.exported.model)
     data_path = external_data_path(converted.exported.model, onnx_path, config.external_data)
     if source is not None and data_path is not None:
         from bnfold.files import ensure_distinct
 
         ensure_distinct(source, data_path)
+    folded = folder / onnx_path.name
+    save(converted.exported.model, folded, external_data=config.external_data)
+    check(folded)
     report["model"] = model_section(loaded, inputs, converted.notes)
     report["fold"] = fold_section(converted, config.affine_form)
     report["onnx"] = onnx_section(converted, onnx_path, data_path)
@@ -204,20 +213,20 @@ def _convert(
         from bnfold.export import save_ort_optimized
 
         say("saving the onnxruntime-optimized model")
-        save_ort_optimized(converted.exported.model.SerializeToString(), staged[0], config.threads)
+        save_ort_optimized(folded, staged[0], config.threads)
         report["onnx"]["optimized_path"] = str(staged[1])
 
     say("checking parity")
     batches = parity_batches(inputs, config)
-    report["parity"] = verify_stage(loaded, converted, batches, config, staged[0] if staged else None)
+    report["parity"] = verify_stage(loaded, converted, batches, config, folded, staged[0] if staged else None)
     if config.bench:
         say("measuring latency")
-        report["latency"], report["speedup"] = bench_stage(loaded, converted, inputs, config)
+        report["latency"], report["speedup"] = bench_stage(loaded, converted, inputs, config, folded)
     from bnfold.report.environment import capture_environment
 
     report["environment"] = capture_environment()
     report["verdict"] = verdict(report)
-    written = _write(converted, onnx_path, report, report_path if config.write_reports else None, config)
+    written = _write(folded, onnx_path, data_path, report, report_path if config.write_reports else None)
     if staged is not None:
         written.append(staged[1])  # moved into place when _staged's block ends
     return ConvertResult(report, onnx_path, report_path if config.write_reports else None, converted, written)
@@ -344,17 +353,20 @@ def _staged(target: Path | None) -> Iterator[tuple[Path, Path] | None]:
 
 
 def _write(
-    converted: Converted, onnx_path: Path, report: dict[str, Any], report_path: Path | None, config: ConvertConfig
+    staged: Path, onnx_path: Path, data_path: Path | None, report: dict[str, Any], report_path: Path | None
 ) -> list[Path]:
-    from bnfold.export import save
-    from bnfold.files import atomic_output
+    """Move the staged ONNX file (its external data first) into place, then write the reports."""
+    from bnfold.files import move_into_place
     from bnfold.load.loaded import file_sha256
     from bnfold.report import write_reports
 
-    with atomic_output(onnx_path) as temporary:
-        save(converted.exported.model, temporary, onnx_path.name, config.external_data)
+    written = []
+    if data_path is not None:
+        move_into_place(staged.with_name(data_path.name), data_path)
+        written.append(data_path)
+    move_into_place(staged, onnx_path)
     report["onnx"]["sha256"] = file_sha256(onnx_path)
-    written = [onnx_path] + ([Path(report["onnx"]["external_data"])] if report["onnx"]["external_data"] else [])
+    written.insert(0, onnx_path)
     if report_path is not None:
         written += write_reports(report, report_path)
     return written

@@ -55,12 +55,18 @@ OPTIMIZED = "onnxruntime CPU (saved optimized model)"
 
 
 def verify_stage(
-    loaded: LoadedModel, converted: Converted, batches: Batches, config: Any, optimized: Path | None = None
+    loaded: LoadedModel,
+    converted: Converted,
+    batches: Batches,
+    config: Any,
+    folded: Path | None = None,
+    optimized: Path | None = None,
 ) -> dict[str, Any]:
-    """The parity block of the report, by the path the model took; with ``optimized`` (the
-    ``--save-optimized`` file), that file too, run as saved (no further onnxruntime rewrites)."""
+    """The parity block of the report, by the path the model took. The folded ONNX model is run from
+    ``folded`` (its saved file) when given; with ``optimized`` (the ``--save-optimized`` file), that file
+    too, run as saved (no further onnxruntime rewrites)."""
     tolerance, per_output = tolerance_of(config)
-    folded_bytes = converted.exported.model.SerializeToString()
+    folded_bytes: Path | bytes = folded if folded is not None else converted.exported.model.SerializeToString()
 
     def extra(against: str) -> list[Candidate]:
         if optimized is None:
@@ -90,7 +96,7 @@ def verify_stage(
 
 
 def _onnx_parity(
-    original: bytes, folded: bytes, batches: Batches, tolerance: Any, per_output: Any, extra: list[Candidate]
+    original: bytes, folded: Path | bytes, batches: Batches, tolerance: Any, per_output: Any, extra: list[Candidate]
 ) -> Any:
     """ONNX in, ONNX out: the original as written (no ORT rewrites) is the reference."""
     reference = LazyRunner(lambda: ort_runner(original, optimization="disabled"))
@@ -120,7 +126,12 @@ def _onnx_parity(
 
 
 def _torchscript_parity(
-    converted: Converted, folded: bytes, batches: Batches, tolerance: Any, per_output: Any, extra: list[Candidate]
+    converted: Converted,
+    folded: Path | bytes,
+    batches: Batches,
+    tolerance: Any,
+    per_output: Any,
+    extra: list[Candidate],
 ) -> Any:
     """TorchScript in: fp64 TorchScript is the reference; the unfolded export isolates the fold."""
     module = converted.original
@@ -160,9 +171,14 @@ def _torchscript_parity(
 
 
 def bench_stage(
-    loaded: LoadedModel, converted: Converted, inputs: tuple[torch.Tensor, ...], config: Any
+    loaded: LoadedModel,
+    converted: Converted,
+    inputs: tuple[torch.Tensor, ...],
+    config: Any,
+    folded: Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Latency of the original and the folded model, interleaved, on every provider and batch size."""
+    """Latency of the original and the folded model (from its saved file ``folded`` when given),
+    interleaved, on every provider and batch size."""
     from bnfold.bench import bench_onnx, bench_torch, speedups
 
     sizes = batch_sizes(converted, inputs, config.batches)
@@ -173,7 +189,7 @@ def bench_stage(
 
     models = {
         "original": converted.original_onnx() if converted.original_onnx else None,
-        "folded": converted.exported.model.SerializeToString(),
+        "folded": folded if folded is not None else converted.exported.model.SerializeToString(),
     }
     selection = select_providers(",".join(config.providers))
     results = bench_onnx(
