@@ -130,3 +130,31 @@ def test_constants_become_initializers_and_still_compute_the_same() -> None:
     with torch.no_grad():
         expected = model.double()(torch.from_numpy(x).double()).numpy()
     np.testing.assert_allclose(run(exported, x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_equal_small_initializers_are_shared_and_large_ones_kept() -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    bound = np.array(6.0, np.float32)
+    weights = np.ones((1, 4), np.float32) * 0.5
+    nodes = [
+        helper.make_node("Clip", ["x", "lo_a", "hi_a"], ["a"]),
+        helper.make_node("Clip", ["a", "lo_b", "hi_b"], ["b"]),
+        helper.make_node("MatMul", ["b", "w_a"], ["c"]),
+        helper.make_node("MatMul", ["b", "w_b"], ["d"]),
+        helper.make_node("Add", ["c", "d"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(0.0, np.float32), n) for n in ("lo_a", "lo_b")]
+    inits += [numpy_helper.from_array(bound, n) for n in ("hi_a", "hi_b")]
+    inits += [numpy_helper.from_array(np.tile(weights, (100, 1)).T.copy(), n) for n in ("w_a", "w_b")]  # 1.6 kB each
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 100])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32) * 10
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert export.share_small_initializers(model) == 2
+    assert sorted(t.name for t in model.graph.initializer) == ["hi_a", "lo_a", "w_a", "w_b"]
+    onnx.checker.check_model(model)
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(after, before)
