@@ -36,7 +36,7 @@ class Effort:
     min_runs: int = 20
     min_seconds: float = 2.0
     repeats: int = 3
-    sessions: int = 7
+    sessions: int = 15
     processes: int = 3
 
 

@@ -22,6 +22,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnfold.fold import FoldResult, fold
+from bnfold.fold.eager import overload_of
 from bnfold.fold.graph import BATCHNORMS, constant
 from bnfold.fold.sites import per_channel
 
@@ -70,14 +71,14 @@ def assert_matches(actual: object, expected: object, rtol: float = RTOL, atol: f
 
 
 def aten_batchnorms(gm: fx.GraphModule) -> int:
-    return sum(n.op == "call_function" and n.target in BATCHNORMS for n in gm.graph.nodes)
+    return sum(n.op == "call_function" and overload_of(n.target) in BATCHNORMS for n in gm.graph.nodes)
 
 
 def constant_affines(gm: fx.GraphModule) -> int:
     """Mul/Add calls with a per-channel constant operand: what a frozen or unfolded BN leaves behind."""
     count = 0
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in (aten.mul.Tensor, aten.add.Tensor):
+        if node.op != "call_function" or overload_of(node.target) not in (aten.mul.Tensor, aten.add.Tensor):
             continue
         a, b = node.args[0], node.args[1]
         for x, c in ((a, b), (b, a)):

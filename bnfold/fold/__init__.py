@@ -18,6 +18,7 @@ from torch import fx, nn
 from bnfold.errors import InputSpecError
 from bnfold.fold.capture import capture, graph_module, plain_module
 from bnfold.fold.constants import fold_constants
+from bnfold.fold.eager import unboxed_calls
 from bnfold.fold.engine import fold_graph
 from bnfold.fold.recalibrate import recalibrate
 from bnfold.fold.records import BnRecord, summarise
@@ -84,5 +85,6 @@ def fold(
         recalibrated = copy.deepcopy(gm)
     records = fold_graph(gm, sites, affine_form)
     gm = plain_module(gm)
+    unboxed_calls(gm)
     return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None,
                       recalibrated)
