@@ -116,13 +116,17 @@ def alternate(jobs: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
     return times
 
 
-def fold_time(module: nn.Module, inputs: tuple[torch.Tensor, ...], effort: Effort) -> tuple[dict[str, Any], Any]:
-    """P4: ``bnfold.fold(module, inputs)`` (tracing included) ÷ ``torch.fx.experimental.optimization.fuse``.
+def fold_time(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], effort: Effort
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """P4: ``bnfold.fold(module, inputs)`` (tracing included) ÷ ``torch.fx.experimental.optimization.fuse``;
+    P4t: the same fold ÷ the torch.export trace it starts from (``bnfold.fold.capture.capture``).
 
-    Returns the block and the last fold result (reused for P2)."""
+    Returns both blocks and the last fold result (reused for P2)."""
     from torch.fx.experimental.optimization import fuse
 
     from bnfold.fold import fold
+    from bnfold.fold.capture import capture
 
     last: dict[str, Any] = {}
 
@@ -130,8 +134,10 @@ def fold_time(module: nn.Module, inputs: tuple[torch.Tensor, ...], effort: Effor
         last["fold"] = fold(module, inputs)
 
     with torch.no_grad():
-        times = alternate({"fold": run_fold, "fuse": lambda: fuse(module)}, effort.repeats)
-    return ratio_block(times["fold"], times["fuse"], "s"), last["fold"]
+        times = alternate({"fold": run_fold, "fuse": lambda: fuse(module), "trace": lambda: capture(module, inputs)},
+                          effort.repeats)
+    return (ratio_block(times["fold"], times["fuse"], "s"), ratio_block(times["fold"], times["trace"], "s"),
+            last["fold"])
 
 
 # P5: session creation ----------------------------------------------------------------------------------

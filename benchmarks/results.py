@@ -39,6 +39,7 @@ TARGETS = (
     Target("P2", "PyTorch eager latency: bnfold.fold(...).module ÷ BN-free twin", None, 1.01),
     Target("P3", "bnfold convert wall time ÷ bare torch.onnx.export(dynamo=True)", None, 1.3),
     Target("P4", "bnfold.fold (tracing included) ÷ torch.fx fuse", None, 0.25),
+    Target("P4t", "bnfold.fold ÷ the torch.export trace it starts from (proposed in place of P4)", None, 1.5),
     Target("P5", "onnxruntime session creation: bnfold output ÷ dynamo export of the original", None, 1.0),
     Target("memory", "peak RSS: bnfold convert ÷ bare export (fresh processes)", None, 1.2),
 )
@@ -162,7 +163,9 @@ METHOD = """\
   nothing subtracted (`ru_maxrss` is not usable: Linux carries it over fork and exec from the parent).
 - **P4.** `bnfold.fold(module, inputs)` (torch.export tracing included) against
   `torch.fx.experimental.optimization.fuse(module)` (symbolic trace and copy included), one untimed call
-  each, then {repeats} timed calls each, alternating; ratio of medians.
+  each, then {repeats} timed calls each, alternating; ratio of medians. **P4t** is the same fold against
+  the torch.export trace it starts from (`bnfold.fold.capture.capture`, timed in the same rounds): what
+  bnfold's own work adds to a trace any exact fold of an arbitrary model needs (see `PROFILE.md`).
 - **P5.** onnxruntime `InferenceSession` creation (`ORT_ENABLE_ALL`, from the file) of bnfold's output
   against the plain dynamo export of the original model (the one P3 timed), {sessions} alternating each.
 """

@@ -38,7 +38,9 @@ TORCHSCRIPT_MAX_OPSET = 20
 
 @dataclass
 class ExportResult:
-    """An exported ONNX model and what the exporter said while making it."""
+    """An exported ONNX model and what the exporter said while making it. After ``convert`` wrote the model
+    with external data, ``model`` is the graph as written, its weights left in the ``.data`` file
+    (``onnx.external_data_helper.load_external_data_for_model`` reads them)."""
 
     model: onnx.ModelProto
     exporter: str
@@ -176,8 +178,10 @@ def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset
             )
         except Exception as exc:  # the TorchScript exporter raises many error types
             raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
-    proto = onnx.load_from_string(buffer.getvalue())
-    del buffer
+    proto = onnx.ModelProto()
+    with buffer.getbuffer() as view:  # parsed in place: no second copy of the weights
+        proto.ParseFromString(view)
+    buffer.close()
     constants_to_initializers(proto)
     share_small_initializers(proto)
     inline_initializer_identities(proto)

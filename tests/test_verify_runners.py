@@ -117,3 +117,23 @@ def test_other_missing_provider_is_named(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_available_providers_lists_cpu() -> None:
     assert "CPUExecutionProvider" in available_providers()
+
+
+def test_converted_copy_is_fp64_keeps_ties_and_leaves_the_original_alone() -> None:
+    from bnfold.verify.runners import converted_copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 4)).eval()
+    model[2].weight = model[0].weight  # tied
+    model[1].running_var.uniform_(0.5, 2.0)
+    pointers = [t.data_ptr() for t in model.state_dict().values()]
+    copy64 = converted_copy(model, torch.float64)
+    assert all(t.dtype == torch.float64 for t in copy64.state_dict().values() if t.is_floating_point())
+    assert copy64[2].weight is copy64[0].weight and isinstance(copy64[0].weight, nn.Parameter)
+    assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
+    assert [t.data_ptr() for t in model.state_dict().values()] == pointers
+    for name, value in model.state_dict().items():
+        assert torch.equal(copy64.state_dict()[name], value.to(copy64.state_dict()[name].dtype))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(copy64(x), model.double()(x))

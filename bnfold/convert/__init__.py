@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
@@ -202,12 +203,14 @@ def _convert(
         from bnfold.files import ensure_distinct
 
         ensure_distinct(source, data_path)
-    folded = folder / onnx_path.name
-    save(converted.exported.model, folded, external_data=config.external_data)
-    check(folded)
     report["model"] = model_section(loaded, inputs, converted.notes)
     report["fold"] = fold_section(converted, config.affine_form)
     report["onnx"] = onnx_section(converted, onnx_path, data_path)
+    folded = folder / onnx_path.name
+    save(converted.exported.model, folded, external_data=config.external_data)
+    if data_path is not None:  # the graph as written; its weights stay on disk instead of a copy in memory
+        converted.exported.model = onnx.load(str(folded), load_external_data=False)
+    check(folded)
     report["warnings"].extend(converted.exported.warnings)
     if staged is not None:
         from bnfold.export import save_ort_optimized

@@ -44,7 +44,7 @@ class TorchRunner:
 
     def __init__(self, module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
         self.dtype = dtype
-        self.module = module if _module_dtype(module) in (dtype, None) else copy.deepcopy(module).to(dtype)
+        self.module = module if _module_dtype(module) in (dtype, None) else converted_copy(module, dtype)
 
     def __call__(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         tensors = tuple(self._tensor(x) for x in inputs)
@@ -55,6 +55,18 @@ class TorchRunner:
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+
+
+def converted_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A deep copy of ``module`` in ``dtype``. The floating parameters and buffers are converted straight
+    into the copy, so no full-size copy in the old dtype is ever made (for an fp64 reference that is a third
+    less memory at the peak)."""
+    memo: dict[int, Any] = {}
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point() and id(tensor) not in memo:
+            value = tensor.detach().to(dtype)
+            memo[id(tensor)] = nn.Parameter(value, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else value
+    return copy.deepcopy(module, memo).to(dtype)
 
 
 def torch_runner(module: nn.Module, dtype: torch.dtype = torch.float32) -> TorchRunner:
