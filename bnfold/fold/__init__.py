@@ -84,7 +84,7 @@ def fold(
         notes.append(recalibrate(gm, sites, calibration))
         recalibrated = copy.deepcopy(gm)
     records = fold_graph(gm, sites, affine_form)
-    gm = plain_module(gm)
-    unboxed_calls(gm)
+    unboxed_calls(gm.graph)
+    gm = plain_module(gm)  # recompiles
     return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None,
                       recalibrated)

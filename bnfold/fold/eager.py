@@ -62,10 +62,11 @@ BINDINGS: dict[Any, Callable[..., Any]] = {
 }
 
 
-def unboxed_calls(gm: fx.GraphModule) -> int:
-    """Call the bindings instead of the overloads in ``gm`` (in place, recompiled); returns how many."""
+def unboxed_calls(graph: fx.Graph) -> int:
+    """Call the bindings instead of the overloads in ``graph`` (in place; recompile its module after).
+    Returns how many calls changed."""
     count = 0
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         binding = BINDINGS.get(node.target) if node.op == "call_function" else None
         if binding is None:
             continue
@@ -73,8 +74,6 @@ def unboxed_calls(gm: fx.GraphModule) -> int:
         if first not in node.kwargs:
             node.target = binding
             count += 1
-    if count:
-        gm.recompile()
     return count
 
 
