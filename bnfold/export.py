@@ -163,30 +163,31 @@ def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset
         raise ExportError("the TorchScript exporter cannot name outputs that are inputs, constants or repeated")
     names_in, names_out = [n.name for n in placeholders], [n.name for n in outputs]
     dynamic = {n.name: {0: "batch"} for n in [*placeholders, *outputs] if _symbolic_batch(n)}
-    buffer = io.BytesIO()
-    with quiet() as said, torch.no_grad():
-        try:
-            torch.onnx.export(
-                module,
-                inputs,
-                buffer,  # type: ignore[arg-type]  # a file object works, as documented
-                dynamo=False,
-                opset_version=opset,
-                input_names=names_in,
-                output_names=names_out,
-                dynamic_axes=dynamic or None,
-            )
-        except Exception as exc:  # the TorchScript exporter raises many error types
-            raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
-    proto = onnx.ModelProto()
-    with buffer.getbuffer() as view:  # parsed in place: no second copy of the weights
-        proto.ParseFromString(view)
-    buffer.close()
+    proto, said = run_torchscript_exporter(
+        module, inputs, opset_version=opset, input_names=names_in, output_names=names_out, dynamic_axes=dynamic or None
+    )
     constants_to_initializers(proto)
     share_small_initializers(proto)
     inline_initializer_identities(proto)
     remove_unused_initializers(proto)
     return ExportResult(proto, TORCHSCRIPT, opset, said)
+
+
+def run_torchscript_exporter(
+    module: nn.Module, inputs: tuple[Any, ...], **options: Any
+) -> tuple[onnx.ModelProto, list[str]]:
+    """``torch.onnx.export(module, inputs, dynamo=False, **options)`` into memory, quietly: the model and
+    the exporter's warnings. Its failures are an :class:`ExportError`."""
+    buffer = io.BytesIO()
+    with quiet() as said, torch.no_grad():
+        try:
+            torch.onnx.export(module, inputs, buffer, dynamo=False, **options)  # type: ignore[arg-type]
+        except Exception as exc:  # the TorchScript exporter raises many error types
+            raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
+    proto = onnx.ModelProto()
+    with buffer.getbuffer() as view:  # parsed in place: no second copy of the weights
+        proto.ParseFromString(view)
+    return proto, said
 
 
 def _symbolic_batch(node: fx.Node) -> bool:

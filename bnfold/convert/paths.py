@@ -19,8 +19,14 @@ import onnx
 import torch
 from torch import nn
 
-from bnfold.errors import ExportError, InputSpecError, one_line
-from bnfold.export import ExportResult, export_folded, export_module, quiet, remove_unused_initializers
+from bnfold.errors import ExportError, InputSpecError
+from bnfold.export import (
+    ExportResult,
+    export_folded,
+    export_module,
+    remove_unused_initializers,
+    run_torchscript_exporter,
+)
 from bnfold.fold import FoldResult, fold
 from bnfold.fold.capture import eval_mode
 from bnfold.fold.records import BnRecord
@@ -92,25 +98,18 @@ def convert_torch(
 
 def torchscript_to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int) -> onnx.ModelProto:
     """Export a TorchScript module unfolded (constant folding off keeps every BatchNormalization)."""
-    import io
-
     _check_runs(module, inputs)
-    buffer = io.BytesIO()
-    with eval_mode(module), quiet():
-        try:
-            torch.onnx.export(
-                module,
-                inputs,
-                buffer,  # type: ignore[arg-type]  # a file object works, as documented
-                dynamo=False,
-                opset_version=min(opset, 17),
-                do_constant_folding=False,
-                input_names=[f"input_{i}" for i in range(len(inputs))],
-                dynamic_axes={f"input_{i}": {0: "batch"} for i in range(len(inputs))},
-            )
-        except Exception as exc:  # the TorchScript exporter raises many error types
-            raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
-    return onnx.load_from_string(buffer.getvalue())
+    names = [f"input_{i}" for i in range(len(inputs))]
+    with eval_mode(module):
+        proto, _ = run_torchscript_exporter(
+            module,
+            inputs,
+            opset_version=min(opset, 17),
+            do_constant_folding=False,
+            input_names=names,
+            dynamic_axes={name: {0: "batch"} for name in names},
+        )
+    return proto
 
 
 def _check_runs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
