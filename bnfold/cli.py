@@ -164,7 +164,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     default="auto",
     show_default=True,
     help="ONNX exporter for the folded graph: auto tries the TorchScript exporter (fast on a folded graph) "
-    "and falls back on the dynamo exporter.",
+    "and falls back on the dynamo exporter when it fails or its output fails parity.",
 )
 @click.option(
     "--external-data",

@@ -3,7 +3,8 @@
 ``exporter="auto"`` (the default) takes the TorchScript exporter and falls back on the dynamo exporter
 when it fails. On a folded graph (plain aten ops, no BatchNorm left to fold) the TorchScript exporter is
 4-75x faster and its output runs as fast in onnxruntime (``benchmarks/PROFILE.md``); torch deprecates it,
-so the dynamo exporter stays one option away (``exporter="dynamo"``) and takes over where it is gone.
+so the dynamo exporter stays one option away (``exporter="dynamo"``) and takes over where it is gone
+(``convert`` also re-exports with it when the TorchScript exporter's output fails parity).
 
 Exporter chatter (progress lines, warnings) is captured, not printed; the warnings go into the report.
 """

@@ -233,3 +233,31 @@ def test_no_optimized_file_is_left_when_convert_fails(tmp_path: Path, monkeypatc
     with pytest.raises(RuntimeError, match="parity crashed"):
         convert_module.convert(MODELS / "digits_cnn.pt2", config)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("exporter", ["auto", "torchscript"])
+def test_a_torchscript_export_that_fails_parity_is_redone_with_dynamo_under_auto(
+    exporter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnfold import ConvertConfig, convert, export
+
+    real = export.export_torchscript
+
+    def corrupted(*args: object, **kwargs: object) -> export.ExportResult:
+        result = real(*args, **kwargs)  # type: ignore[arg-type]
+        weight = next(t for t in result.model.graph.initializer if len(t.dims) == 2)
+        array = onnx.numpy_helper.to_array(weight) * 1.5
+        weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+        return result
+
+    monkeypatch.setattr(export, "export_torchscript", corrupted)
+    config = ConvertConfig(output=tmp_path / "mlp.onnx", exporter=exporter, bench=False)
+    result = convert(MODELS / "tabular_mlp.pt2", config)
+    report = result.report
+    if exporter == "auto":
+        assert result.passed and report["onnx"]["exporter"] == "torch.onnx.export (dynamo)"
+        assert report["warnings"][0].startswith("exported with the dynamo exporter: the TorchScript exporter's output")
+    else:
+        assert not result.passed and report["parity"]["failed_stage"] == "export"
+        assert report["onnx"]["exporter"] == "torch.onnx.export (TorchScript)"
+    assert (tmp_path / "mlp.onnx").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

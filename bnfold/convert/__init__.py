@@ -188,40 +188,25 @@ def _convert(
 ) -> ConvertResult:
     """The stages after loading. The ONNX file (and its external data) is saved into ``folder`` first:
     checked, verified and timed from there, and moved into place at the end."""
-    from bnfold.export import save
-
     report = new_report()
-
     say("folding BatchNorms and exporting to ONNX")
     converted = fold_and_export(loaded, inputs, config)
-    annotate(
-        converted.exported.model,
-        {"bnfold.version": report["bnfold_version"], "bnfold.fold": _fold_metadata(converted.records)},
-    )
-    data_path = external_data_path(converted.exported.model, onnx_path, config.external_data)
-    if source is not None and data_path is not None:
-        from bnfold.files import ensure_distinct
-
-        ensure_distinct(source, data_path)
     report["model"] = model_section(loaded, inputs, converted.notes)
     report["fold"] = fold_section(converted, config.affine_form)
-    report["onnx"] = onnx_section(converted, onnx_path, data_path)
-    folded = folder / onnx_path.name
-    save(converted.exported.model, folded, external_data=config.external_data)
-    if data_path is not None:  # the graph as written; its weights stay on disk instead of a copy in memory
-        converted.exported.model = onnx.load(str(folded), load_external_data=False)
-    check(folded)
-    report["warnings"].extend(converted.exported.warnings)
-    if staged is not None:
-        from bnfold.export import save_ort_optimized
-
-        say("saving the onnxruntime-optimized model")
-        save_ort_optimized(folded, staged[0], config.threads)
-        report["onnx"]["optimized_path"] = str(staged[1])
-
-    say("checking parity")
     batches = parity_batches(inputs, config)
-    report["parity"] = verify_stage(loaded, converted, batches, config, folded, staged[0] if staged else None)
+    folded, data_path = _verified(loaded, converted, batches, report, config, onnx_path, folder, source, staged, say)
+    if _export_broke_parity(converted, report, config):
+        say("exporting again with the dynamo exporter: the TorchScript exporter's output failed parity")
+        from bnfold.export import export_module
+
+        converted.exported = export_module(converted.folded, inputs, opset=config.opset)
+        converted.exported.warnings.insert(
+            0, "exported with the dynamo exporter: the TorchScript exporter's output failed parity at the export stage"
+        )
+        folded, data_path = _verified(
+            loaded, converted, batches, report, config, onnx_path, folder, source, staged, say
+        )
+    report["warnings"].extend(converted.exported.warnings)
     if config.bench:
         say("measuring latency")
         report["latency"], report["speedup"] = bench_stage(loaded, converted, inputs, config, folded)
@@ -233,6 +218,63 @@ def _convert(
     if staged is not None:
         written.append(staged[1])  # moved into place when _staged's block ends
     return ConvertResult(report, onnx_path, report_path if config.write_reports else None, converted, written)
+
+
+def _verified(
+    loaded: LoadedModel,
+    converted: Converted,
+    batches: Any,
+    report: dict[str, Any],
+    config: ConvertConfig,
+    onnx_path: Path,
+    folder: Path,
+    source: Path | None,
+    staged: tuple[Path, Path] | None,
+    say: Progress,
+) -> tuple[Path, Path | None]:
+    """Annotate the exported model, save it into ``folder``, check it, fill ``report["onnx"]`` and
+    ``report["parity"]``. Returns the staged file and where its external data will go."""
+    from bnfold.export import save
+
+    annotate(
+        converted.exported.model,
+        {"bnfold.version": report["bnfold_version"], "bnfold.fold": _fold_metadata(converted.records)},
+    )
+    data_path = external_data_path(converted.exported.model, onnx_path, config.external_data)
+    if source is not None and data_path is not None:
+        from bnfold.files import ensure_distinct
+
+        ensure_distinct(source, data_path)
+    report["onnx"] = onnx_section(converted, onnx_path, data_path)
+    folded = folder / onnx_path.name
+    save(converted.exported.model, folded, external_data=config.external_data)
+    if data_path is not None:  # the graph as written; its weights stay on disk instead of a copy in memory
+        converted.exported.model = onnx.load(str(folded), load_external_data=False)
+    check(folded)
+    if staged is not None:
+        from bnfold.export import save_ort_optimized
+
+        say("saving the onnxruntime-optimized model")
+        save_ort_optimized(folded, staged[0], config.threads)
+        report["onnx"]["optimized_path"] = str(staged[1])
+    say("checking parity")
+    report["parity"] = verify_stage(loaded, converted, batches, config, folded, staged[0] if staged else None)
+    return folded, data_path
+
+
+def _export_broke_parity(converted: Converted, report: dict[str, Any], config: ConvertConfig) -> bool:
+    """Whether ``exporter="auto"`` should try the dynamo exporter: the folded PyTorch model passed and the
+    TorchScript exporter's output of it did not."""
+    from bnfold.export import TORCHSCRIPT
+    from bnfold.verify.report import EXPORT
+
+    return (
+        config.exporter == "auto"
+        and converted.fold_result is not None
+        and converted.exported.exporter == TORCHSCRIPT
+        and not report["parity"]["passed"]
+        and report["parity"].get("failed_stage") == EXPORT
+    )
 
 
 def inspect_model(
