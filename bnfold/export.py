@@ -369,20 +369,26 @@ def save(model: onnx.ModelProto, path: Path, final_name: str | None = None, exte
         os.replace(staged, path)
 
 
-def save_ort_optimized(model: Path, path: Path, threads: int | None = None) -> None:
+def save_ort_optimized(model: Path, path: Path, threads: int | None = None) -> Path | None:
     """Write what onnxruntime makes of ``model`` at ``ORT_ENABLE_ALL`` on the CPU provider, so that sessions
     start from it without optimising again (about 2x faster session creation, ``benchmarks/PROFILE.md``).
-    onnxruntime warns that such a file can hold layouts specific to the CPU it was made on."""
+    onnxruntime warns that such a file can hold layouts specific to the CPU it was made on.
+
+    When ``model`` keeps its weights in ``<name>.data``, so does the optimized model, in ``<path name>.data``
+    beside ``path`` (returned; None for one file)."""
     import onnxruntime as ort
 
     from bnfold.verify.runners import session_options
 
-    data = model.with_name(model.name + ".data")
-    if data.exists() and data.stat().st_size >= EXTERNAL_DATA_BYTES:
-        raise ExportError("--save-optimized handles models under 2 GB: leave it out for this model")
     options = session_options("all", threads)
     options.optimized_model_filepath = str(path)
+    data = None
+    if model.with_name(model.name + ".data").exists():
+        data = path.with_name(path.name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data.name)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
         ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own error types
         raise ExportError(f"onnxruntime could not save an optimized model: {one_line(exc)}") from exc
+    return data

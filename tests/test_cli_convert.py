@@ -261,3 +261,22 @@ def test_a_torchscript_export_that_fails_parity_is_redone_with_dynamo_under_auto
         assert not result.passed and report["parity"]["failed_stage"] == "export"
         assert report["onnx"]["exporter"] == "torch.onnx.export (TorchScript)"
     assert (tmp_path / "mlp.onnx").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_save_optimized_keeps_external_weights_beside_itself(tmp_path: Path) -> None:
+    out, opt = tmp_path / "out", tmp_path / "opt"
+    out.mkdir(), opt.mkdir()
+    done = run_cli(
+        "convert", str(MODELS / "tabular_mlp.pt2"), "-o", str(out / "mlp.onnx"), "--external-data", "always",
+        "--save-optimized", str(opt / "mlp.onnx"), "--no-bench", "-q",
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in opt.iterdir()) == ["mlp.onnx", "mlp.onnx.data"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(opt / "mlp.onnx"), options, providers=["CPUExecutionProvider"])
+    x = np.load(MODELS / "breast_cancer_heldout.npz")["x"][:16]
+    original = torch.export.load(str(MODELS / "tabular_mlp.pt2")).module()
+    with torch.no_grad():
+        expected = original(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], expected, atol=1e-4)

@@ -8,7 +8,7 @@ parity and latency glue in :mod:`.checks`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,11 @@ def convert(
     inputs = resolve_inputs(loaded, config)
     from bnfold.files import staging_directory
 
-    with _staged(optimized) as staged, staging_directory(onnx_path) as folder:
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(staging_directory(onnx_path))
+        staged = None
+        if optimized is not None:  # staged beside its own target: it may be on another file system
+            staged = stack.enter_context(staging_directory(optimized)) / optimized.name, optimized
         return _convert(loaded, inputs, config, onnx_path, report_path, say, source, staged, folder)
 
 
@@ -216,7 +220,7 @@ def _convert(
     report["verdict"] = verdict(report)
     written = _write(folded, onnx_path, data_path, report, report_path if config.write_reports else None)
     if staged is not None:
-        written.append(staged[1])  # moved into place when _staged's block ends
+        written += _move_optimized(*staged)
     return ConvertResult(report, onnx_path, report_path if config.write_reports else None, converted, written)
 
 
@@ -384,17 +388,17 @@ def _check_outputs(
         raise OutputError(f"--save-optimized {optimized} is another output's path: give it a name of its own")
 
 
-@contextlib.contextmanager
-def _staged(target: Path | None) -> Iterator[tuple[Path, Path] | None]:
-    """A temporary path beside ``target``, and ``target``: moved into place when the block ends without
-    an exception, removed otherwise (:func:`bnfold.files.atomic_output`)."""
-    if target is None:
-        yield None
-        return
-    from bnfold.files import atomic_output
+def _move_optimized(staged: Path, target: Path) -> list[Path]:
+    """Move the staged ``--save-optimized`` model (its external data first, if any) into place."""
+    from bnfold.files import move_into_place
 
-    with atomic_output(target) as temporary:
-        yield temporary, target
+    moved = []
+    data = staged.with_name(staged.name + ".data")
+    if data.exists():
+        moved.append(target.with_name(target.name + ".data"))
+        move_into_place(data, moved[-1])
+    move_into_place(staged, target)
+    return [target, *moved]
 
 
 def _write(
