@@ -254,9 +254,10 @@ def convert(
 
         for line in summary_lines(result.report):
             click.echo(line)
-        data = result.report["onnx"].get("external_data")
-        weights = f" (weights in {data})" if data else ""
-        click.echo(f"wrote {result.onnx_path}{weights} and {result.report_path} (+ .md, .html)")
+        onnx = result.report["onnx"]
+        weights = f" (weights in {onnx['external_data']})" if onnx.get("external_data") else ""
+        optimized = f", {onnx['optimized_path']} (onnxruntime-optimized)" if onnx.get("optimized_path") else ""
+        click.echo(f"wrote {result.onnx_path}{weights}{optimized} and {result.report_path} (+ .md, .html)")
     return EXIT_OK if result.passed else EXIT_FAILED
 
 

@@ -191,9 +191,10 @@ def test_save_optimized_writes_a_checked_onnxruntime_model(tmp_path: Path) -> No
     onnx_path, optimized = tmp_path / "digits.onnx", tmp_path / "digits.ort.onnx"
     done = run_cli(
         "convert", str(MODELS / "digits_cnn.pt2"), "-o", str(onnx_path), "--save-optimized", str(optimized),
-        "--no-bench", "-q",
+        "--no-bench",
     )
     assert done.returncode == 0, done.stderr
+    assert f", {optimized} (onnxruntime-optimized) and" in done.stdout
     report = json.loads((tmp_path / "digits.report.json").read_text())
     assert report["onnx"]["optimized_path"] == str(optimized)
     checks = [c for c in report["parity"]["checks"] if c["candidate"] == "onnxruntime CPU (saved optimized model)"]
