@@ -171,7 +171,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     type=click.Choice(["auto", "always", "never"]),
     default="auto",
     show_default=True,
-    help="Write the weights to OUTPUT.data beside the ONNX file: auto from 10 MB of weights on (onnxruntime "
+    help="Write the weights to OUTPUT.data beside the ONNX file: auto from 1 MB of weights on (onnxruntime "
     "loads such models faster), always, or never (one file; up to protobuf's 2 GB).",
 )
 @click.option(
