@@ -80,10 +80,13 @@ shape_option = click.option(
     metavar="1,3,224,224",
     help="Shape of one input (repeat per input). Overrides the example inputs stored in the model.",
 )
-pickle_option = click.option(
+trust_option = click.option(
+    "--trust-code",
     "--trust-pickle",
+    "trust_code",
     is_flag=True,
-    help="Allow loading a pickled nn.Module (runs code from the file: only for files you trust).",
+    help="Allow formats that carry code (TorchScript archives, pickled modules) and lift the loading gate: "
+    "code from the file may run. Only for files you trust.",
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress or summary; the exit code tells.")
 
@@ -196,7 +199,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "--threads", type=click.IntRange(1, 1024), help="ONNX Runtime / torch threads for timing [default: physical cores]."
 )
 @model_option
-@pickle_option
+@trust_option
 @quiet_option
 def convert(
     model_path: Path,
@@ -219,7 +222,7 @@ def convert(
     providers: str,
     threads: int | None,
     factory: str | None,
-    trust_pickle: bool,
+    trust_code: bool,
     quiet: bool,
 ) -> int:
     """Fold, export, verify and time MODEL; write MODEL.onnx and its reports."""
@@ -246,7 +249,7 @@ def convert(
         providers=_providers(providers),
         threads=threads,
         factory=factory,
-        trust_pickle=trust_pickle,
+        trust_code=trust_code,
     )
     result = run(model_path, config, progress=Progress(quiet))
     if not quiet:
@@ -270,7 +273,7 @@ def convert(
 @click.option("--providers", default="auto", show_default=True, help="Execution providers: auto, cpu, cuda.")
 @click.option("--threads", type=click.IntRange(1, 1024), help="ONNX Runtime threads.")
 @model_option
-@pickle_option
+@trust_option
 @quiet_option
 def verify(
     original: Path,
@@ -285,7 +288,7 @@ def verify(
     providers: str,
     threads: int | None,
     factory: str | None,
-    trust_pickle: bool,
+    trust_code: bool,
     quiet: bool,
 ) -> int:
     """Check that CANDIDATE (an ONNX file or a PyTorch model) computes what ORIGINAL computes."""
@@ -308,7 +311,7 @@ def verify(
         providers=_providers(providers),
         threads=threads,
         factory=factory,
-        trust_pickle=trust_pickle,
+        trust_code=trust_code,
     )
     Progress(quiet)("checking parity")
     result = verify_pair(original, candidate, config)
@@ -363,15 +366,15 @@ def bench(
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @shape_option
 @model_option
-@pickle_option
+@trust_option
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 def inspect(
-    model_path: Path, input_shapes: tuple[tuple[int, ...], ...], factory: str | None, trust_pickle: bool, as_json: bool
+    model_path: Path, input_shapes: tuple[tuple[int, ...], ...], factory: str | None, trust_code: bool, as_json: bool
 ) -> int:
     """Print every BatchNorm of MODEL and its fate, without exporting."""
     from bnfold.convert import inspect_model
 
-    records = inspect_model(model_path, input_shapes=input_shapes, factory=factory, trust_pickle=trust_pickle)
+    records = inspect_model(model_path, input_shapes=input_shapes, factory=factory, trust_code=trust_code)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in records], indent=2))
     else:

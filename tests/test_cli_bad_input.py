@@ -242,7 +242,7 @@ CASES = [
     Case("input-shape-rank-pt2", convert_copy(DIGITS, "--input-shape", "8,8"), ("--input-shape",)),
     Case("input-shape-rank-state-dict", convert_state(f"{CODE}:small", "--input-shape", "8,8"),
          ("--input-shape",)),
-    Case("input-shape-rank-torchscript", convert_shared("small_torchscript", "--input-shape", "8,8"),
+    Case("input-shape-rank-torchscript", convert_shared("small_torchscript", "--trust-code", "--input-shape", "8,8"),
          ("--input-shape",)),
     Case("input-shape-rank-onnx", convert_shared("small_onnx", "--input-shape", "8,8"), ("--input-shape",)),
     Case("input-shape-not-numeric", convert_copy(DIGITS, "--input-shape", "a,b"),
@@ -256,9 +256,9 @@ CASES = [
     Case("check-not-json", check_file("notes.txt", "hello\n"), ("not a bnfold report", "not JSON")),
     Case("check-json-without-schema", check_file("other.json", json.dumps({"parity": {}})),
          ("not a bnfold report", 'no "schema" key')),
-    Case("malicious-pickle", malicious_pickle(), ("posix.system", "--trust-pickle")),
+    Case("malicious-pickle", malicious_pickle(), ("posix.system", "--trust-code")),
     Case("malicious-pickle-with-model", malicious_pickle("--model", f"{CODE}:small", *SMALL_SHAPE),
-         ("posix.system", "--trust-pickle")),
+         ("posix.system", "--trust-code")),
 ]
 ERROR_CASES = {case.id: case for case in CASES}
 OTHER_RUNS: dict[str, Setup] = {"debug": debug_empty_file, "unknown-option": unknown_option}

@@ -38,11 +38,11 @@ class Format:
 
 FORMATS = {
     "torch.export": Format("digits.pt2", "torch.export", ()),
-    "torchscript": Format("digits.torchscript.pt", "torchscript", SHAPE),
+    "torchscript": Format("digits.torchscript.pt", "torchscript", ("--trust-code", *SHAPE)),
     "state_dict": Format("digits.state_dict.pt", "state_dict", ("--model", FACTORY, *SHAPE)),
     "safetensors": Format("digits.safetensors", "safetensors", ("--model", FACTORY, *SHAPE)),
     "checkpoint": Format("digits.ckpt", "checkpoint", ("--model", FACTORY, *SHAPE)),
-    "pickle": Format("digits.pickled.pt", "pickle", ("--trust-pickle", *SHAPE)),
+    "pickle": Format("digits.pickled.pt", "pickle", ("--trust-pickle", *SHAPE)),  # the older name
     "onnx": Format("digits.unfolded.onnx", "onnx", ()),
 }
 

@@ -92,7 +92,9 @@ def test_torch_export_archive(net: nn.Module, tmp_path: Path) -> None:
 def test_torchscript_archive(net: nn.Module, tmp_path: Path, compile_with: Callable) -> None:
     path = tmp_path / "model.pt"
     torch.jit.save(compile_with(net), path)
-    loaded = load_model(path)
+    with pytest.raises(LoadError, match="TorchScript archive: it holds code .* pass --trust-code"):
+        load_model(path)
+    loaded = load_model(path, trust_code=True)
     assert loaded.format == "torchscript" and loaded.example_inputs is None
     assert isinstance(loaded.module, torch.jit.ScriptModule)
     assert_runs_like(loaded, net)
@@ -184,27 +186,26 @@ def test_pickled_module_needs_trust(net: nn.Module, tmp_path: Path) -> None:
     with pytest.raises(LoadError) as info:
         load_model(path)
     message = str(info.value)
-    assert "would run code from the file" in message and "--trust-pickle" in message
+    assert "would run code from the file" in message and "--trust-code" in message
     assert "torch.export.save" in message and "state_dict" in message and "safetensors" in message
-    assert ".Net" in message  # names what the pickle would import
+    assert ".Net" in message  # names what the pickle would import (torch's restricted unpickler says)
 
 
 def test_pickled_module_loads_when_trusted(net: nn.Module, tmp_path: Path) -> None:
     path = tmp_path / "whole.pt"
     torch.save(net, path)
-    loaded = load_model(path, trust_pickle=True)
+    loaded = load_model(path, trust_code=True)
     assert loaded.format == "pickle" and loaded.example_inputs is None
+    assert load_model(path, trust_pickle=True).format == "pickle"  # the older name still works
     assert_runs_like(loaded, net)
 
 
 def test_pickled_module_inside_a_checkpoint(net: nn.Module, tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pt"
     torch.save({"epoch": 3, "model": net.train()}, path)
-    loaded = load_model(path, trust_pickle=True)
+    loaded = load_model(path, trust_code=True)
     assert loaded.format == "pickle"
-    assert loaded.notes[0].startswith(
-        "unpickled in full as trusted (--trust-pickle), running what it refers to ("
-    )
+    assert loaded.notes[0].startswith("loaded as trusted code (--trust-code): it refers to ")
     assert loaded.notes[1:] == [
         "module taken from checkpoint key 'model'",
         "the module was saved in training mode",
@@ -314,7 +315,7 @@ def test_input_files_are_never_modified(net: nn.Module, arch: ModuleType, tmp_pa
     before = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in paths}
     listing = sorted(tmp_path.iterdir())
     for path in paths:
-        load_model(path, factory=factory(arch), trust_pickle=True)
+        load_model(path, factory=factory(arch), trust_code=True)
         with contextlib.suppress(LoadError):  # weights without a factory, a pickle without trust: refused
             load_model(path)
     after = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in paths}

@@ -53,7 +53,8 @@ class ConvertConfig:
     external_data: str = "auto"
     save_optimized: Path | None = None
     factory: str | None = None
-    trust_pickle: bool = False
+    trust_code: bool = False
+    trust_pickle: bool = False  # the older name of trust_code
     write_reports: bool = True
 
 
@@ -126,7 +127,7 @@ def _as_loaded(model: str | Path | nn.Module | LoadedModel, example_inputs: Any,
         return model
     if isinstance(model, nn.Module):
         return from_module(model, example_inputs)
-    return load_model(Path(model), factory=config.factory, trust_pickle=config.trust_pickle)
+    return load_model(Path(model), factory=config.factory, trust_code=config.trust_code or config.trust_pickle)
 
 
 def fold_and_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], config: ConvertConfig) -> Converted:
@@ -286,11 +287,12 @@ def inspect_model(
     *,
     input_shapes: tuple[tuple[int, ...], ...] = (),
     factory: str | None = None,
+    trust_code: bool = False,
     trust_pickle: bool = False,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
 ) -> list[BnRecord]:
     """Every BatchNorm of the model and its fate, without writing anything (``bnfold inspect``)."""
-    config = ConvertConfig(input_shapes=input_shapes, factory=factory, trust_pickle=trust_pickle)
+    config = ConvertConfig(input_shapes=input_shapes, factory=factory, trust_code=trust_code or trust_pickle)
     loaded = _as_loaded(model, example_inputs, config)
     inputs = resolve_inputs(loaded, config) if loaded.format != "onnx" else ()
     if loaded.format == "onnx":

@@ -72,8 +72,9 @@ def _candidates(original: LoadedModel, candidate: LoadedModel, config: Any) -> t
 
 def verify_pair(original_path: str | Path, candidate_path: str | Path, config: Any) -> dict[str, Any]:
     """A report comparing a candidate model with the original on the parity matrix."""
-    original = load_model(Path(original_path), factory=config.factory, trust_pickle=config.trust_pickle)
-    candidate = load_model(Path(candidate_path), factory=config.factory, trust_pickle=config.trust_pickle)
+    trust_code = config.trust_code or config.trust_pickle
+    original = load_model(Path(original_path), factory=config.factory, trust_code=trust_code)
+    candidate = load_model(Path(candidate_path), factory=config.factory, trust_code=trust_code)
     if original.format == "onnx" and candidate.format != "onnx":
         raise InputSpecError("give the original model first and the candidate second")
     inputs = _inputs(original, config)
@@ -136,9 +137,7 @@ def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], l
     from bnfold.bench import bench_onnx, speedups
     from bnfold.load import InputSpec, make_inputs
 
-    loaded = [load_model(p) for p in paths]
-    if any(m.format != "onnx" for m in loaded):
-        raise InputSpecError("bnfold bench times ONNX files: convert the model first (bnfold convert)")
+    loaded = [_onnx_only(p) for p in paths]
     inputs = _inputs(loaded[0], config)
     spec = InputSpec.of(inputs)
     names = ["original", "folded"] if len(paths) == 2 else [paths[0].stem]
@@ -151,6 +150,23 @@ def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], l
         batch_sizes=list(config.batches) or [int(inputs[0].shape[0])],
     )
     return [r.to_json() for r in results], [s.to_json() for s in speedups(results)] if len(paths) == 2 else []
+
+
+def _onnx_only(path: Path) -> LoadedModel:
+    """An ONNX file, read; any other model file is refused from its format alone, without being loaded."""
+    from bnfold.load.detect import check_readable, detect_format
+    from bnfold.load.onnx_files import read_onnx
+
+    check_readable(path)
+    detected = detect_format(path)
+    if detected.onnx_model is None:
+        raise InputSpecError(
+            f"{path} is a {detected.kind} file: bnfold bench times ONNX files; convert the model first "
+            "(bnfold convert)"
+        )
+    loaded = read_onnx(path, detected.onnx_model)
+    loaded.path = path
+    return loaded
 
 
 __all__ = ["bench_files", "verify_pair"]

@@ -1,13 +1,14 @@
-"""Format detection by content: a few header bytes, a zip directory, a static pickle scan.
+"""Format detection by content: a few header bytes, a zip directory, an ONNX parse.
 
-Nothing here runs code from the file. In order:
+Nothing here unpickles anything, and nothing here is what keeps a file from running code: detection only
+routes the file to its reader, and every reader of an untrusted file runs inside the loading gate
+(:mod:`bnfold.load.gate`). In order:
 
-1. a zip archive: torch.export (``models/model.json``; the parts ``torch.export.load`` would unpickle are
-   scanned), TorchScript (``constants.pkl`` + ``code/``), or torch.save (``data.pkl``, whose pickle is
-   scanned for the globals it would import);
+1. a zip archive (its declared sizes checked first, :mod:`bnfold.load.limits`): torch.export
+   (``models/model.json``), TorchScript (``constants.pkl`` + ``code/``), or torch.save (``data.pkl``);
 2. bytes that start a zip but have no zip directory: a truncated archive;
 3. a safetensors header (8-byte little-endian length, then a JSON object);
-4. a legacy (pre-1.6, non-zip) torch.save pickle, scanned like ``data.pkl``;
+4. a pickle: a legacy (pre-1.6, non-zip) torch.save file, or a plain pickle that torch.load refuses;
 5. an ONNX ModelProto with a graph of nodes;
 6. anything else is refused, with what it looks like (text, a Git LFS pointer, a plain pickle).
 """
@@ -19,11 +20,10 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bnfold.errors import LoadError, one_line
-from bnfold.load.export_scan import archive_root, exported_program_code
-from bnfold.load.pickle_scan import code_globals, pickle_globals, torch_blob_globals
+from bnfold.load.limits import MAX_SAFETENSORS_HEADER, check_zip
 
 if TYPE_CHECKING:
     import onnx
@@ -45,7 +45,6 @@ _DAMAGED_ZIP = (
     RuntimeError,
     NotImplementedError,
 )
-_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 _EXTENSION_MEANS = {
     ".onnx": "an ONNX model",
     ".safetensors": "a safetensors file",
@@ -58,10 +57,9 @@ _EXTENSION_MEANS = {
 
 @dataclass(frozen=True)
 class Detected:
-    """What a file is. ``code_globals``: for ``pickle`` and ``torch.export``, what loading would run."""
+    """What a file is: its format and, for ONNX, the parsed graph (external data not yet read)."""
 
-    kind: str  # torch.export | torchscript | torch.save | pickle | safetensors | onnx
-    code_globals: tuple[str, ...] = ()
+    kind: str  # torch.export | torchscript | torch.save | safetensors | onnx
     onnx_model: onnx.ModelProto | None = None
 
 
@@ -99,62 +97,37 @@ def detect_format(path: Path) -> Detected:
     if _has_safetensors_header(path, head):
         return Detected("safetensors")
     if head[:1] == b"\x80":
-        return _detect_legacy_pickle(path)
+        return Detected("torch.save")  # a legacy torch.save file, or a plain pickle torch.load will refuse
     return _detect_onnx_or_refuse(path, head)
 
 
 def _detect_zip(path: Path) -> Detected:
+    """Which torch archive this is, by its member names. Routing only: every reader it leads to is gated."""
     try:
         with zipfile.ZipFile(path) as archive:
+            check_zip(path, archive)
             names = archive.namelist()
-            root = archive_root(names)
-            if root is not None:
-                return Detected("torch.export", code_globals=tuple(exported_program_code(archive, root)))
-            if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
-                return Detected("torchscript")
-            data_pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-            if data_pkl:
-                with archive.open(data_pkl[0]) as stream:
-                    return _classify_pickle(path, lambda: pickle_globals(stream))
     except _DAMAGED_ZIP as exc:
         raise LoadError(
             f"{path}: damaged zip archive ({one_line(exc)}): copy or save the file again"
         ) from exc
+    if any(n.endswith(("models/model.json", "serialized_exported_program.json")) for n in names):
+        return Detected("torch.export")
+    if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+        return Detected("torchscript")
+    if any(n.endswith("data.pkl") for n in names):
+        return Detected("torch.save")
     raise LoadError(
         f"{path} is a zip archive but not a model archive (no data.pkl, code/ or models/model.json "
         f"inside): give {SUPPORTED}"
     )
 
 
-def _classify_pickle(path: Path, scan: Any) -> Detected:
-    try:
-        found = scan()
-    except Exception as exc:  # pickletools on a damaged opcode stream: ValueError, EOFError, struct.error
-        raise LoadError(f"{path}: damaged torch file ({one_line(exc)}): copy or save it again") from exc
-    code = code_globals(found)
-    return Detected("pickle", code_globals=tuple(code)) if code else Detected("torch.save")
-
-
-def _detect_legacy_pickle(path: Path) -> Detected:
-    """A pre-1.6 torch.save file is a series of pickles; a plain pickle is refused, never unpickled."""
-    with path.open("rb") as stream:
-        try:
-            found, is_torch = torch_blob_globals(stream)
-        except Exception:  # no pickle after all (pickletools raises ValueError, EOFError, struct.error)
-            return _detect_onnx_or_refuse(path, b"\x80")
-    if not is_torch:
-        raise LoadError(
-            f"{path} is a plain Python pickle, not a torch file; bnfold does not unpickle arbitrary "
-            f"objects: give {SUPPORTED}"
-        )
-    return _classify_pickle(path, lambda: found)
-
-
 def _has_safetensors_header(path: Path, head: bytes) -> bool:
     if len(head) < 10 or head[8:9] != b"{":
         return False
     length = int.from_bytes(head[:8], "little")
-    if length > min(path.stat().st_size - 8, _MAX_SAFETENSORS_HEADER):
+    if length > min(path.stat().st_size - 8, MAX_SAFETENSORS_HEADER):
         return False
     with path.open("rb") as handle:
         handle.seek(8)

@@ -12,13 +12,7 @@ from bnfold.load.detect import SUPPORTED, Detected, check_readable, detect_forma
 from bnfold.load.factory import build_from_factory
 from bnfold.load.loaded import LoadedModel, file_sha256
 from bnfold.load.onnx_files import read_onnx
-from bnfold.load.torch_files import (
-    read_exported,
-    read_pickle,
-    read_safetensors,
-    read_torch_weights,
-    read_torchscript,
-)
+from bnfold.load.torch_files import read_exported, read_safetensors, read_torch_file, read_torchscript
 
 __all__ = ["SUPPORTED", "LoadedModel", "build_from_factory", "file_sha256", "from_module", "load_model"]
 
@@ -33,33 +27,35 @@ def from_module(module: nn.Module, example_inputs: tuple[Any, ...] | None = None
     return LoadedModel(format="module", module=module, example_inputs=inputs)
 
 
-def load_model(path: str | Path, factory: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+def load_model(
+    path: str | Path, factory: str | None = None, trust_code: bool = False, *, trust_pickle: bool = False
+) -> LoadedModel:
     """Read a model file of any supported format (detected by content; the file is never modified).
 
     ``factory`` ("package.module:callable") builds the module for weights-only files (state_dict,
-    checkpoint, safetensors). ``trust_pickle`` allows unpickling a whole pickled model, which runs code
-    from the file; without it such files are refused before anything in them is executed.
+    checkpoint, safetensors). ``trust_code`` allows the formats that carry code (TorchScript archives,
+    pickled modules) and lifts the loading gate; without it nothing from the file runs, and a file that
+    would run something is refused. ``trust_pickle`` is the older name of ``trust_code``.
     """
     path = Path(path)
+    trust_code = trust_code or trust_pickle
     check_readable(path)
     detected = detect_format(path)
-    loaded = _read(path, detected, factory, trust_pickle)
+    loaded = _read(path, detected, factory, trust_code)
     if factory is not None and detected.kind in _OWN_ARCHITECTURE:
         loaded.notes.append(f"--model {factory} not used: the file holds its own architecture")
     loaded.path, loaded.sha256 = path, file_sha256(path)
     return loaded
 
 
-def _read(path: Path, detected: Detected, factory: str | None, trust_pickle: bool) -> LoadedModel:
+def _read(path: Path, detected: Detected, factory: str | None, trust_code: bool) -> LoadedModel:
     if detected.kind == "torch.export":
-        return read_exported(path, detected.code_globals, trust_pickle)
+        return read_exported(path, trust_code)
     if detected.kind == "torchscript":
-        return read_torchscript(path)
+        return read_torchscript(path, trust_code)
     if detected.kind == "onnx":
         assert detected.onnx_model is not None
         return read_onnx(path, detected.onnx_model)
     if detected.kind == "safetensors":
         return read_safetensors(path, factory)
-    if detected.kind == "pickle":
-        return read_pickle(path, detected.code_globals, factory, trust_pickle)
-    return read_torch_weights(path, factory, trust_pickle)
+    return read_torch_file(path, factory, trust_code)

@@ -12,6 +12,7 @@ from onnx import TensorProto
 
 from bnfold.errors import LoadError, one_line
 from bnfold.load.inputs import InputSpec, make_inputs
+from bnfold.load.limits import check_external_data
 from bnfold.load.loaded import LoadedModel
 
 _DTYPES: dict[int, torch.dtype] = {
@@ -78,6 +79,7 @@ def read_onnx(path: Path, model: onnx.ModelProto) -> LoadedModel:
 
 
 def _load_external_data(path: Path, model: onnx.ModelProto) -> None:
+    check_external_data(path, model)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # missing file, a location outside the model's directory, bad offsets

@@ -1,13 +1,17 @@
-"""Readers for torch's own files: torch.export and TorchScript archives, torch.save weights, pickled modules.
+"""Readers for torch's own files: torch.export archives, torch.save weights, and the formats that carry code.
 
-Weights are read with ``weights_only=True`` (torch's restricted unpickler). A pickled module is only
-unpickled in full when the user says they trust it; otherwise the refusal names the safe formats.
+Every untrusted read runs inside the loading gate (:mod:`bnfold.load.gate`): whatever path torch takes
+inside, including its fallbacks to an unrestricted unpickle, nothing from the file runs. Formats that are
+code (TorchScript archives, pickled modules) are loaded only when the user trusts the file
+(``--trust-code``); otherwise the refusal names the safe formats.
 """
 
 from __future__ import annotations
 
+import operator
 import pickle
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,36 +20,39 @@ from torch import nn
 
 from bnfold.errors import LoadError, one_line
 from bnfold.load.factory import cwd_importable
+from bnfold.load.gate import UntrustedFileError, untrusted
+from bnfold.load.limits import check_safetensors
 from bnfold.load.loaded import LoadedModel
 from bnfold.load.weights import CHECKPOINT_KEYS, find_weights, module_with_weights
 
 SAFE_FORMATS = (
-    "torch.export.save (.pt2), torch.save(model.state_dict()) used with --model package.module:factory, "
-    "or safetensors"
+    "a torch.export archive (torch.export.save, .pt2), a state_dict or safetensors file used with "
+    "--model package.module:factory, or ONNX"
 )
-_TRUSTED = "unpickled in full as trusted (--trust-pickle), running what it refers to"
-_UNTRUSTED = (
-    "loading it would run code from the file. If you trust where it came from, pass --trust-pickle "
-    "(trust_pickle=True); better,"
-)
+_TRUSTED = "loaded as trusted code (--trust-code)"
+# Functions an exported graph may call besides torch operators: torch.export's symbolic-shape arithmetic.
+_OPERATORS = (
+    "getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos", "eq", "ne", "lt", "le",
+    "gt", "ge", "and_", "or_", "not_", "abs",
+)  # fmt: skip
+_SYMBOLIC = (torch.sym_int, torch.sym_float, torch.sym_ite, torch.sym_max, torch.sym_min, torch.sym_not, torch.sym_sqrt)
+_GRAPH_FUNCTIONS = {getattr(operator, name) for name in _OPERATORS} | set(_SYMBOLIC)
 
 
-def read_exported(path: Path, code: Iterable[str] = (), trust_pickle: bool = False) -> LoadedModel:
-    """A torch.export archive: the program, its module, and the example inputs stored with it.
-
-    ``code``: what its pickled parts would import (see :mod:`bnfold.load.export_scan`); refused unless
-    trusted, since ``torch.export.load`` would run it.
-    """
-    code = list(code)
-    if code and not trust_pickle:
-        raise LoadError(
-            f"{path} is a torch.export archive whose pickled parts refer to {_describe(code)}; "
-            f"{_UNTRUSTED} re-export it from the model with torch.export.save"
-        )
+def read_exported(path: Path, trust_code: bool = False) -> LoadedModel:
+    """A torch.export archive: the program, its module, and the example inputs stored with it."""
     try:
-        program = torch.export.load(str(path))
+        if trust_code:
+            program = torch.export.load(str(path))
+        else:
+            with untrusted(path, "torch.export archive"):
+                program = torch.export.load(str(path))
+    except LoadError:
+        raise
     except Exception as exc:  # a damaged archive raises many kinds of errors
         raise LoadError(f"{path}: cannot read the torch.export archive ({one_line(exc)})") from exc
+    if not trust_code:
+        _refuse_foreign_calls(path, program)
     example = program.example_inputs
     args = tuple(example[0]) if example else None
     return LoadedModel(
@@ -54,8 +61,34 @@ def read_exported(path: Path, code: Iterable[str] = (), trust_pickle: bool = Fal
         example_inputs=args,
         exported=program,
         dynamic_batch=_has_dynamic_batch(program),
-        notes=[f"{_TRUSTED} ({_describe(code)})"] if code else [],
+        notes=[_TRUSTED] if trust_code else [],
     )
+
+
+def _refuse_foreign_calls(path: Path, program: torch.export.ExportedProgram) -> None:
+    """An exported graph calls torch operators; a call to any other Python function would run it."""
+    for module in program.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        for node in graph.nodes if graph is not None else ():
+            if node.op in ("call_method", "call_module") or (
+                node.op == "call_function" and not _is_graph_operator(node.target)
+            ):
+                raise LoadError(
+                    f"{path}: this torch.export archive's graph calls {_name(node.target)}, which is not a "
+                    "torch operator, so it was not loaded. If you trust where it came from, pass --trust-code "
+                    f"(trust_code=True); otherwise re-export the model with torch.export.save, or give {SAFE_FORMATS}"
+                )
+
+
+def _is_graph_operator(target: Any) -> bool:
+    operators = (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)
+    return isinstance(target, operators) or target in _GRAPH_FUNCTIONS
+
+
+def _name(target: Any) -> str:
+    module = getattr(target, "__module__", None)
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+    return f"{module}.{name}" if module else str(name)
 
 
 def _has_dynamic_batch(program: torch.export.ExportedProgram) -> bool:
@@ -67,32 +100,66 @@ def _has_dynamic_batch(program: torch.export.ExportedProgram) -> bool:
     return False
 
 
-def read_torchscript(path: Path) -> LoadedModel:
-    """A torch.jit.save archive, loaded onto the CPU; it stores no example inputs."""
+def read_torchscript(path: Path, trust_code: bool = False) -> LoadedModel:
+    """A torch.jit.save archive, loaded onto the CPU: its code runs when it loads, so only when trusted."""
+    if not trust_code:
+        raise LoadError(
+            f"{path} is a TorchScript archive: it holds code that runs when it is loaded. If you trust where "
+            f"it came from, pass --trust-code (trust_code=True); otherwise give {SAFE_FORMATS}"
+        )
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise LoadError(f"{path}: cannot read the TorchScript archive ({one_line(exc)})") from exc
-    notes = ["TorchScript archives store no example inputs"] + _mode_notes(module)
+    notes = [_TRUSTED, "TorchScript archives store no example inputs", *_mode_notes(module)]
     return LoadedModel(format="torchscript", module=module, notes=notes)
 
 
-def read_torch_weights(path: Path, factory: str | None, trust_pickle: bool) -> LoadedModel:
-    """A torch.save file of plain data: a state_dict, or a training checkpoint holding one."""
+def read_torch_file(path: Path, factory: str | None, trust_code: bool) -> LoadedModel:
+    """A torch.save file: a state_dict, a checkpoint holding one, or (trusted only) a pickled module."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # the restricted unpickler refused what the static scan let pass
-        return read_pickle(path, ["objects torch's weights-only loader refuses"], factory, trust_pickle, exc)
+        with untrusted(path, "torch file"):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, UntrustedFileError) as exc:  # it refers to more than tensor data
+        if not trust_code:
+            raise LoadError(_code_refusal(path, exc)) from None
+        return _trusted_pickle(path, factory, _refers_to(exc))
+    except LoadError:
+        raise
     except Exception as exc:
-        raise LoadError(
-            f"{path}: cannot read the torch file ({one_line(exc)}): copy or save it again"
-        ) from exc
+        raise LoadError(_unreadable(path, exc)) from exc
     state, key, notes = find_weights(obj, path)
     what = "a state_dict" if key is None else f"a training checkpoint (weights under {key!r})"
     module, more = module_with_weights(state, factory, path, what)
     return LoadedModel(
         format="state_dict" if key is None else "checkpoint", module=module, notes=notes + more
     )
+
+
+def _refers_to(exc: BaseException) -> str:
+    """What the restricted unpickler refused: "refers to package.Class", from torch's message or the gate's."""
+    named = re.search(r"GLOBAL ([\w.]+)|import ([\w.]+) from a pickle", str(exc))
+    return f"refers to {named.group(1) or named.group(2)}" if named else "holds more than tensor data"
+
+
+def _code_refusal(path: Path, exc: BaseException) -> str:
+    if isinstance(exc, UntrustedFileError):
+        return str(exc)
+    what = _refers_to(exc)
+    return (
+        f"{path} is a pickled Python object that {what}: loading it would run code from the file. If you "
+        f"trust where it came from, pass --trust-code (trust_code=True); better, re-save the model as "
+        f"{SAFE_FORMATS}"
+    )
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    if "magic number" in str(exc).lower():
+        return (
+            f"{path} is a plain Python pickle, not a torch file; bnfold does not unpickle arbitrary objects: "
+            f"give {SAFE_FORMATS}"
+        )
+    return f"{path}: cannot read the torch file ({one_line(exc)}): copy or save it again"
 
 
 def read_safetensors(path: Path, factory: str | None) -> LoadedModel:
@@ -103,6 +170,7 @@ def read_safetensors(path: Path, factory: str | None) -> LoadedModel:
         raise LoadError(
             f"{path} is a safetensors file; reading it needs the safetensors package: pip install safetensors"
         ) from None
+    check_safetensors(path)
     try:
         state = load_file(str(path), device="cpu")
     except Exception as exc:
@@ -112,30 +180,19 @@ def read_safetensors(path: Path, factory: str | None) -> LoadedModel:
     return LoadedModel(format="safetensors", module=module, notes=notes + more)
 
 
-def read_pickle(
-    path: Path,
-    refers_to: Iterable[str],
-    factory: str | None,
-    trust_pickle: bool,
-    cause: BaseException | None = None,
-) -> LoadedModel:
-    """A pickled object: refused unless trusted; then it must be a module (or a checkpoint holding one)."""
-    if not trust_pickle:
-        raise LoadError(
-            f"{path} is a pickled Python object that refers to {_describe(refers_to)}; {_UNTRUSTED} "
-            f"re-save the model in a safe format: {SAFE_FORMATS}"
-        ) from cause
+def _trusted_pickle(path: Path, factory: str | None, refers_to: str) -> LoadedModel:
+    """A pickled object the user trusts: a module, a checkpoint holding one, or a checkpoint of weights."""
     obj = _unpickle(path)
-    trusted = [f"{_TRUSTED} ({_describe(refers_to)})"]
+    trusted = f"{_TRUSTED}: it {refers_to}"
     module, key = (obj, None) if isinstance(obj, nn.Module) else _module_in_checkpoint(obj)
     if module is not None:
         notes = [f"module taken from checkpoint key {key!r}"] if key else []
-        return LoadedModel(format="pickle", module=module, notes=trusted + notes + _mode_notes(module))
+        return LoadedModel(format="pickle", module=module, notes=[trusted, *notes, *_mode_notes(module)])
     if not isinstance(obj, Mapping):
         raise LoadError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module or a checkpoint")
     state, key, notes = find_weights(obj, path)
     module, more = module_with_weights(state, factory, path, "a pickled state_dict or checkpoint")
-    return LoadedModel(format="pickle", module=module, notes=trusted + notes + more)
+    return LoadedModel(format="pickle", module=module, notes=[trusted, *notes, *more])
 
 
 def _unpickle(path: Path) -> Any:
@@ -162,10 +219,3 @@ def _module_in_checkpoint(obj: Any) -> tuple[nn.Module | None, str | None]:
 
 def _mode_notes(module: nn.Module) -> list[str]:
     return ["the module was saved in training mode"] if module.training else []
-
-
-def _describe(names: Iterable[str], shown: int = 4) -> str:
-    """Outside-torch names first: ``posix.system`` matters more than ``torch.nn.modules.conv.Conv2d``."""
-    ordered = sorted(names, key=lambda n: (n.startswith("torch."), n))
-    text = ", ".join(ordered[:shown])
-    return text + (f" and {len(ordered) - shown} more" if len(ordered) > shown else "")
