@@ -42,7 +42,7 @@ from bnfold.verify.report import (
     ParityReport,
 )
 from bnfold.verify.runners import LazyRunner, Runner, ort_runner, torch_runner
-from bnfold.verify.tolerance import OutputKey, Tolerance, Tolerances
+from bnfold.verify.tolerance import NOISE_FACTOR, NOISE_RULE, RULE, OutputKey, Tolerance, Tolerances
 
 REFERENCE = "original fp64 (torch)"
 ORIGINAL = "original fp32"
@@ -101,8 +101,10 @@ def run_parity(reference: Runner, candidates: Sequence[Candidate], batches: Sequ
         if cand.compare_against:
             checks += matrix.compare(cand, cand.compare_against, tolerances, per_batch, baseline)
     _fill_baseline_errors(checks, baseline, reference_name)
+    if tolerance is None:
+        _apply_noise_rule(checks, baseline, reference_name, per_output or {})
     inputs = [{"source": name, "batch": _batch_size(arrays)} for name, arrays in batches]
-    return ParityReport(reference_name, default, checks, inputs)
+    return ParityReport(reference_name, default, checks, inputs, rule=NOISE_RULE if tolerance is None else RULE)
 
 
 class _Matrix:
@@ -179,6 +181,29 @@ def _fill_baseline_errors(checks: list[ParityCheck], baseline: str | None, refer
         base = own.get((check.output, check.batch_source))
         check.baseline_max_abs_err = base
         check.error_ratio = _ratio(check.max_abs_err, base)
+
+
+def _apply_noise_rule(checks: list[ParityCheck], baseline: str | None, reference: str,
+                      overridden: Mapping[OutputKey, Tolerance]) -> None:
+    """Under default tolerances, pass a check whose error is within fp32 noise of this model at that output.
+
+    The yardstick is the original fp32 model's own max abs error against the fp64 reference on the same
+    inputs; a check passes when its max abs error is at most :data:`NOISE_FACTOR` times it. Outputs with a
+    tolerance of the user's keep the plain rule."""
+    if baseline is None:
+        return
+    own = {(c.output, c.batch_source): c.max_abs_err for c in checks
+           if c.candidate == baseline and c.reference == reference}
+    for check in checks:
+        base = own.get((check.output, check.batch_source))
+        if check.output in overridden or (check.output.isdigit() and int(check.output) in overridden):
+            continue
+        if base is None or not np.isfinite(base) or base <= 0.0 or check.error:
+            continue
+        check.noise_bound = NOISE_FACTOR * base
+        err = check.max_abs_err
+        if not check.passed and not check.nan_count and err is not None and np.isfinite(err):
+            check.passed = err <= check.noise_bound
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:

@@ -24,7 +24,9 @@ class ParityCheck:
     ``stage`` is the step under test. A check against the matrix reference (fp64) carries
     ``baseline_max_abs_err``, the original fp32 model's own error on that output, and ``error_ratio``, this
     candidate's error over it ("folding added (ratio - 1) x 100 % error"). Checks between neighbouring
-    candidates (the stage checks) leave both None. ``batch_source`` is "all" when the metrics aggregate
+    candidates (the stage checks) leave both None. ``noise_bound``, under default tolerances, is the error
+    fp32 arithmetic of this model allows at that output (see :data:`~bnfold.verify.tolerance.NOISE_RULE`):
+    a check within it passes even where the fixed tolerance does not. ``batch_source`` is "all" when the metrics aggregate
     every batch, with ``worst_batch`` naming where ``max_abs_err`` peaked.
     """
 
@@ -48,6 +50,7 @@ class ParityCheck:
     worst_batch: str | None = None
     nan_count: int = 0
     error: str | None = None
+    noise_bound: float | None = None
 
     @classmethod
     def of(cls, reference: str, candidate: str, output: str, batch_source: str, stage: str,
@@ -99,6 +102,7 @@ class ParityReport:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     cuda: dict[str, Any] = field(default_factory=lambda: {"available": False, "note": ""})
     notes: list[str] = field(default_factory=list)
+    rule: str = RULE
 
     @property
     def passed(self) -> bool:
@@ -125,7 +129,7 @@ class ParityReport:
             "passed": self.passed,
             "atol": self.tolerance.atol,
             "rtol": self.tolerance.rtol,
-            "rule": RULE,
+            "rule": self.rule,
             "reference": self.reference,
             "failed_stage": self.failed_stage,
             "cuda": dict(self.cuda),

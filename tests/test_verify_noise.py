@@ -1,0 +1,79 @@
+"""Verdicts under default tolerances: a stage fails when it adds error beyond what fp32 arithmetic of this
+model makes by itself (the original fp32 model's own error against fp64), not when a fixed atol is exceeded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bnfold
+from bnfold.verify import Candidate, Tolerance, run_parity
+from bnfold.verify.matrix import FOLDED, ORIGINAL
+from bnfold.verify.report import BASELINE, FOLD
+from bnfold.verify.runners import torch_runner
+from bnfold.verify.tolerance import NOISE_FACTOR
+
+
+def deep_random_net(depth: int = 10, width: int = 32) -> nn.Module:
+    """A backbone of conv + BN layers with unscaled random weights: its feature map grows into the
+    thousands, with elements near zero beside them, where fp32 rounding exceeds any fixed atol."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1)]
+    for _ in range(depth):
+        bn = nn.BatchNorm2d(width)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.1, 0.3)
+        bn.weight.data.uniform_(2.0, 3.0)
+        layers += [bn, nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)]
+    return nn.Sequential(*layers).eval()
+
+
+def _parity(original: nn.Module, folded: nn.Module, tolerance: Tolerance | None = None) -> bnfold.verify.ParityReport:
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    candidates = [
+        Candidate(ORIGINAL, torch_runner(original), BASELINE),
+        Candidate(FOLDED, torch_runner(folded), FOLD, ORIGINAL),
+    ]
+    return run_parity(torch_runner(original, torch.float64), candidates, [("random", (x.numpy(),))], tolerance)
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    return deep_random_net()
+
+
+def test_exact_fold_of_large_activations_passes(net: nn.Module) -> None:
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert net(x).abs().max() > 1000  # the regime where a fixed atol breaks down
+    folded = bnfold.fold(net, (x,)).module
+    strict = _parity(net, folded, Tolerance(1e-4, 1e-3))
+    assert not strict.passed  # control: the fixed tolerance alone fails even the original fp32 model
+    report = _parity(net, folded)
+    assert report.passed, report.summary_lines()
+    own = next(c for c in report.checks if c.candidate == ORIGINAL)
+    fold_vs_fp64 = next(c for c in report.checks if c.candidate == FOLDED and c.stage == FOLD and c.error_ratio)
+    assert fold_vs_fp64.noise_bound == pytest.approx(NOISE_FACTOR * own.max_abs_err)
+    assert report.to_json()["rule"].endswith("on that output (noise_bound)")
+
+
+def test_a_wrong_fold_still_fails_on_large_activations(net: nn.Module) -> None:
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    folded = bnfold.fold(net, (x,)).module
+    weight = next(p for name, p in folded.named_parameters() if p.dim() == 4 and "weight" in name)
+    with torch.no_grad():
+        weight.mul_(1.001)  # a 0.1 % error in one layer: far above fp32 noise
+    report = _parity(net, folded)
+    assert not report.passed
+    assert report.failed_stage == FOLD
+    failing = report.failures[0]
+    assert failing.noise_bound is not None and failing.max_abs_err > failing.noise_bound
+
+
+def test_user_tolerances_override_the_noise_rule(net: nn.Module) -> None:
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    report = _parity(net, bnfold.fold(net, (x,)).module, Tolerance(1e-4, 1e-3))
+    assert all(c.noise_bound is None for c in report.checks)
+    assert np.isclose(report.tolerance.atol, 1e-4) and "noise_bound" not in report.to_json()["rule"]
