@@ -62,14 +62,25 @@ def _result(model: str, samples: list[float], batch: int = 1) -> LatencyResult:
                             batch=batch, threads=1)
 
 
-def test_speedup_is_the_p50_ratio_with_the_iqr_of_paired_ratios() -> None:
+def test_speedup_is_the_median_of_paired_ratios_with_their_iqr() -> None:
     results = [_result("original", [2.0, 4.0, 6.0, 8.0]), _result("folded", [1.0, 2.0, 2.0, 8.0])]
     (s,) = speedups(results)
-    assert s.speedup_p50 == pytest.approx(5.0 / 2.0)
     ratios = sorted([2.0, 2.0, 3.0, 1.0])  # paired per iteration
+    assert s.speedup_p50 == pytest.approx(2.0)  # their median, not p50(original) / p50(folded) = 2.5
     assert (s.speedup_low, s.speedup_high) == (pytest.approx(1.75), pytest.approx(2.25))
-    assert ratios[0] <= (s.speedup_low or 0) <= (s.speedup_high or 0) <= ratios[-1]
+    assert ratios[0] <= (s.speedup_low or 0) <= s.speedup_p50 <= (s.speedup_high or 0) <= ratios[-1]
     assert set(s.to_json()) >= {"backend", "provider", "batch", "speedup_p50", "speedup_low", "speedup_high"}
+    assert s.to_json()["verdict"] == "faster"
+
+
+def test_a_speedup_whose_interval_straddles_one_is_unchanged() -> None:
+    """Paired ratios 1.0, 1.11, 0.91, 1.11, 0.5: median 1.0 inside an interval (0.91-1.11) around 1."""
+    original = [1.0, 1.0, 1.0, 10.0, 10.0]
+    folded = [1.0, 0.9, 1.1, 9.0, 20.0]
+    (s,) = speedups([_result("original", original), _result("folded", folded)])
+    assert s.speedup_low is not None and s.speedup_high is not None
+    assert s.speedup_low <= s.speedup_p50 <= s.speedup_high
+    assert s.speedup_low < 1.0 < s.speedup_high and s.verdict == "unchanged"
 
 
 def test_speedups_need_both_models_per_backend_provider_and_batch() -> None:

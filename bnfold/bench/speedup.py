@@ -13,10 +13,12 @@ from bnfold.bench.timing import LatencyResult
 
 @dataclass(frozen=True)
 class Speedup:
-    """p50 original / p50 folded for one (backend, provider, batch), with the spread of paired ratios.
+    """The speedup of one (backend, provider, batch): one statistic, the paired ratios original / folded.
 
-    ``speedup_low`` and ``speedup_high`` are the 25th and 75th percentiles of the per-iteration ratios
-    original / folded (each pair was timed in the same round); None when no samples are at hand.
+    Each pair of runs was timed in the same round; ``speedup_p50`` is the median of their ratios and
+    ``speedup_low`` / ``speedup_high`` the 25th and 75th percentiles, so the headline always lies inside its
+    interval. Without samples, the ratio of the p50 latencies and no interval. ``verdict`` is "faster" only
+    when the whole interval lies above 1, "slower" when it lies below, else "unchanged".
     """
 
     backend: str
@@ -28,8 +30,15 @@ class Speedup:
     original_p50_ms: float
     folded_p50_ms: float
 
+    @property
+    def verdict(self) -> str:
+        low = self.speedup_low if self.speedup_low is not None else self.speedup_p50
+        high = self.speedup_high if self.speedup_high is not None else self.speedup_p50
+        return "faster" if low > 1.0 else "slower" if high < 1.0 else "unchanged"
+
     def to_json(self) -> dict[str, Any]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        fields = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {**fields, "verdict": self.verdict}
 
     def describe(self) -> str:
         spread = (f" (IQR {self.speedup_low:.2f}-{self.speedup_high:.2f}x)"
@@ -54,9 +63,9 @@ def speedups(results: Sequence[LatencyResult], baseline: str = "original",
 
 def _speedup(base: LatencyResult, cand: LatencyResult) -> Speedup:
     n = min(len(base.samples_ms), len(cand.samples_ms))
-    low = high = None
-    if n:
-        ratios = np.asarray(base.samples_ms[:n]) / np.maximum(np.asarray(cand.samples_ms[:n]), 1e-12)
-        low, high = (float(v) for v in np.percentile(ratios, [25, 75]))
-    return Speedup(base.backend, base.provider, base.batch, base.p50_ms / cand.p50_ms, low, high,
-                   base.p50_ms, cand.p50_ms)
+    if not n:
+        return Speedup(base.backend, base.provider, base.batch, base.p50_ms / cand.p50_ms, None, None,
+                       base.p50_ms, cand.p50_ms)
+    ratios = np.asarray(base.samples_ms[:n]) / np.maximum(np.asarray(cand.samples_ms[:n]), 1e-12)
+    low, median, high = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
+    return Speedup(base.backend, base.provider, base.batch, median, low, high, base.p50_ms, cand.p50_ms)
