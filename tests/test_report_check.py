@@ -136,3 +136,23 @@ def test_headline_prefers_onnxruntime_speedups() -> None:
     head = headline(sample_report())
     assert (head.speedup_min, head.speedup_max) == (1.25, 1.3158)
     assert head.baseline_max_abs_err == 2.0e-6 and head.batchnorm_nodes == 0
+
+
+def test_max_abs_err_judges_what_bnfold_made_not_the_fp32_original(tmp_path: Path) -> None:
+    """The untouched fp32 original's own error against fp64 is scale, not a result: a large one does not fail
+    a threshold that every folded and exported candidate meets; every rendering shows the same number."""
+    from bnfold.report import render_all
+    from bnfold.report.summary import summary_lines
+
+    report = sample_report()
+    baseline = next(c for c in report["parity"]["checks"] if c["stage"] == "baseline")
+    baseline["max_abs_err"] = 5.0e-2
+    worst = max(c["max_abs_err"] for c in report["parity"]["checks"] if c["stage"] != "baseline")
+    assert worst < 1e-5
+    assert check_reports([write(tmp_path, report)], max_abs_err=1e-5)  # 5e-2 is the original's, not bnfold's
+    head = headline(report)
+    assert head.max_abs_err == worst and head.baseline_max_abs_err == 5.0e-2
+    texts = render_all(report)
+    shown = f"{worst:.1e}"
+    assert shown in texts["md"] and shown in texts["html"]
+    assert f"{worst:.2e}" in "\n".join(summary_lines(report))

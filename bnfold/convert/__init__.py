@@ -353,14 +353,16 @@ def onnx_section(converted: Converted, path: Path, external_data: Path | None = 
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
-    """The overall verdict: parity decides; the reason says what was gained or what broke."""
+    """The overall verdict: parity decides; the reason says what was gained or what broke. ``max_abs_err``
+    is the headline error (what bnfold made against the fp64 reference), the number every rendering shows."""
+    from bnfold.report.check import headline, parity_failure
+
     parity, fold = report["parity"], report["fold"]
+    error = headline(report).max_abs_err
     if parity.get("passed"):
         folded = f"; {fold['batchnorm_folded']}/{fold['batchnorm_found']} BatchNorms folded" if fold else ""
-        return {"passed": True, "reason": "parity passed" + folded}
-    from bnfold.report.check import parity_failure
-
-    return {"passed": False, "reason": parity_failure(parity) or "parity failed"}
+        return {"passed": True, "reason": "parity passed" + folded, "max_abs_err": error}
+    return {"passed": False, "reason": parity_failure(parity) or "parity failed", "max_abs_err": error}
 
 
 def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:

@@ -100,19 +100,14 @@ class ErrorFigure:
 
 
 def error_figure(report: Mapping[str, Any]) -> ErrorFigure:
-    """Worst candidate against the reference; the headline's worst check when none names the reference.
-
-    ``max_abs_err`` is None when a check has no number (NaN or a failed run)."""
+    """The headline's error (see :func:`~bnfold.report.check.headline`) and the worst ratio to the original
+    fp32 model's own error. ``max_abs_err`` is None when a check has no number (NaN or a failed run)."""
     parity = report.get("parity", {})
     head = headline(report)
-    checks = [c for c in parity.get("checks", [])
-              if c.get("reference") == parity.get("reference") and c.get("stage") != "baseline"]
-    if not checks:
-        return ErrorFigure(head.max_abs_err, None, head.baseline_max_abs_err)
-    errors = [c.get("max_abs_err") for c in checks]
-    ratios = [c["error_ratio"] for c in checks if c.get("error_ratio") is not None]
-    worst = None if None in errors else max(errors)
-    return ErrorFigure(worst, max(ratios, default=None), head.baseline_max_abs_err)
+    ratios = [c["error_ratio"] for c in parity.get("checks", [])
+              if c.get("reference") == parity.get("reference") and c.get("stage") != "baseline"
+              and c.get("error_ratio") is not None]
+    return ErrorFigure(head.max_abs_err, max(ratios, default=None), head.baseline_max_abs_err)
 
 
 def worst_top1(report: Mapping[str, Any]) -> float | None:
