@@ -26,8 +26,8 @@ class ParityCheck:
     candidate's error over it ("folding added (ratio - 1) x 100 % error"). Checks between neighbouring
     candidates (the stage checks) leave both None. ``noise_bound``, under default tolerances, is the error
     fp32 arithmetic of this model allows at that output (see :data:`~bnfold.verify.tolerance.NOISE_RULE`):
-    a check within it passes even where the fixed tolerance does not. ``batch_source`` is "all" when the metrics aggregate
-    every batch, with ``worst_batch`` naming where ``max_abs_err`` peaked.
+    a check within it passes even where the fixed tolerance does not. ``batch_source`` is "all" when the
+    metrics aggregate every batch, with ``worst_batch`` naming where ``max_abs_err`` peaked.
     """
 
     reference: str
