@@ -66,12 +66,28 @@ class Progress:
             click.echo(f"… {message}", err=True)
 
 
-model_option = click.option(
-    "--model",
-    "factory",
-    metavar="MODULE:CALLABLE",
-    help="Code that builds the nn.Module for a state_dict/safetensors/checkpoint file.",
-)
+def model_option(command: Any) -> Any:
+    """--model and --model-arg: the code that builds the architecture for a weights file, and its arguments."""
+    command = click.option(
+        "--model-arg",
+        "model_args",
+        multiple=True,
+        metavar="NAME=VALUE",
+        callback=_model_args,
+        help="Keyword argument for the --model callable (repeatable; a Python literal, else a string).",
+    )(command)
+    return click.option(
+        "--model",
+        "factory",
+        metavar="MODULE:CALLABLE",
+        help="Code that builds the nn.Module for a state_dict/safetensors/checkpoint file.",
+    )(command)
+
+
+def _model_args(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    from bnfold.load.factory import parse_model_args
+
+    return tuple(parse_model_args(values).items())
 shape_option = click.option(
     "--input-shape",
     "input_shapes",
@@ -222,6 +238,7 @@ def convert(
     providers: str,
     threads: int | None,
     factory: str | None,
+    model_args: tuple[tuple[str, Any], ...],
     trust_code: bool,
     quiet: bool,
 ) -> int:
@@ -249,6 +266,7 @@ def convert(
         providers=_providers(providers),
         threads=threads,
         factory=factory,
+        model_args=model_args,
         trust_code=trust_code,
     )
     result = run(model_path, config, progress=Progress(quiet))
@@ -288,6 +306,7 @@ def verify(
     providers: str,
     threads: int | None,
     factory: str | None,
+    model_args: tuple[tuple[str, Any], ...],
     trust_code: bool,
     quiet: bool,
 ) -> int:
@@ -311,6 +330,7 @@ def verify(
         providers=_providers(providers),
         threads=threads,
         factory=factory,
+        model_args=model_args,
         trust_code=trust_code,
     )
     Progress(quiet)("checking parity")
@@ -369,12 +389,19 @@ def bench(
 @trust_option
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 def inspect(
-    model_path: Path, input_shapes: tuple[tuple[int, ...], ...], factory: str | None, trust_code: bool, as_json: bool
+    model_path: Path,
+    input_shapes: tuple[tuple[int, ...], ...],
+    factory: str | None,
+    model_args: tuple[tuple[str, Any], ...],
+    trust_code: bool,
+    as_json: bool,
 ) -> int:
     """Print every BatchNorm of MODEL and its fate, without exporting."""
     from bnfold.convert import inspect_model
 
-    records = inspect_model(model_path, input_shapes=input_shapes, factory=factory, trust_code=trust_code)
+    records = inspect_model(
+        model_path, input_shapes=input_shapes, factory=factory, model_args=dict(model_args), trust_code=trust_code
+    )
     if as_json:
         click.echo(json.dumps([r.to_json() for r in records], indent=2))
     else:

@@ -8,7 +8,7 @@ parity and latency glue in :mod:`.checks`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ class ConvertConfig:
     external_data: str = "auto"
     save_optimized: Path | None = None
     factory: str | None = None
+    model_args: tuple[tuple[str, Any], ...] = ()  # keyword arguments for the factory (--model-arg)
     trust_code: bool = False
     trust_pickle: bool = False  # the older name of trust_code
     write_reports: bool = True
@@ -127,7 +128,12 @@ def _as_loaded(model: str | Path | nn.Module | LoadedModel, example_inputs: Any,
         return model
     if isinstance(model, nn.Module):
         return from_module(model, example_inputs)
-    return load_model(Path(model), factory=config.factory, trust_code=config.trust_code or config.trust_pickle)
+    return load_model(
+        Path(model),
+        factory=config.factory,
+        factory_args=dict(config.model_args),
+        trust_code=config.trust_code or config.trust_pickle,
+    )
 
 
 def fold_and_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], config: ConvertConfig) -> Converted:
@@ -287,12 +293,18 @@ def inspect_model(
     *,
     input_shapes: tuple[tuple[int, ...], ...] = (),
     factory: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
     trust_code: bool = False,
     trust_pickle: bool = False,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
 ) -> list[BnRecord]:
     """Every BatchNorm of the model and its fate, without writing anything (``bnfold inspect``)."""
-    config = ConvertConfig(input_shapes=input_shapes, factory=factory, trust_code=trust_code or trust_pickle)
+    config = ConvertConfig(
+        input_shapes=input_shapes,
+        factory=factory,
+        model_args=tuple((model_args or {}).items()),
+        trust_code=trust_code or trust_pickle,
+    )
     loaded = _as_loaded(model, example_inputs, config)
     inputs = resolve_inputs(loaded, config) if loaded.format != "onnx" else ()
     if loaded.format == "onnx":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from bnfold.errors import LoadError
 from bnfold.load.detect import SUPPORTED, Detected, check_readable, detect_format
-from bnfold.load.factory import build_from_factory
+from bnfold.load.factory import ModelFactory, build_from_factory
 from bnfold.load.loaded import LoadedModel, file_sha256
 from bnfold.load.onnx_files import read_onnx
 from bnfold.load.torch_files import read_exported, read_safetensors, read_torch_file, read_torchscript
@@ -28,17 +29,24 @@ def from_module(module: nn.Module, example_inputs: tuple[Any, ...] | None = None
 
 
 def load_model(
-    path: str | Path, factory: str | None = None, trust_code: bool = False, *, trust_pickle: bool = False
+    path: str | Path,
+    factory: str | ModelFactory | None = None,
+    trust_code: bool = False,
+    *,
+    factory_args: Mapping[str, Any] | None = None,
+    trust_pickle: bool = False,
 ) -> LoadedModel:
     """Read a model file of any supported format (detected by content; the file is never modified).
 
     ``factory`` ("package.module:callable") builds the module for weights-only files (state_dict,
-    checkpoint, safetensors). ``trust_code`` allows the formats that carry code (TorchScript archives,
-    pickled modules) and lifts the loading gate; without it nothing from the file runs, and a file that
-    would run something is refused. ``trust_pickle`` is the older name of ``trust_code``.
+    checkpoint, safetensors), called with the keyword arguments ``factory_args``. ``trust_code`` allows the
+    formats that carry code (TorchScript archives, pickled modules) and lifts the loading gate; without it
+    nothing from the file runs, and a file that would run something is refused. ``trust_pickle`` is the
+    older name of ``trust_code``.
     """
     path = Path(path)
     trust_code = trust_code or trust_pickle
+    factory = ModelFactory.of(factory, factory_args)
     check_readable(path)
     detected = detect_format(path)
     loaded = _read(path, detected, factory, trust_code)
@@ -48,7 +56,7 @@ def load_model(
     return loaded
 
 
-def _read(path: Path, detected: Detected, factory: str | None, trust_code: bool) -> LoadedModel:
+def _read(path: Path, detected: Detected, factory: ModelFactory | None, trust_code: bool) -> LoadedModel:
     if detected.kind == "torch.export":
         return read_exported(path, trust_code)
     if detected.kind == "torchscript":

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bnfold.errors import LoadError, one_line
-from bnfold.load.factory import cwd_importable
+from bnfold.load.factory import ModelFactory, cwd_importable
 from bnfold.load.gate import UntrustedFileError, untrusted
 from bnfold.load.limits import check_safetensors
 from bnfold.load.loaded import LoadedModel
@@ -115,7 +115,7 @@ def read_torchscript(path: Path, trust_code: bool = False) -> LoadedModel:
     return LoadedModel(format="torchscript", module=module, notes=notes)
 
 
-def read_torch_file(path: Path, factory: str | None, trust_code: bool) -> LoadedModel:
+def read_torch_file(path: Path, factory: ModelFactory | None, trust_code: bool) -> LoadedModel:
     """A torch.save file: a state_dict, a checkpoint holding one, or (trusted only) a pickled module."""
     try:
         with untrusted(path, "torch file"):
@@ -162,7 +162,7 @@ def _unreadable(path: Path, exc: Exception) -> str:
     return f"{path}: cannot read the torch file ({one_line(exc)}): copy or save it again"
 
 
-def read_safetensors(path: Path, factory: str | None) -> LoadedModel:
+def read_safetensors(path: Path, factory: ModelFactory | None) -> LoadedModel:
     """A .safetensors file: weights only, so the factory builds the module."""
     try:
         from safetensors.torch import load_file
@@ -180,7 +180,7 @@ def read_safetensors(path: Path, factory: str | None) -> LoadedModel:
     return LoadedModel(format="safetensors", module=module, notes=notes + more)
 
 
-def _trusted_pickle(path: Path, factory: str | None, refers_to: str) -> LoadedModel:
+def _trusted_pickle(path: Path, factory: ModelFactory | None, refers_to: str) -> LoadedModel:
     """A pickled object the user trusts: a module, a checkpoint holding one, or a checkpoint of weights."""
     obj = _unpickle(path)
     trusted = f"{_TRUSTED}: it {refers_to}"

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bnfold.errors import LoadError
-from bnfold.load.factory import build_from_factory
+from bnfold.load.factory import ModelFactory
 
 # Where training code keeps the weights in a checkpoint dict, most specific first.
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "ema", "net", "module")
@@ -51,7 +51,7 @@ def find_weights(obj: Any, path: Path) -> tuple[StateDict, str | None, list[str]
 
 
 def module_with_weights(
-    state: StateDict, factory: str | None, path: Path, what: str
+    state: StateDict, factory: ModelFactory | None, path: Path, what: str
 ) -> tuple[nn.Module, list[str]]:
     """Build the factory's module, load ``state`` into it and set it to eval mode.
 
@@ -63,7 +63,7 @@ def module_with_weights(
             f"{path} is {what}: it holds weights but no architecture; name the code that builds the model "
             "with --model package.module:factory"
         )
-    module = build_from_factory(factory)
+    module = factory.build()
     state, notes = _match_names(state, set(module.state_dict()))
     try:
         module.load_state_dict(state)
