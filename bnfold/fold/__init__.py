@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from bnfold._entry import make_callable
 from bnfold.errors import InputSpecError
 from bnfold.fold.capture import capture, graph_module, plain_module
 from bnfold.fold.constants import fold_constants
@@ -88,3 +89,6 @@ def fold(
     gm = plain_module(gm)  # recompiles
     return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None,
                       recalibrated)
+
+
+make_callable(__name__, fold)  # bnfold.fold(model, inputs) calls fold(); bnfold.fold.maths stays reachable

@@ -7,6 +7,10 @@ it, so a failure names the step that broke it; :func:`assert_allclose_report` is
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bnfold._entry import make_callable
 from bnfold.verify.compare import Comparison, assert_allclose_report, compare_outputs
 from bnfold.verify.matrix import Candidate, run_parity, standard_candidates, verify_parity
 from bnfold.verify.metrics import OutputMetrics
@@ -15,9 +19,27 @@ from bnfold.verify.report import STAGES, ParityCheck, ParityReport
 from bnfold.verify.runners import LazyRunner, OrtRunner, Runner, TorchRunner, ort_runner, session_options, torch_runner
 from bnfold.verify.tolerance import RULE, Tolerance, Tolerances
 
+if TYPE_CHECKING:
+    from bnfold.convert import ConvertConfig
+
 __all__ = [
     "RULE", "STAGES", "Candidate", "Comparison", "OrtRunner", "OutputMetrics", "ParityCheck", "ParityReport",
     "LazyRunner", "ProviderSelection", "Runner", "Tolerance", "Tolerances", "TorchRunner", "assert_allclose_report",
     "available_providers", "compare_outputs", "ort_runner", "run_parity", "select_providers",
-    "session_options", "standard_candidates", "torch_runner", "verify_parity",
+    "session_options", "standard_candidates", "torch_runner", "verify_models", "verify_parity",
 ]
+
+
+def verify_models(
+    original: str | Path, candidate: str | Path, config: ConvertConfig | None = None
+) -> dict[str, Any]:
+    """``bnfold verify``: check a candidate (an ONNX file, or a PyTorch model file) against the original on
+    the parity matrix; the report as a dict (``report["verdict"]["passed"]``). ``config`` carries the parity
+    settings (tolerances, data, providers, ``factory``, ``trust_code``). Also callable as ``bnfold.verify``."""
+    from bnfold.convert import ConvertConfig
+    from bnfold.convert.pair import verify_pair
+
+    return verify_pair(original, candidate, config or ConvertConfig())
+
+
+make_callable(__name__, verify_models)
