@@ -152,9 +152,18 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-@cli.command(short_help="Fold, export, verify and time a model.")
-@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@cli.command(short_help="Fold, export, verify and time a model (or many).")
+@click.argument("model_paths", metavar="MODEL...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="ONNX file to write [default: MODEL with .onnx].")
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write each model's outputs into this folder (needed for several models, with summary.json/.md/.html).",
+)
+@click.option(
+    "--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
+    help="Models converted at once, each in its own process with its share of the cores.",
+)
 @click.option(
     "--report",
     type=click.Path(path_type=Path),
@@ -218,8 +227,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @trust_option
 @quiet_option
 def convert(
-    model_path: Path,
+    model_paths: tuple[Path, ...],
     output: Path | None,
+    output_dir: Path | None,
+    jobs: int,
     report: Path | None,
     input_shapes: tuple[tuple[int, ...], ...],
     opset: int,
@@ -242,7 +253,10 @@ def convert(
     trust_code: bool,
     quiet: bool,
 ) -> int:
-    """Fold, export, verify and time MODEL; write MODEL.onnx and its reports."""
+    """Fold, export, verify and time MODEL; write MODEL.onnx and its reports.
+
+    Several models convert one per process (--jobs at a time) into --output-dir, with an aggregate
+    summary.json; exit 0 when all pass, 1 when one failed parity, 2 when one could not be converted."""
     from bnfold.convert import ConvertConfig
     from bnfold.convert import convert as run
 
@@ -269,7 +283,9 @@ def convert(
         model_args=model_args,
         trust_code=trust_code,
     )
-    result = run(model_path, config, progress=Progress(quiet))
+    if len(model_paths) > 1 or output_dir is not None:
+        return _convert_many(model_paths, config, output_dir, jobs, quiet)
+    result = run(model_paths[0], config, progress=Progress(quiet))
     if not quiet:
         from bnfold.report.summary import summary_lines
 
@@ -280,6 +296,31 @@ def convert(
         optimized = f", {onnx['optimized_path']} (onnxruntime-optimized)" if onnx.get("optimized_path") else ""
         click.echo(f"wrote {result.onnx_path}{weights}{optimized} and {result.report_path} (+ .md, .html)")
     return EXIT_OK if result.passed else EXIT_FAILED
+
+
+def _convert_many(models: tuple[Path, ...], config: Any, output_dir: Path | None, jobs: int, quiet: bool) -> int:
+    from bnfold.convert.many import convert_many, exit_code, plan
+    from bnfold.report.aggregate import summary, write_summary
+
+    if output_dir is None:
+        raise click.UsageError("give --output-dir for several models: each model's outputs and summary.json go there")
+    if config.output or config.report or config.save_optimized:
+        raise click.UsageError("-o, --report and --save-optimized name one model's files: with several models "
+                               "use --output-dir")
+    if not output_dir.is_dir():
+        raise click.UsageError(f"--output-dir {output_dir} does not exist: create it first")
+    runs = plan(list(models), output_dir)
+
+    def done(run: Any) -> None:
+        if not quiet:
+            status = {0: "PASS", 1: "FAIL"}.get(run.exit_code, "ERROR")
+            click.echo(f"{status} {run.model} ({run.seconds:.1f} s){': ' + run.reason if run.reason else ''}")
+
+    convert_many(runs, config, jobs, done)
+    paths = write_summary(summary(runs, jobs, output_dir), output_dir)
+    if not quiet:
+        click.echo(f"wrote {paths[0]} (+ .md, .html)")
+    return exit_code(runs)
 
 
 @cli.command(short_help="Check a candidate model against the original.")
@@ -428,7 +469,7 @@ def check(
     verdict = check_reports(
         list(reports), max_abs_err=max_abs_err, require_no_batchnorm=require_no_batchnorm, min_speedup=min_speedup
     )
-    click.echo(verdict.table() if len(reports) > 1 else verdict.line())
+    click.echo(verdict.table() if len(verdict.results) > 1 else verdict.line())
     return EXIT_OK if verdict else EXIT_FAILED
 
 

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     import onnx
 
 SUPPORTED = (
-    "a torch.export archive (.pt2), a TorchScript archive (torch.jit.save), an ONNX model (.onnx), "
-    "or weights with --model package.module:factory (a state_dict or training checkpoint saved by "
-    "torch.save, or a .safetensors file); a whole pickled model also needs --trust-pickle"
+    "a torch.export archive (.pt2), an ONNX model (.onnx), or weights with --model package.module:factory "
+    "(a state_dict or training checkpoint saved by torch.save, or a .safetensors file); a TorchScript archive "
+    "or a whole pickled model also needs --trust-code"
 )
 
 _HEAD_BYTES = 4096

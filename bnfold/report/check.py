@@ -170,12 +170,30 @@ def check_report(report: Mapping[str, Any], path: str = "report", max_abs_err: f
 
 def check_reports(paths: Iterable[str | Path], max_abs_err: float | None = None,
                   require_no_batchnorm: bool = False, min_speedup: float | None = None) -> CheckVerdict:
-    """Load and judge each report (a file that is not a report raises ReportError)."""
+    """Load and judge each report (a file that is not a report raises ReportError). A many-model summary
+    (``summary.json``) stands for every report it lists; a model it lists without one fails."""
     results = []
     for path in paths:
-        report = load_report(path)
-        results.append(check_report(report, str(path), max_abs_err, require_no_batchnorm, min_speedup))
+        for name, report_path, reason in _expand(Path(path)):
+            if report_path is None:
+                results.append(ReportCheck(name, False, reason))
+                continue
+            report = load_report(report_path)
+            results.append(check_report(report, str(report_path), max_abs_err, require_no_batchnorm, min_speedup))
     return CheckVerdict(results)
+
+
+def _expand(path: Path) -> list[tuple[str, Path | None, str]]:
+    """A report stands for itself; a many-model summary for the reports it lists."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return [(str(path), path, "")]  # load_report says what is wrong with it
+    if isinstance(data, dict) and str(data.get("schema", "")).startswith("bnfold.summary/"):
+        from bnfold.report.aggregate import report_paths
+
+        return report_paths(data, path.parent)
+    return [(str(path), path, "")]
 
 
 def parity_failure(parity: Mapping[str, Any]) -> str | None:

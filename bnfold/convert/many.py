@@ -1,0 +1,136 @@
+"""Many models in one call: ``bnfold convert a.pt2 b.pt2 c.onnx --output-dir out/ --jobs N``.
+
+Each model converts in a process of its own (spawned fresh, so one model's crash, hang or memory cannot
+touch another's), at most ``jobs`` at a time, each with its share of the cores so that its timings stay
+honest. A model that fails fails alone, with its one-line reason; the others go on. Each model's outputs
+and reports are written as a single conversion writes them, and an aggregate (``summary.json``, ``.md``,
+``.html``) lists one row per model, worst first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from bnfold.errors import OutputError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@dataclass
+class ModelRun:
+    """One model of a batch: where it goes, and how its conversion ended."""
+
+    model: Path
+    output: Path
+    exit_code: int | None = None
+    reason: str = ""
+    seconds: float = 0.0
+
+    @property
+    def report_path(self) -> Path:
+        return self.output.with_name(self.output.stem + ".report.json")
+
+
+def plan(models: Sequence[Path], output_dir: Path | None) -> list[ModelRun]:
+    """Each model's ONNX path (``DIR/<stem>.onnx``, or beside the model); two models may not share one."""
+    runs: list[ModelRun] = []
+    seen: dict[Path, Path] = {}
+    for model in models:
+        name = model.with_suffix(".folded.onnx" if model.suffix == ".onnx" else ".onnx").name
+        output = (output_dir / name) if output_dir is not None else model.with_name(name)
+        key = output.resolve()
+        if key in seen:
+            raise OutputError(
+                f"{seen[key]} and {model} would both write {output}: convert them into different --output-dir "
+                "folders, or rename one"
+            )
+        seen[key] = model
+        runs.append(ModelRun(model, output))
+    return runs
+
+
+def convert_many(
+    runs: list[ModelRun], config: Any, jobs: int, on_done: Callable[[ModelRun], None] | None = None
+) -> list[ModelRun]:
+    """Convert every run with ``config`` (its output replaced per model), ``jobs`` processes at a time."""
+    from bnfold.bench import default_threads
+
+    threads = config.threads or max(1, default_threads() // jobs)
+    context = multiprocessing.get_context("spawn")
+    pending = list(runs)
+    active: dict[int, _Worker] = {}
+    while pending or active:
+        while pending and len(active) < jobs:
+            worker = _Worker.start(context, pending.pop(0), config, threads)
+            active[worker.process.sentinel] = worker
+        for sentinel in wait(list(active)):
+            worker = active.pop(int(sentinel))  # type: ignore[arg-type]
+            worker.finish()
+            if on_done:
+                on_done(worker.run)
+    return runs
+
+
+@dataclass
+class _Worker:
+    """A spawned process converting one model, and the pipe its outcome comes back through."""
+
+    run: ModelRun
+    process: Any
+    receiver: Connection
+    started: float
+
+    @classmethod
+    def start(cls, context: Any, run: ModelRun, config: Any, threads: int) -> _Worker:
+        own = dataclasses.replace(config, output=run.output, report=None, threads=threads)
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_convert_one, args=(run.model, own, sender), daemon=True)
+        process.start()
+        sender.close()
+        return cls(run, process, receiver, time.perf_counter())
+
+    def finish(self) -> None:
+        outcome = self.receiver.recv() if self.receiver.poll() else None
+        self.process.join()
+        self.run.seconds = time.perf_counter() - self.started
+        if outcome is None:  # the process died without a word: a crash, a kill, out of memory
+            self.run.exit_code = EXIT_BAD_INPUT
+            self.run.reason = f"the conversion process died (exit code {self.process.exitcode})"
+        else:
+            self.run.exit_code, self.run.reason = outcome
+
+
+def _convert_one(model: Path, config: Any, sender: Connection) -> None:
+    """In the worker: one conversion, reported as (exit code, one-line reason); its own output silenced."""
+    import os
+    import warnings
+
+    from bnfold.convert import convert
+    from bnfold.errors import BnfoldError
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    warnings.simplefilter("ignore")
+    try:
+        result = convert(model, config)
+        outcome = (EXIT_OK, "") if result.passed else (EXIT_FAILED, str(result.report["verdict"]["reason"]))
+    except BnfoldError as exc:
+        outcome = (EXIT_BAD_INPUT, str(exc))
+    except Exception as exc:  # a bug meets one model: that model fails, the batch goes on
+        outcome = (EXIT_BAD_INPUT, f"internal error: {type(exc).__name__}: {exc}")
+    sender.send((outcome[0], outcome[1][:2000]))
+    sender.close()
+
+
+def exit_code(runs: Sequence[ModelRun]) -> int:
+    """2 when a model was bad input (or crashed), else 1 when one failed parity, else 0."""
+    codes = {run.exit_code for run in runs}
+    return EXIT_BAD_INPUT if EXIT_BAD_INPUT in codes else EXIT_FAILED if EXIT_FAILED in codes else EXIT_OK

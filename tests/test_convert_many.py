@@ -1,0 +1,77 @@
+"""Many models in one call: one process per model, a bad file fails alone, an aggregate worst first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import MODELS, run_cli
+
+from bnfold.convert.many import ModelRun, exit_code, plan
+from bnfold.errors import OutputError
+from bnfold.report.check import check_reports
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """The shipped models and a damaged one, converted two at a time."""
+    root = tmp_path_factory.mktemp("zoo")
+    for name in ("digits_cnn.pt2", "tabular_mlp.pt2"):
+        shutil.copy(MODELS / name, root / name)
+    (root / "damaged.pt2").write_bytes((MODELS / "digits_cnn.pt2").read_bytes()[:5000])  # a cut download
+    (root / "out").mkdir()
+    done = run_cli("convert", "digits_cnn.pt2", "tabular_mlp.pt2", "damaged.pt2", "--output-dir", "out",
+                   "--jobs", "2", "--no-bench", cwd=root)  # fmt: skip
+    return root, done
+
+
+def test_each_model_gets_its_outputs_and_the_damaged_one_fails_alone(zoo: tuple[Path, object]) -> None:
+    root, done = zoo
+    assert done.returncode == 2, done.stderr  # one model was bad input
+    out = root / "out"
+    for stem in ("digits_cnn", "tabular_mlp"):
+        report = json.loads((out / f"{stem}.report.json").read_text())
+        assert report["verdict"]["passed"] and (out / f"{stem}.onnx").is_file()
+    assert not list(out.glob("damaged*"))
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("PASS digits_cnn.pt2") for line in lines)
+    assert any(line.startswith("ERROR damaged.pt2") and "copy or save" in line for line in lines)
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_the_aggregate_lists_every_model_worst_first(zoo: tuple[Path, object]) -> None:
+    root, _ = zoo
+    summary = json.loads((root / "out" / "summary.json").read_text())
+    assert summary["schema"] == "bnfold.summary/1" and summary["passed"] is False
+    rows = summary["models"]
+    assert [r["status"] for r in rows] == ["error", "passed", "passed"]
+    assert rows[0]["model"] == "damaged.pt2" and rows[0]["report"] is None and rows[0]["reason"]
+    passed = rows[1:]
+    assert passed[0]["error_ratio"] >= passed[1]["error_ratio"]  # the larger error ratio first
+    assert {r["batchnorm_found"] for r in passed} == {4, 2} and all(r["max_abs_err"] < 1e-3 for r in passed)
+    assert (root / "out" / "summary.md").read_text().count("\n| ") == 4  # header + three rows
+    assert "damaged.pt2" in (root / "out" / "summary.html").read_text()
+
+
+def test_check_reads_the_aggregate(zoo: tuple[Path, object]) -> None:
+    root, _ = zoo
+    verdict = check_reports([root / "out" / "summary.json"])
+    assert not verdict and len(verdict.results) == 3
+    assert [r.passed for r in verdict.results] == [False, True, True]
+    done = run_cli("check", "out/summary.json", cwd=root)
+    assert done.returncode == 1 and "2/3 reports pass" in done.stdout
+
+
+def test_two_models_may_not_write_the_same_file(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="would both write"):
+        plan([tmp_path / "a" / "m.pt2", tmp_path / "b" / "m.pt2"], tmp_path / "out")
+    runs = plan([tmp_path / "m.onnx", tmp_path / "m.pt2"], tmp_path)
+    assert [r.output.name for r in runs] == ["m.folded.onnx", "m.onnx"]
+
+
+@pytest.mark.parametrize(("codes", "expected"), [((0, 0), 0), ((0, 1), 1), ((1, 2), 2), ((0, 2), 2)])
+def test_exit_code_of_a_batch(codes: tuple[int, ...], expected: int) -> None:
+    runs = [ModelRun(Path("m.pt2"), Path("m.onnx"), exit_code=c) for c in codes]
+    assert exit_code(runs) == expected
