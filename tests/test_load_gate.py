@@ -109,3 +109,24 @@ def test_the_gate_is_idle_outside_a_read(tmp_path: Path) -> None:
 )
 def test_data_globals(name: str, allowed: bool) -> None:
     assert is_data_global(name) is allowed
+
+
+@pytest.mark.parametrize(
+    ("module", "attribute", "call"),
+    [
+        ("torch._C", "_pickle_load_obj", lambda f: f(b"\x80\x02N.")),
+        ("torch._C._aoti", "AOTIModelPackageLoader", lambda f: f.load_metadata_from_package("m.pt2", "model")),
+    ],
+)
+def test_native_loaders_are_refused_inside_the_gate_only(
+    tmp_path: Path, module: str, attribute: str, call: Callable[[object], object]
+) -> None:
+    """Compiled AOTInductor code and TorchScript custom objects are read by native code, which raises no
+    audit event: the gate replaces their entry points while it is armed, and puts them back after."""
+    import importlib
+
+    owner = importlib.import_module(module)
+    original = getattr(owner, attribute)
+    with pytest.raises(UntrustedFileError, match="--trust-code"), untrusted(tmp_path / "m.pt2", "test file"):
+        call(getattr(owner, attribute))
+    assert getattr(owner, attribute) is original

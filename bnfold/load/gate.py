@@ -34,6 +34,7 @@ import os
 import sys
 import tempfile
 import threading
+import traceback
 import typing
 from collections.abc import Iterator
 from typing import Any
@@ -72,8 +73,10 @@ _NATIVE_LOADERS = (
     ("torch._C._aoti", "AOTIModelPackageLoader", "load compiled AOTInductor code"),
     ("torch._C", "_pickle_load_obj", "load a TorchScript custom object"),
 )
-# Standard modules that compile code from identifiers: type hints, namedtuple and dataclass methods.
-_CODE_GENERATORS = {typing.__file__, collections.__file__, dataclasses.__file__}
+# Standard modules that compile code of their own while a file is read: type hints, namedtuple and
+# dataclass methods, and a traceback being formatted (it parses source lines of Python files).
+_CODE_GENERATORS = {typing.__file__, collections.__file__, dataclasses.__file__, traceback.__file__}
+_PARSERS = {__file__, ast.__file__}  # frames between compile() and the code that asked for it
 
 
 class UntrustedFileError(LoadError):
@@ -247,9 +250,9 @@ def _unsafe_node(tree: ast.AST) -> str:
 
 
 def _caller_file() -> str:
-    """The file of the code that called ``compile`` (the first frame outside this module)."""
+    """The file of the code that asked for the compilation (the first frame outside this module and ast)."""
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename == __file__:
+    while frame is not None and frame.f_code.co_filename in _PARSERS:
         frame = frame.f_back  # type: ignore[assignment]
     return frame.f_code.co_filename if frame is not None else ""
 

@@ -11,6 +11,7 @@ import json
 import math
 import stat
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -36,6 +37,13 @@ def check_zip(path: Path, archive: zipfile.ZipFile) -> None:
     members = archive.infolist()
     if len(members) > MAX_MEMBERS:
         raise LoadError(f"{path}: the archive lists {len(members):,} members: not a model archive")
+    repeated = [name for name, count in Counter(info.filename for info in members).items() if count > 1]
+    if repeated:
+        twice = repeated[0]
+        raise LoadError(
+            f"{path}: the archive lists {twice!r} more than once (readers disagree on which copy counts: a "
+            "damaged or crafted archive): save the model again"
+        )
     for info in members:
         if info.header_offset + info.compress_size > size:
             raise LoadError(
