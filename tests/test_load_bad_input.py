@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnfold.errors import InputSpecError, LoadError
+from bnfold.errors import BnfoldError, InputSpecError, LoadError
 from bnfold.load import SUPPORTED, load_data, load_model, parse_shape
 
 FACTORIES = """
@@ -334,3 +334,18 @@ def test_poisoned_torch_export_archive_is_refused(tmp_path: Path, part: str, nam
     assert message.startswith(f"{path}: this torch.export archive tries to {named} while it is read")
     assert "--trust-code" in message
     assert not marker.exists()
+
+
+def test_data_file_that_is_a_zip_bomb_is_refused_before_reading(tmp_path: Path) -> None:
+    """An .npz is a zip archive: its declared sizes are checked like a model archive's."""
+    import resource
+    import zipfile as zf
+
+    from hostile_zip import write_zip_by_hand, zeros_bomb
+
+    path = write_zip_by_hand(tmp_path / "data.npz", [("x.npy", zeros_bomb(3 << 30))], root="")
+    assert zf.ZipFile(path).infolist()[0].file_size == 3 << 30  # control: it declares 3 GiB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(BnfoldError, match="inflates from .* to 3,221,225,472 bytes"):
+        load_data(path, 1)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024  # KiB: nothing inflated

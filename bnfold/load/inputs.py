@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from bnfold.errors import InputSpecError, one_line
+from bnfold.load.limits import check_zip
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ def load_data(path: str | Path, count: int) -> tuple[torch.Tensor, ...]:
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     hint = "save inputs with numpy.savez(path, x=inputs)"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            check_zip(path, archive)  # an .npz is a zip: its declared sizes are checked before any is read
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as exc:  # not numpy at all, or a pickle (refused)
