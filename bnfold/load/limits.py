@@ -134,4 +134,4 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
         return None
     if dtype.kind == "O" or tensor.data_type in _SUB_BYTE:
         return None
-    return math.prod(tensor.dims) * dtype.itemsize
+    return int(math.prod(tensor.dims) * dtype.itemsize)

@@ -25,7 +25,8 @@ def load_report(path: str | Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReportError(f"{path}: not a bnfold report (not JSON: {exc})") from None
     validate_report(data, str(path))
-    return data
+    report: dict[str, Any] = data
+    return report
 
 
 def validate_report(data: Any, where: str = "report") -> None:

@@ -68,7 +68,8 @@ class Tolerance:
         with np.errstate(invalid="ignore", over="ignore"):
             ok = np.abs(a - b) <= self.atol + self.rtol * np.abs(b)
         same_inf = np.isinf(a) & (a == b)
-        return (ok | same_inf) & ~np.isnan(a) & ~np.isnan(b)
+        mask: np.ndarray = (ok | same_inf) & ~np.isnan(a) & ~np.isnan(b)
+        return mask
 
     def describe(self) -> str:
         return f"atol {self.atol:.1e}, rtol {self.rtol:.1e}"
@@ -98,7 +99,7 @@ def _dtype_name(dtype: Any) -> str:
     text = str(dtype)
     if text.startswith("torch."):
         return text.removeprefix("torch.")
-    return np.dtype(dtype).name
+    return str(np.dtype(dtype).name)
 
 
 def as_arrays(value: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
