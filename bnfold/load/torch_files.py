@@ -108,7 +108,7 @@ def read_torchscript(path: Path, trust_code: bool = False) -> LoadedModel:
             f"it came from, pass --trust-code (trust_code=True); otherwise give {SAFE_FORMATS}"
         )
     try:
-        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call,unused-ignore]
     except Exception as exc:
         raise LoadError(f"{path}: cannot read the TorchScript archive ({one_line(exc)})") from exc
     notes = [_TRUSTED, "TorchScript archives store no example inputs", *_mode_notes(module)]
