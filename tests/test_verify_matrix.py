@@ -32,6 +32,7 @@ CHECK_KEYS = {
     "stage",
     "baseline_max_abs_err",
     "error_ratio",
+    "error_histogram",
 }
 
 
@@ -124,6 +125,21 @@ def test_error_against_fp64_is_set_next_to_the_original_fp32_models_own() -> Non
     assert folded.error_ratio == pytest.approx(folded.max_abs_err / base)
     stage_checks = [c for c in report.checks if c.reference != report.reference]
     assert all(c.baseline_max_abs_err is None and c.error_ratio is None for c in stage_checks)
+
+
+def test_every_check_carries_a_histogram_of_its_errors_over_all_batches() -> None:
+    report = matrix(providers="cpu")
+    original, _ = original_and_folded()
+    with torch.no_grad():
+        fp32 = [original(torch.from_numpy(x[0])).numpy() for _, x in batches()]
+        fp64 = [original.double()(torch.from_numpy(x[0]).double()).numpy() for _, x in batches()]
+    errors = np.concatenate([np.abs(a.astype(np.float64) - b).ravel() for a, b in zip(fp32, fp64, strict=True)])
+    baseline = json.loads(json.dumps(report.checks[0].to_json()))["error_histogram"]
+    assert baseline["total"] == 5 * (1 + 8 + 16)
+    nonzero = errors[errors > 0]
+    assert baseline["zeros"] == errors.size - nonzero.size
+    assert baseline["counts"] == np.histogram(nonzero, bins=np.logspace(-12, 2, 15))[0].tolist()
+    assert all(c.error_histogram and c.error_histogram["total"] == 125 for c in report.checks)
 
 
 def test_topk_agreement_is_reported_for_classifier_outputs() -> None:

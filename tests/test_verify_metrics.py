@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bnfold.verify import Tolerance
-from bnfold.verify.metrics import ErrorAccumulator, compare_arrays
+from bnfold.verify.metrics import ErrorAccumulator, ErrorHistogram, compare_arrays
 
 
 def test_single_batch_metrics() -> None:
@@ -74,3 +74,57 @@ def test_aggregation_takes_maxima_and_element_weighted_means() -> None:
 def test_shape_mismatch_fails_with_a_reason() -> None:
     m = compare_arrays(np.zeros((2, 2)), np.zeros((2, 3)), Tolerance())
     assert not m.passed and m.max_abs_err is None and "reference shape (2, 3)" in (m.error or "")
+
+
+def decade_counts(errors: np.ndarray) -> dict[str, object]:
+    """The expected histogram, by another road: the decade of each error from its log10."""
+    errors = errors.ravel()
+    nan, zero = np.isnan(errors), errors == 0.0
+    rest = errors[~nan & ~zero]
+    with np.errstate(divide="ignore"):
+        decade = np.floor(np.log10(rest)).astype(np.int64)  # inf -> a huge integer, counted above
+    decade[np.isinf(rest)] = 99
+    return {"counts": [int(np.sum(decade == k)) for k in range(-12, 2)], "zeros": int(zero.sum()),
+            "below": int(np.sum(decade < -12)), "above": int(np.sum(decade >= 2)), "nan": int(nan.sum()),
+            "total": errors.size}
+
+
+def test_the_error_histogram_counts_every_decade_over_batches_like_log10_does() -> None:
+    rng = np.random.default_rng(1)
+    acc = ErrorAccumulator(Tolerance())
+    seen = []
+    for name, n in (("a", 300), ("b", 1000)):
+        reference = rng.normal(size=n)
+        errors = 10.0 ** rng.uniform(-14.5, 3.5, size=n)  # spans the bins and past both ends
+        errors[:7] = 0.0
+        actual = reference + errors
+        acc.add(actual, reference, name)
+        seen.append(np.abs(actual - reference))  # what was really added, after rounding
+    histogram = acc.result().error_histogram
+    assert histogram is not None
+    got = histogram.to_json()
+    assert np.allclose(got["edges"], np.logspace(-12, 2, 15), rtol=1e-12, atol=0)
+    assert len(got["counts"]) == 14
+    expected = decade_counts(np.concatenate(seen))
+    assert {k: got[k] for k in expected} == expected
+    assert got["zeros"] >= 14 and got["below"] > 0 and got["above"] > 0  # the data reached every kind of bin
+    numpy_counts, _ = np.histogram(np.concatenate(seen), bins=np.logspace(-12, 2, 15))
+    assert got["counts"][:-1] == numpy_counts.tolist()[:-1]  # numpy's last bin is closed, ours is not
+
+
+def test_bin_edges_belong_to_the_bin_above_and_nan_inf_zero_have_their_own() -> None:
+    errors = np.array([0.0, 1e-13, 1e-12, 1e-6, 9.99e-7, 10.0, 99.9, 100.0, np.inf, np.nan])
+    histogram = ErrorHistogram()
+    histogram.add(errors[:4])
+    histogram.add(errors[4:])
+    got = histogram.to_json()
+    assert got["zeros"] == 1 and got["below"] == 1 and got["nan"] == 1 and got["above"] == 2
+    counts = got["counts"]
+    assert counts[0] == 1  # 1e-12 opens [1e-12, 1e-11)
+    assert counts[6] == 1 and counts[5] == 1  # 1e-6 in [1e-6, 1e-5), 9.99e-7 just below it
+    assert counts[13] == 2  # 10 and 99.9 in [10, 100)
+    assert sum(counts) + got["zeros"] + got["below"] + got["above"] + got["nan"] == got["total"] == errors.size
+
+
+def test_a_check_with_no_numbers_has_no_histogram() -> None:
+    assert compare_arrays(np.zeros((2, 2)), np.zeros((2, 3)), Tolerance()).error_histogram is None

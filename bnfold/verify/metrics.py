@@ -13,6 +13,8 @@ ratios are weighted by element (or row) count, and the cosine is that of the con
 * ``top1_agreement`` / ``top5_agreement``: only for classifier-like outputs (2-D, N x K with K >= 2,
   resp. K >= 5): the fraction of rows whose argmax (resp. set of five largest) equals that of the
   *predictions* array, normally the original fp32 model's output.
+* ``error_histogram``: how many elements have |a - b| in each decade from 1e-12 to 1e2
+  (:class:`ErrorHistogram`); the bins are fixed, so histograms of different candidates and runs compare.
 
 A NaN anywhere makes the errors NaN and the check fail.
 """
@@ -20,6 +22,7 @@ A NaN anywhere makes the errors NaN and the check fail.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +30,46 @@ from bnfold.verify.tolerance import Tolerance
 
 _TINY = float(np.finfo(np.float64).tiny)
 REL_FLOOR = 1e-6
+HISTOGRAM_EDGES: tuple[float, ...] = tuple(float(f"1e{k}") for k in range(-12, 3))
+
+
+class ErrorHistogram:
+    """Counts of absolute errors in fixed decades, added batch by batch without keeping the arrays.
+
+    ``counts[i]`` is the number of errors in ``[edges[i], edges[i + 1])`` for the :data:`HISTOGRAM_EDGES`
+    1e-12, 1e-11, ..., 1e2; besides them ``zeros`` (exactly 0), ``below`` (under 1e-12 but not 0),
+    ``above`` (1e2 or more, infinity too) and ``nan``. Every element is in exactly one of these.
+    """
+
+    def __init__(self) -> None:
+        self._bins = np.zeros(len(HISTOGRAM_EDGES) + 1, dtype=np.int64)  # below, the decades, above
+        self.zeros = 0
+        self.nan = 0
+
+    def add(self, errors: np.ndarray) -> None:
+        """Count one batch of absolute errors (non-negative or NaN)."""
+        flat = np.asarray(errors, dtype=np.float64).ravel()
+        zeros, nan = int(np.count_nonzero(flat == 0.0)), int(np.count_nonzero(np.isnan(flat)))
+        # NaN sorts past every edge, zero before the first: both are taken out of the end bins again
+        index = np.searchsorted(HISTOGRAM_EDGES, flat, side="right")
+        self._bins += np.bincount(index, minlength=len(self._bins))
+        self._bins[0] -= zeros
+        self._bins[-1] -= nan
+        self.zeros += zeros
+        self.nan += nan
+
+    @property
+    def counts(self) -> list[int]:
+        return [int(n) for n in self._bins[1:-1]]
+
+    @property
+    def total(self) -> int:
+        return int(self._bins.sum()) + self.zeros + self.nan
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"edges", "counts", "zeros", "below", "above", "nan", "total"}``."""
+        return {"edges": list(HISTOGRAM_EDGES), "counts": self.counts, "zeros": self.zeros,
+                "below": int(self._bins[0]), "above": int(self._bins[-1]), "nan": self.nan, "total": self.total}
 
 
 @dataclass
@@ -44,6 +87,7 @@ class OutputMetrics:
     nan_count: int = 0
     worst_batch: str | None = None
     error: str | None = None
+    error_histogram: ErrorHistogram | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -65,6 +109,7 @@ class ErrorAccumulator:
         self.nan_count = 0
         self.worst_batch: str | None = None
         self.error: str | None = None
+        self.histogram = ErrorHistogram()
 
     def add(self, actual: np.ndarray, reference: np.ndarray, batch: str = "",
             predictions: np.ndarray | None = None) -> None:
@@ -95,6 +140,7 @@ class ErrorAccumulator:
         self.max_rel = rel if _worse(rel, self.max_rel) else self.max_rel
         self.sum_abs += float(np.sum(diff))
         self.elements += diff.size
+        self.histogram.add(diff)
 
     def _add_agreement(self, a: np.ndarray, predictions: np.ndarray) -> None:
         if a.ndim != 2 or a.shape[1] < 2 or predictions.shape != a.shape:
@@ -122,6 +168,7 @@ class ErrorAccumulator:
             passed=self.mismatches == 0 and self.nan_count == 0 and not np.isnan(self.max_abs),
             nan_count=self.nan_count,
             worst_batch=self.worst_batch,
+            error_histogram=self.histogram,
         )
         return metrics
 

@@ -28,6 +28,8 @@ class ParityCheck:
     fp32 arithmetic of this model allows at that output (see :data:`~bnfold.verify.tolerance.NOISE_RULE`):
     a check within it passes even where the fixed tolerance does not. ``batch_source`` is "all" when the
     metrics aggregate every batch, with ``worst_batch`` naming where ``max_abs_err`` peaked.
+    ``error_histogram`` counts the elements' absolute errors in fixed decades
+    (:meth:`~bnfold.verify.metrics.ErrorHistogram.to_json`); None when the check has no numbers.
     """
 
     reference: str
@@ -51,6 +53,7 @@ class ParityCheck:
     nan_count: int = 0
     error: str | None = None
     noise_bound: float | None = None
+    error_histogram: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, reference: str, candidate: str, output: str, batch_source: str, stage: str,
@@ -61,6 +64,7 @@ class ParityCheck:
             metrics.cosine, metrics.top1_agreement, metrics.top5_agreement,
             tolerance.atol, tolerance.rtol, metrics.passed, stage,
             worst_batch=metrics.worst_batch, nan_count=metrics.nan_count, error=metrics.error,
+            error_histogram=None if metrics.error_histogram is None else metrics.error_histogram.to_json(),
         )
 
     def __bool__(self) -> bool:
