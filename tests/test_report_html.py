@@ -7,6 +7,7 @@ import html
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 from test_report_render import StrictParser, parse
 from test_report_sample import BN_NAMES, failing_report, sample_report
@@ -117,16 +118,54 @@ def test_no_external_assets_anywhere() -> None:
             assert not {"src", "href", "srcset"} & set(attrs)
 
 
+def latency_svg(document: str) -> str:
+    start = document.index('<svg width="', document.index("<h2>Latency</h2>"))
+    return document[start:document.index("</svg>", start)]
+
+
+def bars(svg: str) -> dict[str, float]:
+    """Bar width by the time in its tooltip, e.g. {"original: 0.050 ms": 24.4}."""
+    found = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="([\d.]+)" height="17" fill="#[0-9a-f]+">'
+                       r"<title>([^<]+)</title>", svg)
+    return {title: float(width) for width, title in found}
+
+
 def test_the_chart_has_a_labelled_bar_pair_per_backend_and_batch() -> None:
     document = render_html(sample_report())
-    parser = parse(document)
-    assert [tag for tag, _ in parser.tags].count("svg") == 1
-    svg = document[document.index("<svg"):document.index("</svg>")]
+    svg = latency_svg(document)
     assert svg.count("<rect") == 2 + 2 * 3  # legend and one pair per (backend, provider, batch)
     for label in ("onnxruntime · CPU · batch 1", "onnxruntime · CPU · batch 64", "torch · eager · batch 1"):
         assert label in svg
     assert '<text x="' in svg and "0.050 ms" in svg and '"faster">0.038 ms (1.32×, faster)' in svg
     assert 'viewBox="0 0 ' in svg
+
+
+def test_latency_bars_share_one_linear_scale_with_an_axis_in_ms() -> None:
+    document = render_html(sample_report())
+    svg = latency_svg(document)
+    widths = bars(svg)
+    assert len(widths) == 6
+    per_ms = {title: width / float(title.split(": ")[1].removesuffix(" ms")) for title, width in widths.items()}
+    assert max(per_ms.values()) == pytest.approx(min(per_ms.values()), rel=0.01)  # pixels per ms: one scale
+    ticks = re.findall(r'class="axis">([^<]+)</text>', svg)
+    assert ticks[0] == "0 ms" and all(t.endswith(" ms") for t in ticks) and len(ticks) >= 3
+    assert float(ticks[-1].split()[0]) >= 0.9  # the axis reaches the slowest bar
+    assert "one time scale (linear from 0)" in document
+
+
+def test_latency_far_apart_goes_on_one_logarithmic_scale() -> None:
+    report = sample_report()
+    for entry, p50 in zip(report["latency"][4:], (20.0, 12.0), strict=True):
+        entry["p50_ms"] = p50  # torch eager 500x slower than onnxruntime
+    document = render_html(report)
+    svg = latency_svg(document)
+    widths = {float(t.split(": ")[1].removesuffix(" ms")): w for t, w in bars(svg).items()}
+    assert min(widths.values()) > 20  # the fastest bar is still plainly visible
+    logs = np.log10(list(widths))
+    slope, intercept = np.polyfit(logs, list(widths.values()), 1)
+    assert np.allclose(slope * logs + intercept, list(widths.values()), atol=0.2)  # length ~ log10(time)
+    assert re.findall(r'class="axis">([^<]+)</text>', svg) == ["0.01 ms", "0.1 ms", "1 ms", "10 ms", "100 ms"]
+    assert "logarithmic" in document
 
 
 def test_the_chart_says_when_a_difference_is_noise() -> None:

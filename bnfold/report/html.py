@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
+from bnfold.report.charts import latency_chart
 from bnfold.report.check import headline, parity_failure
 from bnfold.report.markdown import (
     error_figure,
@@ -58,14 +59,12 @@ th{background:#f6f8fa;white-space:nowrap}th.n,td.n{text-align:right;white-space:
 font-variant-numeric:tabular-nums}.nowrap{white-space:nowrap}tr.failed td{background:#fff5f5}
 code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;overflow-wrap:anywhere}
 svg{max-width:100%;height:auto}svg text{font:13px system-ui,sans-serif;fill:#1f2328}
-svg .faster{fill:#116329}svg .slower{fill:#a40e26}
+svg .faster{fill:#116329}svg .slower{fill:#a40e26}svg text.axis{font-size:12px;fill:#57606a}
 .env{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:6px 20px;margin:0}
 .env div{min-width:0}.env dt{color:#57606a;font-size:13px}.env dd{margin:0;overflow-wrap:anywhere}
 .env .wide{grid-column:1/-1}
 """
 
-ORIGINAL_COLOUR = "#8c959f"
-FOLDED_COLOUR = "#0969da"
 TONES = {"faster": "good", "slower": "bad", "unchanged": None}
 
 
@@ -219,56 +218,10 @@ def _latency(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str
     header = ["backend", "provider", "batch", "original p50", "folded p50", "speedup", "paired IQR"]
     table = _table(header, rows, numeric={2, 3, 4, 5, 6})
     threads = ", ".join(sorted({str(r.get("threads")) for r in latency}))
-    note = (f'<p class="note">Original and folded timed interleaved, {esc(threads)} thread(s). Each row '
-            "has its own scale: bars compare the two models, not the rows.</p>")
-    return _section("Latency", latency_chart(groups) + note + table)
-
-
-def latency_chart(groups: Sequence[Mapping[str, Any]]) -> str:
-    """An inline SVG bar chart: original and folded p50 per (backend, provider, batch)."""
-    label_w, bar_w, row_h, top = 220, 440, 52, 30
-    width, height = label_w + bar_w + 250, top + row_h * len(groups)
-    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="p50 latency, original vs folded">', _legend(label_w)]
-    for i, group in enumerate(groups):
-        y = top + i * row_h
-        provider = str(group["provider"]).removesuffix("ExecutionProvider")
-        label = f"{group['backend']} · {provider} · batch {group['batch']}"
-        parts.append(f'<text x="0" y="{y + 24}">{esc(label)}</text>')
-        if i and group["backend"] != groups[i - 1]["backend"]:
-            parts.append(f'<line x1="0" x2="{width}" y1="{y - 5}" y2="{y - 5}" stroke="#d0d7de"></line>')
-        scale = max(v for v in (group["original"], group["folded"], 1e-12) if v is not None)
-        parts.append(_bar(label_w, y + 4, bar_w, group["original"], scale, ORIGINAL_COLOUR, "original"))
-        parts.append(_bar(label_w, y + 24, bar_w, group["folded"], scale, FOLDED_COLOUR, "folded",
-                          _bar_note(group["speedup"] or {})))
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-def _bar_note(speedup: Mapping[str, Any]) -> tuple[str, str]:
-    """`` (1.32×, faster)`` and its tone: faster or slower beyond the paired ratios' spread, else noise."""
-    p50 = speedup.get("speedup_p50")
-    if p50 is None:
-        return "", ""
-    low, high = speedup.get("speedup_low") or p50, speedup.get("speedup_high") or p50
-    tone = "faster" if low > 1.0 else "slower" if high < 1.0 else ""
-    return f" ({ratio_text(p50)}, {tone or 'within noise'})", tone
-
-
-def _legend(x: int) -> str:
-    return (f'<rect x="{x}" y="4" width="13" height="13" fill="{ORIGINAL_COLOUR}"></rect>'
-            f'<text x="{x + 19}" y="15">original</text>'
-            f'<rect x="{x + 100}" y="4" width="13" height="13" fill="{FOLDED_COLOUR}"></rect>'
-            f'<text x="{x + 119}" y="15">folded</text>')
-
-
-def _bar(x: int, y: int, width: int, value: float | None, scale: float, colour: str, name: str,
-         note: tuple[str, str] = ("", "")) -> str:
-    length = 0.0 if value is None else max(1.0, width * value / scale)
-    tone = f' class="{note[1]}"' if note[1] else ""
-    return (f'<rect x="{x}" y="{y}" width="{length:.1f}" height="17" fill="{colour}">'
-            f"<title>{esc(name)}: {esc(ms(value))}</title></rect>"
-            f'<text x="{x + length + 6:.1f}" y="{y + 13}"{tone}>{esc(ms(value) + note[0])}</text>')
+    chart, axis = latency_chart(groups)
+    note = (f'<p class="note">Original and folded timed interleaved, {esc(threads)} thread(s). Every bar '
+            f"is on one time scale ({esc(axis.describe())}).</p>")
+    return _section("Latency", chart + note + table)
 
 
 def _parity(parity: Mapping[str, Any]) -> str:

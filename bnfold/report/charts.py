@@ -1,0 +1,131 @@
+"""The HTML report's charts as inline SVG: latency bars on one scale.
+
+No script, no external asset: every chart is plain SVG text sized by ``viewBox``, so it scales with the
+page. Every string from the report goes through :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bnfold.report.markdown import ms, ratio_text
+
+ORIGINAL_COLOUR = "#8c959f"
+FOLDED_COLOUR = "#0969da"
+FAILED_COLOUR = "#cf222e"
+GRID_COLOUR = "#d0d7de"
+LINEAR_RANGE = 30.0  # past this ratio of the slowest to the fastest time, the latency axis is logarithmic
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _svg(width: int, height: int, label: str) -> str:
+    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="{esc(label)}">')
+
+
+def _text(x: float, y: float, text: str, anchor: str = "", css: str = "") -> str:
+    attrs = (f' text-anchor="{anchor}"' if anchor else "") + (f' class="{css}"' if css else "")
+    return f'<text x="{x:.1f}" y="{y:.1f}"{attrs}>{esc(text)}</text>'
+
+
+def _line(x1: float, y1: float, x2: float, y2: float, colour: str = GRID_COLOUR, dash: str = "") -> str:
+    dashes = f' stroke-dasharray="{dash}"' if dash else ""
+    return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{colour}"{dashes}></line>'
+
+
+class TimeAxis:
+    """One scale for every latency bar: linear from 0 ms, or logarithmic (decades) when the times span more
+    than :data:`LINEAR_RANGE`, so that a 0.04 ms bar next to a 20 ms one is still visible."""
+
+    def __init__(self, values: Sequence[float], width: float) -> None:
+        positive = [v for v in values if v > 0] or [1.0]
+        low, high = min(positive), max(positive)
+        self.width = width
+        self.log = high / low > LINEAR_RANGE
+        if self.log:
+            first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+            self.ticks = [10.0 ** k for k in range(first, max(last, first + 1) + 1)]
+        else:
+            step = _nice_step(high / 5)
+            self.ticks = [step * k for k in range(math.ceil(high / step - 1e-9) + 1)]
+
+    def x(self, value: float | None) -> float:
+        """Distance from the axis origin; a bar is never shorter than one pixel."""
+        if value is None or value <= 0:
+            return 0.0
+        if self.log:
+            first, last = math.log10(self.ticks[0]), math.log10(self.ticks[-1])
+            share = (math.log10(value) - first) / (last - first)
+        else:
+            share = value / self.ticks[-1]
+        return max(1.0, self.width * share)
+
+    def describe(self) -> str:
+        return "logarithmic: each gridline is 10× the one before" if self.log else "linear from 0"
+
+
+def _nice_step(raw: float) -> float:
+    """1, 2 or 5 times a power of ten, at least ``raw``."""
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
+
+
+def _tick_label(value: float) -> str:
+    return f"{value:g} ms"
+
+
+def latency_chart(groups: Sequence[Mapping[str, Any]]) -> tuple[str, TimeAxis]:
+    """An inline SVG bar chart of original and folded p50 per (backend, provider, batch), every bar on one
+    time axis labelled in ms; and that axis."""
+    label_w, bar_w, row_h, top = 220, 440, 52, 30
+    values = [v for g in groups for v in (g["original"], g["folded"]) if v is not None]
+    axis = TimeAxis(values, bar_w)
+    width, bottom = label_w + bar_w + 250, top + row_h * len(groups)
+    parts = [_svg(width, bottom + 26, "p50 latency, original vs folded"), _legend(label_w)]
+    for tick in axis.ticks:
+        x = label_w + (axis.x(tick) if tick > 0 else 0.0)
+        parts.append(_line(x, top - 4, x, bottom))
+        parts.append(_text(x, bottom + 18, _tick_label(tick), "middle", "axis"))
+    for i, group in enumerate(groups):
+        y = top + i * row_h
+        provider = str(group["provider"]).removesuffix("ExecutionProvider")
+        parts.append(_text(0, y + 24, f"{group['backend']} · {provider} · batch {group['batch']}"))
+        if i and group["backend"] != groups[i - 1]["backend"]:
+            parts.append(_line(0, y - 5, width, y - 5))
+        parts.append(_bar(label_w, y + 4, axis, group["original"], ORIGINAL_COLOUR, "original"))
+        parts.append(_bar(label_w, y + 24, axis, group["folded"], FOLDED_COLOUR, "folded",
+                          _bar_note(group["speedup"] or {})))
+    parts.append("</svg>")
+    return "\n".join(parts), axis
+
+
+def _bar_note(speedup: Mapping[str, Any]) -> tuple[str, str]:
+    """`` (1.32×, faster)`` and its tone: faster or slower beyond the paired ratios' spread, else noise."""
+    p50 = speedup.get("speedup_p50")
+    if p50 is None:
+        return "", ""
+    low, high = speedup.get("speedup_low") or p50, speedup.get("speedup_high") or p50
+    tone = "faster" if low > 1.0 else "slower" if high < 1.0 else ""
+    return f" ({ratio_text(p50)}, {tone or 'within noise'})", tone
+
+
+def _legend(x: int) -> str:
+    return (f'<rect x="{x}" y="4" width="13" height="13" fill="{ORIGINAL_COLOUR}"></rect>'
+            f'<text x="{x + 19}" y="15">original</text>'
+            f'<rect x="{x + 100}" y="4" width="13" height="13" fill="{FOLDED_COLOUR}"></rect>'
+            f'<text x="{x + 119}" y="15">folded</text>')
+
+
+def _bar(x: int, y: int, axis: TimeAxis, value: float | None, colour: str, name: str,
+         note: tuple[str, str] = ("", "")) -> str:
+    length = axis.x(value)
+    tone = f' class="{note[1]}"' if note[1] else ""
+    return (f'<rect x="{x}" y="{y}" width="{length:.1f}" height="17" fill="{colour}">'
+            f"<title>{esc(name)}: {esc(ms(value))}</title></rect>"
+            f'<text x="{x + length + 6:.1f}" y="{y + 13}"{tone}>{esc(ms(value) + note[0])}</text>')
