@@ -53,7 +53,7 @@ def test_html_is_well_formed_with_a_green_verdict_first() -> None:
     assert document.startswith("<!DOCTYPE html>")
     parser = parse(document)
     names = [tag for tag, _ in parser.tags]
-    assert names.index("header") < names.index("table") and names.count("svg") == 1
+    assert names.index("header") < names.index("table") and names.count("svg") == 2  # latency, errors
     header = next(attrs for tag, attrs in parser.tags if tag == "header")
     assert header["class"] == "verdict pass"
     text = "".join(parser.text)
@@ -90,7 +90,8 @@ def test_html_without_latency_has_no_chart() -> None:
     report = sample_report()
     report["latency"], report["speedup"] = [], []
     parser = parse(render_html(report))
-    assert "svg" not in [tag for tag, _ in parser.tags] and "Not measured." in "".join(parser.text)
+    charts = [attrs["aria-label"] for tag, attrs in parser.tags if tag == "svg"]
+    assert charts == ["error histograms against the fp64 reference"] and "Not measured." in "".join(parser.text)
 
 
 def test_html_failure_is_red_and_names_the_stage() -> None:

@@ -6,7 +6,23 @@ import copy
 import json
 from typing import Any
 
+import numpy as np
+
 BN_NAMES = ["features.1", "features.4", "head.bn <b>&", "classifier.bn"]
+
+
+EDGES = [float(f"1e{k}") for k in range(-12, 3)]
+ELEMENTS = 4520  # 452 rows of 10 logits
+
+
+def error_histogram(max_err: float, seed: int = 0) -> dict[str, Any]:
+    """Errors spread over about three decades under ``max_err``, as fp32 rounding spreads them."""
+    rng = np.random.default_rng(seed)
+    errors = max_err * 10.0 ** -np.abs(rng.normal(0.8, 0.6, size=ELEMENTS))
+    errors[:40] = 0.0
+    counts, _ = np.histogram(errors[errors > 0], bins=EDGES)
+    return {"edges": EDGES, "counts": counts.tolist(), "zeros": 40, "below": 0, "above": 0, "nan": 0,
+            "total": ELEMENTS}
 
 
 def _check(candidate: str, reference: str, stage: str, err: float, base: float | None) -> dict[str, Any]:
@@ -16,7 +32,7 @@ def _check(candidate: str, reference: str, stage: str, err: float, base: float |
         "cosine": 1.0, "top1_agreement": 1.0, "top5_agreement": 1.0, "atol": 1e-4, "rtol": 1e-3,
         "passed": True, "stage": stage, "baseline_max_abs_err": base,
         "error_ratio": None if base is None else err / base, "worst_batch": "random seed 1", "nan_count": 0,
-        "error": None,
+        "error": None, "error_histogram": error_histogram(err, seed=len(candidate) + len(reference)),
     }
 
 
@@ -92,7 +108,9 @@ def failing_report() -> dict[str, Any]:
     report = sample_report()
     checks = report["parity"]["checks"]
     for check in checks[3:]:
-        check.update(max_abs_err=0.32, passed=False, mismatch_ratio=0.9, top1_agreement=0.8)
+        base = check["baseline_max_abs_err"]
+        check.update(max_abs_err=0.32, passed=False, mismatch_ratio=0.9, top1_agreement=0.8,
+                     error_ratio=None if base is None else 0.32 / base, error_histogram=error_histogram(0.32))
     report["parity"].update(passed=False, failed_stage="export")
     report["verdict"] = {"passed": False, "reason": "parity failed at stage export"}
     return report

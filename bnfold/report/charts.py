@@ -1,4 +1,4 @@
-"""The HTML report's charts as inline SVG: latency bars on one scale.
+"""The HTML report's charts as inline SVG: latency bars on one scale, error histograms against fp64.
 
 No script, no external asset: every chart is plain SVG text sized by ``viewBox``, so it scales with the
 page. Every string from the report goes through :func:`html.escape`.
@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bnfold.report.markdown import ms, ratio_text
+from bnfold.report.markdown import ms, num, ratio_text, times
 
 ORIGINAL_COLOUR = "#8c959f"
 FOLDED_COLOUR = "#0969da"
@@ -129,3 +129,114 @@ def _bar(x: int, y: int, axis: TimeAxis, value: float | None, colour: str, name:
     return (f'<rect x="{x}" y="{y}" width="{length:.1f}" height="17" fill="{colour}">'
             f"<title>{esc(name)}: {esc(ms(value))}</title></rect>"
             f'<text x="{x + length + 6:.1f}" y="{y + 13}"{tone}>{esc(ms(value) + note[0])}</text>')
+
+
+# The histogram's columns, left to right: exactly 0, a gap, below the first edge, one per decade, at or past
+# the last edge, a gap, NaN.
+COLUMN_W, GAP, HIST_ROW_H, HIST_LABEL_W = 28, 10, 50, 270
+
+
+def histogram_chart(checks: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None) -> str:
+    """One output's error histograms against the fp64 reference: a row per candidate, the original fp32
+    model's own histogram (fp32 noise) as the first row and as an outline behind every other row, bar
+    heights the share of elements, on one scale for all rows."""
+    rows = ([baseline] if baseline else []) + list(checks)
+    edges = rows[0]["error_histogram"]["edges"]
+    plot_w = COLUMN_W * (len(edges) + 3) + 2 * GAP
+    width, top = HIST_LABEL_W + plot_w + 230, 30
+    bottom = top + HIST_ROW_H * len(rows)
+    tallest = max(max(_shares(row["error_histogram"])) for row in rows) or 1.0
+    parts = [_svg(width, bottom + 24, "error histograms against the fp64 reference"), _hist_legend(HIST_LABEL_W, rows)]
+    parts += _hist_axis(edges, top, bottom)
+    parts += _atol_line(rows, edges, top, bottom)
+    ghost = _shares(baseline["error_histogram"]) if baseline else None
+    for i, row in enumerate(rows):
+        y = top + i * HIST_ROW_H
+        is_baseline = row is baseline
+        name = str(row.get("candidate")) + (" (fp32 noise)" if is_baseline else "")
+        parts.append(_text(0, y + HIST_ROW_H / 2 + 5, name))
+        colour = ORIGINAL_COLOUR if is_baseline else FOLDED_COLOUR if row.get("passed") else FAILED_COLOUR
+        parts += _hist_bars(_shares(row["error_histogram"]), y, tallest, colour, "fill")
+        if ghost and not is_baseline:
+            parts += _hist_bars(ghost, y, tallest, "#57606a", "outline")
+        parts.append(_text(HIST_LABEL_W + plot_w + 12, y + HIST_ROW_H / 2 + 5, _row_note(row)))
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _shares(histogram: Mapping[str, Any]) -> list[float]:
+    """The share of elements in each column: 0, below, the decades, above, NaN."""
+    total = histogram.get("total") or 1
+    counts = [histogram.get("zeros", 0), histogram.get("below", 0), *histogram.get("counts", []),
+              histogram.get("above", 0), histogram.get("nan", 0)]
+    return [int(c or 0) / total for c in counts]
+
+
+def _column_x(i: int, columns: int) -> float:
+    """Left edge of column ``i``; the first and the last column stand apart."""
+    gaps = (i > 0) + (i == columns - 1)
+    return HIST_LABEL_W + i * COLUMN_W + gaps * GAP
+
+
+def _hist_bars(shares: Sequence[float], y: float, tallest: float, colour: str, style: str) -> list[str]:
+    base, height = y + HIST_ROW_H - 6, HIST_ROW_H - 12
+    paint = (f'fill="{colour}"' if style == "fill"
+             else f'fill="none" stroke="{colour}" stroke-width="1.5" stroke-dasharray="3 2"')
+    parts = [_line(HIST_LABEL_W, base, _column_x(len(shares), len(shares)), base)] if style == "fill" else []
+    for i, share in enumerate(shares):
+        if share <= 0:
+            continue
+        h = max(1.0, height * share / tallest)
+        x = _column_x(i, len(shares)) + 2
+        parts.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{COLUMN_W - 4}" height="{h:.1f}" {paint}>'
+                     f"<title>{100 * share:.1f}%</title></rect>")
+    return parts
+
+
+def _hist_axis(edges: Sequence[float], top: float, bottom: float) -> list[str]:
+    columns = len(edges) + 3
+    parts = [_text(_column_x(0, columns) + COLUMN_W / 2, bottom + 16, "0", "middle", "axis"),
+             _text(_column_x(columns - 1, columns) + COLUMN_W / 2, bottom + 16, "NaN", "middle", "axis")]
+    for k, edge in enumerate(edges):
+        x = _column_x(k + 2, columns)  # the left side of the column starting at this edge
+        if k % 3 == 0 or k == len(edges) - 1:
+            parts.append(_line(x, top - 4, x, bottom))
+            parts.append(_text(x, bottom + 16, f"{edge:.0e}".replace("e+00", "").replace("e+0", "e")
+                               .replace("e-0", "e-"), "middle", "axis"))
+    return parts
+
+
+def _atol_line(rows: Sequence[Mapping[str, Any]], edges: Sequence[float], top: float, bottom: float) -> list[str]:
+    """A dashed line at the tolerance's atol, when every row has the same one within the decades."""
+    atol = _common_atol(rows)
+    if atol is None or not edges[0] <= atol < edges[-1]:
+        return []
+    decades = math.log10(atol) - math.log10(edges[0])
+    x = _column_x(2, len(edges) + 3) + decades * COLUMN_W
+    return [_line(x, top - 4, x, bottom, FAILED_COLOUR, "4 3")]
+
+
+def _common_atol(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    atols = {row.get("atol") for row in rows}
+    atol = atols.pop() if len(atols) == 1 else None
+    return float(atol) if isinstance(atol, float | int) and atol > 0 else None
+
+
+def _hist_legend(x: int, rows: Sequence[Mapping[str, Any]]) -> str:
+    atol = _common_atol(rows)
+    legend = (f'<rect x="{x}" y="4" width="13" height="13" fill="{FOLDED_COLOUR}"></rect>'
+              f'<text x="{x + 19}" y="15">candidate</text>'
+              f'<rect x="{x + 110}" y="4.5" width="12" height="12" fill="none" stroke="#57606a" '
+              f'stroke-dasharray="3 2" stroke-width="1.5"></rect>'
+              f'<text x="{x + 129}" y="15">original fp32 (fp32 noise)</text>')
+    if atol is not None:
+        legend += _line(x + 335, 4, x + 335, 17, FAILED_COLOUR, "4 3") + _text(x + 343, 15, f"atol {num(atol)}")
+    return legend
+
+
+def _row_note(check: Mapping[str, Any]) -> str:
+    text = f"max {num(check.get('max_abs_err'))}"
+    ratio = check.get("error_ratio")
+    if ratio is not None and check.get("stage") != "baseline":
+        text += f" ({times(ratio)} fp32)"
+    return text

@@ -14,11 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
-from bnfold.report.charts import latency_chart
+from bnfold.report.charts import histogram_chart, latency_chart
 from bnfold.report.check import headline, parity_failure
 from bnfold.report.markdown import (
     error_figure,
     fold_ran,
+    histogram_groups,
     latency_groups,
     ms,
     num,
@@ -60,6 +61,7 @@ font-variant-numeric:tabular-nums}.nowrap{white-space:nowrap}tr.failed td{backgr
 code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;overflow-wrap:anywhere}
 svg{max-width:100%;height:auto}svg text{font:13px system-ui,sans-serif;fill:#1f2328}
 svg .faster{fill:#116329}svg .slower{fill:#a40e26}svg text.axis{font-size:12px;fill:#57606a}
+.chart{margin:8px 0 16px}h3{font-size:16px;margin:14px 0 4px}
 .env{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:6px 20px;margin:0}
 .env div{min-width:0}.env dt{color:#57606a;font-size:13px}.env dd{margin:0;overflow-wrap:anywhere}
 .env .wide{grid-column:1/-1}
@@ -240,7 +242,23 @@ def _parity(parity: Mapping[str, Any]) -> str:
                    row_classes=["" if c.get("passed") else "failed" for c in checks])
     notes = "".join(f'<p class="note">{esc(note)}</p>' for note in parity_notes(parity))
     verdict = "passed" if parity.get("passed") else f"FAILED at stage {parity.get('failed_stage')}"
-    return _section(f"Parity: {verdict}", _parity_intro(parity, outputs) + table + notes)
+    return _section(f"Parity: {verdict}", _parity_intro(parity, outputs) + _histograms(parity) + table + notes)
+
+
+def _histograms(parity: Mapping[str, Any]) -> str:
+    """One chart per output: how the errors of each candidate against fp64 spread over the decades."""
+    groups = histogram_groups(parity)
+    if not groups:
+        return ""
+    scale = (" The dashed outline is the original fp32 model's own: bars where the outline is mean the "
+             "candidate adds no more error than fp32 arithmetic itself." if groups[0].baseline else "")
+    parts = [f'<p class="note">How large the errors against {esc(parity.get("reference"))} are, element by '
+             f"element: the share of elements in each decade of |a − b|.{esc(scale)}</p>"]
+    for group in groups:
+        if len(groups) > 1:
+            parts.append(f"<h3>Output {esc(group.output)}</h3>")
+        parts.append(f'<div class="chart">{histogram_chart(group.candidates, group.baseline)}</div>')
+    return "".join(parts)
 
 
 def _parity_intro(parity: Mapping[str, Any], outputs: Sequence[str]) -> str:

@@ -200,6 +200,34 @@ def _parity(parity: Mapping[str, Any]) -> str:
     return intro + "\n\n" + table(header, rows) + notes
 
 
+@dataclass(frozen=True)
+class HistogramGroup:
+    """The checks of one output against the fp64 reference that carry an error histogram: the original fp32
+    model's own (``baseline``, None when the run has none) and every other candidate's, in matrix order."""
+
+    output: str
+    baseline: Mapping[str, Any] | None
+    candidates: list[Mapping[str, Any]]
+
+
+def histogram_groups(parity: Mapping[str, Any]) -> list[HistogramGroup]:
+    """One :class:`HistogramGroup` per output (and per batch, for per-batch checks), in report order;
+    outputs without a candidate histogram are left out."""
+    groups: dict[tuple[str, str], HistogramGroup] = {}
+    for check in parity.get("checks", []):
+        if check.get("reference") != parity.get("reference") or not check.get("error_histogram"):
+            continue
+        source = str(check.get("batch_source", "all"))
+        key = (str(check.get("output")), source)
+        label = key[0] if source == "all" else f"{key[0]}, batch {source}"
+        group = groups.setdefault(key, HistogramGroup(label, None, []))
+        if check.get("stage") == "baseline" and group.baseline is None:
+            groups[key] = HistogramGroup(label, check, group.candidates)
+        else:
+            group.candidates.append(check)
+    return [group for group in groups.values() if group.candidates]
+
+
 def _parity_row(check: Mapping[str, Any]) -> list[str]:
     ratio = check.get("error_ratio")
     error = check.get("max_abs_err")
