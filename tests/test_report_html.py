@@ -96,6 +96,30 @@ def test_every_batchnorm_with_its_fate_and_reason() -> None:
     assert '<span class="warn tag">frozen affine</span>' in section and "input feeds two consumers" in section
 
 
+def test_the_batchnorm_table_is_closed_when_every_batchnorm_folded() -> None:
+    report = sample_report()
+    section = render_html(report).split("<h2>BatchNorms</h2>")[1].split("</section>")[0]
+    assert section.count("<details open>") == 1 and "<table>" in section.split("<details open>")[1]
+    assert "1 frozen as affine" in section.split("<details")[0]  # the counts stay in sight
+    layer = report["fold"]["layers"][3]
+    layer.update(action="folded", into=["classifier.fc"], how="backward", reason=None)
+    report["fold"].update(batchnorm_folded=4, batchnorm_affine=0, batchnorm_kept=0)
+    section = render_html(report).split("<h2>BatchNorms</h2>")[1].split("</section>")[0]
+    assert "<details>" in section and "<details open>" not in section
+    assert "<summary>Each BatchNorm, where it went (4)</summary>" in section
+
+
+def test_long_module_paths_may_wrap_after_each_dot_only() -> None:
+    report = sample_report()
+    name = "features.denseblock4.denselayer16.norm2"
+    report["fold"]["layers"][0].update(name=name, into=["features.denseblock4.denselayer16.conv2"])
+    document = render_html(report)
+    assert "<code>features.<wbr>denseblock4.<wbr>denselayer16.<wbr>norm2</code>" in document
+    assert "into features.<wbr>denseblock4.<wbr>denselayer16.<wbr>conv2" in document
+    text = text_of(parse(document))
+    assert name in text and "into features.denseblock4.denselayer16.conv2" in text
+
+
 def test_a_hostile_batchnorm_name_is_shown_as_text() -> None:
     report = sample_report()
     report["fold"]["layers"][0]["name"] = HOSTILE

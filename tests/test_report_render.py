@@ -69,7 +69,7 @@ def test_html_names_every_batchnorm_unescaped_for_the_reader() -> None:
 
 def test_html_escapes_report_strings() -> None:
     document = render_html(sample_report())
-    assert "head.bn &lt;b&gt;&amp;" in document and "<b>&" not in document
+    assert "head.<wbr>bn &lt;b&gt;&amp;" in document and "<b>&" not in document
 
 
 def test_html_is_self_contained() -> None:

@@ -62,6 +62,7 @@ code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;overflow-wrap:anywher
 svg{max-width:100%;height:auto}svg text{font:13px system-ui,sans-serif;fill:#1f2328}
 svg .faster{fill:#116329}svg .slower{fill:#a40e26}svg text.axis{font-size:12px;fill:#57606a}
 .chart{margin:8px 0 16px}h3{font-size:16px;margin:14px 0 4px}
+details summary{cursor:pointer;font-weight:600;margin:2px 0 8px}td code{overflow-wrap:break-word}
 .env{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:6px 20px;margin:0}
 .env div{min-width:0}.env dt{color:#57606a;font-size:13px}.env dd{margin:0;overflow-wrap:anywhere}
 .env .wide{grid-column:1/-1}
@@ -72,6 +73,12 @@ TONES = {"faster": "good", "slower": "bad", "unchanged": None}
 
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
+
+
+def esc_name(value: Any) -> str:
+    """A module path escaped, free to wrap after each dot (``features.<wbr>denseblock4.<wbr>...``) rather
+    than in the middle of a word or not at all."""
+    return esc(value).replace(".", ".<wbr>")
 
 
 def render_html(report: Mapping[str, Any]) -> str:
@@ -183,16 +190,22 @@ def _batchnorms(fold: Mapping[str, Any]) -> str:
     if "batchnorm_found" not in fold:
         return _section("BatchNorms", '<p class="note">Not folded in this run: the report compares two '
                                       "given models.</p>")
-    rows = [[f"<code>{esc(layer.get('name'))}</code>", esc(layer.get("kind")), _action(layer),
-             esc(_detail(layer)), _cell_num(layer.get("channels"))]
-            for layer in fold.get("layers", [])]
+    layers = fold.get("layers", [])
+    rows = [[f"<code>{esc_name(layer.get('name'))}</code>", esc(layer.get("kind")), _action(layer),
+             esc_name(_detail(layer)), _cell_num(layer.get("channels"))]
+            for layer in layers]
     kept = int(fold.get("batchnorm_kept", 0)) - int(fold.get("batchnorm_affine", 0))
     counts = (f'{fold.get("batchnorm_found", 0)} found, {fold.get("batchnorm_folded", 0)} folded, '
               f'{fold.get("batchnorm_affine", 0)} frozen as affine, {kept} kept as is.')
     if fold.get("recalibrated"):
         counts += " Statistics were recalibrated."
     header = ["BatchNorm", "kind", "result", "into / reason", "channels"]
-    return _section("BatchNorms", f'<p class="note">{esc(counts)}</p>' + _table(header, rows, numeric={4}))
+    table = _table(header, rows, numeric={4})
+    if layers:  # closed when there is nothing to look into: every BatchNorm folded
+        every = all(layer.get("action") == "folded" for layer in layers)
+        summary = f"Each BatchNorm, where it went ({len(layers)})"
+        table = f'<details{"" if every else " open"}><summary>{esc(summary)}</summary>{table}</details>'
+    return _section("BatchNorms", f'<p class="note">{esc(counts)}</p>' + table)
 
 
 def _detail(layer: Mapping[str, Any]) -> str:
