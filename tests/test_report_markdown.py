@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 from test_report_html import HOSTILE, verify_report
-from test_report_sample import sample_report
+from test_report_sample import sample_errors, sample_report, seed
 
 from bnfold.report.markdown import esc, render_markdown, times
 
@@ -50,3 +51,17 @@ def test_hostile_names_cannot_break_the_summary() -> None:
 
 def test_ratios_read_at_any_size() -> None:
     assert [times(x) for x in (0.9, 1.666, 12.34, 33115.6)] == ["0.90×", "1.67×", "12.3×", "33,116×"]
+
+
+def test_one_line_per_output_gives_the_share_of_small_errors_of_each_candidate() -> None:
+    report = sample_report()
+    document = render_markdown(report)
+    line = next(line for line in document.splitlines() if line.startswith("Share of elements"))
+    assert line.startswith("Share of elements with \\|error\\| under 1e-6 against original fp64 (torch), output "
+                           "logits: original fp32 ")
+    against_fp64 = [c for c in report["parity"]["checks"] if c["reference"] == "original fp64 (torch)"]
+    for check in against_fp64:  # the share from the errors the sample histograms were made of
+        errors = sample_errors(check["max_abs_err"], seed(check["candidate"], check["reference"]))
+        assert f"{check['candidate']} {100 * np.mean(errors < 1e-6):.1f}%" in line
+    assert line.count(" · ") == len(against_fp64) - 1
+    assert document.index("| ort-optimization |") < document.index("Share of elements") < document.index("> CUDA")

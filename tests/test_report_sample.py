@@ -15,14 +15,24 @@ EDGES = [float(f"1e{k}") for k in range(-12, 3)]
 ELEMENTS = 4520  # 452 rows of 10 logits
 
 
-def error_histogram(max_err: float, seed: int = 0) -> dict[str, Any]:
-    """Errors spread over about three decades under ``max_err``, as fp32 rounding spreads them."""
+def sample_errors(max_err: float, seed: int = 0) -> np.ndarray:
+    """Errors spread over about three decades under ``max_err``, as fp32 rounding spreads them; 40 zeros."""
     rng = np.random.default_rng(seed)
     errors = max_err * 10.0 ** -np.abs(rng.normal(0.8, 0.6, size=ELEMENTS))
     errors[:40] = 0.0
+    return errors
+
+
+def error_histogram(max_err: float, seed: int = 0) -> dict[str, Any]:
+    """The histogram of :func:`sample_errors` in the report's bins."""
+    errors = sample_errors(max_err, seed)
     counts, _ = np.histogram(errors[errors > 0], bins=EDGES)
     return {"edges": EDGES, "counts": counts.tolist(), "zeros": 40, "below": 0, "above": 0, "nan": 0,
             "total": ELEMENTS}
+
+
+def seed(candidate: str, reference: str) -> int:
+    return len(candidate) + len(reference)
 
 
 def _check(candidate: str, reference: str, stage: str, err: float, base: float | None) -> dict[str, Any]:
@@ -32,7 +42,7 @@ def _check(candidate: str, reference: str, stage: str, err: float, base: float |
         "cosine": 1.0, "top1_agreement": 1.0, "top5_agreement": 1.0, "atol": 1e-4, "rtol": 1e-3,
         "passed": True, "stage": stage, "baseline_max_abs_err": base,
         "error_ratio": None if base is None else err / base, "worst_batch": "random seed 1", "nan_count": 0,
-        "error": None, "error_histogram": error_histogram(err, seed=len(candidate) + len(reference)),
+        "error": None, "error_histogram": error_histogram(err, seed=seed(candidate, reference)),
     }
 
 

@@ -197,7 +197,7 @@ def _parity(parity: Mapping[str, Any]) -> str:
               "mismatch", "cosine", "top-1"]
     rows = [_parity_row(c) for c in parity.get("checks", [])]
     notes = "".join(f"\n\n> {esc(note)}" for note in parity_notes(parity))
-    return intro + "\n\n" + table(header, rows) + notes
+    return intro + "\n\n" + table(header, rows) + _histogram_lines(parity) + notes
 
 
 @dataclass(frozen=True)
@@ -226,6 +226,34 @@ def histogram_groups(parity: Mapping[str, Any]) -> list[HistogramGroup]:
         else:
             group.candidates.append(check)
     return [group for group in groups.values() if group.candidates]
+
+
+def share_below(histogram: Mapping[str, Any], bound: float) -> float | None:
+    """The share of elements whose error is under ``bound``, one of the histogram's edges; None when the
+    histogram is empty or ``bound`` is not an edge."""
+    edges, total = [float(e) for e in histogram.get("edges", [])], int(histogram.get("total") or 0)
+    if not total or bound not in edges:
+        return None
+    counts = histogram.get("counts", [])[:edges.index(bound)]
+    return (int(histogram.get("zeros", 0)) + int(histogram.get("below", 0)) + sum(counts)) / total
+
+
+SUMMARY_BOUND = 1e-6
+
+
+def _histogram_lines(parity: Mapping[str, Any]) -> str:
+    """One line per output: the share of elements each candidate (the original fp32 first) keeps under
+    :data:`SUMMARY_BOUND` against the reference, read from the error histograms."""
+    lines = []
+    for group in histogram_groups(parity):
+        checks = ([group.baseline] if group.baseline else []) + group.candidates
+        shares = [(check, share_below(check["error_histogram"], SUMMARY_BOUND)) for check in checks]
+        parts = [f"{esc(check.get('candidate'))} {pct(share)}" for check, share in shares if share is not None]
+        if parts:
+            bound = f"{SUMMARY_BOUND:.0e}".replace("e-0", "e-")
+            lines.append(f"Share of elements with \\|error\\| under {bound} against {esc(parity.get('reference'))}, "
+                         f"output {esc(group.output)}: " + " · ".join(parts))
+    return "".join(f"\n\n{line}" for line in lines)
 
 
 def _parity_row(check: Mapping[str, Any]) -> list[str]:
