@@ -1,9 +1,10 @@
-"""A report as one self-contained HTML page: inline CSS and an inline SVG chart, no external assets.
+"""A report as one self-contained HTML page: inline CSS and inline SVG charts, no script, no external assets.
 
 Top to bottom: a green or red verdict banner naming the files (and, on failure, the stage and the reason),
 four big numbers (BatchNorms folded, worst error against the fp64 reference in units of the original
-model's own fp32 error, speedup, BatchNormalization nodes left), the per-BatchNorm table, latency (chart
-and table), parity, warnings and the environment. Every string from the report goes through
+model's own fp32 error, speedup, BatchNormalization nodes left), the per-BatchNorm table (closed when every
+BatchNorm folded), latency (chart and table), parity (an error histogram per output, then the table; first
+when parity failed), warnings and the environment. Every string from the report goes through
 :func:`html.escape`.
 """
 
@@ -263,8 +264,8 @@ def _histograms(parity: Mapping[str, Any]) -> str:
     groups = histogram_groups(parity)
     if not groups:
         return ""
-    scale = (" The dashed outline is the original fp32 model's own: bars where the outline is mean the "
-             "candidate adds no more error than fp32 arithmetic itself." if groups[0].baseline else "")
+    scale = (" The dashed outline is the original fp32 model's own: a candidate whose bars sit where the "
+             "outline sits adds no more error than fp32 arithmetic itself." if groups[0].baseline else "")
     parts = [f'<p class="note">How large the errors against {esc(parity.get("reference"))} are, element by '
              f"element: the share of elements in each decade of |a − b|.{esc(scale)}</p>"]
     for group in groups:
