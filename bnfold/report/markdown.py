@@ -234,7 +234,7 @@ def share_below(histogram: Mapping[str, Any], bound: float) -> float | None:
     edges, total = [float(e) for e in histogram.get("edges", [])], int(histogram.get("total") or 0)
     if not total or bound not in edges:
         return None
-    counts = histogram.get("counts", [])[:edges.index(bound)]
+    counts = [int(c) for c in histogram.get("counts", [])[:edges.index(bound)]]
     return (int(histogram.get("zeros", 0)) + int(histogram.get("below", 0)) + sum(counts)) / total
 
 
