@@ -348,26 +348,34 @@ def external_data_path(model: onnx.ModelProto, path: Path, external_data: str = 
 def save(model: onnx.ModelProto, path: Path, final_name: str | None = None, external_data: str = "auto") -> None:
     """Write the model to ``path``, its weights to ``<final_name>.data`` beside it where
     :func:`external_data_path` says so (``final_name``: the name the file will have once moved into
-    place). ``model`` is left as it was."""
+    place). ``model`` is left as it was; an existing ``.data`` file is replaced, never appended to."""
     target = Path(path).with_name(final_name or Path(path).name)
     data = external_data_path(model, target, external_data)
     if data is None:
         onnx.save_model(model, str(path))
         return
     copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # saving with external data rewrites the initializers it is given
+    copy.CopyFrom(model)  # marking tensors external rewrites them
+    mark_external(copy, data.name)
     with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.name}.") as folder:
         staged = Path(folder) / target.name  # beside a fresh .data: onnx appends to an existing one
-        onnx.save_model(
-            copy,
-            str(staged),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data.name,
-            size_threshold=1024,
-        )
-        os.replace(Path(folder) / data.name, data)
+        onnx.save_model(copy, str(staged))
+        written = Path(folder) / data.name
+        if not written.exists():  # no tensor reached the threshold: the promised file, empty
+            written.touch()
+        os.replace(written, data)
         os.replace(staged, path)
+
+
+def mark_external(model: onnx.ModelProto, location: str, size_threshold: int = 1024) -> None:
+    """Point every initializer of ``size_threshold`` bytes or more at ``location`` (relative to the model's
+    folder), as ``onnx.save_model(save_as_external_data=True)`` does -- without its check for an existing
+    file named ``location`` in the *current* directory, which made a second run in the same folder fail."""
+    from onnx.external_data_helper import _get_initializer_tensors, set_external_data
+
+    for tensor in _get_initializer_tensors(model):
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold:
+            set_external_data(tensor, location)
 
 
 def save_ort_optimized(model: Path, path: Path, threads: int | None = None) -> Path | None:
