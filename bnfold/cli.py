@@ -353,14 +353,9 @@ def verify(
 ) -> int:
     """Check that CANDIDATE (an ONNX file or a PyTorch model) computes what ORIGINAL computes."""
     from bnfold.convert import ConvertConfig
-    from bnfold.convert.pair import verify_pair
-    from bnfold.report import write_reports
+    from bnfold.convert.pair import verify_and_report
     from bnfold.report.summary import parity_lines
 
-    if report is not None:
-        from bnfold.files import check_writable
-
-        check_writable(report)
     config = ConvertConfig(
         input_shapes=input_shapes,
         atol=atol,
@@ -375,9 +370,7 @@ def verify(
         trust_code=trust_code,
     )
     Progress(quiet)("checking parity")
-    result = verify_pair(original, candidate, config)
-    if report is not None:
-        write_reports(result, report)
+    result = verify_and_report(original, candidate, config, report)
     if not quiet:
         for line in parity_lines(result):
             click.echo(line)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,26 +61,6 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-@contextlib.contextmanager
-def staging_directory(beside: str | Path) -> Iterator[Path]:
-    """A temporary directory beside ``beside`` (the same file system: moving a file out of it into place
-    is a rename), removed with whatever is still in it."""
-    beside = Path(beside)
-    try:
-        folder = tempfile.mkdtemp(dir=_directory_of(beside), prefix=f".{beside.name}.")
-    except OSError as exc:
-        raise OutputError(f"cannot write {beside} ({one_line(exc)}): choose another output path") from exc
-    try:
-        yield Path(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def move_into_place(staged: str | Path, target: str | Path) -> None:
-    """Flush ``staged``, give it ``target``'s permissions (or the usual ones) and rename it over ``target``."""
-    _finish(Path(staged), Path(target))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -22,3 +22,31 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     return subprocess.run(
         [sys.executable, "-m", "bnfold", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=600
     )
+
+
+def run_main(*args: str) -> int:
+    """``bnfold ARGS`` in this process (fast: torch is already imported); returns the exit code. Capture
+    the output with ``capfd``."""
+    from bnfold.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    raise AssertionError("bnfold.cli.main returned without exiting")
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Every path under ``directory`` (hidden ones too) with its content hash (or its kind)."""
+    import hashlib
+
+    def content(p: Path) -> str:
+        if p.is_symlink():
+            return f"<link {p.readlink()}>"
+        if p.is_dir():
+            return "<dir>"
+        if not p.is_file():
+            return "<special>"
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    return {str(p.relative_to(directory)): content(p) for p in sorted(directory.rglob("*"))}

@@ -7,7 +7,6 @@ parity and latency glue in :mod:`.checks`.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import onnx
 import torch
 from torch import nn
 
+from bnfold.convert import plan
 from bnfold.convert.checks import bench_stage, parity_batches, verify_stage
 from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
 from bnfold.errors import InputSpecError, OutputError
@@ -166,46 +166,50 @@ def convert(
     """Fold, export, verify and time ``model``; write the ONNX file and the reports.
 
     Raises a :class:`bnfold.errors.BnfoldError` for bad input (nothing is written then). A parity failure
-    is not an exception: the result, and the report written, say ``passed: false``.
+    is not an exception: the result, and the report written, say ``passed: false``. The outputs replace
+    those of a previous run as one set (:class:`bnfold.outputs.OutputSet`).
     """
+    from bnfold.outputs import OutputSet, check_plan
+
     config = config or ConvertConfig()
     say = progress or (lambda _: None)
     source = Path(model) if isinstance(model, (str, Path)) else getattr(model, "path", None)
     onnx_path, report_path = output_paths(source, config)
     optimized = Path(config.save_optimized) if config.save_optimized else None
-    _check_outputs(source, onnx_path, report_path if config.write_reports else None, optimized)
-    loaded = _as_loaded(model, example_inputs, config)
-    inputs = resolve_inputs(loaded, config)
-    from bnfold.files import staging_directory
+    writes = plan.convert_writes(onnx_path, report_path if config.write_reports else None, optimized)
+    check_plan(writes, {**plan.model_reads("the input file itself", source), **plan.option_reads(config)})
+    with OutputSet(list(writes.values())) as outputs:
+        loaded = _as_loaded(model, example_inputs, config)
+        inputs = resolve_inputs(loaded, config)
+        targets = Targets(onnx_path, report_path if config.write_reports else None, optimized, outputs)
+        return _convert(loaded, inputs, config, targets, say)
 
-    with contextlib.ExitStack() as stack:
-        folder = stack.enter_context(staging_directory(onnx_path))
-        staged = None
-        if optimized is not None:  # staged beside its own target: it may be on another file system
-            staged = stack.enter_context(staging_directory(optimized)) / optimized.name, optimized
-        return _convert(loaded, inputs, config, onnx_path, report_path, say, source, staged, folder)
+
+@dataclass
+class Targets:
+    """Where a conversion's outputs go, and the set that stages them."""
+
+    onnx: Path
+    report: Path | None
+    optimized: Path | None
+    outputs: Any  # bnfold.outputs.OutputSet
+
+    def staged(self, target: Path | None) -> Path | None:
+        return None if target is None else self.outputs.stage(target)
 
 
 def _convert(
-    loaded: LoadedModel,
-    inputs: tuple[torch.Tensor, ...],
-    config: ConvertConfig,
-    onnx_path: Path,
-    report_path: Path,
-    say: Progress,
-    source: Path | None,
-    staged: tuple[Path, Path] | None,
-    folder: Path,
+    loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], config: ConvertConfig, targets: Targets, say: Progress
 ) -> ConvertResult:
-    """The stages after loading. The ONNX file (and its external data) is saved into ``folder`` first:
-    checked, verified and timed from there, and moved into place at the end."""
+    """The stages after loading. Every output is written into its staging folder first -- the ONNX file
+    checked, verified and timed from there -- and the whole set moved into place at the end."""
     report = new_report()
     say("folding BatchNorms and exporting to ONNX")
     converted = fold_and_export(loaded, inputs, config)
     report["model"] = model_section(loaded, inputs, converted.notes)
     report["fold"] = fold_section(converted, config.affine_form)
     batches = parity_batches(inputs, config)
-    folded, data_path = _verified(loaded, converted, batches, report, config, onnx_path, folder, source, staged, say)
+    folded, data_path = _verified(loaded, converted, batches, report, config, targets, say)
     if _export_broke_parity(converted, report, config):
         say("exporting again with the dynamo exporter: the TorchScript exporter's output failed parity")
         from bnfold.export import export_module
@@ -214,9 +218,7 @@ def _convert(
         converted.exported.warnings.insert(
             0, "exported with the dynamo exporter: the TorchScript exporter's output failed parity at the export stage"
         )
-        folded, data_path = _verified(
-            loaded, converted, batches, report, config, onnx_path, folder, source, staged, say
-        )
+        folded, data_path = _verified(loaded, converted, batches, report, config, targets, say)
     report["warnings"].extend(converted.exported.warnings)
     if config.bench:
         say("measuring latency")
@@ -225,10 +227,8 @@ def _convert(
 
     report["environment"] = capture_environment()
     report["verdict"] = verdict(report)
-    written = _write(folded, onnx_path, data_path, report, report_path if config.write_reports else None)
-    if staged is not None:
-        written += _move_optimized(*staged)
-    return ConvertResult(report, onnx_path, report_path if config.write_reports else None, converted, written)
+    written = _write(folded, data_path, report, targets)
+    return ConvertResult(report, targets.onnx, targets.report, converted, written)
 
 
 def _verified(
@@ -237,39 +237,35 @@ def _verified(
     batches: Any,
     report: dict[str, Any],
     config: ConvertConfig,
-    onnx_path: Path,
-    folder: Path,
-    source: Path | None,
-    staged: tuple[Path, Path] | None,
+    targets: Targets,
     say: Progress,
 ) -> tuple[Path, Path | None]:
-    """Annotate the exported model, save it into ``folder``, check it, fill ``report["onnx"]`` and
-    ``report["parity"]``. Returns the staged file and where its external data will go."""
+    """Annotate the exported model, save it into its staging folder, check it, fill ``report["onnx"]``
+    and ``report["parity"]``. Returns the staged file and where its external data will go."""
     from bnfold.export import save
 
     annotate(
         converted.exported.model,
         {"bnfold.version": report["bnfold_version"], "bnfold.fold": _fold_metadata(converted.records)},
     )
-    data_path = external_data_path(converted.exported.model, onnx_path, config.external_data)
-    if source is not None and data_path is not None:
-        from bnfold.files import ensure_distinct
-
-        ensure_distinct(source, data_path)
-    report["onnx"] = onnx_section(converted, onnx_path, data_path)
-    folded = folder / onnx_path.name
+    data_path = external_data_path(converted.exported.model, targets.onnx, config.external_data)
+    report["onnx"] = onnx_section(converted, targets.onnx, data_path)
+    folded = targets.outputs.stage(targets.onnx)
+    targets.outputs.stage(plan.data_file(targets.onnx)).unlink(missing_ok=True)  # an earlier export's
     save(converted.exported.model, folded, external_data=config.external_data)
     if data_path is not None:  # the graph as written; its weights stay on disk instead of a copy in memory
         converted.exported.model = onnx.load(str(folded), load_external_data=False)
     check(folded)
-    if staged is not None:
+    optimized = targets.staged(targets.optimized)
+    if optimized is not None:
         from bnfold.export import save_ort_optimized
 
         say("saving the onnxruntime-optimized model")
-        save_ort_optimized(folded, staged[0], config.threads)
-        report["onnx"]["optimized_path"] = str(staged[1])
+        targets.outputs.stage(plan.data_file(targets.optimized)).unlink(missing_ok=True)  # type: ignore[arg-type]
+        save_ort_optimized(folded, optimized, config.threads)
+        report["onnx"]["optimized_path"] = str(targets.optimized)
     say("checking parity")
-    report["parity"] = verify_stage(loaded, converted, batches, config, folded, staged[0] if staged else None)
+    report["parity"] = verify_stage(loaded, converted, batches, config, folded, optimized)
     return folded, data_path
 
 
@@ -360,6 +356,7 @@ def onnx_section(converted: Converted, path: Path, external_data: Path | None = 
         "nodes": len(exported.model.graph.node),
         "size_bytes": exported.model.ByteSize(),
         "sha256": None,
+        "external_data_sha256": None,
         "optimized_path": None,
     }
 
@@ -386,52 +383,14 @@ def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:
     }
 
 
-def _check_outputs(
-    source: Path | None, onnx_path: Path, report_path: Path | None, optimized: Path | None = None
-) -> None:
-    """Before any work: every output is writable, and none is the input or another output."""
-    from bnfold.files import check_writable, ensure_distinct
-    from bnfold.report import companion_paths
-
-    reports = [report_path, *companion_paths(report_path)] if report_path is not None else []
-    for target in [onnx_path, *reports, *([optimized] if optimized else [])]:
-        if source is not None:
-            ensure_distinct(source, target)
-        check_writable(target)
-    if any(onnx_path.resolve() == r.resolve() for r in reports):
-        raise OutputError(f"the report would overwrite the ONNX file {onnx_path}: give --report another name")
-    if optimized is not None and any(optimized.resolve() == t.resolve() for t in [onnx_path, *reports]):
-        raise OutputError(f"--save-optimized {optimized} is another output's path: give it a name of its own")
-
-
-def _move_optimized(staged: Path, target: Path) -> list[Path]:
-    """Move the staged ``--save-optimized`` model (its external data first, if any) into place."""
-    from bnfold.files import move_into_place
-
-    moved = []
-    data = staged.with_name(staged.name + ".data")
-    if data.exists():
-        moved.append(target.with_name(target.name + ".data"))
-        move_into_place(data, moved[-1])
-    move_into_place(staged, target)
-    return [target, *moved]
-
-
-def _write(
-    staged: Path, onnx_path: Path, data_path: Path | None, report: dict[str, Any], report_path: Path | None
-) -> list[Path]:
-    """Move the staged ONNX file (its external data first) into place, then write the reports."""
-    from bnfold.files import move_into_place
+def _write(staged: Path, data_path: Path | None, report: dict[str, Any], targets: Targets) -> list[Path]:
+    """Hash the staged ONNX file (and its external data), stage the reports, and move the set into place."""
     from bnfold.load.loaded import file_sha256
-    from bnfold.report import write_reports
+    from bnfold.report import write_report_files
 
-    written = []
+    report["onnx"]["sha256"] = file_sha256(staged)
     if data_path is not None:
-        move_into_place(staged.with_name(data_path.name), data_path)
-        written.append(data_path)
-    move_into_place(staged, onnx_path)
-    report["onnx"]["sha256"] = file_sha256(onnx_path)
-    written.insert(0, onnx_path)
-    if report_path is not None:
-        written += write_reports(report, report_path)
-    return written
+        report["onnx"]["external_data_sha256"] = file_sha256(targets.outputs.stage(data_path))
+    if targets.report is not None:
+        write_report_files(report, targets.outputs.stage(targets.report))
+    return targets.outputs.commit()

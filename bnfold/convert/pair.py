@@ -103,6 +103,27 @@ def verify_pair(original_path: str | Path, candidate_path: str | Path, config: A
     return _pair_report(original, candidate, inputs, parity.to_json())
 
 
+def verify_and_report(
+    original_path: str | Path, candidate_path: str | Path, config: Any, report_path: Path | None = None
+) -> dict[str, Any]:
+    """:func:`verify_pair`, writing the report (JSON, Markdown, HTML) to ``report_path`` when given --
+    after checking, before any work, that none of them is a file the run reads or another report."""
+    from bnfold.convert import plan
+    from bnfold.outputs import OutputSet, check_plan
+    from bnfold.report import write_report_files
+
+    writes = plan.report_writes(report_path)
+    reads = {**plan.model_reads("the original model", Path(original_path)),
+             **plan.model_reads("the candidate model", Path(candidate_path))}
+    check_plan(writes, {**reads, **plan.option_reads(config)})
+    with OutputSet(list(writes.values())) as outputs:
+        result = verify_pair(original_path, candidate_path, config)
+        if report_path is not None:
+            write_report_files(result, outputs.stage(report_path))
+            outputs.commit()
+    return result
+
+
 def _pair_report(
     original: LoadedModel, candidate: LoadedModel, inputs: tuple[torch.Tensor, ...], parity: dict[str, Any]
 ) -> dict[str, Any]:
@@ -170,4 +191,4 @@ def _onnx_only(path: Path) -> LoadedModel:
     return loaded
 
 
-__all__ = ["bench_files", "verify_pair"]
+__all__ = ["bench_files", "verify_and_report", "verify_pair"]

@@ -71,6 +71,16 @@ def write_reports(report: dict[str, Any], json_path: Path) -> list[Path]:
     return written
 
 
+def write_report_files(report: dict[str, Any], json_path: Path) -> list[Path]:
+    """Write REPORT.json, REPORT.md and REPORT.html as plain files (into a staging folder: the set is
+    moved into place by :class:`bnfold.outputs.OutputSet`); returns the paths written."""
+    texts = render_all(report)
+    md_path, html_path = companion_paths(json_path)
+    for path, key in ((json_path, "json"), (md_path, "md"), (html_path, "html")):
+        path.write_text(texts[key], encoding="utf-8")
+    return [json_path, md_path, html_path]
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
