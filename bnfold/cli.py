@@ -1,20 +1,25 @@
 """The ``bnfold`` command line: a thin layer that parses options into a config and calls the API.
 
-Exit codes: 0 ok, 1 parity (or a check) failed with the report written, 2 bad input or usage.
+Exit codes: 0 ok, 1 parity (or a check) failed with the report written, 2 bad input or usage, 130 and 143
+interrupted by SIGINT and SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
-from bnfold.errors import BnfoldError, InputSpecError
+from bnfold.errors import BnfoldError, InputSpecError, LoadError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -40,6 +45,8 @@ def _batches(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 def _tolerances(
     _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
 ) -> tuple[tuple[str, float, float], ...]:
+    from bnfold.verify.tolerance import check_tolerance
+
     out = []
     for text in values:
         name, _, numbers = text.partition("=")
@@ -47,8 +54,18 @@ def _tolerances(
             atol, rtol = (float(v) for v in numbers.split(","))
         except ValueError:
             raise InputSpecError(f"--tolerance {text!r}: expected OUTPUT=ATOL,RTOL, e.g. logits=1e-4,1e-3") from None
+        if not name.strip():
+            raise InputSpecError(f"--tolerance {text!r}: name the output (or give its index) before '='")
+        for value in (atol, rtol):
+            check_tolerance(f"--tolerance {text}", value)
         out.append((name, atol, rtol))
     return tuple(out)
+
+
+def _tolerance(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    from bnfold.verify.tolerance import check_tolerance
+
+    return None if value is None else check_tolerance(f"--{param.name} {value}", value)
 
 
 def _providers(value: str) -> tuple[str, ...]:
@@ -112,10 +129,16 @@ def parity_options(command: Any) -> Any:
     for option in reversed(
         [
             click.option(
-                "--atol", type=float, help="Absolute tolerance for parity [default: by dtype, 1e-4 for float32]."
+                "--atol",
+                type=float,
+                callback=_tolerance,
+                help="Absolute tolerance for parity [default: by dtype, 1e-4 for float32].",
             ),
             click.option(
-                "--rtol", type=float, help="Relative tolerance for parity [default: by dtype, 1e-3 for float32]."
+                "--rtol",
+                type=float,
+                callback=_tolerance,
+                help="Relative tolerance for parity [default: by dtype, 1e-3 for float32].",
             ),
             click.option(
                 "--tolerance",
@@ -143,7 +166,20 @@ def parity_options(command: Any) -> Any:
     return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The command group; a KeyboardInterrupt or SystemExit raised by the model's own code (a ``--model``
+    factory, a trusted pickle) is a user error, not an abort (SIGINT raises :class:`Interrupted`)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _model_code("raised KeyboardInterrupt", exc) from exc
+        except SystemExit as exc:
+            raise _model_code(f"called sys.exit({exc.code!r})", exc) from exc
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bnfold")
 @click.option("--debug", is_flag=True, envvar="BNFOLD_DEBUG", help="Show tracebacks for errors.")
 @click.pass_context
@@ -466,25 +502,95 @@ def check(
     return EXIT_OK if verdict else EXIT_FAILED
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwind (staging folders are removed on the way) and exit 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    for other in _SIGNALS:  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Any:
+    """SIGINT and SIGTERM raise :class:`Interrupted` while the command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    for s in _SIGNALS:
+        signal.signal(s, _on_signal)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _quiet_libraries() -> None:
+    """Library chatter off: Python warnings (the exporter's go into the report) and onnxruntime's log lines
+    (errors reach the user as bnfold's one ``Error:`` line)."""
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+    try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(4)
+    except Exception:  # onnxruntime missing or broken: the commands that need it say so
+        pass
+
+
+def _user_error(exc: BaseException, debug: bool) -> int:
+    """One ``Error:`` line (after the traceback with --debug); exit 2."""
+    if debug:
+        traceback.print_exception(exc)
+    click.echo(f"Error: {exc}", err=True)
+    return EXIT_USAGE
+
+
+def _model_code(what: str, cause: BaseException) -> LoadError:
+    error = LoadError(
+        f"the model's code {what} (from --model or the model file): it must build and run the "
+        "model without stopping the program"
+    )
+    error.__cause__ = cause
+    return error
+
+
+def _run(args: list[str], debug: bool) -> int:
+    try:
+        code: Any = cli.main(args=args, prog_name="bnfold", standalone_mode=False)
+    except Interrupted as exc:
+        click.echo(f"Interrupted ({exc}).", err=True)
+        return 128 + exc.signum
+    except BnfoldError as exc:
+        return _user_error(exc, debug)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return EXIT_USAGE
+    return code if isinstance(code, int) else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors print one line and exit 2; bugs keep their traceback."""
+    """Entry point: user errors print one line and exit 2 (a traceback too with --debug); bugs keep their
+    traceback; SIGINT and SIGTERM exit 130 and 143 once the staging folders are removed."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("BNFOLD_DEBUG") == "1"
     if not debug:
-        warnings.simplefilter("ignore")  # library chatter; the exporter's warnings go into the report
-    try:
-        code: Any = cli.main(args=args, prog_name="bnfold", standalone_mode=False)
-    except BnfoldError as exc:
-        if debug:
-            raise
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(EXIT_FAILED)
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+        _quiet_libraries()
+    with _signals_unwind():
+        code = _run(args, debug)
+    sys.exit(code)

@@ -7,6 +7,7 @@ parity and latency glue in :mod:`.checks`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,9 @@ import torch
 from torch import nn
 
 from bnfold.convert import plan
-from bnfold.convert.checks import bench_stage, parity_batches, verify_stage
+from bnfold.convert.checks import bench_stage, graph_dims, parity_batches, verify_stage
 from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
-from bnfold.errors import InputSpecError, OutputError
+from bnfold.errors import InputSpecError, OutputError, one_line
 from bnfold.export import DEFAULT_OPSET, annotate, check, external_data_path
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.load import InputSpec, LoadedModel, from_module, load_model, make_inputs
@@ -99,14 +100,34 @@ def resolve_inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Te
     if config.input_shapes and loaded.onnx_model is not None:
         check_onnx_shapes(loaded.onnx_model, config.input_shapes)
     if config.input_shapes:
+        check_shape_sizes(config.input_shapes)
         same_count = stored is not None and len(stored) == len(config.input_shapes)
         dtypes = tuple(t.dtype for t in stored) if same_count else (torch.float32,) * len(config.input_shapes)  # type: ignore[union-attr]
-        return make_inputs(InputSpec(config.input_shapes, dtypes), seed=0)
+        try:
+            return make_inputs(InputSpec(config.input_shapes, dtypes), seed=0)
+        except (MemoryError, RuntimeError, OverflowError) as exc:  # torch's allocator: RuntimeError
+            raise InputSpecError(f"cannot make inputs of shape {InputSpec(config.input_shapes, dtypes).describe()} "
+                                 f"({one_line(exc)}): give a smaller --input-shape") from exc
     if stored:
         return tuple(stored)
     raise InputSpecError(
         f"{loaded.path or 'the model'} stores no example inputs: give the input shape, e.g. --input-shape 1,3,224,224"
     )
+
+
+MAX_INPUT_ELEMENTS = 1 << 28
+"""``--input-shape`` up to this many elements per input (1 GiB of float32): bnfold makes several batches of
+that shape and runs the model on each, so a larger one is a typo, not a model input."""
+
+
+def check_shape_sizes(shapes: tuple[tuple[int, ...], ...]) -> None:
+    """Each ``--input-shape`` is small enough to allocate (and to count in 64 bits)."""
+    for shape in shapes:
+        elements = math.prod(shape)
+        if elements > MAX_INPUT_ELEMENTS:
+            given = "x".join(map(str, shape))
+            raise InputSpecError(f"--input-shape {given}: {elements:.3g} elements, more than bnfold makes inputs of "
+                                 f"({MAX_INPUT_ELEMENTS:.3g}); give the shape of one real batch")
 
 
 def check_onnx_shapes(model: Any, shapes: tuple[tuple[int, ...], ...]) -> None:
@@ -208,7 +229,7 @@ def _convert(
     converted = fold_and_export(loaded, inputs, config)
     report["model"] = model_section(loaded, inputs, converted.notes)
     report["fold"] = fold_section(converted, config.affine_form)
-    batches = parity_batches(inputs, config)
+    batches = parity_batches(inputs, config, graph_dims(converted.exported.model))
     folded, data_path = _verified(loaded, converted, batches, report, config, targets, say)
     if _export_broke_parity(converted, report, config):
         say("exporting again with the dynamo exporter: the TorchScript exporter's output failed parity")
@@ -304,8 +325,10 @@ def inspect_model(
     loaded = _as_loaded(model, example_inputs, config)
     inputs = resolve_inputs(loaded, config) if loaded.format != "onnx" else ()
     if loaded.format == "onnx":
+        from bnfold.convert.onnx_input import check_onnx_input
         from bnfold.fold.onnx import fold_onnx
 
+        check_onnx_input(loaded.onnx_model, loaded.path)  # type: ignore[arg-type]
         return fold_onnx(loaded.onnx_model).records  # type: ignore[arg-type]
     return (
         fold_and_export(loaded, inputs, config).records if loaded.format in ONNX_LEVEL else _fold_only(loaded, inputs)

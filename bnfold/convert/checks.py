@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from bnfold.convert.paths import Converted
+from bnfold.errors import InputSpecError
 from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
 from bnfold.verify import (
     Candidate,
@@ -21,24 +22,68 @@ from bnfold.verify import (
     verify_parity,
 )
 from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION
+from bnfold.verify.tolerance import check_output_keys, check_tolerance
 
 Batches = list[tuple[str, tuple[np.ndarray, ...]]]
 
 
-def parity_batches(inputs: tuple[torch.Tensor, ...], config: Any) -> Batches:
-    """Named input batches: the example, ``config.seeds`` seeded random batches, and the user's data."""
+def parity_batches(inputs: tuple[torch.Tensor, ...], config: Any, dims: Dims | None = None) -> Batches:
+    """Named input batches: the example, ``config.seeds`` seeded random batches, and the user's data, which
+    must fit ``dims`` (the model's declared input dimensions, None where free; by default the example's
+    with a free batch)."""
     batches: Batches = [("example", tuple(t.numpy() for t in inputs))]
     spec = InputSpec.of(inputs)
     for seed in range(1, config.seeds + 1):
         batches.append((f"random seed {seed}", tuple(t.numpy() for t in make_inputs(spec, seed))))
     if config.data is not None:
         data = load_data(config.data, len(inputs))
-        batches.append((f"data {config.data.name}", tuple(t.numpy() for t in data)))
+        if dims is None or len(dims) != len(inputs):
+            dims = [(None, *t.shape[1:]) for t in inputs]
+        triples = enumerate(zip(data, inputs, dims, strict=False))
+        fitted = tuple(fit_data(config.data, i, a, e, d) for i, (a, e, d) in triples)
+        batches.append((f"data {config.data.name}", fitted))
     return batches
+
+
+Dims = list[tuple[int | None, ...]]
+
+
+def graph_dims(model: Any) -> Dims:
+    """The declared dimensions of an ONNX graph's inputs (None for a symbolic one)."""
+    stored = {t.name for t in model.graph.initializer}
+    return [
+        tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
+        for v in model.graph.input
+        if v.name not in stored
+    ]
+
+
+def fit_data(path: Path, index: int, data: torch.Tensor, example: torch.Tensor, dims: tuple[int | None, ...]) -> Any:
+    """``--data``'s array ``index`` as the model takes it: a real number type of the input's kind (cast to
+    the input's dtype) and a shape that fits ``dims``; :class:`InputSpecError` otherwise."""
+    kinds_fit = data.is_floating_point() if example.is_floating_point() else not (
+        data.is_floating_point() or data.is_complex()
+    )
+    if not kinds_fit:
+        kind = "floating-point" if example.is_floating_point() else "integer"
+        raise InputSpecError(f"--data {path}: array {index} holds {str(data.dtype).removeprefix('torch.')}, input "
+                             f"{index} of the model takes {kind} values ({str(example.dtype).removeprefix('torch.')})")
+    shape = tuple(data.shape)
+    if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
+        wanted = "x".join("?" if d is None else str(d) for d in dims)
+        raise InputSpecError(f"--data {path}: array {index} has shape {'x'.join(map(str, shape)) or 'scalar'}, input "
+                             f"{index} of the model takes {wanted}" + (" (? free)" if None in dims else ""))
+    return data.to(example.dtype).numpy()
 
 
 def tolerance_of(config: Any) -> tuple[Tolerance | None, dict[str | int, Tolerance]]:
     """The parity tolerance (None: by dtype) and per-output overrides from the config."""
+    for label, value in (("--atol", config.atol), ("--rtol", config.rtol)):
+        if value is not None:
+            check_tolerance(label, value)
+    for key, atol, rtol in config.tolerances:
+        for value in (atol, rtol):
+            check_tolerance(f"--tolerance {key}={atol},{rtol}", value)
     default = None
     if config.atol is not None or config.rtol is not None:
         base = Tolerance.for_dtype("float32")
@@ -66,6 +111,7 @@ def verify_stage(
     ``folded`` (its saved file) when given; with ``optimized`` (the ``--save-optimized`` file), that file
     too, run as saved (no further onnxruntime rewrites)."""
     tolerance, per_output = tolerance_of(config)
+    check_output_keys([key for key, _, _ in config.tolerances], [o.name for o in converted.exported.model.graph.output])
     folded_bytes: Path | bytes = folded if folded is not None else converted.exported.model.SerializeToString()
 
     def extra(against: str) -> list[Candidate]:

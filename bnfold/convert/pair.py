@@ -76,17 +76,19 @@ def verify_pair(original_path: str | Path, candidate_path: str | Path, config: A
     args = dict(config.model_args)
     original = load_model(Path(original_path), factory=config.factory, factory_args=args, trust_code=trust_code)
     candidate = load_model(Path(candidate_path), factory=config.factory, factory_args=args, trust_code=trust_code)
+    _check_onnx(original, candidate)
     if original.format == "onnx" and candidate.format != "onnx":
         raise InputSpecError("give the original model first and the candidate second")
     inputs = _inputs(original, config)
     reference, reference_name = _reference(original)
     candidates, notes = _candidates(original, candidate, config)
     tolerance, per_output = tolerance_of(config)
+    _check_output_keys(config, original, candidate)
     names = candidates[-1].runner.output_names if hasattr(candidates[-1].runner, "output_names") else None
     parity = run_parity(
         reference,
         candidates,
-        parity_batches(inputs, config),
+        parity_batches(inputs, config, _declared_dims(original, candidate, inputs)),
         tolerance,
         per_output,
         names,
@@ -122,6 +124,37 @@ def verify_and_report(
             write_report_files(result, outputs.stage(report_path))
             outputs.commit()
     return result
+
+
+def _declared_dims(original: LoadedModel, candidate: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """The input dimensions the models declare: an ONNX graph's, else the example's (batch free when the
+    original's batch dimension is dynamic)."""
+    from bnfold.convert.checks import graph_dims
+
+    for model in (candidate, original):
+        if model.onnx_model is not None:
+            return graph_dims(model.onnx_model)
+    return [(None if original.dynamic_batch else t.shape[0], *t.shape[1:]) for t in inputs]
+
+
+def _check_output_keys(config: Any, original: LoadedModel, candidate: LoadedModel) -> None:
+    """``--tolerance`` names outputs an ONNX model among the two has (not checked for two PyTorch models)."""
+    from bnfold.verify.tolerance import check_output_keys
+
+    for model in (candidate, original):
+        if model.onnx_model is not None:
+            names = [o.name for o in model.onnx_model.graph.output]
+            check_output_keys([key for key, _, _ in config.tolerances], names)
+            return
+
+
+def _check_onnx(*models: LoadedModel) -> None:
+    """Every ONNX model among ``models`` is sound and runs in onnxruntime."""
+    from bnfold.convert.onnx_input import check_onnx_input
+
+    for model in models:
+        if model.onnx_model is not None:
+            check_onnx_input(model.onnx_model, model.path)
 
 
 def _pair_report(
@@ -160,6 +193,7 @@ def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], l
     from bnfold.load import InputSpec, make_inputs
 
     loaded = [_onnx_only(p) for p in paths]
+    _check_onnx(*loaded)
     inputs = _inputs(loaded[0], config)
     spec = InputSpec.of(inputs)
     names = ["original", "folded"] if len(paths) == 2 else [paths[0].stem]

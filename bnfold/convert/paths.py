@@ -130,7 +130,10 @@ def convert_onnx_level(
     from bnfold.fold.onnx import fold_onnx
 
     if loaded.format == "onnx":
+        from bnfold.convert.onnx_input import check_onnx_input
+
         original: onnx.ModelProto = loaded.onnx_model  # type: ignore[assignment]
+        check_onnx_input(original, loaded.path)
         exporter, used_opset = "none (ONNX input)", _opset_of(original)
     else:
         original = torchscript_to_onnx(loaded.module, inputs, opset)  # type: ignore[arg-type]

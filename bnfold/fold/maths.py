@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bnfold.errors import FoldError
+
 F64 = torch.float64
 
 
@@ -43,6 +45,11 @@ def batchnorm_affine(
     n = channels if channels is not None else mean.numel()
     gamma = torch.ones(n, dtype=F64) if weight is None else weight.detach().to(F64)
     beta = torch.zeros(n, dtype=F64) if bias is None else bias.detach().to(F64)
+    lengths = {"running_mean": mean.numel(), "running_var": var.numel(), "weight": gamma.numel(),
+               "bias": beta.numel()}
+    if len(set(lengths.values())) > 1 or (channels is not None and mean.numel() != channels):
+        detail = ", ".join(f"{name} {n}" for name, n in lengths.items())
+        raise FoldError(f"BatchNorm parameters of different lengths ({detail}): each holds one value per channel")
     scale = gamma / torch.sqrt(var + eps)
     return scale, beta - mean * scale
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnfold.errors import ReportError
+from bnfold.errors import ReportError, one_line
 
 SCHEMA_NAME = "bnfold.report"
 SUPPORTED_MAJOR = 1
@@ -180,7 +180,7 @@ def check_reports(paths: Iterable[str | Path], max_abs_err: float | None = None,
                 results.append(ReportCheck(name, False, reason))
                 continue
             report = load_report(report_path)
-            results.append(check_report(report, str(report_path), max_abs_err, require_no_batchnorm, min_speedup))
+            results.append(_judged(report, report_path, max_abs_err, require_no_batchnorm, min_speedup))
     return CheckVerdict(results)
 
 
@@ -195,6 +195,15 @@ def _expand(path: Path) -> list[tuple[str, Path | None, str]]:
 
         return report_paths(data, path.parent)
     return [(str(path), path, "")]
+
+
+def _judged(report: Mapping[str, Any], path: Path, max_abs_err: float | None, require_no_batchnorm: bool,
+            min_speedup: float | None) -> ReportCheck:
+    """:func:`check_report`, a field of the wrong type being a :class:`ReportError` (exit 2), not a crash."""
+    try:
+        return check_report(report, str(path), max_abs_err, require_no_batchnorm, min_speedup)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise ReportError(f"{path}: malformed bnfold report, a field has the wrong type ({one_line(exc)})") from exc
 
 
 def parity_failure(parity: Mapping[str, Any]) -> str | None:
@@ -219,7 +228,7 @@ def _failure_detail(check: Mapping[str, Any]) -> str:
         return str(check["error"])
     if check.get("nan_count"):
         return f"has {check['nan_count']} NaN values"
-    tolerance = f"tolerance (atol {check.get('atol', 0):.1e}, rtol {check.get('rtol', 0):.1e})"
+    tolerance = f"tolerance (atol {_num(check.get('atol'))}, rtol {_num(check.get('rtol'))})"
     return f"max_abs_err {_num(check.get('max_abs_err'))} > {tolerance}"
 
 
@@ -268,4 +277,4 @@ def _ok_reason(head: Headline) -> str:
 
 
 def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1e}"
+    return f"{value:.1e}" if isinstance(value, (int, float)) else "n/a"

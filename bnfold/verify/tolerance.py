@@ -93,6 +93,27 @@ class Tolerances:
         return overrides.get(index, self.default)
 
 
+def check_tolerance(label: str, value: float) -> float:
+    """``value`` as a tolerance (finite, not negative), or :class:`~bnfold.errors.InputSpecError` naming
+    ``label`` (the option it came from)."""
+    from bnfold.errors import InputSpecError
+
+    if not np.isfinite(value) or value < 0:
+        raise InputSpecError(f"{label}: a tolerance is a finite number >= 0, not {value}")
+    return value
+
+
+def check_output_keys(keys: Sequence[str], names: Sequence[str]) -> None:
+    """Each per-output tolerance names one of the model's outputs (``names``), by name or index."""
+    from bnfold.errors import InputSpecError
+
+    for key in keys:
+        if key in names or (key.isdigit() and int(key) < len(names)):
+            continue
+        listed = ", ".join(f"{i} = {name!r}" for i, name in enumerate(names))
+        raise InputSpecError(f"--tolerance {key}=...: the model has no output {key!r}; its outputs are {listed}")
+
+
 def _dtype_name(dtype: Any) -> str:
     if isinstance(dtype, str):
         return dtype.removeprefix("torch.")
