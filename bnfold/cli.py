@@ -206,7 +206,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="JSON report [default: <output stem>.report.json]; .md and .html beside it.",
 )
 @shape_option
-@click.option("--opset", type=click.IntRange(7, 30), default=18, show_default=True, help="ONNX opset.")
+@click.option(
+    "--opset",
+    type=click.IntRange(7, 30),
+    help="ONNX opset, written exactly or refused [default: 18; an ONNX input keeps its own].",
+)
 @parity_options
 @click.option(
     "--recalibrate",
@@ -269,7 +273,7 @@ def convert(
     jobs: int,
     report: Path | None,
     input_shapes: tuple[tuple[int, ...], ...],
-    opset: int,
+    opset: int | None,
     atol: float | None,
     rtol: float | None,
     tolerances: tuple[tuple[str, float, float], ...],

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import MODELS, run_main, snapshot
+from conftest import run_main, snapshot
 from onnx import numpy_helper
 from torch import nn
 
@@ -75,6 +75,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model, example = _small(), (torch.randn(2, 1, 8, 8),)
     torch.onnx.export(model, example, root / "small.onnx", dynamo=False, do_constant_folding=False,
                       input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}})
+    torch.onnx.export(model, example, root / "static.onnx", dynamo=False, input_names=["x"])
     torch.export.save(torch.export.export(model, example), root / "small.pt2")
     torch.save(model.state_dict(), root / "small.state.pt")
     for name, change in (("bn_length", _bn_too_long), ("bytes_short", _bytes_short),
@@ -117,6 +118,9 @@ CASES = {
     "verify-tolerance-unknown-output": (
         ["verify", "small.onnx", "small.onnx", "--tolerance", "nope=1,1"], "'logits'"),
     "check-fields-of-the-wrong-type": (["check", "bad_types.report.json"], "wrong type"),
+    "opset-the-exporter-cannot-write": (["convert", "small.pt2", "--opset", "30"], "--opset 30"),
+    "opset-other-than-an-onnx-input-has": (["convert", "small.onnx", "--opset", "7"], "keeps its own opset"),
+    "bench-batch-a-static-model-cannot-take": (["bench", "static.onnx", "--batch", "1,8"], "fixed batch of 2"),
 }
 
 
@@ -153,3 +157,35 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(work: Path, case: str
     code = run_main("--debug", *_args(CASES[case][0]))
     err = capfd.readouterr().err
     assert code == 2 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith("Error: ")
+
+
+def test_cuda_asked_for_and_missing_is_refused(work: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here")
+    before = snapshot(work)
+    for args in (_args(["convert", "small.pt2", "--providers", "cuda"]),
+                 _args(["verify", "small.pt2", "small.onnx", "--providers", "cuda"]),
+                 ["bench", "small.onnx", "--providers", "cuda"]):
+        code = run_main(*args)
+        err = capfd.readouterr().err
+        assert code == 2 and err.startswith("Error: --providers cuda") and err.count("\n") == 1, err
+    assert snapshot(work) == before
+    assert run_main(*_args(["convert", "small.pt2", "--providers", "auto"])) == 0  # auto falls back
+
+
+def test_opset_asked_for_is_the_opset_written(work: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    assert run_main(*_args(["convert", "small.pt2", "--opset", "17"])) == 0, capfd.readouterr().err
+    written = onnx.load(work / "out.onnx")
+    assert next(o.version for o in written.opset_import if o.domain in ("", "ai.onnx")) == 17
+    assert json.loads((work / "out.report.json").read_text())["onnx"]["opset"] == 17
+
+
+def test_batch_sizes_a_static_model_cannot_take_are_reported(work: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    code = run_main("convert", "small.pt2", "-o", "out.onnx", "--batch", "1,8", "--random-batches", "0")
+    err = capfd.readouterr().err
+    assert code == 0 and "--batch 1,8 not timed" in err
+    report = json.loads((work / "out.report.json").read_text())
+    assert any("--batch 1,8 not timed" in w for w in report["warnings"])
+    assert {row["batch"] for row in report["latency"]} == {2}

@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from bnfold.convert import plan
-from bnfold.convert.checks import bench_stage, graph_dims, parity_batches, verify_stage
+from bnfold.convert.checks import bench_stage, graph_dims, ignored_batches, parity_batches, verify_stage
 from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
 from bnfold.errors import InputSpecError, OutputError, one_line
 from bnfold.export import DEFAULT_OPSET, annotate, check, external_data_path
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.load import InputSpec, LoadedModel, from_module, load_model, make_inputs
 from bnfold.report import new_report
+from bnfold.verify.providers import require_providers
 
 Progress = Callable[[str], None]
 
@@ -38,7 +39,7 @@ class ConvertConfig:
     output: Path | None = None
     report: Path | None = None
     input_shapes: tuple[tuple[int, ...], ...] = ()
-    opset: int = DEFAULT_OPSET
+    opset: int | None = None  # None: DEFAULT_OPSET for PyTorch models, an ONNX input's own
     atol: float | None = None
     rtol: float | None = None
     tolerances: tuple[tuple[str, float, float], ...] = ()
@@ -158,23 +159,33 @@ def _as_loaded(model: str | Path | nn.Module | LoadedModel, example_inputs: Any,
 
 
 def fold_and_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], config: ConvertConfig) -> Converted:
-    """The fold (and export) by the path the model's format takes."""
+    """The fold (and export) by the path the model's format takes; the model written has the opset asked for."""
+    opset = config.opset or DEFAULT_OPSET
     if loaded.format in ONNX_LEVEL:
         if config.recalibrate is not None:
             raise InputSpecError(
                 f"--recalibrate needs a PyTorch model: a {loaded.format} model is folded on its ONNX graph, "
                 "where BatchNorm statistics cannot be re-estimated"
             )
-        return convert_onnx_level(loaded, inputs, config.opset, config.affine_form)
-    return convert_torch(
-        loaded,
-        inputs,
-        config.opset,
-        config.recalibrate,
-        bool(config.input_shapes),
-        config.affine_form,
-        config.exporter,
-    )
+        converted = convert_onnx_level(loaded, inputs, opset, config.affine_form, explicit=config.opset is not None)
+    else:
+        converted = convert_torch(
+            loaded, inputs, opset, config.recalibrate, bool(config.input_shapes), config.affine_form, config.exporter
+        )
+    check_opset(converted.exported, config.opset)
+    return converted
+
+
+def check_opset(exported: Any, requested: int | None) -> None:
+    """Record the opset the model really has; :class:`ExportError` when it is not the one asked for."""
+    from bnfold.errors import ExportError
+
+    actual = next((o.version for o in exported.model.opset_import if o.domain in ("", "ai.onnx")), exported.opset)
+    exported.opset = actual
+    if requested is not None and actual != requested:
+        how = "an ONNX input keeps its own opset" if exported.exporter.startswith("none") else "the exporter wrote it"
+        raise ExportError(f"--opset {requested}: the model would have opset {actual} ({how}); "
+                          f"give --opset {actual}, or leave --opset out")
 
 
 def convert(
@@ -199,6 +210,7 @@ def convert(
     optimized = Path(config.save_optimized) if config.save_optimized else None
     writes = plan.convert_writes(onnx_path, report_path if config.write_reports else None, optimized)
     check_plan(writes, {**plan.model_reads("the input file itself", source), **plan.option_reads(config)})
+    require_providers(config.providers)
     with OutputSet(list(writes.values())) as outputs:
         loaded = _as_loaded(model, example_inputs, config)
         inputs = resolve_inputs(loaded, config)
@@ -235,13 +247,18 @@ def _convert(
         say("exporting again with the dynamo exporter: the TorchScript exporter's output failed parity")
         from bnfold.export import export_module
 
-        converted.exported = export_module(converted.folded, inputs, opset=config.opset)
+        converted.exported = export_module(converted.folded, inputs, opset=config.opset or DEFAULT_OPSET)
+        check_opset(converted.exported, config.opset)
         converted.exported.warnings.insert(
             0, "exported with the dynamo exporter: the TorchScript exporter's output failed parity at the export stage"
         )
         folded, data_path = _verified(loaded, converted, batches, report, config, targets, say)
     report["warnings"].extend(converted.exported.warnings)
     if config.bench:
+        ignored = ignored_batches(converted, inputs, config.batches)
+        if ignored:
+            report["warnings"].append(ignored)
+            say(ignored)
         say("measuring latency")
         report["latency"], report["speedup"] = bench_stage(loaded, converted, inputs, config, folded)
     from bnfold.report.environment import capture_environment

@@ -255,6 +255,16 @@ def bench_stage(
     return [r.to_json() for r in results], [s.to_json() for s in speedups(results)]
 
 
+def ignored_batches(converted: Converted, inputs: tuple[torch.Tensor, ...], requested: tuple[int, ...]) -> str | None:
+    """Why some ``--batch`` sizes cannot be timed (the exported batch dimension is fixed), or None."""
+    sizes = batch_sizes(converted, inputs, requested)
+    left_out = [b for b in requested if b not in sizes]
+    if not left_out:
+        return None
+    return (f"--batch {','.join(map(str, left_out))} not timed: the model's batch dimension is fixed at "
+            f"{sizes[0]}; timed at batch {sizes[0]}")
+
+
 def batch_sizes(converted: Converted, inputs: tuple[torch.Tensor, ...], requested: tuple[int, ...]) -> list[int]:
     """The requested batch sizes when the exported batch dimension is dynamic, else the example's."""
     example = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1

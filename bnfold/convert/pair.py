@@ -18,7 +18,7 @@ from bnfold.export import count_ops
 from bnfold.load import LoadedModel, load_model
 from bnfold.report import new_report
 from bnfold.verify import Candidate, ort_runner, run_parity, select_providers, torch_runner
-from bnfold.verify.providers import CPU, CUDA
+from bnfold.verify.providers import CPU, CUDA, require_providers
 from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION, PROVIDER
 
 
@@ -72,6 +72,7 @@ def _candidates(original: LoadedModel, candidate: LoadedModel, config: Any) -> t
 
 def verify_pair(original_path: str | Path, candidate_path: str | Path, config: Any) -> dict[str, Any]:
     """A report comparing a candidate model with the original on the parity matrix."""
+    require_providers(config.providers)
     trust_code = config.trust_code or config.trust_pickle
     args = dict(config.model_args)
     original = load_model(Path(original_path), factory=config.factory, factory_args=args, trust_code=trust_code)
@@ -190,10 +191,17 @@ def _candidate_section(candidate: LoadedModel) -> dict[str, Any]:
 def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Latency of one ONNX model, or of two interleaved (the first is the baseline)."""
     from bnfold.bench import bench_onnx, speedups
+    from bnfold.convert.checks import graph_dims
     from bnfold.load import InputSpec, make_inputs
 
+    require_providers(config.providers)
     loaded = [_onnx_only(p) for p in paths]
     _check_onnx(*loaded)
+    for path, model in zip(paths, loaded, strict=True):
+        fixed = next(iter(graph_dims(model.onnx_model)), (None,))[:1]
+        if fixed and fixed[0] is not None and any(b != fixed[0] for b in config.batches):
+            raise InputSpecError(f"--batch {','.join(map(str, config.batches))}: {path} has a fixed batch of "
+                                 f"{fixed[0]}; give --batch {fixed[0]} or export the model with a dynamic batch")
     inputs = _inputs(loaded[0], config)
     spec = InputSpec.of(inputs)
     names = ["original", "folded"] if len(paths) == 2 else [paths[0].stem]

@@ -96,15 +96,18 @@ def convert_torch(
     )
 
 
-def torchscript_to_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int) -> onnx.ModelProto:
-    """Export a TorchScript module unfolded (constant folding off keeps every BatchNormalization)."""
+def torchscript_to_onnx(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, explicit: bool = False
+) -> onnx.ModelProto:
+    """Export a TorchScript module unfolded (constant folding off keeps every BatchNormalization), at opset 17
+    at most unless ``opset`` was asked for (``explicit``)."""
     _check_runs(module, inputs)
     names = [f"input_{i}" for i in range(len(inputs))]
     with eval_mode(module):
         proto, _ = run_torchscript_exporter(
             module,
             inputs,
-            opset_version=min(opset, 17),
+            opset_version=opset if explicit else min(opset, 17),
             do_constant_folding=False,
             input_names=names,
             dynamic_axes={name: {0: "batch"} for name in names},
@@ -124,7 +127,11 @@ def _check_runs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
 
 
 def convert_onnx_level(
-    loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int, affine_form: str = "batchnorm"
+    loaded: LoadedModel,
+    inputs: tuple[torch.Tensor, ...],
+    opset: int,
+    affine_form: str = "batchnorm",
+    explicit: bool = False,
 ) -> Converted:
     """Fold on the ONNX graph: an ONNX file as it is, a TorchScript archive after an unfolded export."""
     from bnfold.fold.onnx import fold_onnx
@@ -136,7 +143,7 @@ def convert_onnx_level(
         check_onnx_input(original, loaded.path)
         exporter, used_opset = "none (ONNX input)", _opset_of(original)
     else:
-        original = torchscript_to_onnx(loaded.module, inputs, opset)  # type: ignore[arg-type]
+        original = torchscript_to_onnx(loaded.module, inputs, opset, explicit)  # type: ignore[arg-type]
         exporter, used_opset = "torch.onnx.export (TorchScript)", _opset_of(original)
     start = time.perf_counter()
     result = fold_onnx(original, affine_form)

@@ -49,6 +49,24 @@ def select_providers(requested: str | Sequence[str] = "auto") -> ProviderSelecti
     return ProviderSelection(tuple(dict.fromkeys(chosen)), tuple(notes))
 
 
+def require_providers(requested: str | Sequence[str]) -> None:
+    """Raise :class:`~bnfold.errors.InputSpecError` when a provider named explicitly (not through "auto")
+    is not available: the user asked for it, so results without it would answer another question."""
+    from bnfold.errors import InputSpecError
+
+    names = [item.strip() for item in (requested.split(",") if isinstance(requested, str) else requested)]
+    available = available_providers()
+    for name in names:
+        if name.lower() in ("", "auto"):
+            continue
+        provider = _ALIASES.get(name.lower(), name)
+        if provider not in available:
+            raise InputSpecError(
+                f"--providers {name}: {provider} is not available in this onnxruntime build "
+                f"({', '.join(available)}); use --providers auto to take CUDA only where there is one"
+            )
+
+
 def _expand(requested: str | Sequence[str]) -> list[str]:
     if isinstance(requested, str):
         requested = requested.split(",")
