@@ -1,0 +1,55 @@
+"""SIGINT and SIGTERM during a run: exit 130 / 143, no staging folder left, the previous outputs intact and
+consistent (the report still describes the ONNX file beside it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MODELS, ROOT, snapshot
+
+from bnfold.load.loaded import file_sha256
+
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's bnfold, whatever the current directory
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "bnfold", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+
+
+def _wait_for_staged_model(directory: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(directory.glob(".bnfold-staging-*/out.onnx.data")):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before staging its model: {process.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("no staged model appeared")
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_leaves_the_previous_set_and_no_staging(tmp_path: Path, signum: int, code: int) -> None:
+    args = ["convert", str(MODELS / "digits_cnn.pt2"), "-o", "out.onnx", "--external-data", "always"]
+    first = subprocess.run([sys.executable, "-m", "bnfold", *args, "--no-bench", "-q"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600, env=ENV)
+    assert first.returncode == 0, first.stderr
+    before = snapshot(tmp_path)
+    process = _start([*args, "--batch", "1,8,32", "--random-batches", "3", "--exporter", "dynamo"], tmp_path)
+    _wait_for_staged_model(tmp_path, process)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+    assert "Traceback" not in err
+    assert snapshot(tmp_path) == before  # no staging folder, the previous outputs untouched
+    report = json.loads((tmp_path / "out.report.json").read_text())
+    assert report["onnx"]["sha256"] == file_sha256(tmp_path / "out.onnx")
+    assert report["onnx"]["external_data_sha256"] == file_sha256(tmp_path / "out.onnx.data")
