@@ -16,7 +16,6 @@ from conftest import MODELS, ROOT, snapshot
 
 from bnfold.load.loaded import file_sha256
 
-
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's bnfold, whatever the current directory
 
 
