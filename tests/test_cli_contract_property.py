@@ -56,6 +56,7 @@ outputs = st.sampled_from(["out.onnx", "out.onnx", "out.onnx", "data.npz", "mode
 
 @st.composite
 def runs(draw: st.DrawFn) -> tuple[str, tuple[str, str, float] | None, list[str]]:
+    """(model file, damage to the model or the data file or None, options)."""
     model = draw(st.sampled_from(["model.onnx", "model.pt2"]))
     damage = draw(st.one_of(st.none(), st.tuples(st.sampled_from(["model", "data"]),
                                                  st.sampled_from(["truncate", "flip"]),
