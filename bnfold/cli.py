@@ -68,6 +68,19 @@ def _tolerance(ctx: click.Context, param: click.Parameter, value: float | None) 
     return None if value is None else check_tolerance(f"--{param.name} {value}", value)
 
 
+def _dynamic(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    from bnfold.load.inputs import parse_dynamic
+
+    return None if value is None else parse_dynamic(value)
+
+
+def _names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in (value or "").split(",") if n.strip())
+    if value is not None and not names:
+        raise InputSpecError(f"--{_param.name.replace('_', '-') if _param.name else 'names'} needs names, e.g. x,mask")
+    return names
+
+
 def _providers(value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
@@ -207,6 +220,16 @@ def cli(ctx: click.Context, debug: bool) -> None:
 )
 @shape_option
 @click.option(
+    "--dynamic",
+    callback=_dynamic,
+    metavar="batch|none|batch,height,width",
+    help="Dimensions the ONNX model keeps dynamic, by name or axis [default: a torch.export archive's own, "
+    "else batch].",
+)
+@click.option("--input-names", callback=_names, metavar="A,B",
+              help="Names of the ONNX model's inputs [default: the model's own, e.g. the forward's arguments].")
+@click.option("--output-names", callback=_names, metavar="Y", help="Names of the ONNX model's outputs.")
+@click.option(
     "--opset",
     type=click.IntRange(7, 30),
     help="ONNX opset, written exactly or refused [default: 18; an ONNX input keeps its own].",
@@ -273,6 +296,9 @@ def convert(
     jobs: int,
     report: Path | None,
     input_shapes: tuple[tuple[int, ...], ...],
+    dynamic: tuple[str, ...] | None,
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
     opset: int | None,
     atol: float | None,
     rtol: float | None,
@@ -304,6 +330,9 @@ def convert(
         output=output,
         report=report,
         input_shapes=input_shapes,
+        dynamic=dynamic,
+        input_names=input_names,
+        output_names=output_names,
         opset=opset,
         atol=atol,
         rtol=rtol,

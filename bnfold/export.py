@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from bnfold.errors import ExportError, one_line
-from bnfold.fold.capture import batch_dynamic_shapes
+from bnfold.fold.capture import batch_dynamic_shapes, widened_inputs
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("auto", "torchscript", "dynamo")
@@ -104,10 +105,15 @@ def export_module(
     dynamic_batch: bool = True,
     optimize: bool = True,
 ) -> ExportResult:
-    """Export with the dynamo exporter (batch dimension dynamic when the model allows)."""
+    """Export with the dynamo exporter. A GraphModule from torch.export keeps the axes its graph has
+    symbolic; another module gets a dynamic batch dimension (``dynamic_batch``) when it allows."""
     opset = opset or DEFAULT_OPSET
     dynamic = None
-    if dynamic_batch and not isinstance(module, torch.export.ExportedProgram):
+    if isinstance(module, fx.GraphModule) and _traced(module):  # its graph says which axes are symbolic
+        axes = graph_dynamic_axes(module)
+        if any(axes):
+            dynamic, inputs = batch_dynamic_shapes(inputs, axes), widened_inputs(inputs, axes) or inputs
+    elif dynamic_batch and not isinstance(module, torch.export.ExportedProgram):
         dynamic = batch_dynamic_shapes(inputs)
     with quiet() as said:
         try:
@@ -152,8 +158,8 @@ def export_folded(
 def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset: int | None = None) -> ExportResult:
     """Export a GraphModule of aten ops with the TorchScript exporter.
 
-    Inputs and outputs keep the graph's node names, as the dynamo exporter names them; dimension 0 is
-    dynamic ("batch") on the inputs and outputs where torch.export kept it symbolic, and fixed elsewhere.
+    Inputs and outputs keep the graph's node names, as the dynamo exporter names them; every dimension
+    torch.export kept symbolic is dynamic (dimension 0 of the inputs named "batch"), the others fixed.
     """
     opset = opset or DEFAULT_OPSET
     if opset > TORCHSCRIPT_MAX_OPSET:
@@ -163,7 +169,7 @@ def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset
     if not all(isinstance(o, fx.Node) and o.op != "placeholder" for o in outputs) or len(set(outputs)) < len(outputs):
         raise ExportError("the TorchScript exporter cannot name outputs that are inputs, constants or repeated")
     names_in, names_out = [n.name for n in placeholders], [n.name for n in outputs]
-    dynamic = {n.name: {0: "batch"} for n in [*placeholders, *outputs] if _symbolic_batch(n)}
+    dynamic = _dynamic_axis_names(placeholders, outputs)
     proto, said = run_torchscript_exporter(
         module, inputs, opset_version=opset, input_names=names_in, output_names=names_out, dynamic_axes=dynamic or None
     )
@@ -191,9 +197,38 @@ def run_torchscript_exporter(
     return proto, said
 
 
-def _symbolic_batch(node: fx.Node) -> bool:
+def _symbolic_dims(node: fx.Node) -> dict[int, str]:
+    """The symbolic dimensions of a node's tensor value: axis -> the symbol's expression."""
     value = node.meta.get("val")
-    return isinstance(value, torch.Tensor) and value.dim() > 0 and isinstance(value.shape[0], torch.SymInt)
+    if not isinstance(value, torch.Tensor):
+        return {}
+    return {i: str(d) for i, d in enumerate(value.shape) if isinstance(d, torch.SymInt)}
+
+
+def _traced(module: fx.GraphModule) -> bool:
+    """Whether a GraphModule comes from torch.export (its inputs carry example values with their shapes)."""
+    return any(isinstance(n.meta.get("val"), torch.Tensor) for n in module.graph.nodes if n.op == "placeholder")
+
+
+def graph_dynamic_axes(module: fx.GraphModule) -> tuple[tuple[int, ...], ...]:
+    """For each input of a GraphModule from torch.export, the axes its graph keeps symbolic."""
+    return tuple(tuple(_symbolic_dims(n)) for n in module.graph.nodes if n.op == "placeholder")
+
+
+def _dynamic_axis_names(placeholders: list[fx.Node], outputs: list[fx.Node]) -> dict[str, dict[int, str]]:
+    """``dynamic_axes`` for the TorchScript exporter: one name per symbol, so that inputs and outputs that
+    share a dimension share its name ("batch" for the inputs' dimension 0)."""
+    names: dict[str, str] = {}
+    for node in placeholders:
+        for axis, symbol in _symbolic_dims(node).items():
+            names.setdefault(symbol, "batch" if axis == 0 else f"{node.name}_dim{axis}")
+    axes = {}
+    for node in [*placeholders, *outputs]:
+        symbols = _symbolic_dims(node).items()
+        dims = {axis: names.setdefault(symbol, f"{node.name}_dim{axis}") for axis, symbol in symbols}
+        if dims:
+            axes[node.name] = dims
+    return axes
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:
@@ -401,3 +436,41 @@ def save_ort_optimized(model: Path, path: Path, threads: int | None = None) -> P
     except Exception as exc:  # onnxruntime raises its own error types
         raise ExportError(f"onnxruntime could not save an optimized model: {one_line(exc)}") from exc
     return data
+
+
+def rename_io(model: onnx.ModelProto, inputs: Sequence[str] = (), outputs: Sequence[str] = ()) -> None:
+    """Give the graph's inputs (initializers aside) and outputs the names asked for, everywhere they are read
+    or written. :class:`ExportError` when the count does not match or a name is taken or repeated."""
+    stored = {init.name for init in model.graph.initializer}
+    renames: dict[str, str] = {}
+    for kind, values, names in (("input", [v for v in model.graph.input if v.name not in stored], inputs),
+                                ("output", list(model.graph.output), outputs)):  # fmt: skip
+        if not names:
+            continue
+        if len(names) != len(values):
+            listed = ", ".join(v.name for v in values)
+            raise ExportError(
+                f"--{kind}-names gives {len(names)} name(s); the model has {len(values)} {kind}(s): {listed}"
+            )
+        renames.update({v.name: n for v, n in zip(values, names, strict=True) if v.name != n})
+    _check_new_names(model, renames, [*inputs, *outputs])
+    _apply_renames(model, renames)
+
+
+def _check_new_names(model: onnx.ModelProto, renames: Mapping[str, str], wanted: Sequence[str]) -> None:
+    repeated = sorted({n for n in wanted if list(wanted).count(n) > 1})
+    if repeated:
+        raise ExportError(f"the input and output names must differ: {', '.join(repeated)} given twice")
+    taken = {*(v for node in model.graph.node for v in (*node.input, *node.output)),
+             *(init.name for init in model.graph.initializer)} - set(renames)  # fmt: skip
+    clash = sorted(set(renames.values()) & taken)
+    if clash:
+        raise ExportError(f"the name {clash[0]!r} is already a tensor of the model: choose another")
+
+
+def _apply_renames(model: onnx.ModelProto, renames: Mapping[str, str]) -> None:
+    for node in model.graph.node:
+        node.input[:] = [renames.get(v, v) for v in node.input]
+        node.output[:] = [renames.get(v, v) for v in node.output]
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        value.name = renames.get(value.name, value.name)

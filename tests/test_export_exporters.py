@@ -75,11 +75,14 @@ def test_both_exporters_name_inputs_outputs_and_the_batch_alike(folded) -> None:
         assert [v.type.tensor_type.shape.dim[0].dim_param for v in graph_ts] == ["batch"] * len(graph_ts)
 
 
-def test_static_batch_stays_static(folded) -> None:
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_static_batch_stays_static_and_a_batch_of_one_does_not_pin_it(folded, exporter: str) -> None:
     net, _, _ = folded
-    inputs = (torch.randn(1, 3, 10, 10),)  # torch.export specialises a batch of 1
-    exported = export.export_folded(bnfold.fold(net, inputs).module, inputs, exporter="torchscript")
-    assert exported.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    inputs = (torch.randn(1, 3, 10, 10),)  # alone, torch.export would specialise a batch of 1
+    static = export.export_folded(bnfold.fold(net, inputs, dynamic_batch=False).module, inputs, exporter=exporter)
+    assert static.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    dynamic = export.export_folded(bnfold.fold(net, inputs).module, inputs, exporter=exporter)
+    assert dynamic.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
 def test_no_identity_nodes_left_for_shared_constants(folded) -> None:

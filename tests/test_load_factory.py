@@ -122,8 +122,10 @@ def test_cli_converts_a_checkpoint_with_model_args(
         main(argv)
     assert exit_info.value.code == 0, capsys.readouterr().err
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-    x = torch.randn(1, 3, 16, 16)
-    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
-        expected = model.double()(x.double()).numpy()
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+    reference = model.double()
+    for batch in (1, 32):  # a batch-1 example does not pin the batch
+        x = torch.randn(batch, 3, 16, 16)
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            expected = reference(x.double()).numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)

@@ -56,6 +56,9 @@ class ConvertConfig:
     save_optimized: Path | None = None
     factory: str | None = None
     model_args: tuple[tuple[str, Any], ...] = ()  # keyword arguments for the factory (--model-arg)
+    dynamic: tuple[str, ...] | None = None  # --dynamic: dimension names or axes; None: as stored, else batch
+    input_names: tuple[str, ...] = ()  # --input-names: the ONNX graph's input names (default: the model's)
+    output_names: tuple[str, ...] = ()  # --output-names
     trust_code: bool = False
     trust_pickle: bool = False  # the older name of trust_code
     write_reports: bool = True
@@ -167,12 +170,14 @@ def fold_and_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], confi
                 f"--recalibrate needs a PyTorch model: a {loaded.format} model is folded on its ONNX graph, "
                 "where BatchNorm statistics cannot be re-estimated"
             )
-        converted = convert_onnx_level(loaded, inputs, opset, config.affine_form, explicit=config.opset is not None)
+        converted = convert_onnx_level(loaded, inputs, opset, config)
     else:
-        converted = convert_torch(
-            loaded, inputs, opset, config.recalibrate, bool(config.input_shapes), config.affine_form, config.exporter
-        )
+        converted = convert_torch(loaded, inputs, opset, config)
     check_opset(converted.exported, config.opset)
+    if config.input_names or config.output_names:
+        from bnfold.export import rename_io
+
+        rename_io(converted.exported.model, config.input_names, config.output_names)
     return converted
 
 
@@ -239,7 +244,7 @@ def _convert(
     report = new_report()
     say("folding BatchNorms and exporting to ONNX")
     converted = fold_and_export(loaded, inputs, config)
-    report["model"] = model_section(loaded, inputs, converted.notes)
+    report["model"] = model_section(loaded, inputs, converted.notes, converted.exported.model)
     report["fold"] = fold_section(converted, config.affine_form)
     batches = parity_batches(inputs, config, graph_dims(converted.exported.model))
     folded, data_path = _verified(loaded, converted, batches, report, config, targets, say)
@@ -372,17 +377,36 @@ def fold_section(converted: Converted, affine_form: str = "batchnorm") -> dict[s
     }
 
 
-def model_section(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], notes: list[str]) -> dict[str, Any]:
+def model_section(
+    loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], notes: list[str], graph: Any = None
+) -> dict[str, Any]:
+    """The ``model`` block: the input file and its inputs, named and with their dynamic axes as the ONNX
+    ``graph`` written (or read) has them."""
+    declared = onnx_inputs(graph if graph is not None else loaded.onnx_model)
+    entries = []
+    for i, tensor in enumerate(inputs):
+        name, axes = declared[i] if i < len(declared) else (f"input_{i}", [])
+        dtype = str(tensor.dtype).replace("torch.", "")
+        entries.append({"name": name, "shape": list(tensor.shape), "dtype": dtype, "dynamic_axes": axes})
     return {
         "path": str(loaded.path) if loaded.path else None,
         "sha256": loaded.sha256,
         "format": loaded.format,
-        "inputs": [
-            {"name": f"input_{i}", "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-            for i, t in enumerate(inputs)
-        ],
+        "inputs": entries,
         "notes": list(loaded.notes) + notes,
     }
+
+
+def onnx_inputs(model: Any) -> list[tuple[str, list[int]]]:
+    """Each graph input of an ONNX model (initializers aside): its name and the axes it declares symbolic."""
+    if model is None:
+        return []
+    stored = {init.name for init in model.graph.initializer}
+    return [
+        (value.name, [i for i, d in enumerate(value.type.tensor_type.shape.dim) if not d.HasField("dim_value")])
+        for value in model.graph.input
+        if value.name not in stored
+    ]
 
 
 def onnx_section(converted: Converted, path: Path, external_data: Path | None = None) -> dict[str, Any]:

@@ -165,7 +165,7 @@ def _pair_report(
     from bnfold.report.environment import capture_environment
 
     report = new_report()
-    report["model"] = model_section(original, inputs, [])
+    report["model"] = model_section(original, inputs, [], candidate.onnx_model or original.onnx_model)
     report["fold"] = {}
     report["onnx"] = _candidate_section(candidate)
     report["parity"] = parity

@@ -31,6 +31,7 @@ from bnfold.fold import FoldResult, fold
 from bnfold.fold.capture import eval_mode
 from bnfold.fold.records import BnRecord
 from bnfold.load import InputSpec, LoadedModel, load_data
+from bnfold.load.inputs import dynamic_axes
 
 ONNX_LEVEL = ("onnx", "torchscript")
 Batches = list[tuple[str, tuple[Any, ...]]]
@@ -59,23 +60,22 @@ def calibration_batches(path: Path, count: int, batch: int = 64) -> list[tuple[t
     return [tuple(t[i : i + batch].float() for t in data) for i in range(0, n, batch)]
 
 
-def convert_torch(
-    loaded: LoadedModel,
-    inputs: tuple[torch.Tensor, ...],
-    opset: int,
-    recalibrate: Path | None = None,
-    reshaped: bool = False,
-    affine_form: str = "batchnorm",
-    exporter: str = "auto",
-) -> Converted:
-    """Fold on the aten graph, then export the folded GraphModule."""
+def convert_torch(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int, config: Any) -> Converted:
+    """Fold on the aten graph, then export the folded GraphModule.
+
+    A torch.export archive is folded as stored, its dynamic dimensions kept, unless ``--input-shape`` or
+    ``--dynamic`` asks for another trace; any other model is traced with ``config.dynamic`` (by default
+    the batch) dynamic."""
+    recalibrate = config.recalibrate
     calibration = calibration_batches(recalibrate, len(inputs)) if recalibrate else None
-    program = loaded.exported if not reshaped else None
+    retrace = bool(config.input_shapes) or config.dynamic is not None
+    program = loaded.exported if not retrace else None
     source: nn.Module | torch.export.ExportedProgram | None = program if program is not None else loaded.module
     if source is None:
         raise ExportError(f"{loaded.path}: holds no runnable PyTorch model")
-    folded = fold(source, inputs, calibration=calibration, affine_form=affine_form)
-    exported = export_folded(folded.module, inputs, exporter=exporter, opset=opset)
+    axes = dynamic_axes(config.dynamic, inputs) if config.dynamic is not None else None
+    folded = fold(source, inputs, calibration=calibration, affine_form=config.affine_form, dynamic_axes=axes)
+    exported = export_folded(folded.module, inputs, exporter=config.exporter, opset=opset)
     original = folded.reference or (program.module() if program is not None else source)
     if folded.reference is not None:
         folded.notes.append("parity reference: the original model with the re-estimated statistics, unfolded")
@@ -97,12 +97,17 @@ def convert_torch(
 
 
 def torchscript_to_onnx(
-    module: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, explicit: bool = False
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, explicit: bool = False,
+    axes: tuple[tuple[int, ...], ...] | None = None,
 ) -> onnx.ModelProto:
     """Export a TorchScript module unfolded (constant folding off keeps every BatchNormalization), at opset 17
-    at most unless ``opset`` was asked for (``explicit``)."""
+    at most unless ``opset`` was asked for (``explicit``). Inputs keep the names of the forward's
+    arguments; ``axes`` (default: the batch) are dynamic."""
     _check_runs(module, inputs)
-    names = [f"input_{i}" for i in range(len(inputs))]
+    names = _argument_names(module, len(inputs))
+    axes = axes if axes is not None else tuple((0,) if t.dim() else () for t in inputs)
+    pairs = zip(names, axes, strict=True)
+    dynamic = {name: {a: "batch" if a == 0 else f"{name}_dim{a}" for a in ax} for name, ax in pairs}
     with eval_mode(module):
         proto, _ = run_torchscript_exporter(
             module,
@@ -110,9 +115,19 @@ def torchscript_to_onnx(
             opset_version=opset if explicit else min(opset, 17),
             do_constant_folding=False,
             input_names=names,
-            dynamic_axes={name: {0: "batch"} for name in names},
+            dynamic_axes={name: dims for name, dims in dynamic.items() if dims},
         )
     return proto
+
+
+def _argument_names(module: nn.Module, count: int) -> list[str]:
+    """The names of a scripted forward's arguments (``input_0``, ... where it has none to give)."""
+    try:
+        schema: Any = module.forward.schema  # type: ignore[attr-defined]
+        names = [a.name for a in schema.arguments][1:]
+    except (AttributeError, RuntimeError):
+        names = []
+    return names[:count] if len(names) >= count else [f"input_{i}" for i in range(count)]
 
 
 def _check_runs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -126,14 +141,10 @@ def _check_runs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
                                  f"{last}; check --input-shape") from exc
 
 
-def convert_onnx_level(
-    loaded: LoadedModel,
-    inputs: tuple[torch.Tensor, ...],
-    opset: int,
-    affine_form: str = "batchnorm",
-    explicit: bool = False,
-) -> Converted:
+def convert_onnx_level(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int, config: Any) -> Converted:
     """Fold on the ONNX graph: an ONNX file as it is, a TorchScript archive after an unfolded export."""
+    affine_form, explicit = config.affine_form, config.opset is not None
+    axes = dynamic_axes(config.dynamic, inputs) if config.dynamic is not None else None
     from bnfold.fold.onnx import fold_onnx
 
     if loaded.format == "onnx":
@@ -143,7 +154,7 @@ def convert_onnx_level(
         check_onnx_input(original, loaded.path)
         exporter, used_opset = "none (ONNX input)", _opset_of(original)
     else:
-        original = torchscript_to_onnx(loaded.module, inputs, opset, explicit)  # type: ignore[arg-type]
+        original = torchscript_to_onnx(loaded.module, inputs, opset, explicit, axes)  # type: ignore[arg-type]
         exporter, used_opset = "torch.onnx.export (TorchScript)", _opset_of(original)
     start = time.perf_counter()
     result = fold_onnx(original, affine_form)

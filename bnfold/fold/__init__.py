@@ -56,6 +56,7 @@ def fold(
     *,
     calibration: Iterable[Sequence[torch.Tensor] | torch.Tensor] | None = None,
     dynamic_batch: bool = True,
+    dynamic_axes: Sequence[Sequence[int]] | None = None,
     affine_form: str = "batchnorm",
 ) -> FoldResult:
     """Fold every BatchNorm of ``model`` that folds exactly; the input model is not modified.
@@ -64,6 +65,8 @@ def fold(
     ``calibration``: batches (each a sequence of the model's inputs) to re-estimate every BN's running
     statistics from before folding, as ``torch.optim.swa_utils.update_bn`` does (see
     :func:`bnfold.fold.recalibrate.recalibrate`); each record then carries ``max_stat_change``.
+    ``dynamic_batch`` keeps the batch dimension symbolic when tracing a module; ``dynamic_axes`` (one
+    sequence of axes per input) names the symbolic axes instead.
     ``affine_form``: how a BN that cannot fold is frozen, "batchnorm" or "muladd" (see
     :func:`bnfold.fold.engine.fold_graph`).
     """
@@ -74,7 +77,8 @@ def fold(
     else:
         if example_inputs is None:
             raise InputSpecError("fold() needs example_inputs to trace an nn.Module")
-        program, notes = capture(model, tuple(example_inputs), dynamic_batch)
+        axes = None if dynamic_axes is None else tuple(tuple(a) for a in dynamic_axes)
+        program, notes = capture(model, tuple(example_inputs), dynamic_batch, axes)
     gm = graph_module(program)
     folded_constants = fold_constants(gm)
     if folded_constants:

@@ -27,25 +27,66 @@ def eval_mode(module: nn.Module) -> Iterator[bool]:
             submodule.training = flag
 
 
-def batch_dynamic_shapes(inputs: tuple[Any, ...]) -> tuple[dict[int, Any] | None, ...]:
-    """Mark dim 0 of every tensor input as a batch dimension torch.export may keep dynamic."""
-    return tuple({0: torch.export.Dim.AUTO} if isinstance(t, torch.Tensor) and t.dim() > 0 else None for t in inputs)
+DynamicAxes = tuple[tuple[int, ...], ...]
+"""For each input, the axes torch.export may keep symbolic (non-negative, within the input's rank)."""
+
+
+def batch_dynamic_shapes(inputs: tuple[Any, ...], axes: DynamicAxes | None = None) -> tuple[dict[int, Any] | None, ...]:
+    """Mark the given axes (default: dim 0, the batch) of every tensor input as ones torch.export may keep
+    dynamic."""
+    if axes is None:
+        axes = tuple((0,) if isinstance(t, torch.Tensor) and t.dim() > 0 else () for t in inputs)
+    return tuple({a: torch.export.Dim.AUTO for a in ax} or None for ax in axes)
 
 
 def capture(
-    model: nn.Module, inputs: tuple[Any, ...], dynamic_batch: bool = True
+    model: nn.Module, inputs: tuple[Any, ...], dynamic_batch: bool = True, axes: DynamicAxes | None = None
 ) -> tuple[torch.export.ExportedProgram, list[str]]:
-    """torch.export the model in eval mode without touching the caller's flags; notes say what changed."""
+    """torch.export the model in eval mode without touching the caller's flags; notes say what changed.
+
+    ``axes`` (default: the batch axis when ``dynamic_batch``) may stay symbolic. An example of size 1 on
+    such an axis would pin it to 1 (torch.export specialises 0 and 1), so the trace sees the example
+    repeated to size 2 there; when the model cannot take that, it is traced as given and the axis stays
+    fixed (said in the notes)."""
     notes: list[str] = []
-    dynamic = batch_dynamic_shapes(inputs) if dynamic_batch else None
+    if axes is None:
+        axes = tuple((0,) if dynamic_batch and isinstance(t, torch.Tensor) and t.dim() > 0 else () for t in inputs)
     with eval_mode(model) as was_training:
         if was_training:
             notes.append(
                 "the model was in training mode; it was traced in eval mode (BatchNorm uses running "
                 "statistics) and its flags were restored afterwards"
             )
-        program = _export(model, inputs, dynamic)
+        program = _export_dynamic(model, inputs, axes, notes)
     return program, notes
+
+
+def _export_dynamic(
+    model: nn.Module, inputs: tuple[Any, ...], axes: DynamicAxes, notes: list[str]
+) -> torch.export.ExportedProgram:
+    dynamic = batch_dynamic_shapes(inputs, axes) if any(axes) else None
+    widened = widened_inputs(inputs, axes)
+    if widened is not None:
+        try:
+            return _export(model, widened, dynamic)
+        except (InputSpecError, TraceError):
+            notes.append("the model does not take the example repeated along its dynamic axes: traced with "
+                         "the example as given, so axes of size 1 stay fixed")
+    return _export(model, inputs, dynamic)
+
+
+def widened_inputs(inputs: tuple[Any, ...], axes: DynamicAxes) -> tuple[Any, ...] | None:
+    """The inputs repeated to size 2 along every dynamic axis of size 1; None when none has size 1."""
+    pairs = list(zip(inputs, axes, strict=True))
+    if not any(isinstance(t, torch.Tensor) and any(t.shape[a] == 1 for a in ax) for t, ax in pairs):
+        return None
+    out = []
+    for tensor, ax in zip(inputs, axes, strict=True):
+        for axis in ax if isinstance(tensor, torch.Tensor) else ():
+            if tensor.shape[axis] == 1:
+                tensor = torch.cat([tensor, tensor], dim=axis)
+        out.append(tensor)
+    return tuple(out)
 
 
 def _export(model: nn.Module, inputs: tuple[Any, ...], dynamic: Any) -> torch.export.ExportedProgram:

@@ -93,3 +93,38 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise InputSpecError(f"--data {path}: a single .npy array, not an .npz archive; {hint}")
     return loaded
+
+
+DIMENSION_NAMES = ("batch", "height", "width", "length")
+
+
+def parse_dynamic(text: str) -> tuple[str, ...]:
+    """``--dynamic``: ``none``, or comma-separated dimension names (batch, height, width, length) or axes."""
+    parts = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    if parts == ("none",):
+        return ()
+    for part in parts:
+        if part not in DIMENSION_NAMES and not part.lstrip("-").isdigit():
+            raise InputSpecError(
+                f"--dynamic {text!r}: {part!r} is not a dimension; give none, or names from "
+                f"{', '.join(DIMENSION_NAMES)} or axis numbers, e.g. batch,height,width"
+            )
+    if not parts:
+        raise InputSpecError("--dynamic needs a value: none, or e.g. batch,height,width")
+    return parts
+
+
+def dynamic_axes(names: tuple[str, ...], inputs: tuple[torch.Tensor, ...]) -> tuple[tuple[int, ...], ...]:
+    """The axes ``names`` stand for in each input: batch is 0; height and width the last two axes of an
+    image (rank 4 and up); length the last axis of a sequence (rank 3); numbers count from 0 (or from the
+    end when negative). A name an input has no axis for is skipped for that input."""
+    return tuple(tuple(sorted({a for a in (_axis(n, t.dim()) for n in names) if a is not None})) for t in inputs)
+
+
+def _axis(name: str, rank: int) -> int | None:
+    named = {"batch": 0 if rank >= 1 else None, "height": rank - 2 if rank >= 4 else None,
+             "width": rank - 1 if rank >= 4 else None, "length": rank - 1 if rank == 3 else None}  # fmt: skip
+    if name in named:
+        return named[name]
+    axis = int(name)
+    return axis % rank if -rank <= axis < rank else None
