@@ -20,6 +20,7 @@ import torch
 from bnfold.fold import maths
 from bnfold.fold.onnx._affine import ChannelAffine, to_f64, to_numpy
 from bnfold.fold.onnx._graph import Graph, attribute, label, node_name, set_attribute
+from bnfold.fold.onnx._names import module_name
 from bnfold.fold.onnx._layers import append_bias, gemm_bias, optional_constant, param_name
 
 
@@ -116,4 +117,4 @@ def _pads(node: onnx.NodeProto, weight: np.ndarray) -> bool:
 
 
 def into_names(folds: list[ConsumerFold]) -> list[str]:
-    return [node_name(fold.node) for fold in folds]
+    return list(dict.fromkeys(module_name(fold.node) for fold in folds))

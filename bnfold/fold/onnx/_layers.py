@@ -21,6 +21,7 @@ import torch
 from bnfold.fold import maths
 from bnfold.fold.onnx._affine import to_f64, to_numpy
 from bnfold.fold.onnx._graph import Graph, attribute, label, node_name, set_attribute
+from bnfold.fold.onnx._names import module_name
 
 
 def param_name(node: onnx.NodeProto, slot: int, role: str) -> str:
@@ -68,7 +69,7 @@ class ConvFold:
         return self.weight.shape[1] * self.groups if transposed else self.weight.shape[0]
 
     def into(self) -> list[str]:
-        return [node_name(self.node)]
+        return [module_name(self.node)]
 
     def apply(self, graph: Graph, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
         t = torch.zeros_like(scale) if shift is None else shift
@@ -101,7 +102,7 @@ class GemmFold:
         return self.weight.shape[0 if self.trans_b else 1]
 
     def into(self) -> list[str]:
-        return [node_name(self.node)]
+        return [module_name(self.node)]
 
     def apply(self, graph: Graph, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
         t = torch.zeros_like(scale) if shift is None else shift
@@ -143,7 +144,7 @@ class MatMulFold:
         return self.weight.shape[1]
 
     def into(self) -> list[str]:
-        return [node_name(self.node)]
+        return [module_name(self.node)]
 
     def apply(self, graph: Graph, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
         t = torch.zeros_like(scale) if shift is None else shift

@@ -20,7 +20,8 @@ from bnfold.fold.onnx._backward import backward_folds, into_names
 from bnfold.fold.onnx._cleanup import write_back
 from bnfold.fold.onnx._forward import forward_fold
 from bnfold.fold.onnx._freeze import freeze
-from bnfold.fold.onnx._graph import Graph, label, node_name
+from bnfold.fold.onnx._graph import Graph, label
+from bnfold.fold.onnx._names import module_name
 from bnfold.fold.onnx._shapes import check_folded, infer_types
 from bnfold.fold.records import AFFINE, FOLDED, KEPT, Action, BnRecord
 
@@ -83,7 +84,7 @@ def _recognise(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | BnRecord |
     if node.op_type == "BatchNormalization":
         found = batchnorm(graph, node)
         if isinstance(found, str):
-            return BnRecord(node_name(node), BATCHNORM, KEPT, reason=found)
+            return BnRecord(module_name(node), BATCHNORM, KEPT, reason=found)
         return found
     if node.op_type == "Mul":
         return mul_add(graph, node)
@@ -105,12 +106,13 @@ def _fold_forward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
     if isinstance(fold, str):
         affine.reasons.append(fold)
         return None
+    into = fold.into()  # named before the rewrite renames the parameters
     fold.apply(graph, affine.scale, affine.shift)
     for node in affine.nodes:
         graph.remove(node)
     producer = graph.producer[affine.input]
     graph.set_output(producer, list(producer.output).index(affine.input), affine.output)
-    return _record(affine, FOLDED, into=fold.into(), how=fold.how)
+    return _record(affine, FOLDED, into=into, how=fold.how)
 
 
 def _fold_backward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
@@ -121,12 +123,13 @@ def _fold_backward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
     if isinstance(folds, str):
         affine.reasons.append(folds)
         return None
+    into = into_names(folds)
     for fold in folds:
         fold.apply(graph, affine.scale, affine.shift)
     for node, slot in graph.readers(affine.output):
         graph.set_input(node, slot, affine.input)
     _remove(graph, affine)
-    return _record(affine, FOLDED, into=into_names(folds), how="backward")
+    return _record(affine, FOLDED, into=into, how="backward")
 
 
 def _remove(graph: Graph, affine: ChannelAffine) -> None:
@@ -150,7 +153,7 @@ def subgraph_records(graph: onnx.GraphProto, owner: onnx.NodeProto | None = None
     for node in graph.node:
         if owner is not None and node.op_type == "BatchNormalization":
             reason = f"it is inside a subgraph of {label(owner)}; only the main graph is folded"
-            records.append(BnRecord(node_name(node), BATCHNORM, KEPT, reason=reason))
+            records.append(BnRecord(module_name(node), BATCHNORM, KEPT, reason=reason))
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 records += subgraph_records(sub, owner or node)
