@@ -23,10 +23,6 @@ from bnfold.fold.records import BnRecord, summarise
 FORMATS = ("torchscript", "onnx-torchscript", "onnx-dynamo")
 
 KNOWN: dict[tuple[str, str], str] = {
-    **{(name, "onnx-dynamo"): "a Conv bias computed by a node (dynamo, optimize=False) is not a constant"
-       for name in ("conv1d_bn_nobias", "acnet_branches", "mixconv_concat", "densenet_block", "digits_cnn")},
-    ("frozen_bn", "onnx-dynamo"): "the frozen BN's scale is computed by nodes, so its Mul/Add is not seen",
-    ("bn_two_heads", "onnx-dynamo"): "the dynamo exporter's CastLike between the BN and a conv",
     **{("repvgg_block", fmt): "the ONNX engine has no identity-branch rule" for fmt in FORMATS},
     **{("identity_at_input", fmt): "the ONNX engine has no identity-branch rule" for fmt in FORMATS},
     **{("bn_conv_reflect", fmt): "the ONNX engine does not look through a reflect Pad" for fmt in FORMATS},

@@ -101,6 +101,9 @@ def batchnorm(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | str:
         return "it normalises with batch statistics (training_mode=1)"
     if not attribute(node, "spatial", 1):
         return "spatial=0 (statistics per activation, not per channel) is not supported"
+    fed = next((name for name in node.input[1:5] if graph.overridable(name)), None)
+    if fed is not None:
+        return f"its parameters can be overridden by the graph input '{fed}'"
     params = [graph.constant(name) for name in node.input[1:5] if name]
     values = [to_f64(p) for p in params if p is not None]
     if len(values) < 4:

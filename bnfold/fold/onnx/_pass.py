@@ -18,6 +18,7 @@ import onnx
 from bnfold.fold.onnx._affine import BATCHNORM, MUL_ADD, ChannelAffine, batchnorm, mul_add
 from bnfold.fold.onnx._backward import backward_folds, into_names
 from bnfold.fold.onnx._cleanup import write_back
+from bnfold.fold.onnx._evaluate import evaluate_constants
 from bnfold.fold.onnx._forward import forward_fold
 from bnfold.fold.onnx._freeze import freeze
 from bnfold.fold.onnx._graph import Graph, label
@@ -42,8 +43,7 @@ def fold_onnx(model: onnx.ModelProto, affine_form: str = "batchnorm") -> OnnxFol
     variance, naming the node. ``affine_form``: how a BN that cannot fold is frozen, "batchnorm" (one
     BatchNormalization computing ``x·s + t``: mean 0, variance 1, epsilon 0) or "muladd" (Mul and Add).
     """
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    work = evaluate_constants(model)
     types, strict = infer_types(work)
     initializer_inputs = {t.name for t in work.graph.initializer} & {v.name for v in work.graph.input}
     graph = Graph(work.graph, types)
