@@ -31,6 +31,7 @@ from fold_models import (
     randn,
     randomise,
 )
+from test_fold_inplace import InPlaceMobileOne, InPlaceRepVGG
 from torch import nn
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -118,6 +119,8 @@ def _entries() -> list[Entry]:
         ("acnet_branches", lambda: (randomise(ACBlock(), seed=9), (image(2, 3),))),
         ("mixconv_concat", lambda: (randomise(MixConv(), seed=10), (image(2, 3),))),
         ("repvgg_block", lambda: (randomise(RepVGGBlock(), seed=11), (image(2, 4),))),
+        ("repvgg_in_place", lambda: (randomise(InPlaceRepVGG(), seed=25), (image(2, 4),))),
+        ("mobileone_in_place", lambda: (randomise(InPlaceMobileOne(groups=4), seed=26), (image(2, 4),))),
         ("identity_at_input", lambda: (randomise(IdentityAtInput(), seed=12), (image(2, 4),))),
         ("reused_conv", lambda: (randomise(ReusedConv(), seed=13), (image(2, 3),))),
         ("functional_bn", lambda: (FunctionalBN().eval(), (image(2, 3),))),
@@ -141,6 +144,7 @@ def _entries() -> list[Entry]:
         ("batch_statistics", lambda: (_seq(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False),
                                            seed=23), (image(2, 3),))),
         ("densenet_block", lambda: (randomise(DenseBlock(), seed=24), (image(2, 3),))),
+        # (a BN nothing reads is not here: both ONNX exporters drop it, so only a .pt2 still holds it)
         # the sample models
         ("digits_cnn", lambda: _sample("digits_cnn")),
         ("tabular_mlp", lambda: _sample("tabular_mlp")),

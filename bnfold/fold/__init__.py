@@ -20,6 +20,7 @@ from bnfold.errors import InputSpecError
 from bnfold.fold.capture import capture, graph_module, plain_module
 from bnfold.fold.constants import fold_constants
 from bnfold.fold.eager import unboxed_calls
+from bnfold.fold.inplace import functionalise_arithmetic
 from bnfold.fold.engine import fold_graph
 from bnfold.fold.recalibrate import recalibrate
 from bnfold.fold.records import BnRecord, summarise
@@ -76,6 +77,7 @@ def fold(
             raise InputSpecError("fold() needs example_inputs to trace an nn.Module")
         program, notes = capture(model, tuple(example_inputs), dynamic_batch)
     gm = graph_module(program)
+    functionalise_arithmetic(gm)
     folded_constants = fold_constants(gm)
     if folded_constants:
         notes.append(f"evaluated {folded_constants} computation(s) on stored tensors once, as constants")

@@ -64,7 +64,7 @@ def fold_graph(graph: Graph, affine_form: str = "batchnorm") -> list[BnRecord]:
         if isinstance(found, BnRecord):
             records.append(found)
         elif found is not None:
-            folded = _fold_forward(graph, found)
+            folded = _removed(graph, found) or _fold_forward(graph, found)
             if folded is None:
                 pending[len(records)] = found  # its record is written by the later sweeps
             records.append(folded or _record(found, KEPT))
@@ -115,10 +115,18 @@ def _fold_forward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
     return _record(affine, FOLDED, into=into, how=fold.how)
 
 
+def _removed(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
+    """A BN whose output nothing reads computes nothing the model returns: it is removed."""
+    if graph.readers(affine.output) or affine.output in graph.outputs:
+        return None
+    _remove(graph, affine)
+    return _record(affine, FOLDED, how="removed", reason="its output is unused")
+
+
 def _fold_backward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
-    if not graph.readers(affine.output) and affine.output not in graph.outputs:
-        _remove(graph, affine)
-        return _record(affine, FOLDED, how="removed", reason="its output is unused")
+    removed = _removed(graph, affine)
+    if removed is not None:
+        return removed
     folds = backward_folds(graph, affine)
     if isinstance(folds, str):
         affine.reasons.append(folds)
