@@ -25,15 +25,20 @@ from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION
 Batches = list[tuple[str, tuple[np.ndarray, ...]]]
 
 
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as numpy; bfloat16 (which numpy lacks) as the float32 holding the same values exactly."""
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
 def parity_batches(inputs: tuple[torch.Tensor, ...], config: Any) -> Batches:
     """Named input batches: the example, ``config.seeds`` seeded random batches, and the user's data."""
-    batches: Batches = [("example", tuple(t.numpy() for t in inputs))]
+    batches: Batches = [("example", tuple(as_numpy(t) for t in inputs))]
     spec = InputSpec.of(inputs)
     for seed in range(1, config.seeds + 1):
-        batches.append((f"random seed {seed}", tuple(t.numpy() for t in make_inputs(spec, seed))))
+        batches.append((f"random seed {seed}", tuple(as_numpy(t) for t in make_inputs(spec, seed))))
     if config.data is not None:
         data = load_data(config.data, len(inputs))
-        batches.append((f"data {config.data.name}", tuple(t.numpy() for t in data)))
+        batches.append((f"data {config.data.name}", tuple(as_numpy(t) for t in data)))
     return batches
 
 
@@ -185,7 +190,7 @@ def bench_stage(
     spec = InputSpec.of(inputs)
 
     def factory(batch: int) -> tuple[np.ndarray, ...]:
-        return tuple(t.numpy() for t in make_inputs(spec.with_batch(batch), seed=0))
+        return tuple(as_numpy(t) for t in make_inputs(spec.with_batch(batch), seed=0))
 
     models = {
         "original": converted.original_onnx() if converted.original_onnx else None,
