@@ -27,8 +27,6 @@ KNOWN: dict[tuple[str, str], str] = {
     **{(name, fmt): "the ONNX engine has no identity-branch rule" for fmt in FORMATS
        for name in ("identity_at_input", "repvgg_in_place", "mobileone_in_place")},
     **{("bn_conv_reflect", fmt): "the ONNX engine does not look through a reflect Pad" for fmt in FORMATS},
-    **{("concat_height_axis", fmt): "the aten-graph engine refuses a concatenation along a non-channel axis"
-       for fmt in FORMATS},
     ("batch_statistics", "torchscript"): "the TorchScript exporter crashes on a BN with batch statistics",
 }
 
