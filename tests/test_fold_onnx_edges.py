@@ -264,9 +264,8 @@ def test_old_ir_with_initializers_listed_as_inputs_is_kept(opset: int) -> None:
     model.ir_version = 3
     for tensor in model.graph.initializer:
         model.graph.input.append(oh.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
-    result = fold_and_check(
-        model, {"x": x}, [bn_ref(conv(x, inits["W"], inits["B"]), inits, "bn")], ["kept"], ["Conv", "BatchNormalization"]
-    )
+    expected = [bn_ref(conv(x, inits["W"], inits["B"]), inits, "bn")]
+    result = fold_and_check(model, {"x": x}, expected, ["kept"], ["Conv", "BatchNormalization"])
     assert "can be overridden by the graph input 'bn.scale'" in result.records[0].reason
     assert [v.name for v in result.model.graph.input] == [v.name for v in model.graph.input]
 

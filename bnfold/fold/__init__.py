@@ -20,8 +20,8 @@ from bnfold.errors import InputSpecError
 from bnfold.fold.capture import capture, graph_module, plain_module
 from bnfold.fold.constants import fold_constants
 from bnfold.fold.eager import unboxed_calls
-from bnfold.fold.inplace import functionalise_arithmetic
 from bnfold.fold.engine import fold_graph
+from bnfold.fold.inplace import functionalise_arithmetic
 from bnfold.fold.recalibrate import recalibrate
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.fold.sites import find_sites

@@ -28,7 +28,7 @@ def functionalise_arithmetic(gm: fx.GraphModule) -> int:
     """Rewrite, in place, every unobservable in-place add/mul/sub/div as its functional op; returns how many."""
     count = 0
     for node in gm.graph.nodes:
-        target = FUNCTIONAL.get(node.target) if node.op == "call_function" else None  # type: ignore[arg-type]
+        target = FUNCTIONAL.get(node.target) if node.op == "call_function" else None
         if target is None or not _unobservable(node):
             continue
         node.target = target

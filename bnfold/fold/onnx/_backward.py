@@ -19,9 +19,9 @@ import torch
 
 from bnfold.fold import maths
 from bnfold.fold.onnx._affine import ChannelAffine, to_f64, to_numpy
-from bnfold.fold.onnx._graph import Graph, attribute, label, node_name, set_attribute
-from bnfold.fold.onnx._names import module_name
+from bnfold.fold.onnx._graph import Graph, attribute, label, set_attribute
 from bnfold.fold.onnx._layers import append_bias, check_groups, gemm_bias, optional_constant, param_name
+from bnfold.fold.onnx._names import module_name
 
 
 @dataclass

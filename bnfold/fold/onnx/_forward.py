@@ -25,7 +25,7 @@ import torch
 
 from bnfold.fold import maths
 from bnfold.fold.onnx._affine import channel_shape, channel_vector, describe_blocker, to_f64, to_numpy
-from bnfold.fold.onnx._graph import Graph, Use, attribute, label, node_name
+from bnfold.fold.onnx._graph import Graph, Use, attribute, label
 from bnfold.fold.onnx._layers import layer_fold
 from bnfold.fold.onnx._names import module_name
 

@@ -2,8 +2,8 @@
 
 The fold rules read constants and rewire nodes through this index instead of scanning the graph, so a
 whole pass stays linear in the graph size. Constants are initializers and ``Constant`` nodes; an initializer
-that is also a graph input is not one (the caller may feed it). A parameter is rewritten in place only when this one input slot uses it; otherwise
-the node gets an initializer of its own.
+that is also a graph input is not one (the caller may feed it). A parameter is rewritten in place only when
+this one input slot uses it; otherwise the node gets an initializer of its own.
 """
 
 from __future__ import annotations
