@@ -319,8 +319,11 @@ def name_batch_dimension(model: onnx.ModelProto, name: str = "batch") -> None:
 
 
 def remove_unused_initializers(model: onnx.ModelProto) -> int:
-    """Drop initializers no node reads; returns how many were removed."""
-    used = {name for node in model.graph.node for name in node.input}
+    """Drop initializers no node reads (nor a subgraph of one: If, Loop, Scan bodies read outer values by
+    name); returns how many were removed."""
+    from bnfold.fold.onnx._nodes import subgraph_references
+
+    used = {name for node in model.graph.node for name in [*node.input, *subgraph_references(node)]}
     used |= {o.name for o in model.graph.output}
     keep = [init for init in model.graph.initializer if init.name in used]
     removed = len(model.graph.initializer) - len(keep)

@@ -104,3 +104,20 @@ def test_reused_module_gets_a_dedicated_copy() -> None:
     assert len(convs) == 2 and convs[0].args[1] is not convs[1].args[1]
     assert not torch.equal(weights[0], original) and torch.equal(weights[1], original)
     assert torch.equal(model.conv.weight, original)
+
+
+class ConcatAlongHeight(nn.Module):
+    """Two convs stacked along the height axis, then one BN: each conv takes the whole affine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(torch.cat([self.a(x), self.b(x)], 2))
+
+
+def test_concatenation_along_another_axis_folds_into_every_piece() -> None:
+    result = check_fold(randomise(ConcatAlongHeight(), seed=27), [image(2, 3)], folded=1, onnx_export=True)
+    assert (result.records[0].how, result.records[0].into) == ("concat", ["a", "b"])

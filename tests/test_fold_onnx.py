@@ -101,7 +101,7 @@ def test_forward_into_conv(dim: int, groups: int, bias: bool, transposed: bool, 
     assert (record.kind, record.how, record.into, record.channels) == (
         "BatchNormalization",
         "forward",
-        [f"/0/{op}"],
+        ["0"],
         6,
     )
 
@@ -161,14 +161,14 @@ class Branches(nn.Module):
 def test_branches_of_add() -> None:
     module = randomise(Branches(concat=False))
     result = check_fold(module, (inputs(1, 3, 6, 6), inputs(1, 2, 6, 6, seed=2)), 1, ["Conv", "Conv", "Add"])
-    assert (result.records[0].how, result.records[0].into) == ("branches", ["/a/Conv", "/b/Conv"])
+    assert (result.records[0].how, result.records[0].into) == ("branches", ["a", "b"])
 
 
 def test_channel_slices_of_concat() -> None:
     module = randomise(Branches(concat=True))
     args = (inputs(1, 3, 6, 6), inputs(1, 2, 3, 3, seed=2))
     result = check_fold(module, args, 1, ["Conv", "ConvTranspose", "Concat"])
-    assert (result.records[0].how, result.records[0].into) == ("concat", ["/a/Conv", "/b/ConvTranspose"])
+    assert (result.records[0].how, result.records[0].into) == ("concat", ["a", "b"])
 
 
 # ---- backward -------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_model_loaded_with_external_data(tmp_path: Path) -> None:
     )
     result = fold_onnx(onnx.load(path))
     assert [r.action for r in result.records] == ["folded"]
-    assert ops(result.model) == ["Conv", "Relu", "Transpose", "MatMul", "Add"]
+    assert ops(result.model) == ["Conv", "Relu", "MatMul", "Add"]  # Transpose(W) evaluated once
     onnx.checker.check_model(result.model, full_check=True)
     assert_numerically_equal(result.model, {"input.1": args[0].numpy()}, reference(module, *args))
 

@@ -255,7 +255,8 @@ def test_float16_parameters_stay_float16() -> None:
 
 
 @pytest.mark.parametrize("opset", [9, 13])
-def test_old_ir_with_initializers_listed_as_inputs(opset: int) -> None:
+def test_old_ir_with_initializers_listed_as_inputs_is_kept(opset: int) -> None:
+    """IR 3 lists every initializer as a graph input: each is a default the caller may feed, so nothing folds."""
     inits, x = setup(14)
     model = make_model(
         [conv_node("x", "h"), bn_node("bn", "h", "y")], {"x": [1, 3, 6, 6]}, ["y"], inits, opset=opset
@@ -263,7 +264,22 @@ def test_old_ir_with_initializers_listed_as_inputs(opset: int) -> None:
     model.ir_version = 3
     for tensor in model.graph.initializer:
         model.graph.input.append(oh.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    expected = [bn_ref(conv(x, inits["W"], inits["B"]), inits, "bn")]
+    result = fold_and_check(model, {"x": x}, expected, ["kept"], ["Conv", "BatchNormalization"])
+    assert "can be overridden by the graph input 'bn.scale'" in result.records[0].reason
+    assert [v.name for v in result.model.graph.input] == [v.name for v in model.graph.input]
+
+
+def test_weight_that_is_also_a_graph_input_is_not_folded_into() -> None:
+    """A caller may feed W: folding the BN into it would be lost the moment they do."""
+    inits, x = setup(15)
+    model = make_model([conv_node("x", "h"), bn_node("bn", "h", "y")], {"x": [1, 3, 6, 6]}, ["y"], inits)
+    model.graph.input.append(oh.make_tensor_value_info("W", TensorProto.FLOAT, list(inits["W"].shape)))
     result = fold_and_check(
-        model, {"x": x}, [bn_ref(conv(x, inits["W"], inits["B"]), inits, "bn")], ["folded"], ["Conv"]
+        model, {"x": x}, [bn_ref(conv(x, inits["W"], inits["B"]), inits, "bn")], ["affine"], ["Conv", "Mul", "Add"]
     )
-    assert [v.name for v in result.model.graph.input] == ["x", "W", "B"]
+    assert "the weight of Conv 'conv' can be overridden by the graph input 'W'" in result.records[0].reason
+    other = np.random.default_rng(1).standard_normal(inits["W"].shape).astype(F32)
+    assert_numerically_equal(
+        result.model, {"x": x, "W": other}, [bn_ref(conv(x, other, inits["B"]), inits, "bn")]
+    )

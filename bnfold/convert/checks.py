@@ -27,14 +27,19 @@ from bnfold.verify.tolerance import check_output_keys, check_tolerance
 Batches = list[tuple[str, tuple[np.ndarray, ...]]]
 
 
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as numpy; bfloat16 (which numpy lacks) as the float32 holding the same values exactly."""
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
 def parity_batches(inputs: tuple[torch.Tensor, ...], config: Any, dims: Dims | None = None) -> Batches:
     """Named input batches: the example, ``config.seeds`` seeded random batches, and the user's data, which
     must fit ``dims`` (the model's declared input dimensions, None where free; by default the example's
     with a free batch)."""
-    batches: Batches = [("example", tuple(t.numpy() for t in inputs))]
+    batches: Batches = [("example", tuple(as_numpy(t) for t in inputs))]
     spec = InputSpec.of(inputs)
     for seed in range(1, config.seeds + 1):
-        batches.append((f"random seed {seed}", tuple(t.numpy() for t in make_inputs(spec, seed))))
+        batches.append((f"random seed {seed}", tuple(as_numpy(t) for t in make_inputs(spec, seed))))
     if config.data is not None:
         data = load_data(config.data, len(inputs))
         if dims is None or len(dims) != len(inputs):
@@ -73,7 +78,7 @@ def fit_data(path: Path, index: int, data: torch.Tensor, example: torch.Tensor, 
         wanted = "x".join("?" if d is None else str(d) for d in dims)
         raise InputSpecError(f"--data {path}: array {index} has shape {'x'.join(map(str, shape)) or 'scalar'}, input "
                              f"{index} of the model takes {wanted}" + (" (? free)" if None in dims else ""))
-    return data.to(example.dtype).numpy()
+    return as_numpy(data.to(example.dtype))
 
 
 def tolerance_of(config: Any) -> tuple[Tolerance | None, dict[str | int, Tolerance]]:
@@ -231,7 +236,7 @@ def bench_stage(
     spec = InputSpec.of(inputs)
 
     def factory(batch: int) -> tuple[np.ndarray, ...]:
-        return tuple(t.numpy() for t in make_inputs(spec.with_batch(batch), seed=0))
+        return tuple(as_numpy(t) for t in make_inputs(spec.with_batch(batch), seed=0))
 
     models = {
         "original": converted.original_onnx() if converted.original_onnx else None,

@@ -21,6 +21,7 @@ from bnfold.fold.capture import capture, graph_module, plain_module
 from bnfold.fold.constants import fold_constants
 from bnfold.fold.eager import unboxed_calls
 from bnfold.fold.engine import fold_graph
+from bnfold.fold.inplace import functionalise_arithmetic
 from bnfold.fold.recalibrate import recalibrate
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.fold.sites import find_sites
@@ -80,6 +81,7 @@ def fold(
         axes = None if dynamic_axes is None else tuple(tuple(a) for a in dynamic_axes)
         program, notes = capture(model, tuple(example_inputs), dynamic_batch, axes)
     gm = graph_module(program)
+    functionalise_arithmetic(gm)
     folded_constants = fold_constants(gm)
     if folded_constants:
         notes.append(f"evaluated {folded_constants} computation(s) on stored tensors once, as constants")

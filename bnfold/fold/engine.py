@@ -14,7 +14,7 @@ from torch import fx
 
 from bnfold.fold.backward import match_consumers
 from bnfold.fold.forward import Match, Plan, match_branches, match_concat, match_identity, match_producer
-from bnfold.fold.graph import ParameterWriter, aten, ndim, remove_unused
+from bnfold.fold.graph import ParameterWriter, aten, ndim, readers, remove_unused
 from bnfold.fold.records import AFFINE, FOLDED, BnRecord
 from bnfold.fold.sites import AffineSite, find_sites
 
@@ -43,13 +43,22 @@ def fold_graph(
     sites = find_sites(gm) if sites is None else sites
     writer = ParameterWriter(gm)
     reasons: dict[int, list[str]] = {id(s): [] for s in sites}
-    pending = [s for s in sites if s.foldable]
+    pending = [s for s in sites if s.foldable and not _remove_if_unread(s, gm.graph)]
     for rules in PHASES:
         pending = [s for s in pending if not _try(s, rules, gm.graph, writer, reasons[id(s)])]
     for site in pending:
         _freeze(site, gm, writer, reasons[id(site)], affine_form)
     remove_unused(gm)
     return [s.record for s in sites if _recorded(s)]
+
+
+def _remove_if_unread(site: AffineSite, graph: fx.Graph) -> bool:
+    """A BN whose output nothing reads computes nothing the model returns: it is removed."""
+    if readers(site.output):
+        return False
+    site.erase(graph)
+    site.record.action, site.record.how, site.record.reason = FOLDED, "removed", "its output is unused"
+    return True
 
 
 def _recorded(site: AffineSite) -> bool:

@@ -6,7 +6,8 @@ Patterns, each exact:
   axis onto P's output-channel axis (channels-last ``linear → transpose → BatchNorm1d``):
   ``W'[c] = W[c]·s[c]``, ``b'[c] = b[c]·s[c] + t[c]``.
 * ``bn(P₁(x) + P₂(y) + …)`` (ACNet-style branches): every Pᵢ is scaled by s, the shift goes into P₁.
-* ``bn(cat([P₁, P₂, …], dim=1))`` (MixNet-style): each channel slice of (s, t) folds into its producer.
+* ``bn(cat([P₁, P₂, …], dim=1))`` (MixNet-style): each channel slice of (s, t) folds into its producer;
+  concatenated along another axis, every Pᵢ holds all the channels and takes the whole (s, t).
 * ``P(x) + bn(x)`` (RepVGG identity branch): with stride 1, a centred odd kernel, "same" padding and
   C_in = C_out, the identity becomes a one-hot kernel added to P.
 
@@ -166,13 +167,16 @@ def match_concat(site: AffineSite, graph: fx.Graph) -> Match:
     if not (cat.op == "call_function" and cat.target == aten.cat.default):
         return None
     dims = ndim(cat)
-    if dims is None or int(arguments(cat)["dim"]) % dims != 1:
-        return "its input is a concatenation along another axis than the channels"
+    if dims is None:
+        return f"the rank of {display(cat)} is unknown"
+    along_channels = int(arguments(cat)["dim"]) % dims == 1
     shared = also_feeds(cat, site.nodes[-1])
     if shared is not None:
         return shared
     pieces: list[fx.Node] = list(cat.args[0])  # type: ignore[arg-type]
     widths = [(shape(p) or (None, None))[1] for p in pieces]
+    if not along_channels:  # every piece holds all the channels: each takes the whole affine
+        widths = [None] * len(pieces) if any(w != site.scale.numel() for w in widths) else widths  # type: ignore[union-attr]
     if not all(isinstance(w, int) for w in widths) or len(set(pieces)) != len(pieces):
         return f"the channel slices of {display(cat)} are not known or not distinct"
     layers = [trace_to_layer(piece, cat, what=f"slice {i} of {display(cat)}")
@@ -184,7 +188,7 @@ def match_concat(site: AffineSite, graph: fx.Graph) -> Match:
     def rewrite(writer: ParameterWriter) -> None:
         start = 0
         for layer, width in zip(layers, widths, strict=True):
-            part = slice(start, start + width)
+            part = slice(start, start + width) if along_channels else slice(None)
             fold_scale_into(layer, site.scale[part], site.shift[part], writer)  # type: ignore[arg-type,index]
             start += width
         _bypass(site, graph)

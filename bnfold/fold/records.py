@@ -35,6 +35,8 @@ class BnRecord:
 
     def describe(self) -> str:
         """One line as ``bnfold inspect`` prints it."""
+        if self.action == FOLDED and self.how == "removed":
+            return f"{self.name} → removed: {self.reason}"
         if self.action == FOLDED:
             return f"{self.name} → folded into {', '.join(self.into)} ({self.how})"
         what = "kept as affine" if self.action == AFFINE else "kept as is"

@@ -22,6 +22,7 @@ import torch
 from bnfold.errors import FoldError
 from bnfold.fold import maths
 from bnfold.fold.onnx._graph import Graph, Use, attribute, label, node_name
+from bnfold.fold.onnx._names import module_name
 
 BATCHNORM = "BatchNormalization"
 MUL_ADD = "Mul/Add"
@@ -100,6 +101,9 @@ def batchnorm(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | str:
         return "it normalises with batch statistics (training_mode=1)"
     if not attribute(node, "spatial", 1):
         return "spatial=0 (statistics per activation, not per channel) is not supported"
+    fed = next((name for name in node.input[1:5] if graph.overridable(name)), None)
+    if fed is not None:
+        return f"its parameters can be overridden by the graph input '{fed}'"
     params = [graph.constant(name) for name in node.input[1:5] if name]
     values = [to_f64(p) for p in params if p is not None]
     if len(values) < 4:
@@ -113,7 +117,7 @@ def batchnorm(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | str:
             "with valid running statistics"
         )
     scale, shift = maths.batchnorm_affine(mean.flatten(), var.flatten(), gamma.flatten(), beta.flatten(), eps)
-    return ChannelAffine(node_name(node), BATCHNORM, [node], node.input[0], node.output[0], 1, scale, shift)
+    return ChannelAffine(module_name(node), BATCHNORM, [node], node.input[0], node.output[0], 1, scale, shift)
 
 
 def mul_add(graph: Graph, mul: onnx.NodeProto) -> ChannelAffine | None:
@@ -135,7 +139,7 @@ def mul_add(graph: Graph, mul: onnx.NodeProto) -> ChannelAffine | None:
     scale, shift = (channel_vector(v, axis, rank, channels) for v in (factor, offset[1]))
     if scale is None or shift is None:
         return None
-    name = mul.name or add.output[0]
+    name = module_name(mul)
     return ChannelAffine(name, MUL_ADD, [mul, add], data, add.output[0], axis, to_f64(scale), to_f64(shift))
 
 

@@ -19,8 +19,9 @@ import torch
 
 from bnfold.fold import maths
 from bnfold.fold.onnx._affine import ChannelAffine, to_f64, to_numpy
-from bnfold.fold.onnx._graph import Graph, attribute, label, node_name, set_attribute
-from bnfold.fold.onnx._layers import append_bias, gemm_bias, optional_constant, param_name
+from bnfold.fold.onnx._graph import Graph, attribute, label, set_attribute
+from bnfold.fold.onnx._layers import append_bias, check_groups, gemm_bias, optional_constant, param_name
+from bnfold.fold.onnx._names import module_name
 
 
 @dataclass
@@ -79,6 +80,7 @@ def _consumer(graph: Graph, node: onnx.NodeProto, slot: int, affine: ChannelAffi
     bias, bias_reason = optional_constant(graph, node, 2)
     if weight is None or bias_reason:
         return bias_reason or reason or f"{label(node)} has no weight"
+    check_groups(node, weight)
     problem = _geometry_problem(graph, node, weight, affine)
     return ConsumerFold(node, weight, bias) if problem is None else problem
 
@@ -116,4 +118,4 @@ def _pads(node: onnx.NodeProto, weight: np.ndarray) -> bool:
 
 
 def into_names(folds: list[ConsumerFold]) -> list[str]:
-    return [node_name(fold.node) for fold in folds]
+    return list(dict.fromkeys(module_name(fold.node) for fold in folds))

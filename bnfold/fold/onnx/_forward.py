@@ -25,8 +25,9 @@ import torch
 
 from bnfold.fold import maths
 from bnfold.fold.onnx._affine import channel_shape, channel_vector, describe_blocker, to_f64, to_numpy
-from bnfold.fold.onnx._graph import Graph, Use, attribute, label, node_name
+from bnfold.fold.onnx._graph import Graph, Use, attribute, label
 from bnfold.fold.onnx._layers import layer_fold
+from bnfold.fold.onnx._names import module_name
 
 MAX_DEPTH = 8
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -66,7 +67,7 @@ class BiasFold:
         return self.inner.channels
 
     def into(self) -> list[str]:
-        return [*self.inner.into(), node_name(self.node)]
+        return list(dict.fromkeys([*self.inner.into(), module_name(self.node)]))
 
     def apply(self, graph: Graph, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
         self.inner.apply(graph, scale, None)

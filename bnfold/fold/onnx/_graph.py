@@ -1,11 +1,9 @@
 """An editable index over an ONNX GraphProto: who produces and who consumes each value.
 
 The fold rules read constants and rewire nodes through this index instead of scanning the graph, so a
-whole pass stays linear in the graph size. Constants are initializers (also those an old IR lists as graph
-inputs, as runtimes treat them when they are not fed), ``Constant`` nodes, and ``Identity``, shaping and
-float arithmetic nodes over them (:mod:`._constants`; the TorchScript exporter deduplicates equal parameters
-through ``Identity``). A parameter is rewritten in place only when this one input slot uses it; otherwise
-the node gets an initializer of its own.
+whole pass stays linear in the graph size. Constants are initializers and ``Constant`` nodes; an initializer
+that is also a graph input is not one (the caller may feed it). A parameter is rewritten in place only when
+this one input slot uses it; otherwise the node gets an initializer of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import onnx
 from onnx import numpy_helper
 
 from bnfold.errors import FoldError
-from bnfold.fold.onnx._constants import evaluable, evaluate
 from bnfold.fold.onnx._nodes import attribute, label, node_name, set_attribute, subgraph_references
 
 __all__ = [
@@ -90,25 +87,23 @@ class Graph:
         others = sorted({node_name(n) for n, slot in uses if not _same((n, slot), use)})
         return f"{what} also feeds {', '.join(repr(o) for o in others) or 'another input of the same node'}"
 
-    def constant(self, name: str, depth: int = 0) -> np.ndarray | None:
-        """The value of a constant input, or None when ``name`` is computed at run time.
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of a constant input, or None when ``name`` is computed at run time or can be fed.
 
-        Initializers, ``Constant`` nodes, and the shaping or float arithmetic nodes over them
-        (:mod:`._constants`) are constants.
+        Initializers and ``Constant`` nodes are constants (constant subgraphs were evaluated into
+        initializers before folding, :mod:`._evaluate`); an initializer that is also a graph input is not:
+        the caller may feed another value.
         """
         if name in self.initializers:
-            return _to_array(self.initializers[name])
+            return None if name in self.inputs else _to_array(self.initializers[name])
         node = self.producer.get(name)
-        if node is None or depth > 16 or node.domain not in ("", "ai.onnx"):
-            return None
-        if node.op_type == "Constant":
+        if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             return _constant_node_value(node)
-        if not evaluable(node):
-            return None
-        args = [self.constant(arg, depth + 1) if arg else None for arg in node.input]
-        if any(value is None for arg, value in zip(node.input, args, strict=True) if arg):
-            return None
-        return evaluate(node, args)
+        return None
+
+    def overridable(self, name: str) -> bool:
+        """Whether ``name`` is an initializer the caller can replace by feeding the graph input of that name."""
+        return name in self.initializers and name in self.inputs
 
     # ---- editing -------------------------------------------------------------------------------
     def fresh(self, base: str) -> str:

@@ -18,9 +18,11 @@ import numpy as np
 import onnx
 import torch
 
+from bnfold.errors import FoldError
 from bnfold.fold import maths
 from bnfold.fold.onnx._affine import to_f64, to_numpy
 from bnfold.fold.onnx._graph import Graph, attribute, label, node_name, set_attribute
+from bnfold.fold.onnx._names import module_name
 
 
 def param_name(node: onnx.NodeProto, slot: int, role: str) -> str:
@@ -33,9 +35,13 @@ def optional_constant(graph: Graph, node: onnx.NodeProto, slot: int) -> tuple[np
     """(value, None) for a constant or absent input; (None, reason) when it is computed at run time."""
     if slot >= len(node.input) or not node.input[slot]:
         return None, None
-    value = graph.constant(node.input[slot])
+    name = node.input[slot]
+    value = graph.constant(name)
+    if value is None and graph.overridable(name):
+        role = ("weight", "bias")[slot - 1] if slot in (1, 2) else f"input {slot}"
+        return None, f"the {role} of {label(node)} can be overridden by the graph input '{name}'"
     if value is None:
-        return None, f"input '{node.input[slot]}' of {label(node)} is not a constant"
+        return None, f"input '{name}' of {label(node)} is not a constant"
     return value, None
 
 
@@ -68,7 +74,7 @@ class ConvFold:
         return self.weight.shape[1] * self.groups if transposed else self.weight.shape[0]
 
     def into(self) -> list[str]:
-        return [node_name(self.node)]
+        return [module_name(self.node)]
 
     def apply(self, graph: Graph, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
         t = torch.zeros_like(scale) if shift is None else shift
@@ -101,7 +107,7 @@ class GemmFold:
         return self.weight.shape[0 if self.trans_b else 1]
 
     def into(self) -> list[str]:
-        return [node_name(self.node)]
+        return [module_name(self.node)]
 
     def apply(self, graph: Graph, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
         t = torch.zeros_like(scale) if shift is None else shift
@@ -143,7 +149,7 @@ class MatMulFold:
         return self.weight.shape[1]
 
     def into(self) -> list[str]:
-        return [node_name(self.node)]
+        return [module_name(self.node)]
 
     def apply(self, graph: Graph, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
         t = torch.zeros_like(scale) if shift is None else shift
@@ -153,12 +159,27 @@ class MatMulFold:
             append_bias(graph, self.node, to_numpy(b, self.weight.dtype))
 
 
+def check_groups(node: onnx.NodeProto, weight: np.ndarray) -> None:
+    """Refuse a Conv or ConvTranspose whose weight does not split into its groups: the model is invalid (no
+    runtime can run it), and no fold of it means anything."""
+    if node.op_type not in ("Conv", "ConvTranspose"):
+        return
+    groups = int(attribute(node, "group", 1))
+    split = weight.shape[0] if weight.ndim else 0
+    if groups < 1 or weight.ndim < 3 or split % groups:
+        raise FoldError(
+            f"the model is invalid: {label(node)} has group={groups} but a weight of shape "
+            f"{list(weight.shape)}, whose axis 0 ({split}) does not divide into {groups} groups"
+        )
+
+
 def layer_fold(graph: Graph, node: onnx.NodeProto, axis: int) -> ConvFold | GemmFold | MatMulFold | str:
     """The forward fold of an affine along ``axis`` of the output of ``node``, or why there is none."""
     weight, reason = optional_constant(graph, node, 1)
     bias, bias_reason = optional_constant(graph, node, 2)
     if weight is None:
         return reason or f"{label(node)} has no weight"
+    check_groups(node, weight)
     if bias_reason or not np.issubdtype(weight.dtype, np.floating):
         return bias_reason or f"weight of {label(node)} is not floating point"
     if node.op_type in ("Conv", "ConvTranspose", "Gemm") and axis != 1:

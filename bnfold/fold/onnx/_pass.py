@@ -18,9 +18,11 @@ import onnx
 from bnfold.fold.onnx._affine import BATCHNORM, MUL_ADD, ChannelAffine, batchnorm, mul_add
 from bnfold.fold.onnx._backward import backward_folds, into_names
 from bnfold.fold.onnx._cleanup import write_back
+from bnfold.fold.onnx._evaluate import evaluate_constants
 from bnfold.fold.onnx._forward import forward_fold
 from bnfold.fold.onnx._freeze import freeze
-from bnfold.fold.onnx._graph import Graph, label, node_name
+from bnfold.fold.onnx._graph import Graph, label
+from bnfold.fold.onnx._names import module_name
 from bnfold.fold.onnx._shapes import check_folded, infer_types
 from bnfold.fold.records import AFFINE, FOLDED, KEPT, Action, BnRecord
 
@@ -41,8 +43,7 @@ def fold_onnx(model: onnx.ModelProto, affine_form: str = "batchnorm") -> OnnxFol
     variance, naming the node. ``affine_form``: how a BN that cannot fold is frozen, "batchnorm" (one
     BatchNormalization computing ``x·s + t``: mean 0, variance 1, epsilon 0) or "muladd" (Mul and Add).
     """
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    work = evaluate_constants(model)
     types, strict = infer_types(work)
     initializer_inputs = {t.name for t in work.graph.initializer} & {v.name for v in work.graph.input}
     graph = Graph(work.graph, types)
@@ -63,7 +64,7 @@ def fold_graph(graph: Graph, affine_form: str = "batchnorm") -> list[BnRecord]:
         if isinstance(found, BnRecord):
             records.append(found)
         elif found is not None:
-            folded = _fold_forward(graph, found)
+            folded = _removed(graph, found) or _fold_forward(graph, found)
             if folded is None:
                 pending[len(records)] = found  # its record is written by the later sweeps
             records.append(folded or _record(found, KEPT))
@@ -83,7 +84,7 @@ def _recognise(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | BnRecord |
     if node.op_type == "BatchNormalization":
         found = batchnorm(graph, node)
         if isinstance(found, str):
-            return BnRecord(node_name(node), BATCHNORM, KEPT, reason=found)
+            return BnRecord(module_name(node), BATCHNORM, KEPT, reason=found)
         return found
     if node.op_type == "Mul":
         return mul_add(graph, node)
@@ -105,28 +106,38 @@ def _fold_forward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
     if isinstance(fold, str):
         affine.reasons.append(fold)
         return None
+    into = fold.into()  # named before the rewrite renames the parameters
     fold.apply(graph, affine.scale, affine.shift)
     for node in affine.nodes:
         graph.remove(node)
     producer = graph.producer[affine.input]
     graph.set_output(producer, list(producer.output).index(affine.input), affine.output)
-    return _record(affine, FOLDED, into=fold.into(), how=fold.how)
+    return _record(affine, FOLDED, into=into, how=fold.how)
+
+
+def _removed(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
+    """A BN whose output nothing reads computes nothing the model returns: it is removed."""
+    if graph.readers(affine.output) or affine.output in graph.outputs:
+        return None
+    _remove(graph, affine)
+    return _record(affine, FOLDED, how="removed", reason="its output is unused")
 
 
 def _fold_backward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
-    if not graph.readers(affine.output) and affine.output not in graph.outputs:
-        _remove(graph, affine)
-        return _record(affine, FOLDED, how="removed", reason="its output is unused")
+    removed = _removed(graph, affine)
+    if removed is not None:
+        return removed
     folds = backward_folds(graph, affine)
     if isinstance(folds, str):
         affine.reasons.append(folds)
         return None
+    into = into_names(folds)
     for fold in folds:
         fold.apply(graph, affine.scale, affine.shift)
     for node, slot in graph.readers(affine.output):
         graph.set_input(node, slot, affine.input)
     _remove(graph, affine)
-    return _record(affine, FOLDED, into=into_names(folds), how="backward")
+    return _record(affine, FOLDED, into=into, how="backward")
 
 
 def _remove(graph: Graph, affine: ChannelAffine) -> None:
@@ -150,7 +161,7 @@ def subgraph_records(graph: onnx.GraphProto, owner: onnx.NodeProto | None = None
     for node in graph.node:
         if owner is not None and node.op_type == "BatchNormalization":
             reason = f"it is inside a subgraph of {label(owner)}; only the main graph is folded"
-            records.append(BnRecord(node_name(node), BATCHNORM, KEPT, reason=reason))
+            records.append(BnRecord(module_name(node), BATCHNORM, KEPT, reason=reason))
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 records += subgraph_records(sub, owner or node)

@@ -1,0 +1,47 @@
+"""Constant subgraphs evaluated before folding, by onnxscript's constant folder (an onnx_ir pass).
+
+Exporters compute many parameters in the graph rather than storing them: the dynamo exporter (with
+``optimize=False``) gives a bias-free Conv a bias ``Expand(CastLike(0), Shape(W)[0])``, the TorchScript
+exporter without constant folding writes ``MatMul(x, Transpose(W))`` for a bias-free Linear and a frozen
+BatchNorm's ``w * (rv + eps).rsqrt()``. Evaluated once, they become initializers, and a fold treats them as
+the constants they are. Each is computed as ONNX defines the op, in the tensor's own type, as a runtime would
+compute it on every call.
+
+Never evaluated: anything that reads a graph input, including an initializer that is also a graph input (a
+caller may feed it), control-flow and non-deterministic ops. Nothing is removed here: the nodes left without
+readers are dropped when the folded graph is written back, after a BatchNorm nothing reads was recorded.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import onnx
+import onnx_ir as ir
+from onnxscript import optimizer
+
+DEFAULT_OUTPUT_LIMIT = 512 * 512  # onnxscript's own default for the largest value it stores
+
+
+def evaluate_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose constant subgraphs are initializers.
+
+    No evaluated value is larger than the model's largest initializer (or onnxscript's default limit), so a
+    shape computation cannot blow up into a huge stored tensor.
+    """
+    largest = max((_elements(t) for t in model.graph.initializer), default=0)
+    work = ir.serde.deserialize_model(model)
+    optimizer.fold_constants(
+        work,
+        onnx_shape_inference=False,
+        input_size_limit=sys.maxsize,
+        output_size_limit=max(largest, DEFAULT_OUTPUT_LIMIT),
+    )
+    return ir.serde.serialize_model(work)
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count
