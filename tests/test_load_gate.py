@@ -130,3 +130,25 @@ def test_native_loaders_are_refused_inside_the_gate_only(
     with pytest.raises(UntrustedFileError, match="--trust-code"), untrusted(tmp_path / "m.pt2", "test file"):
         call(getattr(owner, attribute))
     assert getattr(owner, attribute) is original
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from os import system\nsystem('touch MARKER')",  # statements, not an expression
+        "import os\nos.system('touch MARKER')",
+        "exec(\"open('MARKER', 'w')\")",
+        "__import__('os').system('touch MARKER')",
+        "().__class__.__base__.__subclasses__()",
+    ],
+)
+def test_code_compiled_while_reading_is_refused_in_either_mode(tmp_path: Path, source: str) -> None:
+    marker = tmp_path / "pwned"
+    code = source.replace("MARKER", str(marker))
+    exec(compile(code, "<string>", "exec"), {})  # noqa: S102 - positive control: outside the gate it runs
+    assert marker.exists() or "subclasses" in source
+    if marker.exists():
+        marker.unlink()
+    with pytest.raises(UntrustedFileError), untrusted(tmp_path / "m.pt2", "test file"):
+        exec(compile(code, "<string>", "exec"), {})  # noqa: S102
+    assert not marker.exists()

@@ -222,18 +222,31 @@ def _compile_refusal(source: object, filename: str) -> str:
         return ""  # type hints and generated methods of the code torch imports or defines while reading
     if isinstance(source, bytes):
         source = source.decode("utf-8", "replace")
-    try:
-        tree = source if isinstance(source, ast.AST) else ast.parse(str(source), mode="eval")
-    except SyntaxError:
-        return ""  # compile raises the same SyntaxError: nothing runs
+    tree = source if isinstance(source, ast.AST) else _parse(str(source))
+    if tree is None:
+        return ""  # no mode parses it: compile raises the same SyntaxError, nothing runs
     bad = _unsafe_node(tree)
     return f"evaluate code ({_brief((source,))}: {bad})" if bad else ""
+
+
+def _parse(source: str) -> ast.AST | None:
+    """The source as compile() may take it (the audit event does not say which mode): an expression, else
+    statements, else None."""
+    for mode in ("eval", "exec"):
+        try:
+            return ast.parse(source, mode=mode)
+        except (SyntaxError, ValueError):
+            continue
+    return None
 
 
 _EXPRESSION_NODES = (
     ast.Expression, ast.Constant, ast.Name, ast.Load, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
     ast.operator, ast.unaryop, ast.boolop, ast.cmpop, ast.Call, ast.keyword, ast.Subscript, ast.Tuple,
     ast.List, ast.IfExp,
+    # statements: sympy's parser runs ``from sympy import *`` before it evaluates an expression (only that
+    # import is allowed; expression statements are held to the rules above)
+    ast.Module, ast.ImportFrom, ast.alias, ast.Expr,
 )  # fmt: skip
 
 
@@ -242,6 +255,8 @@ def _unsafe_node(tree: ast.AST) -> str:
     for node in ast.walk(tree):
         if not isinstance(node, _EXPRESSION_NODES):
             return type(node).__name__
+        if isinstance(node, ast.ImportFrom) and node.module != "sympy":
+            return f"an import from {node.module}"
         if isinstance(node, ast.Name) and (
             node.id.startswith("_") or (hasattr(builtins, node.id) and node.id not in _HARMLESS_BUILTINS)
         ):
