@@ -30,6 +30,7 @@ import builtins
 import collections
 import contextlib
 import dataclasses
+import importlib
 import os
 import sys
 import tempfile
@@ -68,6 +69,13 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 # Builtins an annotation or a shape expression may name (type hints torch evaluates while reading).
 _HARMLESS_BUILTINS = {"int", "float", "bool", "str", "bytes", "list", "dict", "tuple", "set", "None", "True", "False"}
 _FX_CODE = "<eval_with_key>"
+# Modules torch's readers import on first use (torch 2.6-2.13): imported before the gate is armed.
+_LAZY_IMPORTS = (
+    "torch.export.pt2_archive._package", "torch.serialization", "torch._export.serde.serialize",
+    "torch.fx.experimental.validator", "torch.fx.experimental.symbolic_shapes", "torch.utils.serialization",
+    "torch._inductor.sizevars", "torch._inductor.virtualized", "torch._inductor.ops_handler",
+    "sympy.assumptions.wrapper", "sympy.parsing.sympy_parser",
+)  # fmt: skip
 # Native entry points torch's readers use for parts that are code: (module, attribute, what it loads).
 _NATIVE_LOADERS = (
     ("torch._C._aoti", "AOTIModelPackageLoader", "load compiled AOTInductor code"),
@@ -77,6 +85,7 @@ _NATIVE_LOADERS = (
 # dataclass methods, and a traceback being formatted (it parses source lines of Python files).
 _CODE_GENERATORS = {typing.__file__, collections.__file__, dataclasses.__file__, traceback.__file__}
 _PARSERS = {__file__, ast.__file__}  # frames between compile() and the code that asked for it
+_BOOTSTRAP = "<frozen importlib._bootstrap>"
 
 
 class UntrustedFileError(LoadError):
@@ -189,8 +198,9 @@ def _message(path: object, what: str, reason: str) -> str:
 
 def _prepare_torch() -> None:
     """Do before the read what torch's readers do lazily: imports, and tempfile's first-use probe (a write)."""
-    import torch.export.pt2_archive._package  # noqa: F401
-    import torch.serialization  # noqa: F401
+    for name in _LAZY_IMPORTS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
     tempfile.gettempdir()
 
@@ -218,8 +228,8 @@ def _open_refusal(args: tuple[Any, ...]) -> str:
 def _compile_refusal(source: object, filename: str) -> str:
     if filename.startswith(_FX_CODE) or (filename.endswith(".py") and os.path.isfile(filename)):
         return ""  # torch.fx's generated code, or a module being imported
-    if _caller_file() in _CODE_GENERATORS:
-        return ""  # type hints and generated methods of the code torch imports or defines while reading
+    if _caller_file() in _CODE_GENERATORS or _importing():
+        return ""  # type hints, generated methods, code an installed module generates as it is imported
     if isinstance(source, bytes):
         source = source.decode("utf-8", "replace")
     tree = source if isinstance(source, ast.AST) else _parse(str(source))
@@ -262,6 +272,17 @@ def _unsafe_node(tree: ast.AST) -> str:
         ):
             return f"the name {node.id}"
     return ""
+
+
+def _importing() -> bool:
+    """Whether a module is being imported further up the stack: its code is installed code, and a file being
+    read cannot start an import (unpickling imports nothing but tensor data, expressions name no modules)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename == _BOOTSTRAP:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _caller_file() -> str:
