@@ -23,9 +23,6 @@ from bnfold.fold.records import BnRecord, summarise
 FORMATS = ("torchscript", "onnx-torchscript", "onnx-dynamo")
 
 KNOWN: dict[tuple[str, str], str] = {
-    **{("repvgg_block", fmt): "the ONNX engine has no identity-branch rule" for fmt in FORMATS},
-    **{(name, fmt): "the ONNX engine has no identity-branch rule" for fmt in FORMATS
-       for name in ("identity_at_input", "repvgg_in_place", "mobileone_in_place")},
     **{("bn_conv_reflect", fmt): "the ONNX engine does not look through a reflect Pad" for fmt in FORMATS},
     ("batch_statistics", "torchscript"): "the TorchScript exporter crashes on a BN with batch statistics",
 }

@@ -171,6 +171,28 @@ def test_channel_slices_of_concat() -> None:
     assert (result.records[0].how, result.records[0].into) == ("concat", ["a", "b"])
 
 
+# ---- identity branches ------------------------------------------------------------------------------
+class IdentityBranch(nn.Module):
+    """``conv(x) + bn(x)``, RepVGG's identity branch, with the conv's geometry as given."""
+
+    def __init__(self, channels: int = 4, groups: int = 1, dilation: int = 1, **conv: object) -> None:
+        super().__init__()
+        padding = conv.pop("padding", dilation)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=padding, groups=groups, dilation=dilation, **conv)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(x)
+        return self.conv(y) + self.bn(y)
+
+
+@pytest.mark.parametrize(("groups", "dilation", "bias"), [(1, 1, True), (4, 1, False), (2, 2, True)])
+def test_identity_branch_becomes_a_one_hot_kernel(groups: int, dilation: int, bias: bool) -> None:
+    module = randomise(IdentityBranch(groups=groups, dilation=dilation, bias=bias), seed=groups)
+    result = check_fold(module, (inputs(2, 4, 7, 7),), 1, ["Relu", "Conv"])
+    assert (result.records[0].how, result.records[0].into) == ("identity", ["conv"])
+
+
 # ---- backward -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("groups", [1, 3])
 @pytest.mark.parametrize("bias", [True, False])

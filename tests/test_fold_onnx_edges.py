@@ -103,6 +103,32 @@ def test_identity_branch_of_an_add_is_not_folded() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("attrs", "problem"),
+    [({"pads": [2, 2, 0, 0]}, "is not a centred odd kernel with 'same' padding"),
+     ({"pads": [1, 1, 1, 1], "group": 2}, None)],
+)
+def test_identity_branch_needs_a_centred_kernel(attrs: dict[str, Any], problem: str | None) -> None:
+    gen = np.random.default_rng(5)
+    groups = attrs.get("group", 1)
+    inits = {"W": gen.standard_normal((4, 4 // groups, 3, 3)).astype(F32),
+             "B": gen.standard_normal(4).astype(F32)} | bn_params("bn", 4, gen)
+    nodes = [oh.make_node("Relu", ["x"], ["r"], name="relu"), conv_node("r", "h", **attrs),
+             bn_node("bn", "r", "i"), oh.make_node("Add", ["h", "i"], ["y"], name="add")]
+    model = make_model(nodes, {"x": [1, 4, 6, 6]}, ["y"], inits)
+    x = gen.standard_normal((1, 4, 6, 6)).astype(F32)
+    r = np.maximum(x, 0)
+    padded = np.pad(r, [(0, 0), (0, 0), (attrs["pads"][0], attrs["pads"][2]), (attrs["pads"][1], attrs["pads"][3])])
+    expected = conv(padded, inits["W"], inits["B"], groups=groups) + bn_ref(r, inits, "bn")
+    folded = problem is None
+    result = fold_and_check(model, {"x": x}, [expected], ["folded" if folded else "affine"],
+                            ["Relu", "Conv"] if folded else ["Relu", "Conv", "Mul", "Add", "Add"])
+    if folded:
+        assert (result.records[0].how, result.records[0].into) == ("identity", ["conv"])
+    else:
+        assert f"as an identity branch: conv {problem}" in str(result.records[0].reason)
+
+
 def test_concat_along_another_axis_gives_each_input_the_whole_affine() -> None:
     inits, x = setup(4)
     nodes = [

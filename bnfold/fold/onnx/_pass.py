@@ -1,12 +1,13 @@
 """The ONNX fold pass: every BN-like affine ends folded, frozen as Mul/Add, or kept, with a record.
 
-Three sweeps over the affines of the main graph:
+Four sweeps over the affines of the main graph, in the order of the aten-graph fold's phases:
 
 1. in graph order, forward into the layers that compute the input (a chain Conv→BN→BN folds completely,
    since the Conv then produces the first BN's output);
-2. in reverse order, backward into the layers that read the output (BN→BN→Conv folds completely);
-3. what is left: a BatchNormalization becomes a frozen Mul/Add, a Mul/Add stays as it is; the record
-   carries the reasons of both sweeps.
+2. identity branches ``Conv(x) + BN(x)`` into the Conv beside them (whose own BN folded in sweep 1);
+3. in reverse order, backward into the layers that read the output (BN→BN→Conv folds completely);
+4. what is left: a BatchNormalization becomes a frozen Mul/Add, a Mul/Add stays as it is; the record
+   carries the reasons of the other sweeps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bnfold.fold.onnx._evaluate import evaluate_constants
 from bnfold.fold.onnx._forward import forward_fold
 from bnfold.fold.onnx._freeze import freeze
 from bnfold.fold.onnx._graph import Graph, label
+from bnfold.fold.onnx._identity import identity_fold
 from bnfold.fold.onnx._names import module_name
 from bnfold.fold.onnx._shapes import check_folded, infer_types
 from bnfold.fold.records import AFFINE, FOLDED, KEPT, Action, BnRecord
@@ -54,7 +56,7 @@ def fold_onnx(model: onnx.ModelProto, affine_form: str = "batchnorm") -> OnnxFol
 
 
 def fold_graph(graph: Graph, affine_form: str = "batchnorm") -> list[BnRecord]:
-    """Run the three sweeps over ``graph``; the records come in graph order."""
+    """Run the sweeps over ``graph``; the records come in graph order."""
     records: list[BnRecord] = []
     pending: dict[int, ChannelAffine] = {}
     for node in graph.nodes():
@@ -68,6 +70,11 @@ def fold_graph(graph: Graph, affine_form: str = "batchnorm") -> list[BnRecord]:
             if folded is None:
                 pending[len(records)] = found  # its record is written by the later sweeps
             records.append(folded or _record(found, KEPT))
+    for index in sorted(pending):
+        folded = _fold_identity(graph, pending[index])
+        if folded is not None:
+            records[index] = folded
+            del pending[index]
     for index in sorted(pending, reverse=True):
         folded = _fold_backward(graph, pending[index])
         if folded is not None:
@@ -113,6 +120,18 @@ def _fold_forward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
     producer = graph.producer[affine.input]
     graph.set_output(producer, list(producer.output).index(affine.input), affine.output)
     return _record(affine, FOLDED, into=into, how=fold.how)
+
+
+def _fold_identity(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
+    fold = identity_fold(graph, affine)
+    if fold is None:
+        return None
+    if isinstance(fold, str):
+        affine.reasons.append(fold)
+        return None
+    into = fold.into()
+    fold.apply(graph, affine)
+    return _record(affine, FOLDED, into=into, how="identity")
 
 
 def _removed(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
