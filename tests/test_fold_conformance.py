@@ -23,7 +23,6 @@ from bnfold.fold.records import BnRecord, summarise
 FORMATS = ("torchscript", "onnx-torchscript", "onnx-dynamo")
 
 KNOWN: dict[tuple[str, str], str] = {
-    **{("bn_conv_reflect", fmt): "the ONNX engine does not look through a reflect Pad" for fmt in FORMATS},
     ("batch_statistics", "torchscript"): "the TorchScript exporter crashes on a BN with batch statistics",
 }
 

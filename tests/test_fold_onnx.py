@@ -203,6 +203,38 @@ def test_backward_into_unpadded_conv(groups: int, bias: bool) -> None:
     assert [r.how for r in result.records] == ["backward", "backward"]
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])  # circular: exported as Slice and Concat
+def test_backward_through_a_copying_pad(mode: str) -> None:
+    conv = nn.Conv2d(4, 6, 3, padding=1, padding_mode=mode)
+    module = randomise(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), conv), seed=3)
+    result = check_fold(module, (inputs(2, 4, 6, 6),), 1, ["Relu", "Pad", "Conv"])
+    assert (result.records[0].how, result.records[0].into) == ("backward", ["2"])
+
+
+class PadThenConv(nn.Module):
+    def __init__(self, pad: tuple[int, ...], mode: str) -> None:
+        super().__init__()
+        self.pad, self.mode = pad, mode
+        self.bn, self.conv = nn.BatchNorm2d(4), nn.Conv2d(4 + sum(pad[4:]), 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.pad(self.bn(torch.relu(x)), self.pad, mode=self.mode))
+
+
+@pytest.mark.parametrize(
+    ("pad", "mode", "problem"),
+    [((1, 1, 1, 1), "constant", "pads with constant values"), ((0, 0, 0, 0, 1, 1), "replicate", "pads the channel axis")],
+)
+def test_pad_that_changes_the_border_blocks_a_backward_fold(pad: tuple[int, ...], mode: str, problem: str) -> None:
+    module = randomise(PadThenConv(pad, mode), seed=4)
+    model = export(module, inputs(1, 4, 6, 6))
+    result = fold_onnx(model, "muladd")
+    assert result.records[0].action == "affine"
+    assert problem in str(result.records[0].reason)
+    feeds = {model.graph.input[0].name: inputs(1, 4, 6, 6).numpy()}
+    assert_numerically_equal(result.model, feeds, reference(module, inputs(1, 4, 6, 6)))
+
+
 def test_backward_into_linear() -> None:
     module = randomise(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(6), nn.Linear(6, 3)))
     check_fold(module, (inputs(4, 6),), 1, ["Relu", "Gemm"])

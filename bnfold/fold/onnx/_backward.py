@@ -4,9 +4,11 @@
     W'[o, i, k] = W[o, i, k]·s[i]        b'[o] = b[o] + Σ_{i,k} W[o, i, k]·t[i]
 
 Pattern: y is read only by Conv (data input, channels on axis 1), Gemm (A, transA=0, channels on axis 1)
-or MatMul (X, channels on X's last axis, which MatMul contracts), each with a constant weight. Check: no
-zero padding on a Conv (a padded border would see 0, not t, so the bias would be wrong there), y is no
-graph output, the channel counts agree. Rewrite: every consumer, then the consumers read x instead of y.
+or MatMul (X, channels on X's last axis, which MatMul contracts), each with a constant weight, directly or
+through a ``Pad`` that copies values (reflect, edge, wrap: these commute with a per-channel affine). Check:
+no zero padding on a Conv and no constant-mode Pad (a padded border would see 0, not t, so the bias would
+be wrong there), no Pad along the channel axis, y is no graph output, the channel counts agree. Rewrite:
+every consumer, then the readers of y (consumers or Pads) read x instead.
 """
 
 from __future__ import annotations
@@ -58,17 +60,45 @@ class ConsumerFold:
         set_attribute(self.node, "beta", 1.0)
 
 
+COPYING_PADS = ("reflect", "edge", "wrap")
+
+
 def backward_folds(graph: Graph, affine: ChannelAffine) -> list[ConsumerFold] | str:
     """The folds of ``affine`` into every reader of its output, or why it cannot go there."""
-    if affine.output in graph.outputs:
-        return f"its output '{affine.output}' is a graph output"
-    folds = []
-    for node, slot in graph.readers(affine.output):
-        fold = _consumer(graph, node, slot, affine)
+    return _folds_from(graph, affine.output, affine)
+
+
+def _folds_from(graph: Graph, value: str, affine: ChannelAffine) -> list[ConsumerFold] | str:
+    if value in graph.outputs:
+        return f"its output '{value}' is a graph output"
+    folds: list[ConsumerFold] = []
+    for node, slot in graph.readers(value):
+        fold = _through_pad(graph, node, slot, affine) if node.op_type == "Pad" else _consumer(
+            graph, node, slot, affine)
         if isinstance(fold, str):
             return fold
-        folds.append(fold)
+        folds.extend(fold if isinstance(fold, list) else [fold])
     return folds
+
+
+def _through_pad(graph: Graph, pad: onnx.NodeProto, slot: int, affine: ChannelAffine) -> list[ConsumerFold] | str:
+    """The consumers behind a Pad that copies border values and leaves the channel axis alone."""
+    mode = attribute(pad, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if pad.domain not in ("", "ai.onnx") or slot != 0:
+        return f"its output feeds {label(pad)}, which has no weights to fold into"
+    if mode not in COPYING_PADS:
+        return f"{label(pad)} pads with {mode} values: folding backward would change the border"
+    amounts = graph.constant(pad.input[1]) if len(pad.input) > 1 and pad.input[1] else None
+    axes = graph.constant(pad.input[3]) if len(pad.input) > 3 and pad.input[3] else None
+    rank = graph.rank(pad.input[0])
+    if amounts is None or rank is None or (len(pad.input) > 3 and pad.input[3] and axes is None):
+        return f"the pads of {label(pad)} are not constant"
+    padded = [int(a) % rank for a in axes] if axes is not None else list(range(rank))
+    half = len(padded)
+    if affine.axis in padded and (amounts[padded.index(affine.axis)] or amounts[half + padded.index(affine.axis)]):
+        return f"{label(pad)} pads the channel axis"
+    return _folds_from(graph, pad.output[0], affine)
 
 
 def _consumer(graph: Graph, node: onnx.NodeProto, slot: int, affine: ChannelAffine) -> ConsumerFold | str:

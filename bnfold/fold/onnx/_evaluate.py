@@ -7,6 +7,9 @@ BatchNorm's ``w * (rv + eps).rsqrt()``. Evaluated once, they become initializers
 the constants they are. Each is computed as ONNX defines the op, in the tensor's own type, as a runtime would
 compute it on every call.
 
+onnxscript leaves every ``ConstantOfShape`` alone (a constant fill can be huge); a small one is evaluated
+too, since the TorchScript exporter builds a reflect Pad's amounts with one.
+
 Never evaluated: anything that reads a graph input, including an initializer that is also a graph input (a
 caller may feed it), control-flow and non-deterministic ops. Nothing is removed here: the nodes left without
 readers are dropped when the folded graph is written back, after a BatchNorm nothing reads was recorded.
@@ -16,11 +19,13 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnxscript import optimizer
 
 DEFAULT_OUTPUT_LIMIT = 512 * 512  # onnxscript's own default for the largest value it stores
+SMALL_FILL = 1024  # a ConstantOfShape of up to this many elements is evaluated
 
 
 def evaluate_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -36,8 +41,19 @@ def evaluate_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         onnx_shape_inference=False,
         input_size_limit=sys.maxsize,
         output_size_limit=max(largest, DEFAULT_OUTPUT_LIMIT),
+        should_fold=small_fill,
     )
     return ir.serde.serialize_model(work)
+
+
+def small_fill(node: ir.Node) -> bool | None:
+    """True for a ``ConstantOfShape`` of a known, small shape; None (onnxscript decides) for other nodes."""
+    if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx") or not node.inputs:
+        return None
+    shape = node.inputs[0].const_value if node.inputs[0] is not None else None
+    if shape is None:
+        return None
+    return bool(int(np.prod(shape.numpy(), dtype=np.int64)) <= SMALL_FILL)
 
 
 def _elements(tensor: onnx.TensorProto) -> int:
