@@ -186,7 +186,7 @@ def run_torchscript_exporter(
     """``torch.onnx.export(module, inputs, dynamo=False, **options)`` into memory, quietly: the model and
     the exporter's warnings. Its failures are an :class:`ExportError`."""
     buffer = io.BytesIO()
-    with quiet() as said, torch.no_grad():
+    with quiet() as said, torch.no_grad(), batch_statistics_symbolic(options.get("opset_version")):
         try:
             torch.onnx.export(module, inputs, buffer, dynamo=False, **options)  # type: ignore[arg-type]
         except Exception as exc:  # the TorchScript exporter raises many error types
@@ -195,6 +195,38 @@ def run_torchscript_exporter(
     with buffer.getbuffer() as view:  # parsed in place: no second copy of the weights
         proto.ParseFromString(view)
     return proto, said
+
+
+@contextlib.contextmanager
+def batch_statistics_symbolic(opset: int | None) -> Any:
+    """While exporting at ``opset``, let the TorchScript exporter write a BatchNorm without running statistics
+    (``track_running_stats=False``) when the batch is dynamic: its own symbolic needs the batch size to
+    compute the batch's statistics and fails without it. Here they are computed over a ``Reshape`` to
+    ``[0, C, -1]`` (0 copies the batch dimension), as the exporter computes them for a fixed batch."""
+    from torch.onnx._internal.torchscript_exporter import registration, symbolic_helper, symbolic_opset9
+
+    name = "aten::batch_norm"
+    group = registration.registry.get_function_group(name)
+    stock = group.get(opset) if group is not None and opset else None
+    if stock is None:
+        yield
+        return
+
+    def batch_norm(g: Any, x: Any, weight: Any, bias: Any, mean: Any, var: Any, *rest: Any) -> Any:
+        channels = symbolic_helper._get_tensor_dim_size(x, 1)
+        unknown = symbolic_helper._get_tensor_dim_size(x, 0) is None and channels is not None
+        if unknown and (symbolic_helper._is_none(mean) or symbolic_helper._is_none(var)):
+            rows = g.op("Constant", value_t=torch.tensor([0, channels, -1], dtype=torch.int64))
+            per_channel = g.op("Transpose", symbolic_helper._reshape_helper(g, x, rows), perm_i=[0, 2, 1])
+            axes = g.op("Constant", value_t=torch.tensor([0, 1], dtype=torch.int64))
+            var, mean = symbolic_opset9._var_mean(g, per_channel, axes, False, False)
+        return stock(g, x, weight, bias, mean, var, *rest)
+
+    torch.onnx.register_custom_op_symbolic(name, batch_norm, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(name, opset)
 
 
 def _symbolic_dims(node: fx.Node) -> dict[int, str]:

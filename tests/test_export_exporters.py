@@ -161,3 +161,28 @@ def test_equal_small_initializers_are_shared_and_large_ones_kept() -> None:
     onnx.checker.check_model(model)
     after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+def test_torchscript_exporter_writes_batch_statistics_with_a_dynamic_batch(opset: int) -> None:
+    """A BN without running statistics normalises each batch with its own: exported with a dynamic batch
+    (torch's own symbolic needs a fixed one), it still does, at any batch size."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    nn.init.uniform_(model[1].weight, 0.5, 1.5)
+    proto, _ = export.run_torchscript_exporter(
+        torch.jit.trace(model, torch.randn(2, 3, 6, 6)), (torch.randn(2, 3, 6, 6),), opset_version=opset,
+        input_names=["x"], dynamic_axes={"x": {0: "batch"}}, do_constant_folding=False,
+    )
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    wide = model.double()
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 6, 6)
+        with torch.no_grad():
+            expected = wide(x.double()).numpy()
+        (got,) = session.run(None, {"x": x.numpy()})
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    from torch.onnx._internal.torchscript_exporter import registration
+
+    group = registration.registry.get_function_group("aten::batch_norm")
+    assert group is not None and not group._functions.overridden(opset)  # torch's own symbolic is back

@@ -22,9 +22,7 @@ from bnfold.fold.records import BnRecord, summarise
 
 FORMATS = ("torchscript", "onnx-torchscript", "onnx-dynamo")
 
-KNOWN: dict[tuple[str, str], str] = {
-    ("batch_statistics", "torchscript"): "the TorchScript exporter crashes on a BN with batch statistics",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 _records: dict[tuple[str, str], list[BnRecord]] = {}
 
