@@ -18,6 +18,7 @@ from fold_registry import REGISTRY, Entry
 
 from bnfold.convert import inspect_model
 from bnfold.export import quiet
+from bnfold.fold.reasons import kinds
 from bnfold.fold.records import BnRecord, summarise
 
 FORMATS = ("torchscript", "onnx-torchscript", "onnx-dynamo")
@@ -53,8 +54,8 @@ def records(entry: Entry, fmt: str, folder: Path) -> list[BnRecord]:
     return _records[key]
 
 
-def folds(found: list[BnRecord]) -> dict[str, tuple[str, str | None, list[str]]]:
-    return {r.name: (r.action, r.how, r.into) for r in found}
+def folds(found: list[BnRecord]) -> dict[str, tuple[str, str | None, list[str], list[str]]]:
+    return {r.name: (r.action, r.how, r.into, kinds(r.reason)) for r in found}
 
 
 def _cases() -> list[object]:

@@ -107,3 +107,14 @@ def test_statistics_problem_names_the_defect(mean: list[float], var: list[float]
     found = maths.statistics_problem(torch.tensor(mean), torch.tensor(var), 1e-5)
     assert found is not None and problem in found
     assert maths.statistics_problem(torch.zeros(2), torch.ones(2), 1e-5) is None
+
+
+def test_reasons_read_back_as_their_templates() -> None:
+    from bnfold.fold.reasons import explain, kinds, reason
+
+    forward = reason("no_weights", what="slice 0 of cat", source="relu")
+    backward = reason("zero_padding", layer="conv", padding="padding=[1, 1]")
+    identity = reason("identity", problems="a has stride [2, 2]; b is not a centred odd kernel")
+    assert kinds(explain([forward, identity, backward])) == ["no_weights", "identity", "zero_padding"]
+    assert kinds(explain([forward, forward])) == ["no_weights"]
+    assert kinds("something else") == ["?"] and kinds(None) == []

@@ -252,8 +252,8 @@ def test_padded_consumer_is_not_folded() -> None:
     module = randomise(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1)))
     result = check_fold(module, (inputs(1, 4, 5, 5),), 0, ["Relu", "Mul", "Add", "Conv"])
     reason = only_record(result, "affine")
-    assert "zero padding of Conv '/2/Conv' would change the border" in reason
-    assert "input comes from Relu '/0/Relu', which has no weights to fold into" in reason
+    assert "2 pads its input with zeros (pads=[1, 1, 1, 1]): folded backward" in reason
+    assert "its input comes from Relu '/0/Relu', which has no weights to fold into" in reason
 
 
 class SharedOutput(nn.Module):
@@ -278,8 +278,8 @@ def test_batchnorm_relu_conv_is_not_folded() -> None:
     module = randomise(nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1)))
     result = check_fold(module, (inputs(1, 3, 4, 4),), 0, ["Mul", "Add", "Relu", "Conv"])
     reason = only_record(result, "affine")
-    assert "is a graph input, with no layer to fold into" in reason
-    assert "feeds Relu '/1/Relu', which has no weights to fold into" in reason
+    assert "comes from the model input 'input.1', which has no weights to fold into" in reason
+    assert "its output feeds Relu '/1/Relu', which is not a conv or linear" in reason
 
 
 # ---- statistics, inputs, external data ------------------------------------------------------------

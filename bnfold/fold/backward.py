@@ -25,6 +25,7 @@ from bnfold.fold.graph import (
     map_axis_forward,
     readers,
 )
+from bnfold.fold.reasons import reason
 from bnfold.fold.sites import AffineSite
 
 COPYING_PADS = {"reflect", "replicate", "circular"}
@@ -41,28 +42,27 @@ def _zero_padded(layer: Layer) -> bool:
 def _consumer(user: fx.Node, node: fx.Node, axis: int) -> Layer | str:
     layer = as_layer(user)
     if layer is None:
-        return f"its output feeds {display(user)}, which is not a conv or linear"
+        return reason("not_a_layer", node=display(user))
     if user.args[0] is not node:
         return f"its output is a weight of {layer.name}, not its input"
     if layer.kind == "conv_transpose":
-        return f"its output feeds the transposed conv {layer.name}, which would spread the shift unevenly"
+        return reason("transposed_consumer", layer=layer.name)
     if layer.input_channel_axis() != axis:
         return f"it normalises axis {axis} of {layer.name}'s input, not the channels {layer.name} reads"
     if _zero_padded(layer):
-        return (f"{layer.name} pads its input with zeros (padding={layer.padding}): folded backward, "
-                "the shift would be missing at the border")
+        return reason("zero_padding", layer=layer.name, padding=f"padding={layer.padding}")
     return layer
 
 
 def consumers(node: fx.Node, axis: int = 1) -> list[Layer] | str:
     """Every layer reached from ``node`` through permutes and copying pads, or why one is not foldable."""
     if not readers(node):
-        return "its output is a model output"
+        return reason("model_output")
     found: list[Layer] = []
     result: Layer | list[Layer] | str
     for user in readers(node):
         if user.op == "output":
-            return "its output is also a model output"
+            return reason("model_output")
         if is_permute(user):
             mapped = map_axis_forward(user, axis)
             result = consumers(user, mapped) if mapped is not None else f"unknown shape at {display(user)}"
@@ -82,9 +82,9 @@ def _through_pad(pad: fx.Node, axis: int) -> list[Layer] | str:
     padded_dims = len(args["pad"]) // 2
     rank = len(pad.meta["val"].shape) if "val" in pad.meta else None
     if mode not in COPYING_PADS:
-        return f"{display(pad)} pads with {mode} values: folding backward would change the border"
+        return reason("pad_values", pad=display(pad), mode=mode)
     if rank is None or axis >= rank - padded_dims:
-        return f"{display(pad)} pads the channel axis"
+        return reason("pad_channels", pad=display(pad))
     return consumers(pad, axis)
 
 

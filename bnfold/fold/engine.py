@@ -15,6 +15,7 @@ from torch import fx
 from bnfold.fold.backward import match_consumers
 from bnfold.fold.forward import Match, Plan, match_branches, match_concat, match_identity, match_producer
 from bnfold.fold.graph import ParameterWriter, aten, ndim, readers, remove_unused
+from bnfold.fold.reasons import explain, reason
 from bnfold.fold.records import AFFINE, FOLDED, BnRecord
 from bnfold.fold.sites import AffineSite, find_sites
 
@@ -57,7 +58,7 @@ def _remove_if_unread(site: AffineSite, graph: fx.Graph) -> bool:
     if readers(site.output):
         return False
     site.erase(graph)
-    site.record.action, site.record.how, site.record.reason = FOLDED, "removed", "its output is unused"
+    site.record.action, site.record.how, site.record.reason = FOLDED, "removed", reason("unused")
     return True
 
 
@@ -88,7 +89,7 @@ def _freeze(
 ) -> None:
     """Keep the site as a frozen per-channel ``x·s + t`` (already one when it is a Mul/Add)."""
     site.record.action = AFFINE
-    site.record.reason = _explain(reasons)
+    site.record.reason = explain(reasons)
     if not site.is_batchnorm_call:
         return
     x = site.input
@@ -132,13 +133,3 @@ def _frozen_muladd(
         scaled = gm.graph.call_function(aten.mul.Tensor, (site.input, s_node))
         scaled.meta["val"] = site.input.meta.get("val")
         return gm.graph.call_function(aten.add.Tensor, (scaled, t_node))
-
-
-def _explain(reasons: list[str]) -> str:
-    unique = list(dict.fromkeys(reasons))
-    if not unique:
-        return "no fold pattern applies"
-    if len(unique) == 1:
-        return unique[0]
-    middle = "".join(f"; {r}" for r in unique[1:-1])
-    return f"cannot fold forward: {unique[0]}{middle}; cannot fold backward: {unique[-1]}"

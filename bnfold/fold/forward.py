@@ -37,6 +37,7 @@ from bnfold.fold.graph import (
     readers,
     shape,
 )
+from bnfold.fold.reasons import reason
 from bnfold.fold.sites import AffineSite
 
 
@@ -56,7 +57,7 @@ def also_feeds(node: fx.Node, expected: fx.Node) -> str | None:
     """Why ``node``'s value cannot change for ``expected`` alone: the other nodes that read it, or None."""
     extra = [display(u) if u.op != "output" else "the model output"
              for u in readers(node) if u is not expected]
-    return f"the output of {display(node)} also feeds {', '.join(extra)}" if extra else None
+    return reason("shared", node=display(node), others=", ".join(extra)) if extra else None
 
 
 def trace_to_layer(node: fx.Node, reader: fx.Node, axis: int = 1, what: str = "its input") -> Layer | str:
@@ -71,7 +72,7 @@ def trace_to_layer(node: fx.Node, reader: fx.Node, axis: int = 1, what: str = "i
         path.append((node, path[-1][0]))
     layer = as_layer(node)
     if layer is None:
-        return f"{what} comes from {display(node)}, which has no weights to fold into"
+        return reason("no_weights", what=what, source=display(node))
     shared = next((why for why in (also_feeds(n, r) for n, r in path) if why), None)
     if shared is not None:
         return shared
@@ -243,7 +244,7 @@ def match_identity(site: AffineSite, graph: fx.Graph) -> Match:
         if problem is None:
             return Plan("identity", [layer.name], _absorb(site, layer, add, rest, graph))  # type: ignore[arg-type]
         reasons.append(problem)
-    return "as an identity branch: " + "; ".join(reasons)
+    return reason("identity", problems="; ".join(reasons))
 
 
 def _flat_sum(node: fx.Node) -> list[fx.Node]:

@@ -27,6 +27,7 @@ from bnfold.fold.graph import (
     readers,
     shape,
 )
+from bnfold.fold.reasons import reason
 from bnfold.fold.records import KEPT, BnRecord
 
 
@@ -122,10 +123,8 @@ def batchnorm_site(gm: fx.GraphModule, node: fx.Node, check_statistics: bool = T
             return _kept(node, args, "its saved mean and inverse std outputs are used elsewhere")
         output = outputs[0]
     if args.get("training"):
-        reason = "normalises each batch with that batch's own statistics"
-        if args["running_mean"] is None:
-            reason = "track_running_stats=False: it " + reason + " at inference, so it is not a fixed affine"
-        return _kept(node, args, reason)
+        no_statistics = args["running_mean"] is None
+        return _kept(node, args, reason("no_running_stats" if no_statistics else "batch_stats"))
     values = {k: constant(gm, args[k]) for k in ("running_mean", "running_var", "weight", "bias")}
     for key in ("weight", "bias"):
         if args[key] is not None and values[key] is None:

@@ -23,6 +23,7 @@ from bnfold.errors import FoldError
 from bnfold.fold import maths
 from bnfold.fold.onnx._graph import Graph, Use, attribute, label, node_name
 from bnfold.fold.onnx._names import module_name
+from bnfold.fold.reasons import reason
 
 BATCHNORM = "BatchNormalization"
 MUL_ADD = "Mul/Add"
@@ -95,10 +96,12 @@ def channel_shape(ndim: int, axis: int, rank: int, channels: int) -> list[int]:
 def batchnorm(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | str:
     """The affine of an inference BatchNormalization, or why it is kept as it is."""
     outputs = [name for name in node.output if name]
+    if any(graph.depends_on(name, node.input[0]) for name in node.input[3:5] if name):
+        return reason("no_running_stats")  # the exporters' form of a BN without running statistics
+    if attribute(node, "training_mode", 0):
+        return reason("batch_stats")
     if len(outputs) > 1:
         return f"it also outputs its running statistics ({len(outputs)} outputs)"
-    if attribute(node, "training_mode", 0):
-        return "it normalises with batch statistics (training_mode=1)"
     if not attribute(node, "spatial", 1):
         return "spatial=0 (statistics per activation, not per channel) is not supported"
     fed = next((name for name in node.input[1:5] if graph.overridable(name)), None)
@@ -185,11 +188,11 @@ def _layer_geometry(graph: Graph, layer: onnx.NodeProto) -> tuple[int, int, int]
     return rank - 1, rank, weight.shape[1]
 
 
-def describe_blocker(graph: Graph, name: str) -> str:
-    """Why the value ``name`` has no layer to fold into."""
+def describe_blocker(graph: Graph, name: str, what: str = "its input") -> str:
+    """Why the value ``name`` (``what`` the affine reads) has no layer to fold into."""
     source = graph.producer.get(name)
     if name in graph.initializers:
-        return f"input '{name}' is a constant, with no layer to fold into"
+        return reason("no_weights", what=what, source=f"the constant '{name}'")
     if source is None:
-        return f"input '{name}' is a graph input, with no layer to fold into"
-    return f"input comes from {label(source)}, which has no weights to fold into"
+        return reason("no_weights", what=what, source=f"the model input '{name}'")
+    return reason("no_weights", what=what, source=label(source))

@@ -24,6 +24,7 @@ from bnfold.fold.onnx._affine import ChannelAffine, to_f64, to_numpy
 from bnfold.fold.onnx._graph import Graph, attribute, label, set_attribute
 from bnfold.fold.onnx._layers import append_bias, check_groups, gemm_bias, optional_constant, param_name
 from bnfold.fold.onnx._names import module_name
+from bnfold.fold.reasons import reason
 
 
 @dataclass
@@ -70,7 +71,7 @@ def backward_folds(graph: Graph, affine: ChannelAffine) -> list[ConsumerFold] | 
 
 def _folds_from(graph: Graph, value: str, affine: ChannelAffine) -> list[ConsumerFold] | str:
     if value in graph.outputs:
-        return f"its output '{value}' is a graph output"
+        return reason("model_output")
     folds: list[ConsumerFold] = []
     for node, slot in graph.readers(value):
         fold = _through_pad(graph, node, slot, affine) if node.op_type == "Pad" else _consumer(
@@ -86,9 +87,9 @@ def _through_pad(graph: Graph, pad: onnx.NodeProto, slot: int, affine: ChannelAf
     mode = attribute(pad, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     if pad.domain not in ("", "ai.onnx") or slot != 0:
-        return f"its output feeds {label(pad)}, which has no weights to fold into"
+        return reason("not_a_layer", node=label(pad))
     if mode not in COPYING_PADS:
-        return f"{label(pad)} pads with {mode} values: folding backward would change the border"
+        return reason("pad_values", pad=label(pad), mode=mode)
     amounts = graph.constant(pad.input[1]) if len(pad.input) > 1 and pad.input[1] else None
     axes = graph.constant(pad.input[3]) if len(pad.input) > 3 and pad.input[3] else None
     rank = graph.rank(pad.input[0])
@@ -97,19 +98,21 @@ def _through_pad(graph: Graph, pad: onnx.NodeProto, slot: int, affine: ChannelAf
     padded = [int(a) % rank for a in axes] if axes is not None else list(range(rank))
     half = len(padded)
     if affine.axis in padded and (amounts[padded.index(affine.axis)] or amounts[half + padded.index(affine.axis)]):
-        return f"{label(pad)} pads the channel axis"
+        return reason("pad_channels", pad=label(pad))
     return _folds_from(graph, pad.output[0], affine)
 
 
 def _consumer(graph: Graph, node: onnx.NodeProto, slot: int, affine: ChannelAffine) -> ConsumerFold | str:
+    if node.op_type == "ConvTranspose" and node.domain in ("", "ai.onnx"):
+        return reason("transposed_consumer", layer=module_name(node))
     if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
-        return f"its output feeds {label(node)}, which has no weights to fold into"
+        return reason("not_a_layer", node=label(node))
     if slot != 0:
         return f"its output is not the data input of {label(node)}"
-    weight, reason = optional_constant(graph, node, 1)
+    weight, missing = optional_constant(graph, node, 1)
     bias, bias_reason = optional_constant(graph, node, 2)
     if weight is None or bias_reason:
-        return bias_reason or reason or f"{label(node)} has no weight"
+        return bias_reason or missing or f"{label(node)} has no weight"
     check_groups(node, weight)
     problem = _geometry_problem(graph, node, weight, affine)
     return ConsumerFold(node, weight, bias) if problem is None else problem
@@ -122,7 +125,7 @@ def _geometry_problem(
         if affine.axis != 1:
             return f"{label(node)} reads its channels on axis 1, not on axis {affine.axis}"
         if _pads(node, weight):
-            return f"zero padding of {label(node)} would change the border"
+            return reason("zero_padding", layer=module_name(node), padding=_padding(node))
         reads = weight.shape[1] * int(attribute(node, "group", 1))
     elif node.op_type == "Gemm":
         if attribute(node, "transA", 0) or affine.axis != 1:
@@ -136,6 +139,12 @@ def _geometry_problem(
     if reads != affine.channels:
         return f"{label(node)} reads {reads} channels, the affine has {affine.channels}"
     return None
+
+
+def _padding(node: onnx.NodeProto) -> str:
+    auto_pad = attribute(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    return f"auto_pad={auto_pad}" if auto_pad != "NOTSET" else f"pads={list(attribute(node, 'pads', []))}"
 
 
 def _pads(node: onnx.NodeProto, weight: np.ndarray) -> bool:

@@ -143,37 +143,43 @@ class TransposeFold:
         self.inner.apply(graph, scale, shift)
 
 
+PASSES = ("Add", "Concat", "Transpose")
+
+
 def forward_fold(
-    graph: Graph, value: str, use: Use, axis: int, channels: int | None, depth: int = 0
+    graph: Graph, value: str, use: Use, axis: int, channels: int | None, depth: int = 0, what: str = "its input"
 ) -> Fold | str:
-    """The fold of an affine along ``axis`` of ``value`` (read by ``use``) into what computes it."""
+    """The fold of an affine along ``axis`` of ``value`` (``what`` it reads, by ``use``) into what computes
+    it."""
     node = graph.producer.get(value)
-    if node is None or node.domain not in ("", "ai.onnx"):
-        return describe_blocker(graph, value)
-    reason = graph.exclusive(value, use)
-    if reason is not None:
-        return reason
+    if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in (*LAYERS, *PASSES):
+        return describe_blocker(graph, value, what)
+    shared = graph.exclusive(value, use)
+    if shared is not None:
+        return shared
     if depth >= MAX_DEPTH:
         return f"{label(node)} is more than {MAX_DEPTH} nodes away from the affine"
-    fold = _by_op(graph, node, axis, channels, depth)
+    fold = _by_op(graph, node, axis, channels, depth, what)
     if isinstance(fold, str) or channels is None or fold.channels == channels:
         return fold
     return f"{label(node)} has {fold.channels} output channels, the affine has {channels}"
 
 
-def _by_op(graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int) -> Fold | str:
+def _by_op(
+    graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int, what: str
+) -> Fold | str:
     if node.op_type in LAYERS:
         return layer_fold(graph, node, axis)
     if node.op_type == "Add":
-        return _add(graph, node, axis, channels, depth)
+        return _add(graph, node, axis, channels, depth, what)
     if node.op_type == "Concat":
         return _concat(graph, node, axis, channels, depth)
-    if node.op_type == "Transpose":
-        return _transpose(graph, node, axis, channels, depth)
-    return describe_blocker(graph, node.output[0])
+    return _transpose(graph, node, axis, channels, depth, what)
 
 
-def _add(graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int) -> Fold | str:
+def _add(
+    graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int, what: str
+) -> Fold | str:
     rank = graph.rank(node.output[0])
     constants = [graph.constant(name) for name in node.input]
     if rank is None or len(node.input) != 2:
@@ -184,7 +190,7 @@ def _add(graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, de
     bias = constants[slot]
     if bias is None or constants[1 - slot] is not None:
         return f"{label(node)} adds two constants"
-    inner = forward_fold(graph, node.input[1 - slot], (node, 1 - slot), axis, channels, depth + 1)
+    inner = forward_fold(graph, node.input[1 - slot], (node, 1 - slot), axis, channels, depth + 1, what)
     if isinstance(inner, str):
         return inner
     vector = channel_vector(bias, axis, rank, inner.channels)
@@ -200,9 +206,10 @@ def _branches(
         return f"the inputs of {label(node)} broadcast to a higher rank"
     branches = []
     for slot, name in enumerate(node.input):
-        branch = forward_fold(graph, name, (node, slot), axis, channels, depth + 1)
+        what = f"a summand of {label(node)}"
+        branch = forward_fold(graph, name, (node, slot), axis, channels, depth + 1, what)
         if isinstance(branch, str):
-            return f"{branch} (in a branch of {label(node)})"
+            return branch
         branches.append(branch)
     if branches[0].channels != branches[1].channels:
         return f"the branches of {label(node)} have different channel counts"
@@ -216,18 +223,21 @@ def _concat(graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None,
     along = int(attribute(node, "axis", 0)) % rank == axis
     parts = []
     for slot, name in enumerate(node.input):
-        part = forward_fold(graph, name, (node, slot), axis, None if along else channels, depth + 1)
+        what = f"slice {slot} of {label(node)}"
+        part = forward_fold(graph, name, (node, slot), axis, None if along else channels, depth + 1, what)
         if isinstance(part, str):
-            return f"{part} (in an input of {label(node)})"
+            return part
         parts.append(part)
     return ConcatFold(node, parts, along)
 
 
-def _transpose(graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int) -> Fold | str:
+def _transpose(
+    graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int, what: str
+) -> Fold | str:
     perm = attribute(node, "perm")
     rank = graph.rank(node.output[0]) if perm is None else len(perm)
     if rank is None:
         return f"the rank of the output of {label(node)} is unknown"
     inner_axis = list(perm)[axis] if perm is not None else rank - 1 - axis
-    inner = forward_fold(graph, node.input[0], (node, 0), inner_axis, channels, depth + 1)
+    inner = forward_fold(graph, node.input[0], (node, 0), inner_axis, channels, depth + 1, what)
     return inner if isinstance(inner, str) else TransposeFold(inner)

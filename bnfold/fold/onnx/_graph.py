@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from bnfold.errors import FoldError
+from bnfold.fold.reasons import reason
 from bnfold.fold.onnx._nodes import attribute, label, node_name, set_attribute, subgraph_references
 
 __all__ = [
@@ -78,14 +79,27 @@ class Graph:
     def exclusive(self, name: str, use: Use) -> str | None:
         """Why ``name`` is not read by ``use`` alone, or None when it is."""
         source = self.producer.get(name)
-        what = f"output of {label(source)}" if source is not None else f"value '{name}'"
-        if name in self.outputs:
-            return f"{what} is also a graph output"
+        what = label(source) if source is not None else f"value '{name}'"
         uses = self.uses.get(name, [])
-        if len(uses) == 1 and _same(uses[0], use):
+        if name not in self.outputs and len(uses) == 1 and _same(uses[0], use):
             return None
-        others = sorted({node_name(n) for n, slot in uses if not _same((n, slot), use)})
-        return f"{what} also feeds {', '.join(repr(o) for o in others) or 'another input of the same node'}"
+        others = [repr(o) for o in sorted({node_name(n) for n, slot in uses if not _same((n, slot), use)})]
+        others += ["the model output"] if name in self.outputs else []
+        return reason("shared", node=what, others=", ".join(others) or "another input of the same node")
+
+    def depends_on(self, name: str, source: str, limit: int = 64) -> bool:
+        """Whether the value ``name`` is computed from the value ``source`` (looking at most ``limit`` nodes
+        up the graph)."""
+        seen, todo = set(), [name]
+        while todo and len(seen) < limit:
+            value = todo.pop()
+            if value == source:
+                return True
+            node = self.producer.get(value)
+            if node is not None and id(node) not in seen:
+                seen.add(id(node))
+                todo.extend(n for n in node.input if n)
+        return False
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of a constant input, or None when ``name`` is computed at run time or can be fed.

@@ -22,6 +22,7 @@ from bnfold.fold.onnx._affine import ChannelAffine, to_f64, to_numpy
 from bnfold.fold.onnx._graph import Graph, attribute, label
 from bnfold.fold.onnx._layers import check_groups, optional_constant, param_name
 from bnfold.fold.onnx._names import module_name
+from bnfold.fold.reasons import reason
 
 
 @dataclass
@@ -73,7 +74,7 @@ def identity_fold(graph: Graph, affine: ChannelAffine) -> IdentityFold | str | N
             weight, bias = found
             return IdentityFold(conv, weight, bias, add, rest)
         reasons.append(found)
-    return "as an identity branch: " + "; ".join(reasons)
+    return reason("identity", problems="; ".join(reasons))
 
 
 def _terms(graph: Graph, value: str, reader: onnx.NodeProto) -> list[onnx.NodeProto]:
@@ -95,10 +96,10 @@ Checked = tuple[np.ndarray, np.ndarray | None]
 
 def _check(graph: Graph, conv: onnx.NodeProto, affine: ChannelAffine) -> Checked | str:
     """(weight, bias) of a Conv that can absorb the identity branch, or why it cannot."""
-    weight, reason = optional_constant(graph, conv, 1)
+    weight, missing = optional_constant(graph, conv, 1)
     bias, bias_reason = optional_constant(graph, conv, 2)
     if weight is None or bias_reason:
-        return bias_reason or reason or f"{label(conv)} has no weight"
+        return bias_reason or missing or f"{label(conv)} has no weight"
     check_groups(conv, weight)
     groups, channels = int(attribute(conv, "group", 1)), affine.channels
     stride = _stride_problem(conv)

@@ -26,6 +26,7 @@ from bnfold.fold.onnx._graph import Graph, label
 from bnfold.fold.onnx._identity import identity_fold
 from bnfold.fold.onnx._names import module_name
 from bnfold.fold.onnx._shapes import check_folded, infer_types
+from bnfold.fold.reasons import explain, reason
 from bnfold.fold.records import AFFINE, FOLDED, KEPT, Action, BnRecord
 
 
@@ -139,7 +140,7 @@ def _removed(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
     if graph.readers(affine.output) or affine.output in graph.outputs:
         return None
     _remove(graph, affine)
-    return _record(affine, FOLDED, how="removed", reason="its output is unused")
+    return _record(affine, FOLDED, how="removed", reason=reason("unused"))
 
 
 def _fold_backward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
@@ -165,13 +166,13 @@ def _remove(graph: Graph, affine: ChannelAffine) -> None:
 
 
 def _keep(graph: Graph, affine: ChannelAffine, affine_form: str) -> BnRecord:
-    reason = "; ".join(affine.reasons)
+    why = explain(affine.reasons)
     if affine.kind == MUL_ADD:
-        return _record(affine, AFFINE, reason=reason)
+        return _record(affine, AFFINE, reason=why)
     problem = freeze(graph, affine, affine_form)
     if problem is not None:
-        return _record(affine, KEPT, reason=f"{reason}; {problem}")
-    return _record(affine, AFFINE, reason=reason)
+        return _record(affine, KEPT, reason=f"{why}; {problem}")
+    return _record(affine, AFFINE, reason=why)
 
 
 def subgraph_records(graph: onnx.GraphProto, owner: onnx.NodeProto | None = None) -> list[BnRecord]:
