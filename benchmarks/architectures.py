@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "SHALLOW", "build", "count_batchnorms", "randomise_batchnorms", "without_batchnorm"]
+__all__ = ["ARCHITECTURES", "BLOCKS", "SHALLOW", "build", "count_batchnorms", "randomise_batchnorms", "without_batchnorm"]
 
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
@@ -216,6 +216,57 @@ class RepVGG(nn.Module):
         return self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+class ShuffleBlock(nn.Module):
+    """ShuffleNetV2 unit at stride 1: split the channels, 1x1-BN-ReLU, depthwise 3x3-BN, 1x1-BN-ReLU on one
+    half, concatenate, shuffle the channels (reshape, transpose, reshape)."""
+
+    def __init__(self, channels: int = 58) -> None:
+        super().__init__()
+        half = channels // 2
+        self.branch = nn.Sequential(*conv_bn(half, half, 1), nn.ReLU(), *conv_bn(half, half, 3, groups=half),
+                                    *conv_bn(half, half, 1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        y = torch.cat([a, self.branch(b)], 1)
+        n, c, h, w = y.shape
+        return y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleNetV2Blocks(nn.Module):
+    """A stem conv-BN-ReLU and four ShuffleNetV2 units (116 channels): the channel-shuffle shape arithmetic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(3, 116, 3, stride=2), nn.ReLU())
+        self.units = nn.Sequential(*(ShuffleBlock(116) for _ in range(4)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.units(self.stem(x))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block, no BatchNorm at all: depthwise 7x7 (reflect padding), LayerNorm over channels-last,
+    1x1 up 4x, GELU, 1x1 down, layer scale, residual."""
+
+    def __init__(self, channels: int = 96) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, 7, padding=3, groups=channels, padding_mode="reflect")
+        self.norm = nn.LayerNorm(channels)
+        self.up, self.down = nn.Linear(channels, 4 * channels), nn.Linear(4 * channels, channels)
+        self.gamma = nn.Parameter(torch.full((channels,), 1e-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = self.gamma * self.down(nn.functional.gelu(self.up(y)))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlocks(nn.Sequential):
+    def __init__(self) -> None:
+        super().__init__(nn.Conv2d(3, 96, 4, stride=4), *(ConvNeXtBlock(96) for _ in range(3)))
+
+
 # Helpers --------------------------------------------------------------------------------------------
 
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
@@ -232,6 +283,13 @@ SHALLOW: dict[str, Callable[[], nn.Module]] = {
     "mobilenet_v2": lambda: MobileNetV2(settings=tuple((t, c, 1, s) for t, c, _, s in MobileNetV2.SETTINGS)),
     "densenet121": lambda: DenseNet121(blocks=(2, 2, 2, 2)),
     "repvgg_a0": lambda: RepVGG(blocks=(1, 2, 2, 1)),
+}
+
+
+# Blocks for graph measurements (benchmarks/nodes.py), not for the timing targets.
+BLOCKS: dict[str, Callable[[], nn.Module]] = {
+    "shufflenet_v2_blocks": ShuffleNetV2Blocks,
+    "convnext_blocks": ConvNeXtBlocks,
 }
 
 
@@ -261,7 +319,7 @@ def build(name: str, seed: int = 0, shallow: bool = False) -> nn.Module:
     """The architecture ``name`` (``shallow``: its depth-reduced variant) with seeded random weights and
     BatchNorm statistics, in eval mode."""
     torch.manual_seed(seed)
-    model = (SHALLOW if shallow else ARCHITECTURES)[name]()
+    model = BLOCKS[name]() if name in BLOCKS else (SHALLOW if shallow else ARCHITECTURES)[name]()
     return randomise_batchnorms(model, torch.Generator().manual_seed(seed + 1)).eval()
 
 

@@ -52,6 +52,9 @@ def fold_onnx(model: onnx.ModelProto, affine_form: str = "batchnorm") -> OnnxFol
     graph = Graph(work.graph, types)
     records = fold_graph(graph, affine_form) + subgraph_records(work.graph)
     write_back(graph, initializer_inputs)
+    from bnfold.export import tidy  # the exporters' clean-up, here for ONNX inputs
+
+    work = tidy(work)
     check_folded(work, model, strict)
     return OnnxFoldResult(work, records)
 
