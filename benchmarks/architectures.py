@@ -21,7 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "BLOCKS", "SHALLOW", "build", "count_batchnorms", "randomise_batchnorms", "without_batchnorm"]
+__all__ = ["ARCHITECTURES", "BLOCKS", "SHALLOW", "build", "count_batchnorms", "randomise_batchnorms",
+           "without_batchnorm"]
 
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:

@@ -223,7 +223,8 @@ class PadThenConv(nn.Module):
 
 @pytest.mark.parametrize(
     ("pad", "mode", "problem"),
-    [((1, 1, 1, 1), "constant", "pads with constant values"), ((0, 0, 0, 0, 1, 1), "replicate", "pads the channel axis")],
+    [((1, 1, 1, 1), "constant", "pads with constant values"),
+     ((0, 0, 0, 0, 1, 1), "replicate", "pads the channel axis")],
 )
 def test_pad_that_changes_the_border_blocks_a_backward_fold(pad: tuple[int, ...], mode: str, problem: str) -> None:
     module = randomise(PadThenConv(pad, mode), seed=4)

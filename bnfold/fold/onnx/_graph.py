@@ -17,8 +17,8 @@ import onnx
 from onnx import numpy_helper
 
 from bnfold.errors import FoldError
-from bnfold.fold.reasons import reason
 from bnfold.fold.onnx._nodes import attribute, label, node_name, set_attribute, subgraph_references
+from bnfold.fold.reasons import reason
 
 __all__ = [
     "Graph",
