@@ -209,7 +209,7 @@ def batch_statistics_symbolic(opset: int | None) -> Any:
     name = "aten::batch_norm"
     group = registration.registry.get_function_group(name)
     stock = group.get(opset) if group is not None and opset else None
-    if stock is None:
+    if stock is None or opset is None:
         yield
         return
 

@@ -60,7 +60,7 @@ def kinds(text: str | None) -> list[str]:
     if not text:
         return []
     body = re.sub(r"^cannot fold forward: |; cannot fold backward: ", "; ", text).removeprefix("; ")
-    found = []
+    found: list[str] = []
     for part in body.split("; "):
         kind = next((k for k, p in _PATTERNS.items() if p.fullmatch(part)), None)
         if kind is None and found and found[-1] == "identity":

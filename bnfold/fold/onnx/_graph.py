@@ -90,7 +90,8 @@ class Graph:
     def depends_on(self, name: str, source: str, limit: int = 64) -> bool:
         """Whether the value ``name`` is computed from the value ``source`` (looking at most ``limit`` nodes
         up the graph)."""
-        seen, todo = set(), [name]
+        seen: set[int] = set()  # ids of the nodes visited
+        todo = [name]
         while todo and len(seen) < limit:
             value = todo.pop()
             if value == source:
