@@ -137,3 +137,54 @@ def test_converted_copy_is_fp64_keeps_ties_and_leaves_the_original_alone() -> No
     x = torch.randn(3, 4, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(copy64(x), model.double()(x))
+
+
+class ReadsWeights(nn.Module):
+    """A tied weight, a weight read through a view, and a buffer: the ways a weight reaches an operator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.bn, self.last = nn.Linear(6, 6), nn.BatchNorm1d(6), nn.Linear(6, 6)
+        self.last.weight = self.first.weight
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.first(x)) * self.scale
+        return self.last(y) + y @ self.first.weight.t()
+
+
+@pytest.mark.parametrize("as_program", [False, True])
+def test_fp64_runner_casts_weights_as_read_and_matches_a_converted_copy(
+    as_program: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnfold.verify import runners
+
+    monkeypatch.setattr(runners, "CAST_AS_READ_BYTES", 1)  # as for a model past 1 GiB
+    torch.manual_seed(0)
+    model = ReadsWeights().eval()
+    model.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(5, 6).numpy()
+    module = torch.export.export(model, (torch.from_numpy(x),)).module() if as_program else model
+    before = {k: (v.dtype, v.data_ptr()) for k, v in module.state_dict().items()}
+    runner = torch_runner(module, torch.float64)
+    assert runner.module is module and runner.weights is not None  # no copy of the model is made
+    streamed = runner((x,))
+    copied = torch_runner(runners.converted_copy(module, torch.float64), torch.float64)((x,))
+    assert streamed[0].dtype == np.float64
+    np.testing.assert_array_equal(streamed[0], copied[0])
+    assert {k: (v.dtype, v.data_ptr()) for k, v in module.state_dict().items()} == before
+
+
+class ReadsADtype(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.to(self.layer.weight.dtype))
+
+
+def test_a_small_eager_model_runs_on_a_converted_copy_so_it_sees_float64_weights() -> None:
+    runner = torch_runner(ReadsADtype().eval(), torch.float64)
+    assert runner.weights is None and runner.module.layer.weight.dtype == torch.float64
+    assert runner((np.ones((2, 3), np.float32),))[0].dtype == np.float64

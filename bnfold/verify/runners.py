@@ -7,6 +7,7 @@ dicts) are flattened in order.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 from collections.abc import Callable, Sequence
@@ -16,7 +17,9 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import nn
+from torch import fx, nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bnfold.verify.providers import CPU
 
@@ -39,17 +42,26 @@ _ORT_DTYPES: dict[str, Any] = {
 class TorchRunner:
     """Runs a module under ``torch.inference_mode`` with its floating inputs cast to ``dtype``.
 
-    For any dtype other than the module's own, the runner works on a deep copy converted with
-    ``.to(dtype)``; the caller's module is never changed.
+    For any dtype other than the module's own, the module computes as if converted with ``.to(dtype)``:
+    a graph whose dtypes are fixed (a torch.export module) and any model from :data:`CAST_AS_READ_BYTES` of
+    weights on have each floating parameter and buffer cast as an operator reads it (:class:`WeightsAs`),
+    so no converted copy of the whole model is held; other models run on a converted deep copy (Python code
+    that reads a weight's dtype then sees ``dtype``). The caller's module is never changed.
     """
 
     def __init__(self, module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
         self.dtype = dtype
-        self.module = module if _module_dtype(module) in (dtype, None) else converted_copy(module, dtype)
+        self.module = module
+        self.weights: WeightsAs | None = None
+        if _module_dtype(module) not in (dtype, None):
+            if casts_as_read(module):
+                self.weights = WeightsAs(module, dtype)
+            else:
+                self.module = converted_copy(module, dtype)
 
     def __call__(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         tensors = tuple(self._tensor(x) for x in inputs)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.weights.mode() if self.weights else contextlib.nullcontext():
             out = self.module(*tensors)
         return [_to_numpy(t) for t in flatten_outputs(out)]
 
@@ -68,6 +80,61 @@ def converted_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
             value = tensor.detach().to(dtype)
             memo[id(tensor)] = nn.Parameter(value, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else value
     return copy.deepcopy(module, memo).to(dtype)
+
+
+CAST_AS_READ_BYTES = 1 << 30
+"""Weights from this size on (1 GiB: a float64 copy of 2 GiB) are cast as read, whatever the model."""
+
+
+def casts_as_read(module: nn.Module) -> bool:
+    """Whether :class:`TorchRunner` casts ``module``'s weights as read rather than copying it: a graph whose
+    dtypes are fixed (no ``getattr`` at run time, as in a torch.export module), or a large model. Not a
+    TorchScript module, whose operators Python cannot follow."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return False
+    if isinstance(module, fx.GraphModule) and not any(
+        n.op == "call_function" and n.target is getattr for n in module.graph.nodes
+    ):
+        return True
+    weights = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+               for t in (*module.parameters(), *module.buffers()) if t.is_floating_point() and t.numel()}
+    return sum(weights.values()) >= CAST_AS_READ_BYTES
+
+
+class WeightsAs:
+    """A module's floating parameters and buffers, to be read in ``dtype``: inside :meth:`mode`, every
+    operator gets such a tensor (or a view of it) cast to ``dtype``, and the cast is freed with the
+    operator's result. Computing a model in float64 so holds one layer's float64 weights at a time, not a
+    float64 copy of the model, and gives the same numbers as ``module.to(torch.float64)``."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self.storages = {
+            t.untyped_storage().data_ptr()
+            for t in (*module.parameters(), *module.buffers())
+            if t.is_floating_point() and t.dtype != dtype and t.numel()
+        }
+
+    def cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_floating_point() and tensor.dtype != self.dtype and tensor.numel() and (
+            tensor.untyped_storage().data_ptr() in self.storages
+        ):
+            return tensor.to(self.dtype)
+        return tensor
+
+    def mode(self) -> TorchDispatchMode:
+        return _CastingMode(self)
+
+
+class _CastingMode(TorchDispatchMode):
+    def __init__(self, weights: WeightsAs) -> None:
+        super().__init__()
+        self.weights = weights
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if not func.is_view:  # a view of a weight stays one: the operator reading it casts it
+            args, kwargs = pytree.tree_map_only(torch.Tensor, self.weights.cast, (args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
 def torch_runner(module: nn.Module, dtype: torch.dtype = torch.float32) -> TorchRunner:
