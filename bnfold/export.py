@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -357,8 +358,23 @@ def check(model: onnx.ModelProto | Path) -> None:
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes held by the model's initializers (protobuf cannot serialise past 2 GB)."""
-    return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
+    """Bytes held by the model's initializers (protobuf cannot serialise past 2 GB), without serialising
+    anything: ``ByteSize()`` of a model past 2 GB raises."""
+    return sum(_stored_bytes(t) for t in model.graph.initializer)
+
+
+def _stored_bytes(tensor: onnx.TensorProto) -> int:
+    """A tensor's bytes, from its shape and type where they tell (reading ``raw_data`` would copy it)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return next((int(e.value) for e in tensor.external_data if e.key == "length"), 0)
+    if tensor.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except Exception:  # an element type numpy has no match for (4-bit, float8): count it as serialised
+            itemsize = 0
+        if itemsize:
+            return itemsize * math.prod(tensor.dims)
+    return tensor.ByteSize()
 
 
 EXTERNAL_DATA = ("auto", "always", "never")
@@ -388,21 +404,35 @@ def external_data_path(model: onnx.ModelProto, path: Path, external_data: str = 
     return path.with_name(path.name + ".data") if external else None
 
 
-def save(model: onnx.ModelProto, path: Path, final_name: str | None = None, external_data: str = "auto") -> None:
+def save(
+    model: onnx.ModelProto,
+    path: Path,
+    final_name: str | None = None,
+    external_data: str = "auto",
+    *,
+    in_place: bool = False,
+) -> None:
     """Write the model to ``path``, its weights to ``<final_name>.data`` beside it where
     :func:`external_data_path` says so (``final_name``: the name the file will have once moved into
-    place). ``model`` is left as it was; an existing ``.data`` file is replaced, never appended to."""
+    place). An existing ``.data`` file is replaced, never appended to.
+
+    ``model`` is left as it was, at the cost of a copy of it; with ``in_place`` its weights move into the
+    ``.data`` file instead, one tensor at a time, and ``model`` is left holding the graph that refers to them:
+    no second copy of weights past 2 GB. (protobuf frees their memory only with the whole message: replace
+    ``model`` by ``onnx.load(path, load_external_data=False)`` to have it back.)"""
     target = Path(path).with_name(final_name or Path(path).name)
     data = external_data_path(model, target, external_data)
     if data is None:
         onnx.save_model(model, str(path))
         return
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # marking tensors external rewrites them
-    mark_external(copy, data.name)
+    if not in_place:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # marking tensors external rewrites them
+        model = copy
+    mark_external(model, data.name)
     with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.name}.") as folder:
         staged = Path(folder) / target.name  # beside a fresh .data: onnx appends to an existing one
-        onnx.save_model(copy, str(staged))
+        onnx.save_model(model, str(staged))  # writes each marked tensor to the .data file, then drops it
         written = Path(folder) / data.name
         if not written.exists():  # no tensor reached the threshold: the promised file, empty
             written.touch()

@@ -295,8 +295,8 @@ def _verified(
     report["onnx"] = onnx_section(converted, targets.onnx, data_path)
     folded = targets.outputs.stage(targets.onnx)
     targets.outputs.stage(plan.data_file(targets.onnx)).unlink(missing_ok=True)  # an earlier export's
-    save(converted.exported.model, folded, external_data=config.external_data)
-    if data_path is not None:  # the graph as written; its weights stay on disk instead of a copy in memory
+    save(converted.exported.model, folded, external_data=config.external_data, in_place=True)
+    if data_path is not None:  # the weights moved to disk; protobuf frees their memory with the message only
         converted.exported.model = onnx.load(str(folded), load_external_data=False)
     check(folded)
     optimized = targets.staged(targets.optimized)
@@ -418,7 +418,7 @@ def onnx_section(converted: Converted, path: Path, external_data: Path | None = 
         "opset": exported.opset,
         "batchnorm_nodes": exported.batchnorm_nodes(),
         "nodes": len(exported.model.graph.node),
-        "size_bytes": exported.model.ByteSize(),
+        "size_bytes": None,
         "sha256": None,
         "external_data_sha256": None,
         "optimized_path": None,
@@ -453,8 +453,11 @@ def _write(staged: Path, data_path: Path | None, report: dict[str, Any], targets
     from bnfold.report import write_report_files
 
     report["onnx"]["sha256"] = file_sha256(staged)
+    report["onnx"]["size_bytes"] = staged.stat().st_size
     if data_path is not None:
-        report["onnx"]["external_data_sha256"] = file_sha256(targets.outputs.stage(data_path))
+        data = targets.outputs.stage(data_path)
+        report["onnx"]["external_data_sha256"] = file_sha256(data)
+        report["onnx"]["size_bytes"] += data.stat().st_size
     if targets.report is not None:
         write_report_files(report, targets.outputs.stage(targets.report))
     return targets.outputs.commit()
