@@ -185,14 +185,23 @@ def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset
 def run_torchscript_exporter(
     module: nn.Module, inputs: tuple[Any, ...], **options: Any
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """``torch.onnx.export(module, inputs, dynamo=False, **options)`` into memory, quietly: the model and
-    the exporter's warnings. Its failures are an :class:`ExportError`."""
+    """``torch.onnx.export(module, inputs, dynamo=False, **options)``, quietly: the model and the exporter's
+    warnings. Its failures are an :class:`ExportError`.
+
+    The model is exported into memory; one whose weights protobuf cannot hold in one message (from
+    :data:`EXTERNAL_DATA_BYTES` on) goes through a file with external data instead, read back, and a warning
+    says so."""
+    weights = module_bytes(module)
+    if weights >= EXTERNAL_DATA_BYTES:
+        with tempfile.TemporaryDirectory(prefix="bnfold-export-") as folder:
+            path = Path(folder) / "model.onnx"
+            said = _torchscript_export(module, inputs, str(path), options)
+            proto = onnx.load(str(path))  # each tensor read from its file, into the one message
+        said.insert(0, f"the TorchScript exporter wrote the model through a file with external data: its "
+                       f"weights ({weights / 1e9:.1f} GB) are past what protobuf holds in memory (2 GB)")
+        return proto, said
     buffer = io.BytesIO()
-    with quiet() as said, torch.no_grad(), batch_statistics_symbolic(options.get("opset_version")):
-        try:
-            torch.onnx.export(module, inputs, buffer, dynamo=False, **options)  # type: ignore[arg-type]
-        except Exception as exc:  # the TorchScript exporter raises many error types
-            raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
+    said = _torchscript_export(module, inputs, buffer, options)
     proto = onnx.ModelProto()
     with buffer.getbuffer() as view:  # parsed in place: no second copy of the weights
         proto.ParseFromString(view)
@@ -229,6 +238,36 @@ def batch_statistics_symbolic(opset: int | None) -> Any:
         yield
     finally:
         torch.onnx.unregister_custom_op_symbolic(name, opset)
+
+
+def _torchscript_export(module: nn.Module, inputs: tuple[Any, ...], target: Any, options: dict[str, Any]) -> list[str]:
+    with quiet() as said, torch.no_grad(), batch_statistics_symbolic(options.get("opset_version")):
+        try:
+            torch.onnx.export(module, inputs, target, dynamo=False, **options)
+        except Exception as exc:  # the TorchScript exporter raises many error types
+            raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
+    return said
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of the tensors a module holds: parameters, buffers and, for a GraphModule, the tensor
+    constants its graph reads (each storage counted once)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if isinstance(module, fx.GraphModule):
+        for node in module.graph.nodes:
+            if node.op == "get_attr":
+                value = _attribute(module, node.target)
+                if isinstance(value, torch.Tensor):
+                    tensors.append(value)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.numel()}
+    return sum(storages.values())
+
+
+def _attribute(module: nn.Module, target: Any) -> Any:
+    value: Any = module
+    for part in str(target).split("."):
+        value = getattr(value, part, None)
+    return value
 
 
 def _symbolic_dims(node: fx.Node) -> dict[int, str]:
