@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -158,9 +159,8 @@ def profile_stages(subject: Subject, folder: Path) -> tuple[list[Stage], float, 
     converted = result.converted
     if converted is None or converted.original_onnx is None:
         raise RuntimeError("convert kept no way to export the original model")
-    original_bytes = timer.wrap(converted.original_onnx,
-                                "(bench=True only) dynamo export of the original, for latency")()
-    (folder / "original.onnx").write_bytes(original_bytes)
+    original = timer.wrap(converted.original_onnx, "(bench=True only) dynamo export of the original, for latency")()
+    onnx.save_model(original, str(folder / "original.onnx"))
     return timer.stages, total, result
 
 

@@ -479,6 +479,19 @@ def save(
         os.replace(staged, path)
 
 
+def session_source(model: onnx.ModelProto | Path, folder: Path, *, in_place: bool = False) -> bytes | Path:
+    """What onnxruntime creates a session from: a file as it is; a model protobuf can serialise, as bytes;
+    a larger one saved into ``folder`` with its weights beside it (``in_place``: see :func:`save`)."""
+    if isinstance(model, Path):
+        return model
+    if tensor_bytes(model) < EXTERNAL_DATA_BYTES:
+        return model.SerializeToString()
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / "model.onnx"
+    save(model, path, external_data="always", in_place=in_place)
+    return path
+
+
 def mark_external(model: onnx.ModelProto, location: str, size_threshold: int = 1024) -> None:
     """Point every initializer of ``size_threshold`` bytes or more at ``location`` (relative to the model's
     folder), as ``onnx.save_model(save_as_external_data=True)`` does -- without its check for an existing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 
 from bnfold.convert.paths import Converted
 from bnfold.errors import InputSpecError
+from bnfold.export import session_source
 from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
 from bnfold.verify import (
     Candidate,
@@ -117,7 +119,24 @@ def verify_stage(
     too, run as saved (no further onnxruntime rewrites)."""
     tolerance, per_output = tolerance_of(config)
     check_output_keys([key for key, _, _ in config.tolerances], [o.name for o in converted.exported.model.graph.output])
-    folded_bytes: Path | bytes = folded if folded is not None else converted.exported.model.SerializeToString()
+    with tempfile.TemporaryDirectory(prefix="bnfold-") as folder:
+        return _verify_stage(loaded, converted, batches, config, folded, optimized, Path(folder),
+                             tolerance, per_output).to_json()
+
+
+def _verify_stage(
+    loaded: LoadedModel,
+    converted: Converted,
+    batches: Batches,
+    config: Any,
+    folded: Path | None,
+    optimized: Path | None,
+    folder: Path,
+    tolerance: Any,
+    per_output: Any,
+) -> Any:
+    """The parity report; models past protobuf's limit that are not files yet are written into ``folder``."""
+    folded_bytes = session_source(folded if folded is not None else converted.exported.model, folder / "folded")
 
     def extra(against: str) -> list[Candidate]:
         if optimized is None:
@@ -126,28 +145,34 @@ def verify_stage(
         return [Candidate(OPTIMIZED, runner, ORT_OPTIMIZATION, against)]
 
     if loaded.format == "onnx":
-        report = _onnx_parity(converted.original, folded_bytes, batches, tolerance, per_output,
-                              extra("folded onnxruntime CPU (optimizations off)"))
-    elif loaded.format == "torchscript":
-        report = _torchscript_parity(converted, folded_bytes, batches, tolerance, per_output,
-                                     extra("onnxruntime CPU (optimizations off)"))
-    else:
-        report = verify_parity(
-            converted.original,
-            converted.folded,
-            folded_bytes,
-            batches,
-            tolerance,
-            per_output,
-            providers=",".join(config.providers),
-            threads=config.threads,
-            extra=extra("onnxruntime CPU (optimizations off)"),
-        )
-    return report.to_json()
+        original = session_source(converted.original, folder / "original")
+        return _onnx_parity(original, folded_bytes, batches, tolerance, per_output,
+                            extra("folded onnxruntime CPU (optimizations off)"))
+    if loaded.format == "torchscript":
+        unfolded = session_source(converted.original_onnx(), folder / "original", in_place=True) \
+            if converted.original_onnx else None
+        return _torchscript_parity(converted, unfolded or folded_bytes, folded_bytes, batches, tolerance,
+                                   per_output, extra("onnxruntime CPU (optimizations off)"))
+    return verify_parity(
+        converted.original,
+        converted.folded,
+        folded_bytes,
+        batches,
+        tolerance,
+        per_output,
+        providers=",".join(config.providers),
+        threads=config.threads,
+        extra=extra("onnxruntime CPU (optimizations off)"),
+    )
 
 
 def _onnx_parity(
-    original: bytes, folded: Path | bytes, batches: Batches, tolerance: Any, per_output: Any, extra: list[Candidate]
+    original: Path | bytes,
+    folded: Path | bytes,
+    batches: Batches,
+    tolerance: Any,
+    per_output: Any,
+    extra: list[Candidate],
 ) -> Any:
     """ONNX in, ONNX out: the original as written (no ORT rewrites) is the reference."""
     reference = LazyRunner(lambda: ort_runner(original, optimization="disabled"))
@@ -178,6 +203,7 @@ def _onnx_parity(
 
 def _torchscript_parity(
     converted: Converted,
+    unfolded: Path | bytes,
     folded: Path | bytes,
     batches: Batches,
     tolerance: Any,
@@ -186,7 +212,6 @@ def _torchscript_parity(
 ) -> Any:
     """TorchScript in: fp64 TorchScript is the reference; the unfolded export isolates the fold."""
     module = converted.original
-    unfolded = converted.original_onnx() if converted.original_onnx else folded
     candidates = [
         Candidate("original fp32", torch_runner(module), BASELINE),
         Candidate(
@@ -238,18 +263,14 @@ def bench_stage(
     def factory(batch: int) -> tuple[np.ndarray, ...]:
         return tuple(as_numpy(t) for t in make_inputs(spec.with_batch(batch), seed=0))
 
-    models = {
-        "original": converted.original_onnx() if converted.original_onnx else None,
-        "folded": folded if folded is not None else converted.exported.model.SerializeToString(),
-    }
     selection = select_providers(",".join(config.providers))
-    results = bench_onnx(
-        {k: v for k, v in models.items() if v is not None},
-        factory,
-        providers=selection.providers,
-        threads=config.threads,
-        batch_sizes=sizes,
-    )
+    with tempfile.TemporaryDirectory(prefix="bnfold-") as folder:
+        models = {"folded": session_source(folded or converted.exported.model, Path(folder) / "folded")}
+        if converted.original_onnx:  # timed first, as the baseline
+            original = session_source(converted.original_onnx(), Path(folder) / "original", in_place=True)
+            models = {"original": original, **models}
+        results = bench_onnx(models, factory, providers=selection.providers, threads=config.threads,
+                             batch_sizes=sizes)
     if isinstance(converted.folded, torch.nn.Module) and isinstance(converted.original, torch.nn.Module):
         results += bench_torch(
             {"original": converted.original, "folded": converted.folded},

@@ -30,9 +30,16 @@ def _inputs(loaded: LoadedModel, config: Any) -> tuple[torch.Tensor, ...]:
 
 def _reference(loaded: LoadedModel) -> tuple[Any, str]:
     if loaded.onnx_model is not None:
-        model = loaded.onnx_model.SerializeToString()
+        model = _session_source(loaded)
         return ort_runner(model, optimization="disabled"), "original onnxruntime CPU (optimizations off)"
     return torch_runner(loaded.module, torch.float64), "original fp64 (torch)"  # type: ignore[arg-type]
+
+
+def _session_source(loaded: LoadedModel) -> Path | bytes:
+    """An ONNX model for onnxruntime: the file it was read from (a model past 2 GB cannot be serialised)."""
+    if loaded.path is not None:
+        return Path(loaded.path)
+    return loaded.onnx_model.SerializeToString()  # type: ignore[union-attr]
 
 
 def _candidates(original: LoadedModel, candidate: LoadedModel, config: Any) -> tuple[list[Candidate], list[str]]:
@@ -42,7 +49,7 @@ def _candidates(original: LoadedModel, candidate: LoadedModel, config: Any) -> t
     against = base[0].name if base else None
     if candidate.format != "onnx":
         return base + [Candidate("candidate fp32 (torch)", torch_runner(candidate.module), FOLD, against)], []  # type: ignore[arg-type]
-    model = candidate.onnx_model.SerializeToString()  # type: ignore[union-attr]
+    model = _session_source(candidate)
     selection = select_providers(",".join(config.providers))
     found = base + [
         Candidate(
@@ -205,7 +212,7 @@ def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], l
     inputs = _inputs(loaded[0], config)
     spec = InputSpec.of(inputs)
     names = ["original", "folded"] if len(paths) == 2 else [paths[0].stem]
-    models = {name: m.onnx_model.SerializeToString() for name, m in zip(names, loaded, strict=True)}  # type: ignore[union-attr]
+    models = {name: _session_source(m) for name, m in zip(names, loaded, strict=True)}
     results = bench_onnx(
         models,
         lambda b: tuple(t.numpy() for t in make_inputs(spec.with_batch(b), 0)),

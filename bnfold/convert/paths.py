@@ -45,11 +45,11 @@ class Converted:
     records: list[BnRecord]
     notes: list[str]
     fold_seconds: float
-    original: Any  # an nn.Module, or ONNX bytes for an ONNX input
+    original: Any  # an nn.Module; for an ONNX input, its file (or the model, when it was given in memory)
     folded: Any
     recalibrated: bool = False
     fold_result: FoldResult | None = None
-    original_onnx: Callable[[], bytes] | None = None
+    original_onnx: Callable[[], onnx.ModelProto | Path] | None = None  # the unfolded model: a new one, or its file
     warnings: list[str] = field(default_factory=list)
 
 
@@ -80,8 +80,8 @@ def convert_torch(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: 
     if folded.reference is not None:
         folded.notes.append("parity reference: the original model with the re-estimated statistics, unfolded")
 
-    def original_onnx() -> bytes:
-        return export_module(source, inputs, opset=opset).model.SerializeToString()
+    def original_onnx() -> onnx.ModelProto:
+        return export_module(source, inputs, opset=opset).model
 
     return Converted(
         exported,
@@ -161,10 +161,17 @@ def convert_onnx_level(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], op
     seconds = time.perf_counter() - start
     remove_unused_initializers(result.model)
     exported = ExportResult(result.model, exporter, used_opset)
-    reference: Any = original.SerializeToString() if loaded.format == "onnx" else loaded.module
-    return Converted(
-        exported, result.records, [], seconds, reference, None, original_onnx=lambda: original.SerializeToString()
-    )
+    unfolded: onnx.ModelProto | Path = loaded.path if loaded.format == "onnx" and loaded.path else original
+    reference: Any = unfolded if loaded.format == "onnx" else loaded.module
+    return Converted(exported, result.records, [], seconds, reference, None, original_onnx=lambda: _copy(unfolded))
+
+
+def _copy(model: onnx.ModelProto | Path) -> onnx.ModelProto | Path:
+    if isinstance(model, Path):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def _opset_of(model: onnx.ModelProto) -> int:
