@@ -183,7 +183,8 @@ def run_process(job: str, subject: Subject, out: Path) -> dict[str, Any]:
 
 def convert_processes(subject: Subject, folder: Path, effort: Effort) -> dict[str, Any]:
     """P3 and memory: ``bnfold convert`` and a bare export, each in ``effort.processes`` fresh processes,
-    alternating which goes first. The last outputs stay in ``folder`` (bnfold.onnx, export.onnx)."""
+    alternating which goes first. The last outputs stay in ``folder`` (bnfold.onnx, export.onnx). The
+    memory baseline is the bare export's peak plus one copy of the model's weights."""
     runs: dict[str, list[dict[str, Any]]] = {"convert": [], "export": []}
     paths = {"convert": folder / "bnfold.onnx", "export": folder / "export.onnx"}
     for i in range(effort.processes):
@@ -192,7 +193,10 @@ def convert_processes(subject: Subject, folder: Path, effort: Effort) -> dict[st
     convert, export = runs["convert"], runs["export"]
     wall = ratio_block([r["seconds"] for r in convert], [r["seconds"] for r in export], "s")
     wall["process_seconds"] = [statistics.median(r["process_seconds"] for r in runs[j]) for j in runs]
-    memory = ratio_block([r["peak_rss_mb"] for r in convert], [r["peak_rss_mb"] for r in export], "MB")
+    weights = export[-1]["weights_mb"]
+    memory = ratio_block([r["peak_rss_mb"] for r in convert], [r["peak_rss_mb"] + weights for r in export], "MB")
+    memory.update(weights_mb=weights, export_peak_mb=statistics.median(r["peak_rss_mb"] for r in export),
+                  ratio_to_export=memory["candidate_median"] / (memory["baseline_median"] - weights))
     facts = {k: v for k, v in convert[-1].items() if k not in ("seconds", "process_seconds", "peak_rss_mb")}
     return {"P3": wall, "memory": memory, "convert": facts}
 

@@ -3,6 +3,7 @@
     python benchmarks/run.py                       # every model, input 224x224 (~15 min on 2 cores)
     python benchmarks/run.py --quick               # depth-reduced models, 64x64, fewer repetitions (~3 min)
     python benchmarks/run.py --models resnet50,digits_cnn
+    python benchmarks/run.py --models wide_mlp --output /tmp/large  # 2.4 GB of weights: P3 and memory only
 
 Prints the machine, a table per model and the verdict per target; writes benchmarks/results.json and
 benchmarks/RESULTS.md. See RESULTS.md ("Method") for how each ratio is measured.
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import measure  # noqa: E402
 import results  # noqa: E402
 from architectures import without_batchnorm  # noqa: E402
-from subjects import ALL, HERE, Subject  # noqa: E402
+from subjects import ALL, HERE, LARGE, Subject  # noqa: E402
 
 FULL = measure.Effort(min_runs=40, min_seconds=4.0)
 QUICK = measure.Effort(min_runs=10, min_seconds=0.5, repeats=2, sessions=3, processes=1)
@@ -41,9 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=HERE, help="folder for results.json and RESULTS.md")
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.models if m not in ALL]
+    unknown = [m for m in args.models if m not in (*ALL, *LARGE)]
     if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ALL)}")
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join((*ALL, *LARGE))}")
     args.resolution = args.resolution or (64 if args.quick else 224)
     return args
 
@@ -56,8 +57,19 @@ def bench_subject(subject: Subject, effort: measure.Effort, folder: Path) -> dic
     """Every measurement for one model; ONNX files go to ``folder``."""
     out: dict[str, Any] = {"input": subject.describe()}
     say(f"\n== {out['input']}")
+    subject.build_archive()
     say("  P3/memory: bnfold convert and bare export in fresh processes")
-    out.update(measure.convert_processes(subject, folder, effort))
+    try:
+        out.update(measure.convert_processes(subject, folder, effort))
+    finally:
+        if subject.large:
+            subject.archive.unlink(missing_ok=True)
+    if subject.large:  # the other measurements would hold several copies of it in this process
+        out["onnx"] = {"bnfold": measure.output_nodes(folder / "bnfold.onnx"),
+                       "export": measure.output_nodes(folder / "export.onnx")}
+        for key in ("P3", "memory"):
+            say(f"  {key}: {out[key]['ratio']:.3f}")
+        return out
     module, inputs = subject.module(), subject.inputs()
     twin = without_batchnorm(module)
     out["max_abs_diff_vs_export"] = measure.outputs_agree(folder / "bnfold.onnx", folder / "export.onnx", inputs)

@@ -29,7 +29,8 @@ from bnfold.convert import ConvertConfig, convert
 
 def run_convert(subject: Subject, out: Path) -> dict[str, object]:
     """``bnfold convert`` as the CLI runs it, with latency measurement off and reports written."""
-    source, inputs = subject.convert_source(), None if subject.shipped else subject.inputs()
+    archive = subject.shipped or subject.large
+    source, inputs = subject.convert_source(), None if archive else subject.inputs()
     config = ConvertConfig(output=out, bench=False, write_reports=True)
     start = time.perf_counter()
     result = convert(source, config, example_inputs=inputs)
@@ -42,9 +43,9 @@ def run_convert(subject: Subject, out: Path) -> dict[str, object]:
 
 def run_export(subject: Subject, out: Path) -> dict[str, object]:
     """A bare ``torch.onnx.export(model, args, path, dynamo=True)`` with the exporter's defaults."""
-    if subject.shipped:  # loading the archive is part of the job, as it is for bnfold convert
+    if subject.shipped or subject.large:  # loading the archive is part of the job, as it is for bnfold convert
         start = time.perf_counter()
-        program = subject.export_source()
+        model = program = subject.export_source()
         torch.onnx.export(program, tuple(program.example_inputs[0]), str(out), dynamo=True, verbose=False)
     else:
         model, inputs = subject.export_source(), subject.inputs()
@@ -52,7 +53,18 @@ def run_export(subject: Subject, out: Path) -> dict[str, object]:
         torch.onnx.export(model, inputs, str(out), dynamo=True, verbose=False)
     seconds = time.perf_counter() - start
     nodes = len(onnx.load(str(out), load_external_data=False).graph.node)
-    return {"seconds": seconds, "nodes": nodes}
+    return {"seconds": seconds, "nodes": nodes, "weights_mb": weights_mb(model)}
+
+
+def weights_mb(model: torch.nn.Module | torch.export.ExportedProgram) -> float:
+    """MiB of the model's parameters, buffers and tensor constants (each storage once): one copy of the
+    weights, the allowance the memory target gives bnfold over the bare export."""
+    if isinstance(model, torch.export.ExportedProgram):
+        tensors = [*model.state_dict.values(), *(t for t in model.constants.values() if isinstance(t, torch.Tensor))]
+    else:
+        tensors = [*model.state_dict().values()]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.numel()}
+    return sum(storages.values()) / 2**20
 
 
 def warm_up() -> None:
