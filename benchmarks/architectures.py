@@ -334,5 +334,34 @@ def without_batchnorm(model: nn.Module) -> nn.Module:
     return twin.eval()
 
 
+class MinimalAffine(nn.Module):
+    """A BatchNorm that cannot fold, at its cheapest: one multiply-add per element, ``x * scale + shift``."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        std = torch.sqrt(bn.running_var.double() + bn.eps)
+        weight = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
+        bias = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
+        scale = weight / std
+        self.register_buffer("scale", scale.float())
+        self.register_buffer("shift", (bias - bn.running_mean.double() * scale).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.addcmul(self.shift.view(view), x, self.scale.view(view))
+
+
+def exact_limit(model: nn.Module, kept: set[str]) -> nn.Module:
+    """The speed limit of any exact fold: the BN-free twin, except that the BNs named in ``kept`` (those that
+    cannot fold exactly) stay as their minimal affine. Equal to ``without_batchnorm`` when every BN folds."""
+    twin = copy.deepcopy(model)
+    for parent_name, parent in list(twin.named_modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                name = f"{parent_name}.{child_name}" if parent_name else child_name
+                setattr(parent, child_name, MinimalAffine(child) if name in kept else nn.Identity())
+    return twin.eval()
+
+
 def count_batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
