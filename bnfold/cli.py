@@ -598,6 +598,19 @@ def _model_code(what: str, cause: BaseException) -> LoadError:
     return error
 
 
+def usage_error_line(exc: click.UsageError, args: list[str]) -> str:
+    """A usage error as one ``Error:`` line: what is wrong, and where the command's options are listed."""
+    path = exc.ctx.command_path if exc.ctx is not None else "bnfold"
+    if path == "bnfold":  # raised while parsing, before the command had a context: name it from the arguments
+        command = next((a for a in args if a in cli.commands), None)
+        path = f"bnfold {command}" if command else path
+    return f"Error: {_one_line(exc.format_message()).rstrip('.')}; see '{path} --help'"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def _run(args: list[str], debug: bool) -> int:
     try:
         code: Any = cli.main(args=args, prog_name="bnfold", standalone_mode=False)
@@ -608,8 +621,14 @@ def _run(args: list[str], debug: bool) -> int:
         return _user_error(exc, debug)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:  # `bnfold` alone: the help, as asked
         exc.show()
+        return EXIT_USAGE
+    except click.UsageError as exc:
+        click.echo(usage_error_line(exc, args), err=True)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
         return EXIT_USAGE
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

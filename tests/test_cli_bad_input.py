@@ -374,5 +374,4 @@ def test_unknown_option_is_a_usage_error(outcomes: dict[str, Outcome]) -> None:
     done = outcomes["unknown-option"].done
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    assert "Error: No such option '--frobnicate'" in done.stderr
-    assert "Usage: bnfold convert" in done.stderr
+    assert done.stderr == "Error: No such option '--frobnicate'; see 'bnfold convert --help'\n"
