@@ -272,7 +272,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="Also write the model as onnxruntime optimizes it for this machine's CPU (sessions start about 2x "
     "faster; may hold CPU-specific layouts), checked in the parity matrix.",
 )
-@click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
+@click.option("--bench/--no-bench", default=True, show_default=True, help="Measure the latency (--no-bench skips it).")
 @click.option(
     "--batch",
     "batches",
@@ -310,7 +310,7 @@ def convert(
     exporter: str,
     external_data: str,
     save_optimized: Path | None,
-    no_bench: bool,
+    bench: bool,
     batches: tuple[int, ...],
     providers: str,
     threads: int | None,
@@ -338,17 +338,17 @@ def convert(
         rtol=rtol,
         tolerances=tolerances,
         data=data,
-        seeds=random_batches,
+        random_batches=random_batches,
         recalibrate=recalibrate,
         affine_form=affine_form,
         exporter=exporter,
         external_data=external_data,
         save_optimized=save_optimized,
-        bench=not no_bench,
+        bench=bench,
         batches=batches,
         providers=_providers(providers),
         threads=threads,
-        factory=factory,
+        model=factory,
         model_args=model_args,
         trust_code=trust_code,
     )
@@ -431,10 +431,10 @@ def verify(
         rtol=rtol,
         tolerances=tolerances,
         data=data,
-        seeds=random_batches,
+        random_batches=random_batches,
         providers=_providers(providers),
         threads=threads,
-        factory=factory,
+        model=factory,
         model_args=model_args,
         trust_code=trust_code,
     )

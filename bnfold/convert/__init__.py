@@ -19,6 +19,7 @@ from torch import nn
 
 from bnfold.convert import plan
 from bnfold.convert.checks import bench_stage, graph_dims, ignored_batches, parity_batches, verify_stage
+from bnfold.convert.config import ConvertConfig
 from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
 from bnfold.errors import InputSpecError, OutputError, one_line
 from bnfold.export import DEFAULT_OPSET, annotate, check, external_data_path
@@ -30,38 +31,6 @@ from bnfold.verify.providers import require_providers
 Progress = Callable[[str], None]
 
 __all__ = ["ConvertConfig", "ConvertResult", "convert", "inspect_model"]
-
-
-@dataclass(frozen=True)
-class ConvertConfig:
-    """Everything ``bnfold convert`` can be told; the CLI fills one of these from its options."""
-
-    output: Path | None = None
-    report: Path | None = None
-    input_shapes: tuple[tuple[int, ...], ...] = ()
-    opset: int | None = None  # None: DEFAULT_OPSET for PyTorch models, an ONNX input's own
-    atol: float | None = None
-    rtol: float | None = None
-    tolerances: tuple[tuple[str, float, float], ...] = ()
-    data: Path | None = None
-    recalibrate: Path | None = None
-    bench: bool = True
-    batches: tuple[int, ...] = ()
-    providers: tuple[str, ...] = ("auto",)
-    threads: int | None = None
-    seeds: int = 1
-    affine_form: str = "batchnorm"
-    exporter: str = "auto"
-    external_data: str = "auto"
-    save_optimized: Path | None = None
-    factory: str | None = None
-    model_args: tuple[tuple[str, Any], ...] = ()  # keyword arguments for the factory (--model-arg)
-    dynamic: tuple[str, ...] | None = None  # --dynamic: dimension names or axes; None: as stored, else batch
-    input_names: tuple[str, ...] = ()  # --input-names: the ONNX graph's input names (default: the model's)
-    output_names: tuple[str, ...] = ()  # --output-names
-    trust_code: bool = False
-    trust_pickle: bool = False  # the older name of trust_code
-    write_reports: bool = True
 
 
 @dataclass
@@ -155,9 +124,9 @@ def _as_loaded(model: str | Path | nn.Module | LoadedModel, example_inputs: Any,
         return from_module(model, example_inputs)
     return load_model(
         Path(model),
-        factory=config.factory,
+        factory=config.model,
         factory_args=dict(config.model_args),
-        trust_code=config.trust_code or config.trust_pickle,
+        trust_code=config.trust_code,
     )
 
 
@@ -340,7 +309,7 @@ def inspect_model(
     """Every BatchNorm of the model and its fate, without writing anything (``bnfold inspect``)."""
     config = ConvertConfig(
         input_shapes=input_shapes,
-        factory=factory,
+        model=factory,
         model_args=tuple((model_args or {}).items()),
         trust_code=trust_code or trust_pickle,
     )

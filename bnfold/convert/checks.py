@@ -33,12 +33,12 @@ def as_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def parity_batches(inputs: tuple[torch.Tensor, ...], config: Any, dims: Dims | None = None) -> Batches:
-    """Named input batches: the example, ``config.seeds`` seeded random batches, and the user's data, which
+    """Named input batches: the example, ``config.random_batches`` seeded random batches, and the user's data, which
     must fit ``dims`` (the model's declared input dimensions, None where free; by default the example's
     with a free batch)."""
     batches: Batches = [("example", tuple(as_numpy(t) for t in inputs))]
     spec = InputSpec.of(inputs)
-    for seed in range(1, config.seeds + 1):
+    for seed in range(1, config.random_batches + 1):
         batches.append((f"random seed {seed}", tuple(as_numpy(t) for t in make_inputs(spec, seed))))
     if config.data is not None:
         data = load_data(config.data, len(inputs))

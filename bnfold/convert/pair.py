@@ -73,10 +73,10 @@ def _candidates(original: LoadedModel, candidate: LoadedModel, config: Any) -> t
 def verify_pair(original_path: str | Path, candidate_path: str | Path, config: Any) -> dict[str, Any]:
     """A report comparing a candidate model with the original on the parity matrix."""
     require_providers(config.providers)
-    trust_code = config.trust_code or config.trust_pickle
+    trust_code = config.trust_code
     args = dict(config.model_args)
-    original = load_model(Path(original_path), factory=config.factory, factory_args=args, trust_code=trust_code)
-    candidate = load_model(Path(candidate_path), factory=config.factory, factory_args=args, trust_code=trust_code)
+    original = load_model(Path(original_path), factory=config.model, factory_args=args, trust_code=trust_code)
+    candidate = load_model(Path(candidate_path), factory=config.model, factory_args=args, trust_code=trust_code)
     _check_onnx(original, candidate)
     if original.format == "onnx" and candidate.format != "onnx":
         raise InputSpecError("give the original model first and the candidate second")
