@@ -14,6 +14,7 @@ import sys
 import threading
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,15 +86,21 @@ def _providers(value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
-class Progress:
-    """One line per long step on stderr, unless quiet."""
+@contextlib.contextmanager
+def _progress(quiet: bool) -> Iterator[Any]:
+    """Progress drawn on stderr (:class:`bnfold.terminal.TerminalProgress`), or, quiet, nothing at all: the
+    process's stdout and stderr point at /dev/null for the run (an ``Error:`` line is printed after it)."""
+    from bnfold.terminal import TerminalProgress, silenced
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            click.echo(f"… {message}", err=True)
+    if quiet:
+        with silenced():
+            yield None
+        return
+    drawer = TerminalProgress()
+    try:
+        yield drawer
+    finally:
+        drawer.close()
 
 
 def model_option(command: Any) -> Any:
@@ -134,7 +141,10 @@ trust_option = click.option(
     help="Allow formats that carry code (TorchScript archives, pickled modules) and lift the loading gate: "
     "code from the file may run. Only for files you trust.",
 )
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress or summary; the exit code tells.")
+quiet_option = click.option(
+    "--quiet", "-q", is_flag=True,
+    help="Print nothing (an Error: line aside): no progress, summary or library log lines; the exit code tells.",
+)
 
 
 def parity_options(command: Any) -> Any:
@@ -354,7 +364,8 @@ def convert(
     )
     if len(model_paths) > 1 or output_dir is not None:
         return _convert_many(model_paths, config, output_dir, jobs, quiet)
-    result = run(model_paths[0], config, progress=Progress(quiet))
+    with _progress(quiet) as progress:
+        result = run(model_paths[0], config, progress=progress)
     if not quiet:
         from bnfold.report.summary import summary_lines
 
@@ -438,8 +449,8 @@ def verify(
         model_args=model_args,
         trust_code=trust_code,
     )
-    Progress(quiet)("checking parity")
-    result = verify_and_report(original, candidate, config, report)
+    with _progress(quiet) as progress:
+        result = verify_and_report(original, candidate, config, report, progress=progress)
     if not quiet:
         for line in parity_lines(result):
             click.echo(line)

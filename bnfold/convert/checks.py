@@ -21,6 +21,7 @@ from bnfold.verify import (
     torch_runner,
     verify_parity,
 )
+from bnfold.verify.matrix import ReferenceSink, Steps
 from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION
 from bnfold.verify.tolerance import check_output_keys, check_tolerance
 
@@ -111,10 +112,14 @@ def verify_stage(
     config: Any,
     folded: Path | None = None,
     optimized: Path | None = None,
+    progress: Steps | None = None,
+    on_reference: ReferenceSink | None = None,
 ) -> dict[str, Any]:
     """The parity block of the report, by the path the model took. The folded ONNX model is run from
     ``folded`` (its saved file) when given; with ``optimized`` (the ``--save-optimized`` file), that file
-    too, run as saved (no further onnxruntime rewrites)."""
+    too, run as saved (no further onnxruntime rewrites). ``progress`` and ``on_reference`` go to
+    :func:`~bnfold.verify.run_parity`."""
+    hooks = {"progress": progress, "on_reference": on_reference}
     tolerance, per_output = tolerance_of(config)
     check_output_keys([key for key, _, _ in config.tolerances], [o.name for o in converted.exported.model.graph.output])
     folded_bytes: Path | bytes = folded if folded is not None else converted.exported.model.SerializeToString()
@@ -127,10 +132,10 @@ def verify_stage(
 
     if loaded.format == "onnx":
         report = _onnx_parity(converted.original, folded_bytes, batches, tolerance, per_output,
-                              extra("folded onnxruntime CPU (optimizations off)"))
+                              extra("folded onnxruntime CPU (optimizations off)"), hooks)
     elif loaded.format == "torchscript":
         report = _torchscript_parity(converted, folded_bytes, batches, tolerance, per_output,
-                                     extra("onnxruntime CPU (optimizations off)"))
+                                     extra("onnxruntime CPU (optimizations off)"), hooks)
     else:
         report = verify_parity(
             converted.original,
@@ -142,12 +147,14 @@ def verify_stage(
             providers=",".join(config.providers),
             threads=config.threads,
             extra=extra("onnxruntime CPU (optimizations off)"),
+            **hooks,  # type: ignore[arg-type]
         )
     return report.to_json()
 
 
 def _onnx_parity(
-    original: bytes, folded: Path | bytes, batches: Batches, tolerance: Any, per_output: Any, extra: list[Candidate]
+    original: bytes, folded: Path | bytes, batches: Batches, tolerance: Any, per_output: Any, extra: list[Candidate],
+    hooks: dict[str, Any],
 ) -> Any:
     """ONNX in, ONNX out: the original as written (no ORT rewrites) is the reference."""
     reference = LazyRunner(lambda: ort_runner(original, optimization="disabled"))
@@ -173,6 +180,7 @@ def _onnx_parity(
         per_output,
         lambda: reference.output_names,
         reference_name="original onnxruntime CPU (optimizations off)",
+        **hooks,
     )
 
 
@@ -183,6 +191,7 @@ def _torchscript_parity(
     tolerance: Any,
     per_output: Any,
     extra: list[Candidate],
+    hooks: dict[str, Any],
 ) -> Any:
     """TorchScript in: fp64 TorchScript is the reference; the unfolded export isolates the fold."""
     module = converted.original
@@ -216,6 +225,7 @@ def _torchscript_parity(
         tolerance,
         per_output,
         output_names=None,
+        **hooks,
     )
     report.notes = list(select_providers("auto").notes)
     return report
@@ -227,9 +237,10 @@ def bench_stage(
     inputs: tuple[torch.Tensor, ...],
     config: Any,
     folded: Path | None = None,
+    progress: Steps | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Latency of the original and the folded model (from its saved file ``folded`` when given),
-    interleaved, on every provider and batch size."""
+    interleaved, on every provider and batch size; ``progress`` hears of each timing round."""
     from bnfold.bench import bench_onnx, bench_torch, speedups
 
     sizes = batch_sizes(converted, inputs, config.batches)
@@ -249,6 +260,7 @@ def bench_stage(
         providers=selection.providers,
         threads=config.threads,
         batch_sizes=sizes,
+        progress=progress,
     )
     if isinstance(converted.folded, torch.nn.Module) and isinstance(converted.original, torch.nn.Module):
         results += bench_torch(
@@ -256,6 +268,7 @@ def bench_stage(
             factory,
             threads=config.threads,
             batch_sizes=sizes,
+            progress=progress,
         )
     return [r.to_json() for r in results], [s.to_json() for s in speedups(results)]
 
