@@ -148,7 +148,8 @@ quiet_option = click.option(
 
 
 def parity_options(command: Any) -> Any:
-    """--atol, --rtol, --tolerance, --data and --random-batches: the parity settings convert and verify share."""
+    """--atol, --rtol, --tolerance, --data, --save-inputs and --random-batches: the parity settings convert and
+    verify share."""
     for option in reversed(
         [
             click.option(
@@ -175,6 +176,13 @@ def parity_options(command: Any) -> Any:
                 "--data",
                 type=click.Path(path_type=Path),
                 help="Extra parity inputs from .npz (one array per input; labels 'y' ignored).",
+            ),
+            click.option(
+                "--save-inputs",
+                type=click.Path(path_type=Path),
+                metavar="DIR",
+                help="Write the parity inputs (DIR/inputs_<k>.npz, usable as --data) and the reference outputs "
+                "(DIR/reference_<k>.npz) with DIR/index.json; DIR is created when missing.",
             ),
             click.option(
                 "--random-batches",
@@ -314,6 +322,7 @@ def convert(
     rtol: float | None,
     tolerances: tuple[tuple[str, float, float], ...],
     data: Path | None,
+    save_inputs: Path | None,
     random_batches: int,
     recalibrate: Path | None,
     affine_form: str,
@@ -348,6 +357,7 @@ def convert(
         rtol=rtol,
         tolerances=tolerances,
         data=data,
+        save_inputs=save_inputs,
         random_batches=random_batches,
         recalibrate=recalibrate,
         affine_form=affine_form,
@@ -384,9 +394,9 @@ def _convert_many(models: tuple[Path, ...], config: Any, output_dir: Path | None
 
     if output_dir is None:
         raise click.UsageError("give --output-dir for several models: each model's outputs and summary.json go there")
-    if config.output or config.report or config.save_optimized:
-        raise click.UsageError("-o, --report and --save-optimized name one model's files: with several models "
-                               "use --output-dir")
+    if config.output or config.report or config.save_optimized or config.save_inputs:
+        raise click.UsageError("-o, --report, --save-optimized and --save-inputs name one model's files: with "
+                               "several models use --output-dir")
     if not output_dir.is_dir():
         raise click.UsageError(f"--output-dir {output_dir} does not exist: create it first")
     runs = plan(list(models), output_dir)
@@ -423,6 +433,7 @@ def verify(
     rtol: float | None,
     tolerances: tuple[tuple[str, float, float], ...],
     data: Path | None,
+    save_inputs: Path | None,
     random_batches: int,
     providers: str,
     threads: int | None,
@@ -442,6 +453,7 @@ def verify(
         rtol=rtol,
         tolerances=tolerances,
         data=data,
+        save_inputs=save_inputs,
         random_batches=random_batches,
         providers=_providers(providers),
         threads=threads,

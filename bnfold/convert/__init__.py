@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from bnfold.convert import plan
+from bnfold.convert import plan, saved_inputs
 from bnfold.convert.checks import bench_stage, graph_dims, ignored_batches, parity_batches, verify_stage
 from bnfold.convert.config import ConvertConfig
 from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
@@ -185,14 +185,17 @@ def convert(
     onnx_path, report_path = output_paths(source, config)
     optimized = Path(config.save_optimized) if config.save_optimized else None
     writes = plan.convert_writes(onnx_path, report_path if config.write_reports else None, optimized)
-    check_plan(writes, {**plan.model_reads("the input file itself", source), **plan.option_reads(config)})
-    require_providers(config.providers)
-    with OutputSet(list(writes.values())) as outputs, captured_logs() as logs:
-        with stages.stage("load", f"loading {source or 'the model'}"):
-            loaded = _as_loaded(model, example_inputs, config)
-            inputs = resolve_inputs(loaded, config)
-        targets = Targets(onnx_path, report_path if config.write_reports else None, optimized, outputs)
-        return _convert(loaded, inputs, config, targets, stages, logs)
+    with saved_inputs.directory(config.save_inputs):
+        if config.save_inputs is not None:
+            writes.update(saved_inputs.planned(Path(config.save_inputs), saved_inputs.batch_count(config)))
+        check_plan(writes, {**plan.model_reads("the input file itself", source), **plan.option_reads(config)})
+        require_providers(config.providers)
+        with OutputSet(list(writes.values())) as outputs, captured_logs() as logs:
+            with stages.stage("load", f"loading {source or 'the model'}"):
+                loaded = _as_loaded(model, example_inputs, config)
+                inputs = resolve_inputs(loaded, config)
+            targets = Targets(onnx_path, report_path if config.write_reports else None, optimized, outputs)
+            return _convert(loaded, inputs, config, targets, stages, logs)
 
 
 @dataclass
@@ -299,9 +302,18 @@ def _check_parity(
     saved: Saved,
     stages: Stages,
 ) -> None:
-    """The parity stage: ``report["parity"]`` for the saved model."""
+    """The parity stage: ``report["parity"]`` for the saved model (its inputs and reference outputs saved
+    into ``--save-inputs`` as they are computed)."""
+    writer = None
+    if config.save_inputs is not None:
+        graph = converted.exported.model.graph
+        names = [name for name, _ in onnx_inputs(converted.exported.model)]
+        writer = saved_inputs.InputsWriter(Path(config.save_inputs), targets.outputs, batches, names,
+                                           [o.name for o in graph.output])
     with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
-        report["parity"] = verify_stage(loaded, converted, batches, config, saved[0], saved[2], stages.steps)
+        report["parity"] = verify_stage(loaded, converted, batches, config, saved[0], saved[2], stages.steps, writer)
+    if writer is not None:
+        writer.finish(report["parity"]["reference"])
 
 
 def _export_broke_parity(converted: Converted, report: dict[str, Any], config: ConvertConfig) -> bool:
