@@ -20,6 +20,8 @@ DIGITS = str(MODELS / "digits_cnn.pt2")
         (["convert", DIGITS, "--jobs"], "Option '--jobs' requires an argument; see 'bnfold convert --help'"),
         (["verify", DIGITS], "Missing argument 'CANDIDATE'; see 'bnfold verify --help'"),
         (["frobnicate"], "No such command 'frobnicate'; see 'bnfold --help'"),
+        (["convert", DIGITS, DIGITS, "--output-dir", "/nonexistent", "--save-inputs", "saved"],
+         "-o, --report, --save-optimized and --save-inputs name one model's files"),
         (["bench", "a.onnx", "b.onnx", "c.onnx"], "give one ONNX model, or two to compare (original first); see"),
     ],
 )
