@@ -14,6 +14,7 @@ import sys
 import threading
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,15 +86,21 @@ def _providers(value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
-class Progress:
-    """One line per long step on stderr, unless quiet."""
+@contextlib.contextmanager
+def _progress(quiet: bool) -> Iterator[Any]:
+    """Progress drawn on stderr (:class:`bnfold.terminal.TerminalProgress`), or, quiet, nothing at all: the
+    process's stdout and stderr point at /dev/null for the run (an ``Error:`` line is printed after it)."""
+    from bnfold.terminal import TerminalProgress, silenced
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            click.echo(f"… {message}", err=True)
+    if quiet:
+        with silenced():
+            yield None
+        return
+    drawer = TerminalProgress()
+    try:
+        yield drawer
+    finally:
+        drawer.close()
 
 
 def model_option(command: Any) -> Any:
@@ -134,11 +141,15 @@ trust_option = click.option(
     help="Allow formats that carry code (TorchScript archives, pickled modules) and lift the loading gate: "
     "code from the file may run. Only for files you trust.",
 )
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress or summary; the exit code tells.")
+quiet_option = click.option(
+    "--quiet", "-q", is_flag=True,
+    help="Print nothing (an Error: line aside): no progress, summary or library log lines; the exit code tells.",
+)
 
 
 def parity_options(command: Any) -> Any:
-    """--atol, --rtol, --tolerance, --data and --random-batches: the parity settings convert and verify share."""
+    """--atol, --rtol, --tolerance, --data, --save-inputs and --random-batches: the parity settings convert and
+    verify share."""
     for option in reversed(
         [
             click.option(
@@ -165,6 +176,13 @@ def parity_options(command: Any) -> Any:
                 "--data",
                 type=click.Path(path_type=Path),
                 help="Extra parity inputs from .npz (one array per input; labels 'y' ignored).",
+            ),
+            click.option(
+                "--save-inputs",
+                type=click.Path(path_type=Path),
+                metavar="DIR",
+                help="Write the parity inputs (DIR/inputs_<k>.npz, usable as --data) and the reference outputs "
+                "(DIR/reference_<k>.npz) with DIR/index.json; DIR is created when missing.",
             ),
             click.option(
                 "--random-batches",
@@ -272,7 +290,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="Also write the model as onnxruntime optimizes it for this machine's CPU (sessions start about 2x "
     "faster; may hold CPU-specific layouts), checked in the parity matrix.",
 )
-@click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
+@click.option("--bench/--no-bench", default=True, show_default=True, help="Measure the latency (--no-bench skips it).")
 @click.option(
     "--batch",
     "batches",
@@ -304,13 +322,14 @@ def convert(
     rtol: float | None,
     tolerances: tuple[tuple[str, float, float], ...],
     data: Path | None,
+    save_inputs: Path | None,
     random_batches: int,
     recalibrate: Path | None,
     affine_form: str,
     exporter: str,
     external_data: str,
     save_optimized: Path | None,
-    no_bench: bool,
+    bench: bool,
     batches: tuple[int, ...],
     providers: str,
     threads: int | None,
@@ -338,23 +357,25 @@ def convert(
         rtol=rtol,
         tolerances=tolerances,
         data=data,
-        seeds=random_batches,
+        save_inputs=save_inputs,
+        random_batches=random_batches,
         recalibrate=recalibrate,
         affine_form=affine_form,
         exporter=exporter,
         external_data=external_data,
         save_optimized=save_optimized,
-        bench=not no_bench,
+        bench=bench,
         batches=batches,
         providers=_providers(providers),
         threads=threads,
-        factory=factory,
+        model=factory,
         model_args=model_args,
         trust_code=trust_code,
     )
     if len(model_paths) > 1 or output_dir is not None:
         return _convert_many(model_paths, config, output_dir, jobs, quiet)
-    result = run(model_paths[0], config, progress=Progress(quiet))
+    with _progress(quiet) as progress:
+        result = run(model_paths[0], config, progress=progress)
     if not quiet:
         from bnfold.report.summary import summary_lines
 
@@ -373,9 +394,9 @@ def _convert_many(models: tuple[Path, ...], config: Any, output_dir: Path | None
 
     if output_dir is None:
         raise click.UsageError("give --output-dir for several models: each model's outputs and summary.json go there")
-    if config.output or config.report or config.save_optimized:
-        raise click.UsageError("-o, --report and --save-optimized name one model's files: with several models "
-                               "use --output-dir")
+    if config.output or config.report or config.save_optimized or config.save_inputs:
+        raise click.UsageError("-o, --report, --save-optimized and --save-inputs name one model's files: with "
+                               "several models use --output-dir")
     if not output_dir.is_dir():
         raise click.UsageError(f"--output-dir {output_dir} does not exist: create it first")
     runs = plan(list(models), output_dir)
@@ -412,6 +433,7 @@ def verify(
     rtol: float | None,
     tolerances: tuple[tuple[str, float, float], ...],
     data: Path | None,
+    save_inputs: Path | None,
     random_batches: int,
     providers: str,
     threads: int | None,
@@ -431,15 +453,16 @@ def verify(
         rtol=rtol,
         tolerances=tolerances,
         data=data,
-        seeds=random_batches,
+        save_inputs=save_inputs,
+        random_batches=random_batches,
         providers=_providers(providers),
         threads=threads,
-        factory=factory,
+        model=factory,
         model_args=model_args,
         trust_code=trust_code,
     )
-    Progress(quiet)("checking parity")
-    result = verify_and_report(original, candidate, config, report)
+    with _progress(quiet) as progress:
+        result = verify_and_report(original, candidate, config, report, progress=progress)
     if not quiet:
         for line in parity_lines(result):
             click.echo(line)
@@ -598,6 +621,19 @@ def _model_code(what: str, cause: BaseException) -> LoadError:
     return error
 
 
+def usage_error_line(exc: click.UsageError, args: list[str]) -> str:
+    """A usage error as one ``Error:`` line: what is wrong, and where the command's options are listed."""
+    path = exc.ctx.command_path if exc.ctx is not None else "bnfold"
+    if path == "bnfold":  # raised while parsing, before the command had a context: name it from the arguments
+        command = next((a for a in args if a in cli.commands), None)
+        path = f"bnfold {command}" if command else path
+    return f"Error: {_one_line(exc.format_message()).rstrip('.')}; see '{path} --help'"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def _run(args: list[str], debug: bool) -> int:
     try:
         code: Any = cli.main(args=args, prog_name="bnfold", standalone_mode=False)
@@ -608,8 +644,14 @@ def _run(args: list[str], debug: bool) -> int:
         return _user_error(exc, debug)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:  # `bnfold` alone: the help, as asked
         exc.show()
+        return EXIT_USAGE
+    except click.UsageError as exc:
+        click.echo(usage_error_line(exc, args), err=True)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
         return EXIT_USAGE
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

@@ -18,6 +18,10 @@ class LoadError(BnfoldError):
     """The model file cannot be read, or is not a format bnfold supports."""
 
 
+class ConfigError(BnfoldError):
+    """An option's value is unknown or out of range (raised when the config is built)."""
+
+
 class InputSpecError(BnfoldError):
     """The input shapes or data do not fit the model."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
+STAGE_LINE = re.compile(r"^(load|fold\+export|parity|latency|reports) +\d+\.\d\d s  \S.*$")
+"""A line progress prints off a terminal when a stage ends: ``parity        1.84 s  checking parity ...``."""
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +22,11 @@ def models_dir() -> Path:
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``bnfold ARGS`` in a fresh process, as a user would run it."""
+    """``bnfold ARGS`` in a fresh process, as a user would run it (this checkout's bnfold, from any ``cwd``)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "bnfold", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=600
+        [sys.executable, "-m", "bnfold", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=600,
+        env={**os.environ, "PYTHONPATH": path},
     )
 
 

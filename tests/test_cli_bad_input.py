@@ -23,7 +23,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
-from conftest import MODELS, run_cli
+from conftest import MODELS, STAGE_LINE, run_cli
 
 FACTORIES = '''
 from collections import OrderedDict
@@ -327,7 +327,7 @@ def test_one_error_line_that_says_what_to_do(outcomes: dict[str, Outcome], case_
     done = outcomes[case_id].done
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 2, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("… ")]
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not STAGE_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
     for expected in ERROR_CASES[case_id].expect:
         assert expected in lines[0]
@@ -374,5 +374,4 @@ def test_unknown_option_is_a_usage_error(outcomes: dict[str, Outcome]) -> None:
     done = outcomes["unknown-option"].done
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    assert "Error: No such option '--frobnicate'" in done.stderr
-    assert "Usage: bnfold convert" in done.stderr
+    assert done.stderr == "Error: No such option '--frobnicate'; see 'bnfold convert --help'\n"

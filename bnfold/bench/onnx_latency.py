@@ -53,12 +53,14 @@ def timed_call(runner: OrtRunner, inputs: Sequence[np.ndarray], provider: str) -
 def bench_onnx(models: Mapping[str, str | Path | bytes], inputs: InputSource,
                providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
                warmup: int = 10, min_runs: int = 30, min_seconds: float = 1.0,
-               batch_sizes: Sequence[int] | None = None, max_runs: int | None = None) -> list[LatencyResult]:
+               batch_sizes: Sequence[int] | None = None, max_runs: int | None = None,
+               progress: Callable[[str, int, int], None] | None = None) -> list[LatencyResult]:
     """Time each ONNX model (e.g. ``{"original": ..., "folded": ...}``) on each provider and batch size.
 
     ``threads`` defaults to one per physical core. Sessions use full graph optimisation, as deployed. A
     provider onnxruntime silently replaces (e.g. CUDA on a machine without a GPU) is skipped with a
-    warning rather than reported under the wrong name.
+    warning rather than reported under the wrong name. ``progress`` hears of each timing round:
+    (``"onnxruntime CPU batch 8"``, rounds done, rounds expected).
     """
     threads = threads or default_threads()
     per_batch = batches_of(inputs, batch_sizes)
@@ -69,11 +71,23 @@ def bench_onnx(models: Mapping[str, str | Path | bytes], inputs: InputSource,
             continue
         for batch, arrays in per_batch.items():
             calls = {name: timed_call(runner, arrays, provider) for name, runner in sessions.items()}
-            samples = interleave(calls, warmup, min_runs, min_seconds, max_runs)
+            samples = interleave(calls, warmup, min_runs, min_seconds, max_runs,
+                                 on_round=rounds_of(progress, f"{BACKEND} {_short(provider)} batch {batch}"))
             results += [LatencyResult.of(samples[name], backend=BACKEND, provider=provider, model=name,
                                          batch=batch, threads=threads, session_create_ms=create_ms[name])
                         for name in sessions]
     return results
+
+
+def rounds_of(progress: Callable[[str, int, int], None] | None, label: str) -> Callable[[int, int], None] | None:
+    """An ``interleave`` round callback telling ``progress`` about ``label``'s rounds."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(label, done, total)
+
+
+def _short(provider: str) -> str:
+    return provider.removesuffix("ExecutionProvider")
 
 
 def _sessions(models: Mapping[str, str | Path | bytes], provider: str,

@@ -7,6 +7,7 @@ hits all of them alike and per-iteration ratios between them are paired.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,12 +20,14 @@ Clock = Callable[[], float]
 
 def interleave(calls: Mapping[str, Callable[[], object]], warmup: int = 10, min_runs: int = 30,
                min_seconds: float = 1.0, max_runs: int | None = None,
-               clock: Clock = time.perf_counter) -> dict[str, list[float]]:
+               clock: Clock = time.perf_counter,
+               on_round: Callable[[int, int], None] | None = None) -> dict[str, list[float]]:
     """Time every call round robin; returns each call's per-iteration times in milliseconds.
 
     Runs ``warmup`` untimed rounds, then timed rounds until at least ``min_runs`` rounds and
     ``min_seconds`` have passed (or ``max_runs`` rounds, if given). Round ``i`` starts with call
-    ``i mod n``.
+    ``i mod n``. ``on_round(done, expected)`` is called after each timed round (outside the timed region)
+    with the rounds done and the rounds expected in all, as the pace so far predicts.
     """
     names = list(calls)
     if not names:
@@ -43,7 +46,16 @@ def interleave(calls: Mapping[str, Callable[[], object]], warmup: int = 10, min_
             calls[name]()
             samples[name].append((clock() - t0) * 1e3)
         rounds += 1
+        if on_round is not None:
+            on_round(rounds, expected_rounds(rounds, clock() - start, min_runs, min_seconds, max_runs))
     return samples
+
+
+def expected_rounds(rounds: int, elapsed: float, min_runs: int, min_seconds: float, max_runs: int | None) -> int:
+    """How many timed rounds :func:`interleave` will run, judged from ``rounds`` done in ``elapsed`` s."""
+    by_time = math.ceil(rounds * min_seconds / elapsed) if elapsed > 0 else rounds
+    expected = max(min_runs, by_time, rounds)
+    return min(expected, max_runs) if max_runs is not None else expected
 
 
 @dataclass

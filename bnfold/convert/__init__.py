@@ -8,7 +8,7 @@ parity and latency glue in :mod:`.checks`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,51 +17,20 @@ import onnx
 import torch
 from torch import nn
 
-from bnfold.convert import plan
+from bnfold.convert import plan, saved_inputs
 from bnfold.convert.checks import bench_stage, graph_dims, ignored_batches, parity_batches, verify_stage
+from bnfold.convert.config import ConvertConfig
 from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
 from bnfold.errors import InputSpecError, OutputError, one_line
 from bnfold.export import DEFAULT_OPSET, annotate, check, external_data_path
 from bnfold.fold.records import BnRecord, summarise
+from bnfold.library_logs import captured_logs
 from bnfold.load import InputSpec, LoadedModel, from_module, load_model, make_inputs
+from bnfold.progress import ProgressCallback, Stages
 from bnfold.report import new_report
 from bnfold.verify.providers import require_providers
 
-Progress = Callable[[str], None]
-
 __all__ = ["ConvertConfig", "ConvertResult", "convert", "inspect_model"]
-
-
-@dataclass(frozen=True)
-class ConvertConfig:
-    """Everything ``bnfold convert`` can be told; the CLI fills one of these from its options."""
-
-    output: Path | None = None
-    report: Path | None = None
-    input_shapes: tuple[tuple[int, ...], ...] = ()
-    opset: int | None = None  # None: DEFAULT_OPSET for PyTorch models, an ONNX input's own
-    atol: float | None = None
-    rtol: float | None = None
-    tolerances: tuple[tuple[str, float, float], ...] = ()
-    data: Path | None = None
-    recalibrate: Path | None = None
-    bench: bool = True
-    batches: tuple[int, ...] = ()
-    providers: tuple[str, ...] = ("auto",)
-    threads: int | None = None
-    seeds: int = 1
-    affine_form: str = "batchnorm"
-    exporter: str = "auto"
-    external_data: str = "auto"
-    save_optimized: Path | None = None
-    factory: str | None = None
-    model_args: tuple[tuple[str, Any], ...] = ()  # keyword arguments for the factory (--model-arg)
-    dynamic: tuple[str, ...] | None = None  # --dynamic: dimension names or axes; None: as stored, else batch
-    input_names: tuple[str, ...] = ()  # --input-names: the ONNX graph's input names (default: the model's)
-    output_names: tuple[str, ...] = ()  # --output-names
-    trust_code: bool = False
-    trust_pickle: bool = False  # the older name of trust_code
-    write_reports: bool = True
 
 
 @dataclass
@@ -155,9 +124,9 @@ def _as_loaded(model: str | Path | nn.Module | LoadedModel, example_inputs: Any,
         return from_module(model, example_inputs)
     return load_model(
         Path(model),
-        factory=config.factory,
+        factory=config.model,
         factory_args=dict(config.model_args),
-        trust_code=config.trust_code or config.trust_pickle,
+        trust_code=config.trust_code,
     )
 
 
@@ -198,29 +167,35 @@ def convert(
     config: ConvertConfig | None = None,
     *,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ConvertResult:
     """Fold, export, verify and time ``model``; write the ONNX file and the reports.
 
     Raises a :class:`bnfold.errors.BnfoldError` for bad input (nothing is written then). A parity failure
     is not an exception: the result, and the report written, say ``passed: false``. The outputs replace
-    those of a previous run as one set (:class:`bnfold.outputs.OutputSet`).
+    those of a previous run as one set (:class:`bnfold.outputs.OutputSet`). ``progress`` is called with a
+    :class:`bnfold.progress.ProgressEvent` as each stage starts, advances and ends. What torch and the ONNX
+    libraries log meanwhile goes into the report's ``warnings[]``, not to the terminal.
     """
     from bnfold.outputs import OutputSet, check_plan
 
     config = config or ConvertConfig()
-    say = progress or (lambda _: None)
+    stages = Stages(progress)
     source = Path(model) if isinstance(model, (str, Path)) else getattr(model, "path", None)
     onnx_path, report_path = output_paths(source, config)
     optimized = Path(config.save_optimized) if config.save_optimized else None
     writes = plan.convert_writes(onnx_path, report_path if config.write_reports else None, optimized)
-    check_plan(writes, {**plan.model_reads("the input file itself", source), **plan.option_reads(config)})
-    require_providers(config.providers)
-    with OutputSet(list(writes.values())) as outputs:
-        loaded = _as_loaded(model, example_inputs, config)
-        inputs = resolve_inputs(loaded, config)
-        targets = Targets(onnx_path, report_path if config.write_reports else None, optimized, outputs)
-        return _convert(loaded, inputs, config, targets, say)
+    with saved_inputs.directory(config.save_inputs):
+        if config.save_inputs is not None:
+            writes.update(saved_inputs.planned(Path(config.save_inputs), saved_inputs.batch_count(config)))
+        check_plan(writes, {**plan.model_reads("the input file itself", source), **plan.option_reads(config)})
+        require_providers(config.providers)
+        with OutputSet(list(writes.values())) as outputs, captured_logs() as logs:
+            with stages.stage("load", f"loading {source or 'the model'}"):
+                loaded = _as_loaded(model, example_inputs, config)
+                inputs = resolve_inputs(loaded, config)
+            targets = Targets(onnx_path, report_path if config.write_reports else None, optimized, outputs)
+            return _convert(loaded, inputs, config, targets, stages, logs)
 
 
 @dataclass
@@ -237,54 +212,61 @@ class Targets:
 
 
 def _convert(
-    loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], config: ConvertConfig, targets: Targets, say: Progress
+    loaded: LoadedModel,
+    inputs: tuple[torch.Tensor, ...],
+    config: ConvertConfig,
+    targets: Targets,
+    stages: Stages,
+    logs: list[str],
 ) -> ConvertResult:
     """The stages after loading. Every output is written into its staging folder first -- the ONNX file
     checked, verified and timed from there -- and the whole set moved into place at the end."""
     report = new_report()
-    say("folding BatchNorms and exporting to ONNX")
-    converted = fold_and_export(loaded, inputs, config)
-    report["model"] = model_section(loaded, inputs, converted.notes, converted.exported.model)
-    report["fold"] = fold_section(converted, config.affine_form)
-    batches = parity_batches(inputs, config, graph_dims(converted.exported.model))
-    folded, data_path = _verified(loaded, converted, batches, report, config, targets, say)
+    with stages.stage("fold+export", "folding BatchNorms and exporting to ONNX"):
+        converted = fold_and_export(loaded, inputs, config)
+        report["model"] = model_section(loaded, inputs, converted.notes, converted.exported.model)
+        report["fold"] = fold_section(converted, config.affine_form)
+        batches = parity_batches(inputs, config, graph_dims(converted.exported.model))
+        saved = _saved(converted, report, config, targets, stages)
+    _check_parity(loaded, converted, batches, report, config, targets, saved, stages)
     if _export_broke_parity(converted, report, config):
-        say("exporting again with the dynamo exporter: the TorchScript exporter's output failed parity")
-        from bnfold.export import export_module
+        with stages.stage("fold+export", "exporting again with the dynamo exporter: the TorchScript "
+                          "exporter's output failed parity"):
+            from bnfold.export import export_module
 
-        converted.exported = export_module(converted.folded, inputs, opset=config.opset or DEFAULT_OPSET)
-        check_opset(converted.exported, config.opset)
-        converted.exported.warnings.insert(
-            0, "exported with the dynamo exporter: the TorchScript exporter's output failed parity at the export stage"
-        )
-        folded, data_path = _verified(loaded, converted, batches, report, config, targets, say)
+            converted.exported = export_module(converted.folded, inputs, opset=config.opset or DEFAULT_OPSET)
+            check_opset(converted.exported, config.opset)
+            converted.exported.warnings.insert(0, "exported with the dynamo exporter: the TorchScript exporter's "
+                                               "output failed parity at the export stage")
+            saved = _saved(converted, report, config, targets, stages)
+        _check_parity(loaded, converted, batches, report, config, targets, saved, stages)
     report["warnings"].extend(converted.exported.warnings)
     if config.bench:
         ignored = ignored_batches(converted, inputs, config.batches)
         if ignored:
             report["warnings"].append(ignored)
-            say(ignored)
-        say("measuring latency")
-        report["latency"], report["speedup"] = bench_stage(loaded, converted, inputs, config, folded)
-    from bnfold.report.environment import capture_environment
+            stages.note(ignored)
+        with stages.stage("latency", "measuring latency"):
+            report["latency"], report["speedup"] = bench_stage(loaded, converted, inputs, config, saved[0],
+                                                               stages.steps)
+    with stages.stage("reports", f"writing {targets.onnx}" + (" and the reports" if targets.report else "")):
+        from bnfold.report.environment import capture_environment
 
-    report["environment"] = capture_environment()
-    report["verdict"] = verdict(report)
-    written = _write(folded, data_path, report, targets)
+        report["warnings"].extend(w for w in logs if w not in report["warnings"])
+        report["environment"] = capture_environment()
+        report["verdict"] = verdict(report)
+        written = _write(saved[0], saved[1], report, targets)
     return ConvertResult(report, targets.onnx, targets.report, converted, written)
 
 
-def _verified(
-    loaded: LoadedModel,
-    converted: Converted,
-    batches: Any,
-    report: dict[str, Any],
-    config: ConvertConfig,
-    targets: Targets,
-    say: Progress,
-) -> tuple[Path, Path | None]:
-    """Annotate the exported model, save it into its staging folder, check it, fill ``report["onnx"]``
-    and ``report["parity"]``. Returns the staged file and where its external data will go."""
+Saved = tuple[Path, Path | None, Path | None]
+"""The staged ONNX file, where its external data will go, the staged ``--save-optimized`` file."""
+
+
+def _saved(
+    converted: Converted, report: dict[str, Any], config: ConvertConfig, targets: Targets, stages: Stages
+) -> Saved:
+    """Annotate the exported model, save it into its staging folder, check it and fill ``report["onnx"]``."""
     from bnfold.export import save
 
     annotate(
@@ -303,13 +285,35 @@ def _verified(
     if optimized is not None:
         from bnfold.export import save_ort_optimized
 
-        say("saving the onnxruntime-optimized model")
+        stages.note("saving the onnxruntime-optimized model")
         targets.outputs.stage(plan.data_file(targets.optimized)).unlink(missing_ok=True)  # type: ignore[arg-type]
         save_ort_optimized(folded, optimized, config.threads)
         report["onnx"]["optimized_path"] = str(targets.optimized)
-    say("checking parity")
-    report["parity"] = verify_stage(loaded, converted, batches, config, folded, optimized)
-    return folded, data_path
+    return folded, data_path, optimized
+
+
+def _check_parity(
+    loaded: LoadedModel,
+    converted: Converted,
+    batches: Any,
+    report: dict[str, Any],
+    config: ConvertConfig,
+    targets: Targets,
+    saved: Saved,
+    stages: Stages,
+) -> None:
+    """The parity stage: ``report["parity"]`` for the saved model (its inputs and reference outputs saved
+    into ``--save-inputs`` as they are computed)."""
+    writer = None
+    if config.save_inputs is not None:
+        graph = converted.exported.model.graph
+        names = [name for name, _ in onnx_inputs(converted.exported.model)]
+        writer = saved_inputs.InputsWriter(Path(config.save_inputs), targets.outputs, batches, names,
+                                           [o.name for o in graph.output])
+    with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
+        report["parity"] = verify_stage(loaded, converted, batches, config, saved[0], saved[2], stages.steps, writer)
+    if writer is not None:
+        writer.finish(report["parity"]["reference"])
 
 
 def _export_broke_parity(converted: Converted, report: dict[str, Any], config: ConvertConfig) -> bool:
@@ -340,7 +344,7 @@ def inspect_model(
     """Every BatchNorm of the model and its fate, without writing anything (``bnfold inspect``)."""
     config = ConvertConfig(
         input_shapes=input_shapes,
-        factory=factory,
+        model=factory,
         model_args=tuple((model_args or {}).items()),
         trust_code=trust_code or trust_pickle,
     )

@@ -23,6 +23,7 @@ from bnfold.verify import (
     torch_runner,
     verify_parity,
 )
+from bnfold.verify.matrix import ReferenceSink, Steps
 from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION
 from bnfold.verify.tolerance import check_output_keys, check_tolerance
 
@@ -35,12 +36,12 @@ def as_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def parity_batches(inputs: tuple[torch.Tensor, ...], config: Any, dims: Dims | None = None) -> Batches:
-    """Named input batches: the example, ``config.seeds`` seeded random batches, and the user's data, which
+    """Named input batches: the example, ``config.random_batches`` seeded random batches, and the user's data, which
     must fit ``dims`` (the model's declared input dimensions, None where free; by default the example's
     with a free batch)."""
     batches: Batches = [("example", tuple(as_numpy(t) for t in inputs))]
     spec = InputSpec.of(inputs)
-    for seed in range(1, config.seeds + 1):
+    for seed in range(1, config.random_batches + 1):
         batches.append((f"random seed {seed}", tuple(as_numpy(t) for t in make_inputs(spec, seed))))
     if config.data is not None:
         data = load_data(config.data, len(inputs))
@@ -113,15 +114,19 @@ def verify_stage(
     config: Any,
     folded: Path | None = None,
     optimized: Path | None = None,
+    progress: Steps | None = None,
+    on_reference: ReferenceSink | None = None,
 ) -> dict[str, Any]:
     """The parity block of the report, by the path the model took. The folded ONNX model is run from
     ``folded`` (its saved file) when given; with ``optimized`` (the ``--save-optimized`` file), that file
-    too, run as saved (no further onnxruntime rewrites)."""
+    too, run as saved (no further onnxruntime rewrites). ``progress`` and ``on_reference`` go to
+    :func:`~bnfold.verify.run_parity`."""
+    hooks = {"progress": progress, "on_reference": on_reference}
     tolerance, per_output = tolerance_of(config)
     check_output_keys([key for key, _, _ in config.tolerances], [o.name for o in converted.exported.model.graph.output])
     with tempfile.TemporaryDirectory(prefix="bnfold-") as folder:
         return _verify_stage(loaded, converted, batches, config, folded, optimized, Path(folder),
-                             tolerance, per_output).to_json()
+                             tolerance, per_output, hooks).to_json()
 
 
 def _verify_stage(
@@ -134,6 +139,7 @@ def _verify_stage(
     folder: Path,
     tolerance: Any,
     per_output: Any,
+    hooks: dict[str, Any],
 ) -> Any:
     """The parity report; models past protobuf's limit that are not files yet are written into ``folder``."""
     folded_bytes = session_source(folded if folded is not None else converted.exported.model, folder / "folded")
@@ -147,12 +153,12 @@ def _verify_stage(
     if loaded.format == "onnx":
         original = session_source(converted.original, folder / "original")
         return _onnx_parity(original, folded_bytes, batches, tolerance, per_output,
-                            extra("folded onnxruntime CPU (optimizations off)"))
+                            extra("folded onnxruntime CPU (optimizations off)"), hooks)
     if loaded.format == "torchscript":
         unfolded = session_source(converted.original_onnx(), folder / "original", in_place=True) \
             if converted.original_onnx else None
         return _torchscript_parity(converted, unfolded or folded_bytes, folded_bytes, batches, tolerance,
-                                   per_output, extra("onnxruntime CPU (optimizations off)"))
+                                   per_output, extra("onnxruntime CPU (optimizations off)"), hooks)
     return verify_parity(
         converted.original,
         converted.folded,
@@ -163,6 +169,7 @@ def _verify_stage(
         providers=",".join(config.providers),
         threads=config.threads,
         extra=extra("onnxruntime CPU (optimizations off)"),
+        **hooks,
     )
 
 
@@ -173,6 +180,7 @@ def _onnx_parity(
     tolerance: Any,
     per_output: Any,
     extra: list[Candidate],
+    hooks: dict[str, Any],
 ) -> Any:
     """ONNX in, ONNX out: the original as written (no ORT rewrites) is the reference."""
     reference = LazyRunner(lambda: ort_runner(original, optimization="disabled"))
@@ -198,6 +206,7 @@ def _onnx_parity(
         per_output,
         lambda: reference.output_names,
         reference_name="original onnxruntime CPU (optimizations off)",
+        **hooks,
     )
 
 
@@ -209,6 +218,7 @@ def _torchscript_parity(
     tolerance: Any,
     per_output: Any,
     extra: list[Candidate],
+    hooks: dict[str, Any],
 ) -> Any:
     """TorchScript in: fp64 TorchScript is the reference; the unfolded export isolates the fold."""
     module = converted.original
@@ -241,6 +251,7 @@ def _torchscript_parity(
         tolerance,
         per_output,
         output_names=None,
+        **hooks,
     )
     report.notes = list(select_providers("auto").notes)
     return report
@@ -252,9 +263,10 @@ def bench_stage(
     inputs: tuple[torch.Tensor, ...],
     config: Any,
     folded: Path | None = None,
+    progress: Steps | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Latency of the original and the folded model (from its saved file ``folded`` when given),
-    interleaved, on every provider and batch size."""
+    interleaved, on every provider and batch size; ``progress`` hears of each timing round."""
     from bnfold.bench import bench_onnx, bench_torch, speedups
 
     sizes = batch_sizes(converted, inputs, config.batches)
@@ -270,13 +282,14 @@ def bench_stage(
             original = session_source(converted.original_onnx(), Path(folder) / "original", in_place=True)
             models = {"original": original, **models}
         results = bench_onnx(models, factory, providers=selection.providers, threads=config.threads,
-                             batch_sizes=sizes)
+                             batch_sizes=sizes, progress=progress)
     if isinstance(converted.folded, torch.nn.Module) and isinstance(converted.original, torch.nn.Module):
         results += bench_torch(
             {"original": converted.original, "folded": converted.folded},
             factory,
             threads=config.threads,
             batch_sizes=sizes,
+            progress=progress,
         )
     return [r.to_json() for r in results], [s.to_json() for s in speedups(results)]
 

@@ -12,10 +12,13 @@ from typing import Any
 import onnx
 import torch
 
+from bnfold.convert import saved_inputs
 from bnfold.convert.checks import parity_batches, tolerance_of
 from bnfold.errors import InputSpecError
 from bnfold.export import count_ops
+from bnfold.library_logs import captured_logs
 from bnfold.load import LoadedModel, load_model
+from bnfold.progress import ProgressCallback, Stages
 from bnfold.report import new_report
 from bnfold.verify import Candidate, ort_runner, run_parity, select_providers, torch_runner
 from bnfold.verify.providers import CPU, CUDA, require_providers
@@ -77,31 +80,56 @@ def _candidates(original: LoadedModel, candidate: LoadedModel, config: Any) -> t
     return found, list(selection.notes)
 
 
-def verify_pair(original_path: str | Path, candidate_path: str | Path, config: Any) -> dict[str, Any]:
-    """A report comparing a candidate model with the original on the parity matrix."""
+def verify_pair(
+    original_path: str | Path,
+    candidate_path: str | Path,
+    config: Any,
+    progress: ProgressCallback | None = None,
+    outputs: Any = None,
+) -> dict[str, Any]:
+    """A report comparing a candidate model with the original on the parity matrix; what torch and the ONNX
+    libraries log meanwhile goes into its ``warnings[]``. ``--save-inputs`` needs ``outputs``, the
+    :class:`~bnfold.outputs.OutputSet` its files are staged in (:func:`verify_and_report` makes it)."""
+    with captured_logs() as logs:
+        report = _verify_pair(Path(original_path), Path(candidate_path), config, Stages(progress), outputs)
+    report["warnings"].extend(w for w in logs if w not in report["warnings"])
+    return report
+
+
+def _verify_pair(
+    original_path: Path, candidate_path: Path, config: Any, stages: Stages, outputs: Any
+) -> dict[str, Any]:
     require_providers(config.providers)
-    trust_code = config.trust_code or config.trust_pickle
+    trust_code = config.trust_code
     args = dict(config.model_args)
-    original = load_model(Path(original_path), factory=config.factory, factory_args=args, trust_code=trust_code)
-    candidate = load_model(Path(candidate_path), factory=config.factory, factory_args=args, trust_code=trust_code)
-    _check_onnx(original, candidate)
-    if original.format == "onnx" and candidate.format != "onnx":
-        raise InputSpecError("give the original model first and the candidate second")
-    inputs = _inputs(original, config)
-    reference, reference_name = _reference(original)
-    candidates, notes = _candidates(original, candidate, config)
-    tolerance, per_output = tolerance_of(config)
-    _check_output_keys(config, original, candidate)
-    names = candidates[-1].runner.output_names if hasattr(candidates[-1].runner, "output_names") else None
-    parity = run_parity(
-        reference,
-        candidates,
-        parity_batches(inputs, config, _declared_dims(original, candidate, inputs)),
-        tolerance,
-        per_output,
-        names,
-        reference_name=reference_name,
-    )
+    with stages.stage("load", f"loading {original_path} and {candidate_path}"):
+        original = load_model(original_path, factory=config.model, factory_args=args, trust_code=trust_code)
+        candidate = load_model(candidate_path, factory=config.model, factory_args=args, trust_code=trust_code)
+        _check_onnx(original, candidate)
+        if original.format == "onnx" and candidate.format != "onnx":
+            raise InputSpecError("give the original model first and the candidate second")
+        inputs = _inputs(original, config)
+        reference, reference_name = _reference(original)
+        candidates, notes = _candidates(original, candidate, config)
+        tolerance, per_output = tolerance_of(config)
+        _check_output_keys(config, original, candidate)
+        names = candidates[-1].runner.output_names if hasattr(candidates[-1].runner, "output_names") else None
+        batches = parity_batches(inputs, config, _declared_dims(original, candidate, inputs))
+    writer = _inputs_writer(config, outputs, batches, original, candidate)
+    with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
+        parity = run_parity(
+            reference,
+            candidates,
+            batches,
+            tolerance,
+            per_output,
+            names,
+            reference_name=reference_name,
+            progress=stages.steps,
+            on_reference=writer,
+        )
+    if writer is not None:
+        writer.finish(reference_name)
     parity.notes = notes
     cuda_used = any(c.stage == PROVIDER for c in candidates)
     parity.cuda = {
@@ -114,7 +142,11 @@ def verify_pair(original_path: str | Path, candidate_path: str | Path, config: A
 
 
 def verify_and_report(
-    original_path: str | Path, candidate_path: str | Path, config: Any, report_path: Path | None = None
+    original_path: str | Path,
+    candidate_path: str | Path,
+    config: Any,
+    report_path: Path | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """:func:`verify_pair`, writing the report (JSON, Markdown, HTML) to ``report_path`` when given --
     after checking, before any work, that none of them is a file the run reads or another report."""
@@ -123,15 +155,35 @@ def verify_and_report(
     from bnfold.report import write_report_files
 
     writes = plan.report_writes(report_path)
+    if config.save_inputs is not None:
+        writes.update(saved_inputs.planned(Path(config.save_inputs), saved_inputs.batch_count(config)))
     reads = {**plan.model_reads("the original model", Path(original_path)),
              **plan.model_reads("the candidate model", Path(candidate_path))}
-    check_plan(writes, {**reads, **plan.option_reads(config)})
-    with OutputSet(list(writes.values())) as outputs:
-        result = verify_pair(original_path, candidate_path, config)
-        if report_path is not None:
-            write_report_files(result, outputs.stage(report_path))
-            outputs.commit()
+    with saved_inputs.directory(config.save_inputs):
+        check_plan(writes, {**reads, **plan.option_reads(config)})
+        with OutputSet(list(writes.values())) as outputs:
+            result = verify_pair(original_path, candidate_path, config, progress, outputs)
+            if writes:
+                written = f"{report_path} (+ .md, .html)" if report_path is not None else "the saved inputs"
+                with Stages(progress).stage("reports", f"writing {written}"):
+                    if report_path is not None:
+                        write_report_files(result, outputs.stage(report_path))
+                    outputs.commit()
     return result
+
+
+def _inputs_writer(config: Any, outputs: Any, batches: Any, original: LoadedModel, candidate: LoadedModel) -> Any:
+    """The ``--save-inputs`` writer, named by the ONNX model among the two (else ``input_0``, ...)."""
+    if config.save_inputs is None:
+        return None
+    if outputs is None:
+        raise ValueError("--save-inputs needs an OutputSet to stage its files: use verify_and_report")
+    from bnfold.convert import onnx_inputs
+
+    graph = candidate.onnx_model or original.onnx_model
+    inputs = [name for name, _ in onnx_inputs(graph)]
+    names = [o.name for o in graph.graph.output] if graph is not None else []
+    return saved_inputs.InputsWriter(Path(config.save_inputs), outputs, batches, inputs, names)
 
 
 def _declared_dims(original: LoadedModel, candidate: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> Any:

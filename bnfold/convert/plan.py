@@ -53,7 +53,7 @@ def option_reads(config: Any) -> dict[str, Path]:
         path = getattr(config, option, None)
         if path is not None:
             reads[f"the --{option} file"] = Path(path)
-    source = factory_file(getattr(config, "factory", None))
+    source = factory_file(getattr(config, "model", None))
     if source is not None:
         reads["the source of --model"] = source
     return reads

@@ -37,9 +37,9 @@ def verify_models(
     the parity matrix; the report as a dict (``report["verdict"]["passed"]``). ``config`` carries the parity
     settings (tolerances, data, providers, ``factory``, ``trust_code``). Also callable as ``bnfold.verify``."""
     from bnfold.convert import ConvertConfig
-    from bnfold.convert.pair import verify_pair
+    from bnfold.convert.pair import verify_and_report
 
-    return verify_pair(original, candidate, config or ConvertConfig())
+    return verify_and_report(original, candidate, config or ConvertConfig())
 
 
 make_callable(__name__, verify_models)

@@ -68,25 +68,34 @@ class Candidate:
     dtype: str = "float32"
 
 
+Steps = Callable[[str, int, int], None]
+"""Called as runs finish: (what is counted, done, total)."""
+ReferenceSink = Callable[[int, list[np.ndarray]], None]
+"""Given the reference outputs of each batch (its index, the outputs) as soon as they are computed."""
+
+
 def run_parity(reference: Runner, candidates: Sequence[Candidate], batches: Sequence[Batch],
                tolerance: Tolerance | None = None, per_output: Mapping[OutputKey, Tolerance] | None = None,
                output_names: Sequence[str] | Callable[[], Sequence[str] | None] | None = None,
-               reference_name: str = REFERENCE, per_batch: bool = False) -> ParityReport:
+               reference_name: str = REFERENCE, per_batch: bool = False, progress: Steps | None = None,
+               on_reference: ReferenceSink | None = None) -> ParityReport:
     """Run the reference and every candidate on every batch and compare them.
 
     ``tolerance`` (default: by each candidate's dtype) applies to every output unless ``per_output``
     overrides it by output name or index; ``output_names`` may be a callable, asked once every runner has
     run. A candidate whose runner raises fails all its checks with the error quoted; the reference raising
     propagates. Runners with a ``release()`` (:class:`~bnfold.verify.runners.LazyRunner`) are released
-    as soon as their outputs are in.
+    as soon as their outputs are in. ``progress`` hears of each model run on a batch; ``on_reference``
+    gets the reference outputs of each batch (to save them, e.g.) without their being kept any longer.
     """
     if not batches:
         raise ValueError("run_parity needs at least one input batch")
-    outputs = {reference_name: [reference(tuple(arrays)) for _, arrays in batches]}
+    counter = _Counter(progress, (1 + len(candidates)) * len(batches))
+    outputs = {reference_name: _run_reference(reference, batches, counter, on_reference)}
     _release(reference)
     errors: dict[str, str] = {}
     for cand in candidates:
-        outputs[cand.name], error = _run_all(cand.runner, batches)
+        outputs[cand.name], error = _run_all(cand.runner, batches, counter)
         _release(cand.runner)
         if error:
             errors[cand.name] = error
@@ -105,6 +114,29 @@ def run_parity(reference: Runner, candidates: Sequence[Candidate], batches: Sequ
         _apply_noise_rule(checks, baseline, reference_name, per_output or {})
     inputs = [{"source": name, "batch": _batch_size(arrays)} for name, arrays in batches]
     return ParityReport(reference_name, default, checks, inputs, rule=NOISE_RULE if tolerance is None else RULE)
+
+
+class _Counter:
+    """Counts model runs for ``progress``."""
+
+    def __init__(self, progress: Steps | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress("model runs", self.done, self.total)
+
+
+def _run_reference(reference: Runner, batches: Sequence[Batch], counter: _Counter,
+                   on_reference: ReferenceSink | None) -> list[list[np.ndarray]]:
+    outputs = []
+    for index, (_, arrays) in enumerate(batches):
+        outputs.append(reference(tuple(arrays)))
+        if on_reference is not None:
+            on_reference(index, outputs[-1])
+        counter.tick()
+    return outputs
 
 
 class _Matrix:
@@ -141,10 +173,19 @@ class _Matrix:
         return ParityCheck.of(against, cand.name, name or str(k), source, cand.stage, acc.result(), tol)
 
 
-def _run_all(runner: Runner, batches: Sequence[Batch]) -> tuple[list[list[np.ndarray]], str | None]:
+def _run_all(runner: Runner, batches: Sequence[Batch],
+             counter: _Counter | None = None) -> tuple[list[list[np.ndarray]], str | None]:
+    results = []
     try:
-        return [runner(tuple(arrays)) for _, arrays in batches], None
+        for _, arrays in batches:
+            results.append(runner(tuple(arrays)))
+            if counter is not None:
+                counter.tick()
+        return results, None
     except Exception as exc:  # a candidate that cannot run fails its checks, with the reason
+        if counter is not None:
+            counter.done += len(batches) - len(results) - 1
+            counter.tick()
         return [], f"could not run: {one_line(exc)}"
 
 
@@ -250,7 +291,8 @@ def verify_parity(original: nn.Module, folded: nn.Module, onnx_model: str | Path
                   per_output: Mapping[OutputKey, Tolerance] | None = None,
                   providers: str | Sequence[str] | ProviderSelection = "auto",
                   threads: int | None = None, per_batch: bool = False,
-                  extra: Sequence[Candidate] = ()) -> ParityReport:
+                  extra: Sequence[Candidate] = (), progress: Steps | None = None,
+                  on_reference: ReferenceSink | None = None) -> ParityReport:
     """The whole standard matrix in one call: fp64 reference, candidates (``extra`` ones last), checks,
     provider notes.
 
@@ -261,7 +303,7 @@ def verify_parity(original: nn.Module, folded: nn.Module, onnx_model: str | Path
     reference = LazyRunner(lambda: torch_runner(original, torch.float64))
     report = run_parity(reference, candidates, batches, tolerance, per_output,
                         lambda: candidates[2].runner.output_names,  # type: ignore[attr-defined]
-                        per_batch=per_batch)
+                        per_batch=per_batch, progress=progress, on_reference=on_reference)
     report.notes = notes
     report.cuda = _cuda_block(any(c.stage == PROVIDER for c in candidates), notes)
     return report
