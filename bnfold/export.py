@@ -233,11 +233,11 @@ def batch_statistics_symbolic(opset: int | None) -> Any:
             var, mean = symbolic_opset9._var_mean(g, per_channel, axes, False, False)
         return stock(g, x, weight, bias, mean, var, *rest)
 
-    torch.onnx.register_custom_op_symbolic(name, batch_norm, opset)
+    torch.onnx.register_custom_op_symbolic(name, batch_norm, opset)  # type: ignore[attr-defined,unused-ignore]
     try:
         yield
     finally:
-        torch.onnx.unregister_custom_op_symbolic(name, opset)
+        torch.onnx.unregister_custom_op_symbolic(name, opset)  # type: ignore[attr-defined,unused-ignore]
 
 
 def _torchscript_export(module: nn.Module, inputs: tuple[Any, ...], target: Any, options: dict[str, Any]) -> list[str]:
@@ -246,7 +246,8 @@ def _torchscript_export(module: nn.Module, inputs: tuple[Any, ...], target: Any,
             torch.onnx.export(module, inputs, target, dynamo=False, **options)
         except Exception as exc:  # the TorchScript exporter raises many error types
             raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
-    return said
+    messages: list[str] = said
+    return messages
 
 
 def module_bytes(module: nn.Module) -> int:
@@ -412,8 +413,8 @@ def _stored_bytes(tensor: onnx.TensorProto) -> int:
         except Exception:  # an element type numpy has no match for (4-bit, float8): count it as serialised
             itemsize = 0
         if itemsize:
-            return itemsize * math.prod(tensor.dims)
-    return tensor.ByteSize()
+            return int(itemsize * math.prod(tensor.dims))
+    return int(tensor.ByteSize())
 
 
 EXTERNAL_DATA = ("auto", "always", "never")
@@ -485,7 +486,7 @@ def session_source(model: onnx.ModelProto | Path, folder: Path, *, in_place: boo
     if isinstance(model, Path):
         return model
     if tensor_bytes(model) < EXTERNAL_DATA_BYTES:
-        return model.SerializeToString()
+        return bytes(model.SerializeToString())
     Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / "model.onnx"
     save(model, path, external_data="always", in_place=in_place)

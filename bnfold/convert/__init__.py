@@ -464,4 +464,5 @@ def _write(staged: Path, data_path: Path | None, report: dict[str, Any], targets
         report["onnx"]["size_bytes"] += data.stat().st_size
     if targets.report is not None:
         write_report_files(report, targets.outputs.stage(targets.report))
-    return targets.outputs.commit()
+    written: list[Path] = targets.outputs.commit()
+    return written

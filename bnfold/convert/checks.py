@@ -125,8 +125,9 @@ def verify_stage(
     tolerance, per_output = tolerance_of(config)
     check_output_keys([key for key, _, _ in config.tolerances], [o.name for o in converted.exported.model.graph.output])
     with tempfile.TemporaryDirectory(prefix="bnfold-") as folder:
-        return _verify_stage(loaded, converted, batches, config, folded, optimized, Path(folder),
-                             tolerance, per_output, hooks).to_json()
+        parity: dict[str, Any] = _verify_stage(loaded, converted, batches, config, folded, optimized,
+                                               Path(folder), tolerance, per_output, hooks).to_json()
+    return parity
 
 
 def _verify_stage(

@@ -42,7 +42,7 @@ def _session_source(loaded: LoadedModel) -> Path | bytes:
     """An ONNX model for onnxruntime: the file it was read from (a model past 2 GB cannot be serialised)."""
     if loaded.path is not None:
         return Path(loaded.path)
-    return loaded.onnx_model.SerializeToString()  # type: ignore[union-attr]
+    return bytes(loaded.onnx_model.SerializeToString())  # type: ignore[union-attr]
 
 
 def _candidates(original: LoadedModel, candidate: LoadedModel, config: Any) -> tuple[list[Candidate], list[str]]:

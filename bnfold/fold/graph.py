@@ -70,7 +70,8 @@ def fetch(gm: fx.GraphModule, target: str) -> torch.Tensor:
     owner: Any = gm
     for part in target.split("."):
         owner = getattr(owner, part)
-    return owner
+    tensor: torch.Tensor = owner
+    return tensor
 
 
 def constant(gm: fx.GraphModule, value: Any) -> torch.Tensor | None:

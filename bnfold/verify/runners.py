@@ -126,9 +126,9 @@ class WeightsAs:
         return _CastingMode(self)
 
 
-class _CastingMode(TorchDispatchMode):
+class _CastingMode(TorchDispatchMode):  # type: ignore[no-untyped-call,unused-ignore]
     def __init__(self, weights: WeightsAs) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call,unused-ignore]
         self.weights = weights
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:

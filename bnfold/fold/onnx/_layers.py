@@ -71,7 +71,7 @@ class ConvFold:
     @property
     def channels(self) -> int:
         transposed = self.node.op_type == "ConvTranspose"
-        return self.weight.shape[1] * self.groups if transposed else self.weight.shape[0]
+        return int(self.weight.shape[1] * self.groups if transposed else self.weight.shape[0])
 
     def into(self) -> list[str]:
         return [module_name(self.node)]
@@ -104,7 +104,7 @@ class GemmFold:
 
     @property
     def channels(self) -> int:
-        return self.weight.shape[0 if self.trans_b else 1]
+        return int(self.weight.shape[0 if self.trans_b else 1])
 
     def into(self) -> list[str]:
         return [module_name(self.node)]
@@ -146,7 +146,7 @@ class MatMulFold:
 
     @property
     def channels(self) -> int:
-        return self.weight.shape[1]
+        return int(self.weight.shape[1])
 
     def into(self) -> list[str]:
         return [module_name(self.node)]
