@@ -1,8 +1,9 @@
 """Bad input through the command line: exit 2, one ``Error: ...`` line that says what is wrong and what to
 do, no traceback, nothing on stdout, and nothing left on disk (no output, no temporary file).
 
-Every case runs in its own directory, and the cases run concurrently once per module: each is a fresh
-``bnfold`` process that spends most of its time importing torch.
+Every case runs in its own directory, once per module, in this process (``run_in_process``: output
+captured down to the file descriptors); the runs that need a process of their own (``--debug``'s traceback, a
+usage error) are real ``bnfold`` processes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
-from conftest import MODELS, STAGE_LINE, run_cli
+from conftest import MODELS, STAGE_LINE, run_cli, run_in_process
 
 FACTORIES = '''
 from collections import OrderedDict
@@ -291,9 +292,9 @@ def build_files(root: Path) -> Files:
     return Files(code, small.state_dict(), root / "small.torchscript.pt", root / "small.onnx")
 
 
-def run_case(directory: Path, files: Files, args: list[str]) -> Outcome:
+def run_case(directory: Path, files: Files, args: list[str], in_process: bool = True) -> Outcome:
     before = snapshot(directory)
-    done = run_cli(*args, cwd=files.code)
+    done = (run_in_process if in_process else run_cli)(*args, cwd=files.code)
     return Outcome(done, before, snapshot(directory))
 
 
@@ -313,10 +314,11 @@ def outcomes(workspace: tuple[Path, Files, dict[str, str]]) -> dict[str, Outcome
         directory = root / key
         directory.mkdir()
         jobs[key] = (directory, setup(directory, files))
-    with ThreadPoolExecutor(WORKERS) as pool:
-        futures = {key: pool.submit(run_case, directory, files, args)
-                   for key, (directory, args) in jobs.items()}
-        return {key: future.result() for key, future in futures.items()}
+    with ThreadPoolExecutor(WORKERS) as pool:  # the few real processes run beside the in-process cases
+        processes = {key: pool.submit(run_case, jobs[key][0], files, jobs[key][1], False) for key in OTHER_RUNS}
+        outcomes = {key: run_case(directory, files, args) for key, (directory, args) in jobs.items()
+                    if key not in OTHER_RUNS}
+        return outcomes | {key: future.result() for key, future in processes.items()}
 
 
 CASE_IDS = [case.id for case in CASES]
