@@ -11,7 +11,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,11 @@ from typing import Any
 import onnx
 import pytest
 import torch
-from conftest import MODELS, ROOT, run_cli
+from conftest import MODELS, ROOT, run_in_process
 from safetensors.torch import save_file
 
 FACTORY = "models.architectures:digits_cnn"
 SHAPE = ("--input-shape", "8,1,8,8")
-WORKERS = 3
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ def convert_one(directory: Path, name: str) -> Outcome:
     onnx_path = directory / f"out-{name}.onnx"
     before = sha256(source)
     # from the repository root, as the README says: --model and the pickle's class import from there
-    done = run_cli("convert", str(source), "-o", str(onnx_path), "--no-bench", *spec.options, cwd=ROOT)
+    done = run_in_process("convert", str(source), "-o", str(onnx_path), "--no-bench", *spec.options, cwd=ROOT)
     report_path = directory / f"out-{name}.report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else None
     return Outcome(done, onnx_path, report, before, sha256(source))
@@ -102,9 +100,7 @@ def convert_one(directory: Path, name: str) -> Outcome:
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     directory = tmp_path_factory.mktemp("formats")
     save_every_format(directory)
-    with ThreadPoolExecutor(WORKERS) as pool:
-        futures = {name: pool.submit(convert_one, directory, name) for name in FORMATS}
-        return {name: future.result() for name, future in futures.items()}
+    return {name: convert_one(directory, name) for name in FORMATS}
 
 
 def test_the_unfolded_onnx_input_has_batchnorm_nodes(outcomes: dict[str, Outcome]) -> None:
