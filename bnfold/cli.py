@@ -287,8 +287,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "--save-optimized",
     type=click.Path(path_type=Path),
     metavar="PATH",
-    help="Also write the model as onnxruntime optimizes it for this machine's CPU (sessions start about 2x "
-    "faster; may hold CPU-specific layouts), checked in the parity matrix.",
+    help="Also write the model as onnxruntime optimizes it for this machine's CPU (sessions start faster; "
+    "may hold CPU-specific layouts), checked in the parity matrix.",
 )
 @click.option("--bench/--no-bench", default=True, show_default=True, help="Measure the latency (--no-bench skips it).")
 @click.option(

@@ -2,7 +2,8 @@
 
 ``exporter="auto"`` (the default) takes the TorchScript exporter and falls back on the dynamo exporter
 when it fails. On a folded graph (plain aten ops, no BatchNorm left to fold) the TorchScript exporter is
-4-75x faster and its output runs as fast in onnxruntime (``benchmarks/PROFILE.md``); torch deprecates it,
+several times faster and its output runs as fast in onnxruntime (measured in ``benchmarks/PROFILE.md``);
+torch deprecates it,
 so the dynamo exporter stays one option away (``exporter="dynamo"``) and takes over where it is gone
 (``convert`` also re-exports with it when the TorchScript exporter's output fails parity).
 
@@ -312,8 +313,8 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     """The graph without the arithmetic an exporter leaves behind, as a new ModelProto: constant subgraphs
     evaluated (shape arithmetic too, where shape inference knows the shapes), Identity nodes, repeated
     computations and dead nodes removed, Constant nodes lifted into initializers and equal small
-    initializers shared (the TorchScript exporter writes two per Clip; onnxruntime then creates sessions
-    ~7 % slower on MobileNetV2).
+    initializers shared (the TorchScript exporter writes two per Clip, and onnxruntime creates sessions
+    slower for them: ``benchmarks/PROFILE.md``).
 
     The passes are listed one by one: onnxscript's default rewrite rules would fuse BatchNorms into convs
     and pads into convs behind the fold's back, removing BNs whose records say they were kept. Nothing that
@@ -420,9 +421,8 @@ def _stored_bytes(tensor: onnx.TensorProto) -> int:
 EXTERNAL_DATA = ("auto", "always", "never")
 EXTERNAL_DATA_AUTO_BYTES = 1_000_000
 """``external_data="auto"``: weights from this size on go to a ``.data`` file beside the model. onnxruntime
-creates sessions from such a pair faster (ResNet-50, 98 MB: 50 ms against 92 ms from one file; 2 MB: 1.17
-against 1.64 ms; ``benchmarks/PROFILE.md``); below it one file is simpler and faster (0.5 MB: 0.55 against
-0.65 ms)."""
+creates sessions from such a pair faster; below it one file is simpler and faster (where the two cross over
+is measured in ``benchmarks/PROFILE.md``)."""
 EXTERNAL_DATA_BYTES = 1_800_000_000
 """Past this, one file cannot hold the model (protobuf's 2 GB limit): the weights always go beside it."""
 
@@ -506,7 +506,7 @@ def mark_external(model: onnx.ModelProto, location: str, size_threshold: int = 1
 
 def save_ort_optimized(model: Path, path: Path, threads: int | None = None) -> Path | None:
     """Write what onnxruntime makes of ``model`` at ``ORT_ENABLE_ALL`` on the CPU provider, so that sessions
-    start from it without optimising again (about 2x faster session creation, ``benchmarks/PROFILE.md``).
+    start from it without optimising again (faster session creation, measured in ``benchmarks/PROFILE.md``).
     onnxruntime warns that such a file can hold layouts specific to the CPU it was made on.
 
     When ``model`` keeps its weights in ``<name>.data``, so does the optimized model, in ``<path name>.data``

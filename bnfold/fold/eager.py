@@ -2,8 +2,8 @@
 
 ``torch.ops.aten.conv2d.default(x, w, b)`` runs through the boxed operator path (the arguments packed on a
 stack and matched against the schema on every call); ``torch.conv2d(x, w, b)`` calls the same aten operator
-unboxed. On a small model that difference is most of the gap to a hand-written module: the shipped digits
-CNN runs 290 µs with the overloads and 257 µs with the bindings (its BN-free twin, 278 µs).
+unboxed. On a small model that difference is most of the gap to a hand-written module (the shipped digits
+CNN's numbers are in ``benchmarks/PROFILE.md``).
 
 Only the overloads below are mapped: each binding calls the same aten operator with the same arguments in
 the same order, and with arguments of that overload's types its overload resolution lands on that
