@@ -21,8 +21,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "BLOCKS", "SHALLOW", "build", "count_batchnorms", "randomise_batchnorms",
-           "without_batchnorm"]
+__all__ = [
+    "ARCHITECTURES",
+    "BLOCKS",
+    "SHALLOW",
+    "build",
+    "count_batchnorms",
+    "randomise_batchnorms",
+    "without_batchnorm",
+]
 
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
@@ -32,6 +39,7 @@ def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) 
 
 
 # ResNet-50 ------------------------------------------------------------------------------------------
+
 
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (strided), 1x1 expand by 4; a conv+BN shortcut when the shape changes."""
@@ -78,6 +86,7 @@ class ResNet50(nn.Module):
 
 # MobileNetV2 ----------------------------------------------------------------------------------------
 
+
 def conv_bn_relu6(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(*conv_bn(cin, cout, kernel, stride, groups), nn.ReLU6(inplace=True))
 
@@ -98,8 +107,15 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                (6, 320, 1, 1))
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, classes: int = 1000, settings: tuple[tuple[int, int, int, int], ...] = SETTINGS) -> None:
         super().__init__()
@@ -120,6 +136,7 @@ class MobileNetV2(nn.Module):
 
 # DenseNet-121 ---------------------------------------------------------------------------------------
 
+
 class DenseLayer(nn.Module):
     """Pre-activation: BN-ReLU-1x1 conv (to 4 x growth), BN-ReLU-3x3 conv (to growth), on the concat."""
 
@@ -137,8 +154,7 @@ class DenseLayer(nn.Module):
 
 class DenseBlock(nn.ModuleDict):
     def __init__(self, layers: int, cin: int, growth: int, bn_size: int) -> None:
-        super().__init__({f"denselayer{i + 1}": DenseLayer(cin + i * growth, growth, bn_size)
-                          for i in range(layers)})
+        super().__init__({f"denselayer{i + 1}": DenseLayer(cin + i * growth, growth, bn_size) for i in range(layers)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [x]
@@ -149,16 +165,27 @@ class DenseBlock(nn.ModuleDict):
 
 class Transition(nn.Sequential):
     def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False),
-                         nn.AvgPool2d(2, 2))
+        super().__init__(
+            nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(2, 2)
+        )
 
 
 class DenseNet121(nn.Module):
-    def __init__(self, classes: int = 1000, growth: int = 32, blocks: tuple[int, ...] = (6, 12, 24, 16),
-                 init_features: int = 64, bn_size: int = 4) -> None:
+    def __init__(
+        self,
+        classes: int = 1000,
+        growth: int = 32,
+        blocks: tuple[int, ...] = (6, 12, 24, 16),
+        init_features: int = 64,
+        bn_size: int = 4,
+    ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, init_features, 7, 2, 3, bias=False),
-                                   nn.BatchNorm2d(init_features), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, init_features, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(init_features),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        ]
         channels = init_features
         for i, count in enumerate(blocks):
             layers.append(DenseBlock(count, channels, growth, bn_size))
@@ -177,6 +204,7 @@ class DenseNet121(nn.Module):
 
 
 # RepVGG-A0 (training-time form) ----------------------------------------------------------------------
+
 
 class RepVGGBlock(nn.Module):
     """ReLU(BN(conv3x3 x) + BN(conv1x1 x) + BN(x)); the identity branch exists at stride 1, C_in = C_out."""
@@ -198,8 +226,13 @@ class RepVGGBlock(nn.Module):
 class RepVGG(nn.Module):
     """RepVGG-A0: stages of 1, 2, 4, 14, 1 blocks, widths 48, 48, 96, 192, 1280 (a = 0.75, b = 2.5)."""
 
-    def __init__(self, classes: int = 1000, blocks: tuple[int, ...] = (2, 4, 14, 1),
-                 widths: tuple[int, ...] = (48, 96, 192, 1280), stem: int = 48) -> None:
+    def __init__(
+        self,
+        classes: int = 1000,
+        blocks: tuple[int, ...] = (2, 4, 14, 1),
+        widths: tuple[int, ...] = (48, 96, 192, 1280),
+        stem: int = 48,
+    ) -> None:
         super().__init__()
         self.stage0 = RepVGGBlock(3, stem, 2)
         cin, stages = stem, []
@@ -224,8 +257,9 @@ class ShuffleBlock(nn.Module):
     def __init__(self, channels: int = 58) -> None:
         super().__init__()
         half = channels // 2
-        self.branch = nn.Sequential(*conv_bn(half, half, 1), nn.ReLU(), *conv_bn(half, half, 3, groups=half),
-                                    *conv_bn(half, half, 1), nn.ReLU())
+        self.branch = nn.Sequential(
+            *conv_bn(half, half, 1), nn.ReLU(), *conv_bn(half, half, 3, groups=half), *conv_bn(half, half, 1), nn.ReLU()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = x.chunk(2, dim=1)
@@ -305,8 +339,12 @@ def randomise_batchnorms(model: nn.Module, generator: torch.Generator) -> nn.Mod
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 n = module.num_features
-                for tensor, low, high in ((module.running_mean, -0.2, 0.2), (module.running_var, 0.5, 2.0),
-                                          (module.weight, 0.5, 1.5), (module.bias, -0.2, 0.2)):
+                for tensor, low, high in (
+                    (module.running_mean, -0.2, 0.2),
+                    (module.running_var, 0.5, 2.0),
+                    (module.weight, 0.5, 1.5),
+                    (module.bias, -0.2, 0.2),
+                ):
                     assert tensor is not None, "every benchmark BatchNorm is affine and tracks statistics"
                     tensor.copy_(_uniform(n, low, high, generator))
     return model

@@ -42,9 +42,12 @@ class Effort:
 
 def ratio_block(candidate: Sequence[float], baseline: Sequence[float], unit: str) -> dict[str, Any]:
     """Medians of both sides, their ratio, and (for paired samples) the median of per-pair ratios."""
-    block: dict[str, Any] = {"candidate_median": statistics.median(candidate),
-                             "baseline_median": statistics.median(baseline), "unit": unit,
-                             "samples": [len(candidate), len(baseline)]}
+    block: dict[str, Any] = {
+        "candidate_median": statistics.median(candidate),
+        "baseline_median": statistics.median(baseline),
+        "unit": unit,
+        "samples": [len(candidate), len(baseline)],
+    }
     block["ratio"] = block["candidate_median"] / block["baseline_median"]
     if len(candidate) == len(baseline):
         block["paired_ratio_median"] = statistics.median(c / b for c, b in zip(candidate, baseline, strict=True))
@@ -52,6 +55,7 @@ def ratio_block(candidate: Sequence[float], baseline: Sequence[float], unit: str
 
 
 # P1: onnxruntime latency ------------------------------------------------------------------------------
+
 
 def export_without_batchnorm(twin: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> Path:
     """The BN-free twin exported as ``bnfold convert`` exports its output: captured by ``bnfold.fold``
@@ -65,8 +69,9 @@ def export_without_batchnorm(twin: nn.Module, inputs: tuple[torch.Tensor, ...], 
     return path
 
 
-def ort_latency(folded: Path, bn_free: Path, inputs: tuple[torch.Tensor, ...], effort: Effort,
-                blocks: int = 3) -> dict[str, Any]:
+def ort_latency(
+    folded: Path, bn_free: Path, inputs: tuple[torch.Tensor, ...], effort: Effort, blocks: int = 3
+) -> dict[str, Any]:
     """P1: onnxruntime CPU latency of bnfold's output ÷ the BN-free twin's, interleaved.
 
     Timed in ``blocks`` blocks, each with fresh sessions and a share of the effort; the ratio is the median
@@ -77,8 +82,13 @@ def ort_latency(folded: Path, bn_free: Path, inputs: tuple[torch.Tensor, ...], e
     samples: dict[str, list[float]] = {"bnfold": [], "bn_free": []}
     ratios = []
     for _ in range(blocks):
-        results = bench_onnx({"bnfold": folded, "bn_free": bn_free}, {batch: arrays}, threads=THREADS,
-                             min_runs=max(10, effort.min_runs // blocks), min_seconds=effort.min_seconds / blocks)
+        results = bench_onnx(
+            {"bnfold": folded, "bn_free": bn_free},
+            {batch: arrays},
+            threads=THREADS,
+            min_runs=max(10, effort.min_runs // blocks),
+            min_seconds=effort.min_seconds / blocks,
+        )
         by_name = {r.model: r for r in results}
         ratios.append(by_name["bnfold"].p50_ms / by_name["bn_free"].p50_ms)
         for name in samples:
@@ -90,17 +100,25 @@ def ort_latency(folded: Path, bn_free: Path, inputs: tuple[torch.Tensor, ...], e
 
 # P2: PyTorch eager latency ----------------------------------------------------------------------------
 
-def eager_latency(folded: nn.Module, bn_free: nn.Module, inputs: tuple[torch.Tensor, ...],
-                  effort: Effort) -> dict[str, Any]:
+
+def eager_latency(
+    folded: nn.Module, bn_free: nn.Module, inputs: tuple[torch.Tensor, ...], effort: Effort
+) -> dict[str, Any]:
     """P2: eager latency of ``bnfold.fold(...).module`` ÷ the BN-free twin, interleaved."""
     arrays = tuple(t.numpy() for t in inputs)
-    results = bench_torch({"bnfold": folded, "bn_free": bn_free}, {int(arrays[0].shape[0]): arrays},
-                          threads=THREADS, min_runs=effort.min_runs, min_seconds=effort.min_seconds)
+    results = bench_torch(
+        {"bnfold": folded, "bn_free": bn_free},
+        {int(arrays[0].shape[0]): arrays},
+        threads=THREADS,
+        min_runs=effort.min_runs,
+        min_seconds=effort.min_seconds,
+    )
     by_name = {r.model: r for r in results}
     return ratio_block(by_name["bnfold"].samples_ms, by_name["bn_free"].samples_ms, "ms")
 
 
 # P4: fold step against torch.fx's fuse ------------------------------------------------------------------
+
 
 def alternate(jobs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
     """Run each job once untimed, then ``repeats`` timed rounds, the order flipping every round (seconds)."""
@@ -134,13 +152,18 @@ def fold_time(
         last["fold"] = fold(module, inputs)
 
     with torch.no_grad():
-        times = alternate({"fold": run_fold, "fuse": lambda: fuse(module), "trace": lambda: capture(module, inputs)},
-                          effort.repeats)
-    return (ratio_block(times["fold"], times["fuse"], "s"), ratio_block(times["fold"], times["trace"], "s"),
-            last["fold"])
+        times = alternate(
+            {"fold": run_fold, "fuse": lambda: fuse(module), "trace": lambda: capture(module, inputs)}, effort.repeats
+        )
+    return (
+        ratio_block(times["fold"], times["fuse"], "s"),
+        ratio_block(times["fold"], times["trace"], "s"),
+        last["fold"],
+    )
 
 
 # P5: session creation ----------------------------------------------------------------------------------
+
 
 def session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
@@ -156,17 +179,28 @@ def create_session(path: Path) -> ort.InferenceSession:
 
 def session_time(folded: Path, original: Path, effort: Effort) -> dict[str, Any]:
     """P5: onnxruntime session creation of bnfold's output ÷ the dynamo export of the original model."""
-    times = alternate({"bnfold": lambda: create_session(folded), "export": lambda: create_session(original)},
-                      effort.sessions)
+    times = alternate(
+        {"bnfold": lambda: create_session(folded), "export": lambda: create_session(original)}, effort.sessions
+    )
     return ratio_block([t * 1e3 for t in times["bnfold"]], [t * 1e3 for t in times["export"]], "ms")
 
 
 # P3 and memory: fresh processes -------------------------------------------------------------------------
 
+
 def run_process(job: str, subject: Subject, out: Path) -> dict[str, Any]:
     """``wall.py job`` in a fresh interpreter: its JSON line (with its peak RSS) and its wall time."""
-    command = [sys.executable, str(HERE / "wall.py"), job, subject.name, "--resolution", str(subject.resolution),
-               "--out", str(out), *(["--shallow"] if subject.shallow else [])]
+    command = [
+        sys.executable,
+        str(HERE / "wall.py"),
+        job,
+        subject.name,
+        "--resolution",
+        str(subject.resolution),
+        "--out",
+        str(out),
+        *(["--shallow"] if subject.shallow else []),
+    ]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         start = time.perf_counter()
         process = subprocess.run(command, stdout=stdout, stderr=stderr, cwd=HERE.parent, check=False)
@@ -195,8 +229,11 @@ def convert_processes(subject: Subject, folder: Path, effort: Effort) -> dict[st
     wall["process_seconds"] = [statistics.median(r["process_seconds"] for r in runs[j]) for j in runs]
     weights = export[-1]["weights_mb"]
     memory = ratio_block([r["peak_rss_mb"] for r in convert], [r["peak_rss_mb"] + weights for r in export], "MB")
-    memory.update(weights_mb=weights, export_peak_mb=statistics.median(r["peak_rss_mb"] for r in export),
-                  ratio_to_export=memory["candidate_median"] / (memory["baseline_median"] - weights))
+    memory.update(
+        weights_mb=weights,
+        export_peak_mb=statistics.median(r["peak_rss_mb"] for r in export),
+        ratio_to_export=memory["candidate_median"] / (memory["baseline_median"] - weights),
+    )
     facts = {k: v for k, v in convert[-1].items() if k not in ("seconds", "process_seconds", "peak_rss_mb")}
     return {"P3": wall, "memory": memory, "convert": facts}
 
@@ -207,9 +244,12 @@ def output_nodes(path: Path) -> dict[str, Any]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     external = [path.parent / e.value for t in graph.initializer for e in t.external_data if e.key == "location"]
-    return {"nodes": len(graph.node), "batchnorm_nodes": sum(n.op_type == "BatchNormalization" for n in graph.node),
-            "file_mb": path.stat().st_size / 2**20,
-            "external_data_mb": sum(p.stat().st_size for p in set(external)) / 2**20}
+    return {
+        "nodes": len(graph.node),
+        "batchnorm_nodes": sum(n.op_type == "BatchNormalization" for n in graph.node),
+        "file_mb": path.stat().st_size / 2**20,
+        "external_data_mb": sum(p.stat().st_size for p in set(external)) / 2**20,
+    }
 
 
 def outputs_agree(folded: Path, original: Path, inputs: tuple[torch.Tensor, ...]) -> float:

@@ -83,11 +83,18 @@ def main() -> None:
     rows = [row for name in args.models.split(",") for row in measure(name)]
     if args.write:
         when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        section = "\n".join([
-            BEGIN, "## Graph size against the BN-free twin", "",
-            f"Run of `python benchmarks/nodes.py --write`, {when} (depth-reduced architectures, input 64x64).",
-            "", *header, *rows, END,
-        ])
+        section = "\n".join(
+            [
+                BEGIN,
+                "## Graph size against the BN-free twin",
+                "",
+                f"Run of `python benchmarks/nodes.py --write`, {when} (depth-reduced architectures, input 64x64).",
+                "",
+                *header,
+                *rows,
+                END,
+            ]
+        )
         text = RESULTS.read_text()
         text = re.sub(f"\n?{re.escape(BEGIN)}.*{re.escape(END)}", "", text, flags=re.S).rstrip()
         RESULTS.write_text(f"{text}\n\n{section}\n")

@@ -44,6 +44,7 @@ from bnfold.convert import ConvertConfig, convert  # noqa: E402
 
 Stage = tuple[int, str, float, float, float, float]  # depth, label, start, seconds, RSS after, peak (MB)
 
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
@@ -70,6 +71,7 @@ class StageTimer:
             finally:
                 self.depth -= 1
                 self.stages.append((depth, name, start, time.perf_counter() - start, rss_mb(), peak_mb()))
+
         return timed
 
     @contextmanager
@@ -90,10 +92,12 @@ class StageTimer:
 
     def runner_factory(self, factory: Callable[..., Any], kind: str) -> Callable[..., Any]:
         """Wrap ``torch_runner`` / ``ort_runner``: time building the runner and every call, by label."""
+
         def make(*args: Any, **kwargs: Any) -> Any:
             name = runner_label(kind, args, kwargs)
             runner = self.wrap(factory, f"build {name}")(*args, **kwargs)
             return TimedRunner(runner, self.wrap(runner, f"run {name}"))
+
         return make
 
 
@@ -206,15 +210,23 @@ def export_breakdown(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) 
 
 # 3. The TorchScript exporter on the folded GraphModule ---------------------------------------------------
 
+
 def torchscript_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> str | None:
     """``torch.onnx.export(..., dynamo=False)`` of ``module``; the error text when it fails."""
     from bnfold.export import quiet
 
     try:
         with quiet(), torch.no_grad():
-            torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=18,
-                              input_names=["input_0"], output_names=["output_0"],
-                              dynamic_axes={"input_0": {0: "batch"}, "output_0": {0: "batch"}})
+            torch.onnx.export(
+                module,
+                inputs,
+                str(path),
+                dynamo=False,
+                opset_version=18,
+                input_names=["input_0"],
+                output_names=["output_0"],
+                dynamic_axes={"input_0": {0: "batch"}, "output_0": {0: "batch"}},
+            )
     except Exception as exc:  # report whatever the exporter raises
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
@@ -233,8 +245,9 @@ def plain_graph_module(folded: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(folded, graph)
 
 
-def compare_exporters(folded: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], dynamo_path: Path,
-                      folder: Path, repeats: int) -> dict[str, Any]:
+def compare_exporters(
+    folded: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], dynamo_path: Path, folder: Path, repeats: int
+) -> dict[str, Any]:
     """Export time (alternating, after one untimed call each), output agreement, latency and session time.
 
     The TorchScript exporter is tried on the folded GraphModule as ``fold`` returns it, then on
@@ -248,18 +261,28 @@ def compare_exporters(folded: torch.fx.GraphModule, inputs: tuple[torch.Tensor, 
         out["error_plain_graph_module"] = torchscript_export(folded, inputs, ts_path)
         if out["error_plain_graph_module"] is not None:
             return out
-    times = measure.alternate({"torchscript": lambda: torchscript_export(folded, inputs, ts_path),
-                               "dynamo": lambda: export_module(folded, inputs)}, repeats)
+    times = measure.alternate(
+        {
+            "torchscript": lambda: torchscript_export(folded, inputs, ts_path),
+            "dynamo": lambda: export_module(folded, inputs),
+        },
+        repeats,
+    )
     effort = measure.Effort(min_runs=20, min_seconds=2.0, sessions=5)
     latency = measure.ort_latency(ts_path, dynamo_path, inputs, effort)
     sessions = measure.session_time(ts_path, dynamo_path, effort)
-    return {**out, "export_seconds": {k: sorted(v)[len(v) // 2] for k, v in times.items()},
-            "max_abs_diff": measure.outputs_agree(ts_path, dynamo_path, inputs),
-            "nodes": {"torchscript": measure.output_nodes(ts_path), "dynamo": measure.output_nodes(dynamo_path)},
-            "latency_torchscript_over_dynamo": latency, "session_torchscript_over_dynamo": sessions}
+    return {
+        **out,
+        "export_seconds": {k: sorted(v)[len(v) // 2] for k, v in times.items()},
+        "max_abs_diff": measure.outputs_agree(ts_path, dynamo_path, inputs),
+        "nodes": {"torchscript": measure.output_nodes(ts_path), "dynamo": measure.output_nodes(dynamo_path)},
+        "latency_torchscript_over_dynamo": latency,
+        "session_torchscript_over_dynamo": sessions,
+    }
 
 
 # 2b. What re-tracing and per-batch parity calls cost -------------------------------------------------------
+
 
 def program_versus_module(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int) -> dict[str, Any]:
     """torch.onnx.export of an already captured ExportedProgram against the module (which it re-traces)."""
@@ -271,14 +294,16 @@ def program_versus_module(model: torch.nn.Module, inputs: tuple[torch.Tensor, ..
         def run() -> object:
             with quiet():
                 return torch.onnx.export(what, inputs, dynamo=True, verbose=False)
+
         return run
 
     times = measure.alternate({"ExportedProgram": export(program), "nn.Module": export(model)}, repeats)
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
-def batched_parity(model: torch.nn.Module, onnx_path: Path, inputs: tuple[torch.Tensor, ...],
-                   repeats: int) -> dict[str, Any]:
+def batched_parity(
+    model: torch.nn.Module, onnx_path: Path, inputs: tuple[torch.Tensor, ...], repeats: int
+) -> dict[str, Any]:
     """The fp64 reference and an onnxruntime session on 4 single-sample batches, one call each, against
     one call on the 4 samples stacked (possible when the exported batch dimension is dynamic)."""
     import copy
@@ -296,19 +321,24 @@ def batched_parity(model: torch.nn.Module, onnx_path: Path, inputs: tuple[torch.
         def run() -> object:
             with torch.inference_mode():
                 return [reference(b) for b in batches]
+
         return run
 
     def ort_calls(batches: list[np.ndarray]) -> Callable[[], object]:
         return lambda: [session.run(None, {name: b}) for b in batches]
 
-    jobs = {"fp64 torch, 4 calls": torch_calls(singles), "fp64 torch, 1 stacked call": torch_calls([stacked]),
-            "onnxruntime, 4 calls": ort_calls(arrays),
-            "onnxruntime, 1 stacked call": ort_calls([np.concatenate(arrays)])}
+    jobs = {
+        "fp64 torch, 4 calls": torch_calls(singles),
+        "fp64 torch, 1 stacked call": torch_calls([stacked]),
+        "onnxruntime, 4 calls": ort_calls(arrays),
+        "onnxruntime, 1 stacked call": ort_calls([np.concatenate(arrays)]),
+    }
     times = measure.alternate(jobs, repeats)
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 # 4. Offline-optimised models -----------------------------------------------------------------------------
+
 
 def offline_optimised(path: Path, folder: Path, level: ort.GraphOptimizationLevel, name: str) -> Path:
     """Save onnxruntime's optimised graph of ``path`` at ``level`` (ORT_ENABLE_ALL output is machine-specific)."""
@@ -324,6 +354,7 @@ def session_seconds(path: Path, level: ort.GraphOptimizationLevel) -> Callable[[
         options = measure.session_options()
         options.graph_optimization_level = level
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
     return create
 
 
@@ -338,24 +369,31 @@ def compare_offline(path: Path, folder: Path, inputs: tuple[torch.Tensor, ...], 
     full = offline_optimised(path, folder, levels.ORT_ENABLE_ALL, "offline_all.onnx")
     external = folder / "external.onnx"
     onnx.save_model(onnx.load(str(path)), str(external), save_as_external_data=True, location="external.onnx.data")
-    jobs = {"as written, ENABLE_ALL": session_seconds(path, levels.ORT_ENABLE_ALL),
-            "weights as external data, ENABLE_ALL": session_seconds(external, levels.ORT_ENABLE_ALL),
-            "offline EXTENDED, then ENABLE_ALL": session_seconds(extended, levels.ORT_ENABLE_ALL),
-            "offline ALL, loaded with DISABLE_ALL": session_seconds(full, levels.ORT_DISABLE_ALL)}
+    jobs = {
+        "as written, ENABLE_ALL": session_seconds(path, levels.ORT_ENABLE_ALL),
+        "weights as external data, ENABLE_ALL": session_seconds(external, levels.ORT_ENABLE_ALL),
+        "offline EXTENDED, then ENABLE_ALL": session_seconds(extended, levels.ORT_ENABLE_ALL),
+        "offline ALL, loaded with DISABLE_ALL": session_seconds(full, levels.ORT_DISABLE_ALL),
+    }
     times = measure.alternate(jobs, repeats)
     medians = {k: 1e3 * sorted(v)[len(v) // 2] for k, v in times.items()}
     arrays = tuple(t.numpy() for t in inputs)
     latency = offline_latency(path, full, arrays)
-    return {"session_ms": medians, "latency_ms": latency,
-            "size_mb": {p.name: p.stat().st_size / 2**20 for p in (path, extended, full)}}
+    return {
+        "session_ms": medians,
+        "latency_ms": latency,
+        "size_mb": {p.name: p.stat().st_size / 2**20 for p in (path, extended, full)},
+    }
 
 
 def offline_latency(path: Path, full: Path, arrays: tuple[Any, ...]) -> dict[str, float]:
     from bnfold.bench import interleave
 
     levels = ort.GraphOptimizationLevel
-    sessions = {"as written": session_seconds(path, levels.ORT_ENABLE_ALL)(),
-                "offline ALL": session_seconds(full, levels.ORT_DISABLE_ALL)()}
+    sessions = {
+        "as written": session_seconds(path, levels.ORT_ENABLE_ALL)(),
+        "offline ALL": session_seconds(full, levels.ORT_DISABLE_ALL)(),
+    }
     calls = {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: arrays[0]})) for k, s in sessions.items()}
     samples = interleave(calls, warmup=5, min_runs=20, min_seconds=2.0)
     return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}

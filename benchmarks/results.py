@@ -23,26 +23,33 @@ class Target:
         if not values:
             return {"median": None, "worst": None, "worst_model": None, "passed": None}
         median, worst_model = statistics.median(values), max(ratios, key=ratios.__getitem__)
-        passed = ((self.median is None or median <= self.median)
-                  and (self.worst is None or ratios[worst_model] <= self.worst))
+        passed = (self.median is None or median <= self.median) and (
+            self.worst is None or ratios[worst_model] <= self.worst
+        )
         return {"median": median, "worst": ratios[worst_model], "worst_model": worst_model, "passed": passed}
 
     def bound(self) -> str:
         parts = ([f"median ≤ {self.median:g}"] if self.median is not None else []) + (
             [f"every model ≤ {self.worst:g}" if self.median is None else f"worst ≤ {self.worst:g}"]
-            if self.worst is not None else [])
+            if self.worst is not None
+            else []
+        )
         return ", ".join(parts)
 
 
 TARGETS = (
     Target("P1", "onnxruntime CPU latency: bnfold output ÷ BN-free twin", 1.01, 1.05),
-    Target("P2", "PyTorch eager latency: bnfold.fold(...).module ÷ the exact limit (the BN-free twin, its "
-           "unfoldable BNs kept as one multiply-add each)", None, 1.01),
+    Target(
+        "P2",
+        "PyTorch eager latency: bnfold.fold(...).module ÷ the exact limit (the BN-free twin, its "
+        "unfoldable BNs kept as one multiply-add each)",
+        None,
+        1.01,
+    ),
     Target("P3", "bnfold convert wall time (no latency) ÷ bare torch.onnx.export(dynamo=True)", None, 1.0),
     Target("P4t", "bnfold.fold ÷ the torch.export trace it starts from", None, 1.5),
     Target("P5", "onnxruntime session creation: bnfold output ÷ dynamo export of the original", None, 1.0),
-    Target("memory", "peak RSS: bnfold convert ÷ (bare export + one copy of the weights), fresh processes",
-           None, 1.0),
+    Target("memory", "peak RSS: bnfold convert ÷ (bare export + one copy of the weights), fresh processes", None, 1.0),
 )
 
 
@@ -71,9 +78,14 @@ def model_rows(models: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[
         cells = [name]
         for t in TARGETS:
             block = m.get(t.key)
-            cells.append("—" if block is None else (
-                f"{block['ratio']:.3f} ({_absolute(block['candidate_median'], block['unit'])} / "
-                f"{_absolute(block['baseline_median'], block['unit'])})"))
+            cells.append(
+                "—"
+                if block is None
+                else (
+                    f"{block['ratio']:.3f} ({_absolute(block['candidate_median'], block['unit'])} / "
+                    f"{_absolute(block['baseline_median'], block['unit'])})"
+                )
+            )
         facts = m.get("convert", {})
         cells.append(f"{facts.get('batchnorm_folded', '?')}/{facts.get('batchnorm_found', '?')}")
         cells.append({True: "pass", False: "FAIL"}.get(facts.get("passed"), "—"))
@@ -90,8 +102,11 @@ def file_rows(models: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[s
         cells = [name]
         for side in sides:
             f = m.get("onnx", {}).get(side)
-            cells.append("—" if f is None else
-                         f"{f['nodes']} / {f['batchnorm_nodes']} / {f['file_mb']:.1f} + {f['external_data_mb']:.1f}")
+            cells.append(
+                "—"
+                if f is None
+                else f"{f['nodes']} / {f['batchnorm_nodes']} / {f['file_mb']:.1f} + {f['external_data_mb']:.1f}"
+            )
         diff = m.get("max_abs_diff_vs_export")
         cells.append("—" if diff is None else f"{diff:.1e}")
         rows.append(cells)
@@ -108,8 +123,17 @@ def _absolute(value: float, unit: str) -> str:
 
 def target_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["target", "what", "bound", "median", "worst (model)", "result"]
-    rows = [[key, s["title"], s["target"], _fmt(s["median"]), f"{_fmt(s['worst'])} ({s['worst_model']})",
-             _verdict(s["passed"])] for key, s in summary.items()]
+    rows = [
+        [
+            key,
+            s["title"],
+            s["target"],
+            _fmt(s["median"]),
+            f"{_fmt(s['worst'])} ({s['worst_model']})",
+            _verdict(s["passed"]),
+        ]
+        for key, s in summary.items()
+    ]
     return header, rows
 
 
@@ -186,16 +210,19 @@ def markdown(results: dict[str, Any]) -> str:
     summary_table = markdown_table(*target_rows(results["summary"]))
     models_table = markdown_table(*model_rows(results["models"]))
     files_table = markdown_table(*file_rows(results["models"]))
-    machine = (f"{env['cpu_model']}, {env['physical_cores']} physical / {env['logical_cores']} logical cores, "
-               f"{env['os']}; Python {env['python']}, torch {env['torch']}, onnx {env['onnx']}, onnxruntime "
-               f"{env['onnxruntime']}, onnxscript {env['onnxscript']}; load average "
-               f"{results['load_average']['start']} at start, {results['load_average']['end']} at end")
+    machine = (
+        f"{env['cpu_model']}, {env['physical_cores']} physical / {env['logical_cores']} logical cores, "
+        f"{env['os']}; Python {env['python']}, torch {env['torch']}, onnx {env['onnx']}, onnxruntime "
+        f"{env['onnxruntime']}, onnxscript {env['onnxscript']}; load average "
+        f"{results['load_average']['start']} at start, {results['load_average']['end']} at end"
+    )
     resolution = f"{settings['resolution']}x{settings['resolution']}" + (
-        " (depth-reduced variants)" if settings["quick"] else "")
+        " (depth-reduced variants)" if settings["quick"] else ""
+    )
     method = METHOD.format(resolution=resolution, threads=settings["threads"], **settings["effort"])
     return f"""# bnfold benchmarks
 
-Latest run of `{settings['command']}`, {results['created']}, {results['elapsed_seconds']:.0f} s.
+Latest run of `{settings["command"]}`, {results["created"]}, {results["elapsed_seconds"]:.0f} s.
 Ratios are bnfold ÷ baseline: lower is better. Regenerated by every run; the full numbers are in
 `results.json`. Where `convert`'s time and memory go, and what bounds the targets marked FAIL, is in
 `PROFILE.md`.

@@ -35,8 +35,11 @@ QUICK = measure.Effort(min_runs=10, min_seconds=0.5, repeats=2, sessions=3, proc
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="bnfold speed, memory and overhead benchmarks")
-    parser.add_argument("--quick", action="store_true",
-                        help="depth-reduced architectures at 64x64, fewer repetitions (a smoke run, ~3 min)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="depth-reduced architectures at 64x64, fewer repetitions (a smoke run, ~3 min)",
+    )
     parser.add_argument("--models", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--resolution", type=int, default=None, help="input height and width (224; --quick: 64)")
     parser.add_argument("--output", type=Path, default=HERE, help="folder for results.json and RESULTS.md")
@@ -65,16 +68,20 @@ def bench_subject(subject: Subject, effort: measure.Effort, folder: Path) -> dic
         if subject.large:
             subject.archive.unlink(missing_ok=True)
     if subject.large:  # the other measurements would hold several copies of it in this process
-        out["onnx"] = {"bnfold": measure.output_nodes(folder / "bnfold.onnx"),
-                       "export": measure.output_nodes(folder / "export.onnx")}
+        out["onnx"] = {
+            "bnfold": measure.output_nodes(folder / "bnfold.onnx"),
+            "export": measure.output_nodes(folder / "export.onnx"),
+        }
         for key in ("P3", "memory"):
             say(f"  {key}: {out[key]['ratio']:.3f}")
         return out
     module, inputs = subject.module(), subject.inputs()
     twin = without_batchnorm(module)
     out["max_abs_diff_vs_export"] = measure.outputs_agree(folder / "bnfold.onnx", folder / "export.onnx", inputs)
-    out["onnx"] = {"bnfold": measure.output_nodes(folder / "bnfold.onnx"),
-                   "export": measure.output_nodes(folder / "export.onnx")}
+    out["onnx"] = {
+        "bnfold": measure.output_nodes(folder / "bnfold.onnx"),
+        "export": measure.output_nodes(folder / "export.onnx"),
+    }
     say("  P4t: bnfold.fold against the torch.export trace it starts from (and torch.fx fuse, for scale)")
     out["P4"], out["P4t"], folded = measure.fold_time(module, inputs, effort)
     kept = {r.name for r in folded.records if r.action != "folded"}
@@ -120,9 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "elapsed_seconds": time.perf_counter() - started,
-        "settings": {"command": " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
-                     "quick": args.quick, "resolution": args.resolution, "models": args.models,
-                     "threads": measure.THREADS, "effort": effort.__dict__},
+        "settings": {
+            "command": " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
+            "quick": args.quick,
+            "resolution": args.resolution,
+            "models": args.models,
+            "threads": measure.THREADS,
+            "effort": effort.__dict__,
+        },
         "environment": env,
         "load_average": {"start": start_load, "end": load_average()},
         "summary": summary,
@@ -133,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     results.write_json(report, args.output / "results.json")
     (args.output / "RESULTS.md").write_text(results.markdown(results.rounded(report)))
-    say(f"\nwrote {args.output / 'results.json'} and {args.output / 'RESULTS.md'} "
-        f"({report['elapsed_seconds']:.0f} s)")
+    say(f"\nwrote {args.output / 'results.json'} and {args.output / 'RESULTS.md'} ({report['elapsed_seconds']:.0f} s)")
     return 0
 
 

@@ -36,9 +36,15 @@ def run_convert(subject: Subject, out: Path) -> dict[str, object]:
     result = convert(source, config, example_inputs=inputs)
     seconds = time.perf_counter() - start
     fold = result.report["fold"]
-    return {"seconds": seconds, "passed": result.passed, "batchnorm_found": fold["batchnorm_found"],
-            "batchnorm_folded": fold["batchnorm_folded"], "batchnorm_affine": fold["batchnorm_affine"],
-            "batchnorm_nodes": result.report["onnx"]["batchnorm_nodes"], "nodes": result.report["onnx"]["nodes"]}
+    return {
+        "seconds": seconds,
+        "passed": result.passed,
+        "batchnorm_found": fold["batchnorm_found"],
+        "batchnorm_folded": fold["batchnorm_folded"],
+        "batchnorm_affine": fold["batchnorm_affine"],
+        "batchnorm_nodes": result.report["onnx"]["batchnorm_nodes"],
+        "nodes": result.report["onnx"]["nodes"],
+    }
 
 
 def run_export(subject: Subject, out: Path) -> dict[str, object]:

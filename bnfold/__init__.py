@@ -25,6 +25,17 @@ else:
     from bnfold import bench, fold, verify
 
 __all__ = [
-    "BnRecord", "BnfoldError", "ConvertConfig", "ConvertResult", "FoldResult", "LoadedModel", "bench", "check",
-    "convert", "fold", "inspect_model", "load_model", "verify",
+    "BnRecord",
+    "BnfoldError",
+    "ConvertConfig",
+    "ConvertResult",
+    "FoldResult",
+    "LoadedModel",
+    "bench",
+    "check",
+    "convert",
+    "fold",
+    "inspect_model",
+    "load_model",
+    "verify",
 ]

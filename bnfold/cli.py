@@ -125,6 +125,8 @@ def _model_args(_ctx: click.Context, _param: click.Parameter, values: tuple[str,
     from bnfold.load.factory import parse_model_args
 
     return tuple(parse_model_args(values).items())
+
+
 shape_option = click.option(
     "--input-shape",
     "input_shapes",
@@ -142,7 +144,9 @@ trust_option = click.option(
     "code from the file may run. Only for files you trust.",
 )
 quiet_option = click.option(
-    "--quiet", "-q", is_flag=True,
+    "--quiet",
+    "-q",
+    is_flag=True,
     help="Print nothing (an Error: line aside): no progress, summary or library log lines; the exit code tells.",
 )
 
@@ -228,7 +232,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="Write each model's outputs into this folder (needed for several models, with summary.json/.md/.html).",
 )
 @click.option(
-    "--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
     help="Models converted at once, each in its own process with its share of the cores.",
 )
 @click.option(
@@ -244,8 +252,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="Dimensions the ONNX model keeps dynamic, by name or axis [default: a torch.export archive's own, "
     "else batch].",
 )
-@click.option("--input-names", callback=_names, metavar="A,B",
-              help="Names of the ONNX model's inputs [default: the model's own, e.g. the forward's arguments].")
+@click.option(
+    "--input-names",
+    callback=_names,
+    metavar="A,B",
+    help="Names of the ONNX model's inputs [default: the model's own, e.g. the forward's arguments].",
+)
 @click.option("--output-names", callback=_names, metavar="Y", help="Names of the ONNX model's outputs.")
 @click.option(
     "--opset",
@@ -395,8 +407,10 @@ def _convert_many(models: tuple[Path, ...], config: Any, output_dir: Path | None
     if output_dir is None:
         raise click.UsageError("give --output-dir for several models: each model's outputs and summary.json go there")
     if config.output or config.report or config.save_optimized or config.save_inputs:
-        raise click.UsageError("-o, --report, --save-optimized and --save-inputs name one model's files: with "
-                               "several models use --output-dir")
+        raise click.UsageError(
+            "-o, --report, --save-optimized and --save-inputs name one model's files: with "
+            "several models use --output-dir"
+        )
     if not output_dir.is_dir():
         raise click.UsageError(f"--output-dir {output_dir} does not exist: create it first")
     runs = plan(list(models), output_dir)

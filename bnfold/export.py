@@ -198,8 +198,11 @@ def run_torchscript_exporter(
             path = Path(folder) / "model.onnx"
             said = _torchscript_export(module, inputs, str(path), options)
             proto = onnx.load(str(path))  # each tensor read from its file, into the one message
-        said.insert(0, f"the TorchScript exporter wrote the model through a file with external data: its "
-                       f"weights ({weights / 1e9:.1f} GB) are past what protobuf holds in memory (2 GB)")
+        said.insert(
+            0,
+            f"the TorchScript exporter wrote the model through a file with external data: its "
+            f"weights ({weights / 1e9:.1f} GB) are past what protobuf holds in memory (2 GB)",
+        )
         return proto, said
     buffer = io.BytesIO()
     said = _torchscript_export(module, inputs, buffer, options)
@@ -327,11 +330,15 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     from bnfold.fold.onnx._evaluate import DEFAULT_OUTPUT_LIMIT, small_fill
 
     work = ir.serde.deserialize_model(model)
-    subgraphs = any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                    for node in model.graph.node for attr in node.attribute)
+    subgraphs = any(
+        attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for node in model.graph.node
+        for attr in node.attribute
+    )
     passes = ir.passes.Sequential(
-        FoldConstantsPass(shape_inference=True, input_size_limit=8192, output_size_limit=DEFAULT_OUTPUT_LIMIT,
-                          should_fold=small_fill),
+        FoldConstantsPass(
+            shape_inference=True, input_size_limit=8192, output_size_limit=DEFAULT_OUTPUT_LIMIT, should_fold=small_fill
+        ),
         # onnx_ir renames an outer value a subgraph returns through an Identity: not with subgraphs
         *([] if subgraphs else [common.IdentityEliminationPass()]),
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
@@ -438,8 +445,10 @@ def external_data_path(model: onnx.ModelProto, path: Path, external_data: str = 
             f"the weights ({size / 1e9:.1f} GB) do not fit in one ONNX file (protobuf's 2 GB limit): "
             "use --external-data auto"
         )
-    external = size >= EXTERNAL_DATA_BYTES or external_data == "always" or (
-        external_data == "auto" and size >= EXTERNAL_DATA_AUTO_BYTES
+    external = (
+        size >= EXTERNAL_DATA_BYTES
+        or external_data == "always"
+        or (external_data == "auto" and size >= EXTERNAL_DATA_AUTO_BYTES)
     )
     return path.with_name(path.name + ".data") if external else None
 

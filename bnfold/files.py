@@ -29,9 +29,7 @@ def check_writable(path: str | Path) -> None:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".check"):
             pass
     except OSError as exc:
-        raise OutputError(
-            f"cannot write to {directory} ({one_line(exc)}): choose another output path"
-        ) from exc
+        raise OutputError(f"cannot write to {directory} ({one_line(exc)}): choose another output path") from exc
 
 
 def ensure_distinct(input_path: str | Path, output_path: str | Path) -> None:

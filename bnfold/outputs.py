@@ -38,14 +38,17 @@ def check_plan(writes: Mapping[str, Path], reads: Mapping[str, Path]) -> None:
     for label, path in writes.items():
         for other, source in reads.items():
             if same_file(path, source):
-                raise OutputError(f"{label} {path} is {other} ({source}), which bnfold reads: "
-                                  "choose another output path")
+                raise OutputError(
+                    f"{label} {path} is {other} ({source}), which bnfold reads: choose another output path"
+                )
     labels = list(writes)
     for i, label in enumerate(labels):
-        for other in labels[i + 1:]:
+        for other in labels[i + 1 :]:
             if same_file(writes[label], writes[other]):
-                raise OutputError(f"{other} {writes[other]} is the same file as {label} {writes[label]}: "
-                                  "give each output its own name")
+                raise OutputError(
+                    f"{other} {writes[other]} is the same file as {label} {writes[label]}: "
+                    "give each output its own name"
+                )
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -67,8 +70,10 @@ def check_target(label: str, path: Path) -> None:
         raise OutputError(f"cannot write {label} {path}: the directory {directory} {what}")
     limit = _name_max(directory)
     if len(os.fsencode(path.name)) > limit:
-        raise OutputError(f"{label} {path.name[:40]}...: the file name is longer than this file system allows "
-                          f"({limit} bytes); choose a shorter name")
+        raise OutputError(
+            f"{label} {path.name[:40]}...: the file name is longer than this file system allows "
+            f"({limit} bytes); choose a shorter name"
+        )
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -78,13 +83,19 @@ def check_target(label: str, path: Path) -> None:
     if mode is not None and stat.S_ISDIR(mode):
         raise OutputError(f"{label} {path} is a directory: give a file name for the output")
     if mode is not None and not stat.S_ISREG(mode):
-        raise OutputError(f"{label} {path} exists and is not a regular file ({_kind(mode)}): bnfold only "
-                          "replaces regular files; choose another output path")
+        raise OutputError(
+            f"{label} {path} exists and is not a regular file ({_kind(mode)}): bnfold only "
+            "replaces regular files; choose another output path"
+        )
 
 
 def _kind(mode: int) -> str:
-    kinds = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
-             (stat.S_ISSOCK, "a socket")]
+    kinds = [
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
     return next((name for test, name in kinds if test(mode)), "a special file")
 
 
@@ -234,7 +245,7 @@ def remove_stale_staging(directory: Path) -> None:
 def _owner(name: str) -> int | None:
     if not name.startswith(STAGING_PREFIX):
         return None
-    pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
+    pid = name[len(STAGING_PREFIX) :].split("-", 1)[0]
     return int(pid) if pid.isdigit() else None
 
 

@@ -57,16 +57,27 @@ class TerminalProgress:
         from tqdm import tqdm
 
         self.close()
-        self.bar = tqdm(total=None, desc=f"{event.stage}: {event.message}", file=self.stream, leave=False,
-                        bar_format="{desc} … {elapsed}")
+        self.bar = tqdm(
+            total=None,
+            desc=f"{event.stage}: {event.message}",
+            file=self.stream,
+            leave=False,
+            bar_format="{desc} … {elapsed}",
+        )
 
     def _advance(self, event: ProgressEvent) -> None:
         from tqdm import tqdm
 
         if self.bar is None or event.message != self.label:
             self.close()
-            self.bar = tqdm(total=event.total, desc=f"{event.stage}: {event.message}", file=self.stream,
-                            leave=False, unit=UNITS.get(event.stage, "step"), dynamic_ncols=True)
+            self.bar = tqdm(
+                total=event.total,
+                desc=f"{event.stage}: {event.message}",
+                file=self.stream,
+                leave=False,
+                unit=UNITS.get(event.stage, "step"),
+                dynamic_ncols=True,
+            )
             self.label = event.message
         if event.total is not None and self.bar.total != event.total:
             self.bar.total = event.total

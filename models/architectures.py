@@ -21,9 +21,7 @@ def _conv_bn_relu(
     groups: int = 1,
     bias: bool = False,
 ) -> nn.Sequential:
-    conv = nn.Conv2d(
-        in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias
-    )
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
     return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU())
 
 

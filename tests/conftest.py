@@ -25,7 +25,11 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     """``bnfold ARGS`` in a fresh process, as a user would run it (this checkout's bnfold, from any ``cwd``)."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "bnfold", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=600,
+        [sys.executable, "-m", "bnfold", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=600,
         env={**os.environ, "PYTHONPATH": path},
     )
 

@@ -32,6 +32,7 @@ aten = torch.ops.aten
 
 # --- inputs and statistics -------------------------------------------------------------------------------
 
+
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -52,6 +53,7 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 # --- the four checks -------------------------------------------------------------------------------------
+
 
 def reference(model: nn.Module, inputs: Sequence[torch.Tensor]) -> object:
     """The original model's output computed independently in float64."""
@@ -108,8 +110,7 @@ def onnx_constant_scales(model: onnx.ModelProto) -> int:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].t.dims:
             sizes[node.output[0]] = numpy_helper.to_array(node.attribute[0].t).size
     return sum(
-        node.op_type == "Mul" and any(sizes.get(name, 1) > 1 for name in node.input)
-        for node in model.graph.node
+        node.op_type == "Mul" and any(sizes.get(name, 1) > 1 for name in node.input) for node in model.graph.node
     )
 
 
@@ -154,6 +155,7 @@ def check_onnx(result: FoldResult, inputs: Sequence[torch.Tensor], expected: obj
 
 
 # --- builders --------------------------------------------------------------------------------------------
+
 
 def conv_cls(dim: int, transposed: bool = False) -> type[nn.Module]:
     return getattr(nn, f"{'ConvTranspose' if transposed else 'Conv'}{dim}d")
@@ -339,11 +341,16 @@ class DenseBlock(nn.Module):
         self.layers = nn.ModuleList()
         for i in range(layers):
             c = c_in + i * growth
-            self.layers.append(nn.Sequential(
-                nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 2 * growth, 1, bias=False),
-                nn.BatchNorm2d(2 * growth), nn.ReLU(),
-                nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False),
-            ))
+            self.layers.append(
+                nn.Sequential(
+                    nn.BatchNorm2d(c),
+                    nn.ReLU(),
+                    nn.Conv2d(c, 2 * growth, 1, bias=False),
+                    nn.BatchNorm2d(2 * growth),
+                    nn.ReLU(),
+                    nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False),
+                )
+            )
         c_out = c_in + layers * growth
         self.transition = nn.Sequential(nn.BatchNorm2d(c_out), nn.ReLU(), nn.Conv2d(c_out, 4, 1))
 

@@ -105,15 +105,20 @@ def _entries() -> list[Entry]:
     e: list[tuple[str, Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]]] = [
         # forward into the producer
         ("conv2d_bn", lambda: (_seq(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), seed=1), (image(2, 3),))),
-        ("conv1d_bn_nobias", lambda: (_seq(nn.Conv1d(4, 4, 3, bias=False), nn.BatchNorm1d(4), seed=2),
-                                      (image(1, 4),))),
-        ("conv3d_depthwise_bn", lambda: (_seq(nn.Conv3d(4, 4, 3, groups=4), nn.BatchNorm3d(4), seed=3),
-                                         (image(3, 4, size=5),))),
-        ("convtranspose_grouped_bn", lambda: (_seq(nn.ConvTranspose2d(4, 6, 3, groups=2), nn.BatchNorm2d(6),
-                                                   seed=4), (image(2, 4, size=4),))),
+        ("conv1d_bn_nobias", lambda: (_seq(nn.Conv1d(4, 4, 3, bias=False), nn.BatchNorm1d(4), seed=2), (image(1, 4),))),
+        (
+            "conv3d_depthwise_bn",
+            lambda: (_seq(nn.Conv3d(4, 4, 3, groups=4), nn.BatchNorm3d(4), seed=3), (image(3, 4, size=5),)),
+        ),
+        (
+            "convtranspose_grouped_bn",
+            lambda: (_seq(nn.ConvTranspose2d(4, 6, 3, groups=2), nn.BatchNorm2d(6), seed=4), (image(2, 4, size=4),)),
+        ),
         ("linear_bn1d", lambda: (_seq(nn.Linear(5, 6), nn.BatchNorm1d(6), seed=5), (randn(8, 5),))),
-        ("conv_bn_bn", lambda: (_seq(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.BatchNorm2d(4), seed=6),
-                                (image(2, 3),))),
+        (
+            "conv_bn_bn",
+            lambda: (_seq(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.BatchNorm2d(4), seed=6), (image(2, 3),)),
+        ),
         ("channels_last_transpose", lambda: (randomise(ChannelsLast(), seed=7), (randn(2, 7, 5),))),
         ("channels_last_permute", lambda: (randomise(ChannelsLast(permute=True), seed=8), (randn(2, 7, 5),))),
         ("acnet_branches", lambda: (randomise(ACBlock(), seed=9), (image(2, 3),))),
@@ -128,21 +133,34 @@ def _entries() -> list[Entry]:
         ("channel_scale", lambda: (ChannelScale().eval(), (image(2, 3),))),
         # backward into the consumer
         ("bn_conv_unpadded", lambda: (_seq(nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3), seed=14), (image(2, 4),))),
-        ("bn_conv_reflect", lambda: (_seq(nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect"),
-                                          seed=15), (image(2, 4),))),
-        ("bn_linear", lambda: (_seq(nn.BatchNorm1d(5), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2), seed=16),
-                               (randn(6, 5),))),
+        (
+            "bn_conv_reflect",
+            lambda: (
+                _seq(nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect"), seed=15),
+                (image(2, 4),),
+            ),
+        ),
+        (
+            "bn_linear",
+            lambda: (_seq(nn.BatchNorm1d(5), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2), seed=16), (randn(6, 5),)),
+        ),
         ("bn_two_heads", lambda: (randomise(TwoHeads(), seed=17), (image(2, 3),))),
         # must not fold
         ("shared_output", lambda: (randomise(SharedOutput(), seed=18), (image(2, 3),))),
         ("bn_relu_conv", lambda: (randomise(BnReluConv(), seed=19), (image(2, 3),))),
-        ("bn_convtranspose", lambda: (_seq(nn.BatchNorm2d(3), nn.ConvTranspose2d(3, 4, 3, stride=2), seed=20),
-                                      (image(2, 3),))),
-        ("bn_conv_zero_padded", lambda: (_seq(nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3, padding=1), seed=21),
-                                         (image(2, 4),))),
+        (
+            "bn_convtranspose",
+            lambda: (_seq(nn.BatchNorm2d(3), nn.ConvTranspose2d(3, 4, 3, stride=2), seed=20), (image(2, 3),)),
+        ),
+        (
+            "bn_conv_zero_padded",
+            lambda: (_seq(nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3, padding=1), seed=21), (image(2, 4),)),
+        ),
         ("concat_height_axis", lambda: (randomise(ConcatBatchAxis(), seed=22), (image(2, 3),))),
-        ("batch_statistics", lambda: (_seq(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False),
-                                           seed=23), (image(2, 3),))),
+        (
+            "batch_statistics",
+            lambda: (_seq(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), seed=23), (image(2, 3),)),
+        ),
         ("densenet_block", lambda: (randomise(DenseBlock(), seed=24), (image(2, 3),))),
         # (a BN nothing reads is not here: both ONNX exporters drop it, so only a .pt2 still holds it)
         # the sample models

@@ -31,7 +31,7 @@ from hostile_zip import Entries, edited, json_edit, read_zip, write_zip
 from torch import nn
 
 FACTORIES_NAME = "bnfold_security_factories"
-FACTORIES = '''
+FACTORIES = """
 import torch
 from torch import nn
 
@@ -49,7 +49,7 @@ class Small(nn.Module):
 def small():
     torch.manual_seed(0)
     return Small().eval()
-'''
+"""
 FACTORY = f"{FACTORIES_NAME}:small"
 SHAPE = (2, 1, 8, 8)
 SHAPE_ARG = ",".join(map(str, SHAPE))
@@ -177,10 +177,23 @@ def build_base(directory: Path) -> Base:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, example, buffer, dynamo=False, do_constant_folding=False,  # type: ignore[arg-type]
-                          input_names=["x"], output_names=["y"])
-    return Base(factories, example, read_zip(directory / "base.pt2")[1], read_zip(directory / "dynamic.pt2")[1],
-                legacy, buffer.getvalue())
+        torch.onnx.export(
+            model,
+            example,
+            buffer,
+            dynamo=False,
+            do_constant_folding=False,  # type: ignore[arg-type]
+            input_names=["x"],
+            output_names=["y"],
+        )
+    return Base(
+        factories,
+        example,
+        read_zip(directory / "base.pt2")[1],
+        read_zip(directory / "dynamic.pt2")[1],
+        legacy,
+        buffer.getvalue(),
+    )
 
 
 # --- hostile files: each builder writes into its own directory and returns the model file ------------
@@ -228,7 +241,10 @@ def constant_pickled(path_name: str, data: Callable[[Path], bytes]) -> Evil:
     def make(base: Base, marker: Path) -> Entries:
         def config(document: dict[str, Any]) -> None:
             document["config"]["hidden"] = {
-                "path_name": path_name, "is_param": False, "use_pickle": True, "tensor_meta": None,
+                "path_name": path_name,
+                "is_param": False,
+                "use_pickle": True,
+                "tensor_meta": None,
             }
 
         entries = edited(base.pt2, {"data/constants/model_constants_config.json": json_edit(config)})
@@ -394,16 +410,19 @@ SPECS = [
     Spec("pt2-weight-absolute-extra", "1", pt2(W("/extra/payload")), PT2),
     # 2. example inputs and constants
     Spec("pt2-sample-inputs", "2", pt2(inputs_pickled), PT2, code=True),
-    Spec("pt2-constant-tensor-pickle", "2", pt2(constant_pickled("tensor_0", lambda m: saved(Payload(m)))), PT2,
-         code=True),
+    Spec(
+        "pt2-constant-tensor-pickle",
+        "2",
+        pt2(constant_pickled("tensor_0", lambda m: saved(Payload(m)))),
+        PT2,
+        code=True,
+    ),
     Spec("pt2-constant-opaque-pickle", "2", pt2(constant_pickled("opaque_obj_0", opaque_pickle)), PT2, code=True),
     # 3. decoy configs
     Spec("pt2-decoy-config", "3", pt2(decoy_config), PT2),
     # 4. one name twice
-    Spec("pt2-duplicate-config-clean-first", "4", pt2(duplicate(WEIGHTS_CONFIG, False)),
-         PT2),
-    Spec("pt2-duplicate-config-evil-first", "4", pt2(duplicate(WEIGHTS_CONFIG, True)),
-         PT2),
+    Spec("pt2-duplicate-config-clean-first", "4", pt2(duplicate(WEIGHTS_CONFIG, False)), PT2),
+    Spec("pt2-duplicate-config-evil-first", "4", pt2(duplicate(WEIGHTS_CONFIG, True)), PT2),
     Spec("pt2-duplicate-inputs-clean-first", "4", pt2(duplicate(SAMPLE_INPUTS, False)), PT2),
     Spec("pt2-duplicate-inputs-evil-first", "4", pt2(duplicate(SAMPLE_INPUTS, True)), PT2),
     # 5. the archive's root is not where a naive reader looks
@@ -413,18 +432,39 @@ SPECS = [
     Spec("pt2-root-named-models", "5", pt2(W(), root="models/"), PT2),
     # 6. symbolic shapes: torch hands expr_str to sympy.sympify, which evaluates it
     Spec("pt2-sympy-system", "6", pt2(sympy_expression("__import__('os').system('touch MARKER')")), PT2),
-    Spec("pt2-sympy-stealth", "6", pt2(sympy_expression("(__import__('os').system('touch MARKER'), SYMBOL)[1]")),
-         PT2, loads=True),
+    Spec(
+        "pt2-sympy-stealth",
+        "6",
+        pt2(sympy_expression("(__import__('os').system('touch MARKER'), SYMBOL)[1]")),
+        PT2,
+        loads=True,
+    ),
     # a file created from C++ (no Python audit event); torch.from_file itself is faked while shapes are read
-    Spec("pt2-sympy-storage-from-file", "6", pt2(sympy_expression(
-        "SYMBOL + 0 * __import__('torch').UntypedStorage.from_file('MARKER', True, len('x')).nbytes()")),
-         PT2, loads=True),
+    Spec(
+        "pt2-sympy-storage-from-file",
+        "6",
+        pt2(
+            sympy_expression(
+                "SYMBOL + 0 * __import__('torch').UntypedStorage.from_file('MARKER', True, len('x')).nbytes()"
+            )
+        ),
+        PT2,
+        loads=True,
+    ),
     # 7. TorchScript: code by design
     Spec("torchscript-setstate", "7", torchscript, "jit", code=True, args=SHAPE_ARGS, loads=True),
     # 8. torch.save pickles that refer to code
     *[
-        Spec(f"torch-save-{what}-{fmt}{suffix}", "8", torch_saved(make, fmt == "legacy"), control, code=True,
-             args=args, factory=factory, env=env)
+        Spec(
+            f"torch-save-{what}-{fmt}{suffix}",
+            "8",
+            torch_saved(make, fmt == "legacy"),
+            control,
+            code=True,
+            args=args,
+            factory=factory,
+            env=env,
+        )
         for what, make, args, factory in [
             ("object", payload_of("system"), SHAPE_ARGS, None),
             ("module", module_with_payload, SHAPE_ARGS, None),
@@ -434,8 +474,14 @@ SPECS = [
         for suffix, env, control in (("", {}, "torch_load"), ("-env", FORCE_UNSAFE, "torch_load_default"))
     ],
     *[
-        Spec(f"torch-save-object-{how.replace('_', '-')}", "8", torch_saved(payload_of(how), False), "torch_load",
-             code=True, args=SHAPE_ARGS)
+        Spec(
+            f"torch-save-object-{how.replace('_', '-')}",
+            "8",
+            torch_saved(payload_of(how), False),
+            "torch_load",
+            code=True,
+            args=SHAPE_ARGS,
+        )
         for how in ("exec", "from_file", "torch_save")
     ],
 ]
@@ -452,9 +498,12 @@ CLEAN_PT2: dict[str, tuple[Callable[[Base], Entries], str]] = {  # name -> (memb
     "pt2-directory-entry-first": (lambda b: [("", b"")] + b.pt2, "archive/"),
     "pt2-extra-files-like-model-parts": (
         lambda b: [(f"extra/{n}", dict(b.pt2)[n]) for n in (WEIGHTS_CONFIG, "models/model.json")] + b.pt2,
-        "archive/"),
-    "pt2-extra-files-a-whole-model": (lambda b: [("extra/decoy/" + n, d) for n, d in text_parts(b.pt2)] + b.pt2,
-                                      "archive/"),
+        "archive/",
+    ),
+    "pt2-extra-files-a-whole-model": (
+        lambda b: [("extra/decoy/" + n, d) for n, d in text_parts(b.pt2)] + b.pt2,
+        "archive/",
+    ),
     "pt2-legacy-layout": (lambda b: b.legacy_pt2, ""),
     # torch loads it (through its fallback), but two programs in one file is no layout torch writes:
     # bnfold may refuse it, so it is only a control here

@@ -113,8 +113,11 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     out.seek(0)
     err.seek(0)
     return {
-        "code": code, "stdout": out.read().decode(errors="replace"), "stderr": err.read().decode(errors="replace"),
-        "cpu_seconds": cpu, "peak_growth_mib": (peak - before_rss) / 1024 if reset else None,
+        "code": code,
+        "stdout": out.read().decode(errors="replace"),
+        "stderr": err.read().decode(errors="replace"),
+        "cpu_seconds": cpu,
+        "peak_growth_mib": (peak - before_rss) / 1024 if reset else None,
     }
 
 
@@ -129,8 +132,12 @@ def api_outcome(call: dict[str, Any]) -> tuple[Any, str]:
         if call["kind"] == "load":
             bnfold.load_model(call["path"], factory=call["factory"])
         else:
-            config = bnfold.ConvertConfig(output=Path(call["output"]), bench=False, factory=call["factory"],
-                                          input_shapes=tuple(tuple(s) for s in call["input_shapes"]))
+            config = bnfold.ConvertConfig(
+                output=Path(call["output"]),
+                bench=False,
+                factory=call["factory"],
+                input_shapes=tuple(tuple(s) for s in call["input_shapes"]),
+            )
             bnfold.convert(call["path"], config)
     except BnfoldError as exc:
         if call["kind"] == "load" and not isinstance(exc, LoadError):

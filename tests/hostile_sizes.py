@@ -75,8 +75,9 @@ def bomb_claim(paths: list[Path]) -> str:
     return f"{info.filename}: {info.file_size} bytes declared, {info.compress_size} stored"
 
 
-def _safetensors(header: dict[str, Any], declared: int | None = None, data: bytes = bytes(64)) -> Callable[
-        [Path, Base], list[Path]]:
+def _safetensors(
+    header: dict[str, Any], declared: int | None = None, data: bytes = bytes(64)
+) -> Callable[[Path, Base], list[Path]]:
     def build(directory: Path, base: Base) -> list[Path]:
         raw = json.dumps(header).encode()
         length = len(raw) if declared is None else declared
@@ -93,7 +94,7 @@ def safetensors_claim(paths: list[Path]) -> str:
     length = struct.unpack("<Q", raw[:8])[0]
     if length > size:
         return f"header length {length} declared, file {size} bytes"
-    header = json.loads(raw[8:8 + length])
+    header = json.loads(raw[8 : 8 + length])
     end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
     assert end > size - 8 - length
     return f"tensor data up to byte {end} declared, {size - 8 - length} bytes of data"
@@ -106,8 +107,9 @@ def _onnx_external(change: str) -> Callable[[Path, Base], list[Path]]:
         import onnx
 
         model = onnx.load_from_string(base.onnx)
-        onnx.save_model(model, directory / "model.onnx", save_as_external_data=True, location="weights.data",
-                        size_threshold=0)
+        onnx.save_model(
+            model, directory / "model.onnx", save_as_external_data=True, location="weights.data", size_threshold=0
+        )
         model = onnx.load(directory / "model.onnx", load_external_data=False)
         tensor = next(t for t in model.graph.initializer if t.name == "conv.weight")
         values = {e.key: e for e in tensor.external_data}
@@ -151,12 +153,24 @@ SIZE_SPECS = [
     SizeSpec("zip-bomb-pt2-extra", _bomb_pt2("extra/notes.txt"), bomb_claim),
     SizeSpec("zip-bomb-pt2-duplicate-inputs", _bomb_duplicate, bomb_claim),
     SizeSpec("zip-bomb-torch-save", _bomb_torch_save, bomb_claim, MODEL_ARGS, FACTORY),
-    SizeSpec("safetensors-header-length", _safetensors(
-        {"conv.weight": {"dtype": "F32", "shape": [4, 1, 3, 3], "data_offsets": [0, 144]}}, declared=1 << 40,
-        data=bytes(144)), safetensors_claim, MODEL_ARGS, FACTORY),
-    SizeSpec("safetensors-data-offsets", _safetensors(
-        {"conv.weight": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 1 << 32]}}),
-        safetensors_claim, MODEL_ARGS, FACTORY),
+    SizeSpec(
+        "safetensors-header-length",
+        _safetensors(
+            {"conv.weight": {"dtype": "F32", "shape": [4, 1, 3, 3], "data_offsets": [0, 144]}},
+            declared=1 << 40,
+            data=bytes(144),
+        ),
+        safetensors_claim,
+        MODEL_ARGS,
+        FACTORY,
+    ),
+    SizeSpec(
+        "safetensors-data-offsets",
+        _safetensors({"conv.weight": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 1 << 32]}}),
+        safetensors_claim,
+        MODEL_ARGS,
+        FACTORY,
+    ),
     SizeSpec("onnx-external-length", _onnx_external("length"), onnx_claim),
     SizeSpec("onnx-external-offset", _onnx_external("offset"), onnx_claim),
     SizeSpec("onnx-external-fifo", _onnx_external("fifo"), onnx_claim),

@@ -27,7 +27,7 @@ def read_zip_bytes(data: bytes) -> tuple[str, Entries]:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = archive.namelist()
         root = names[0].split("/", 1)[0] + "/"
-        return root, [(n[len(root):], archive.read(n)) for n in names]
+        return root, [(n[len(root) :], archive.read(n)) for n in names]
 
 
 def write_zip(path: Path, entries: Entries, root: str = "archive/") -> Path:
@@ -129,12 +129,30 @@ def write_zip_by_hand(path: Path, entries: list[tuple[str, bytes | Deflated]], r
         else:
             method, raw_data, crc, size = 0, data, zlib.crc32(data), len(data)
         raw = (root + name).encode()
-        header = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(raw_data), size,
-                             len(raw), 0)
-        central += struct.pack(
-            "<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(raw_data), size, len(raw),
-            0, 0, 0, 0, 0, len(local),
-        ) + raw
+        header = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(raw_data), size, len(raw), 0)
+        central += (
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                0,
+                method,
+                0,
+                0x21,
+                crc,
+                len(raw_data),
+                size,
+                len(raw),
+                0,
+                0,
+                0,
+                0,
+                0,
+                len(local),
+            )
+            + raw
+        )
         local += header + raw + raw_data
     count = len(entries)
     end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, len(central), len(local), 0)

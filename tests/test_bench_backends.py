@@ -86,7 +86,8 @@ def test_bench_torch_times_modules_and_restores_the_thread_count() -> None:
     results = bench_torch(modules, {2: make_batch(2)}, threads=1, **QUICK)  # type: ignore[arg-type]
     assert torch.get_num_threads() == before
     assert [(r.backend, r.provider, r.model, r.batch, r.runs) for r in results] == [
-        ("torch", "eager", "original", 2, 3), ("torch", "eager", "folded", 2, 3),
+        ("torch", "eager", "original", 2, 3),
+        ("torch", "eager", "folded", 2, 3),
     ]
     assert all(r.session_create_ms is None and r.threads == 1 for r in results)
 

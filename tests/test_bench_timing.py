@@ -19,7 +19,14 @@ def test_interleave_warms_up_then_rotates_the_starting_model() -> None:
     log, calls = recorder()
     samples = interleave(calls, warmup=2, min_runs=4, min_seconds=0.0)  # type: ignore[arg-type]
     assert log == ["original", "folded"] * 2 + [
-        "original", "folded", "folded", "original", "original", "folded", "folded", "original",
+        "original",
+        "folded",
+        "folded",
+        "original",
+        "original",
+        "folded",
+        "folded",
+        "original",
     ]
     assert {k: len(v) for k, v in samples.items()} == {"original": 4, "folded": 4}
 
@@ -27,8 +34,13 @@ def test_interleave_warms_up_then_rotates_the_starting_model() -> None:
 def test_interleave_runs_until_min_seconds_on_the_given_clock() -> None:
     ticks = itertools.count()
     log, calls = recorder()
-    samples = interleave(calls, warmup=0, min_runs=1, min_seconds=10.0,  # type: ignore[arg-type]
-                         clock=lambda: float(next(ticks)))
+    samples = interleave(
+        calls,
+        warmup=0,
+        min_runs=1,
+        min_seconds=10.0,  # type: ignore[arg-type]
+        clock=lambda: float(next(ticks)),
+    )
     assert len(samples["original"]) > 1
     assert all(t == 1000.0 for t in samples["original"])  # one tick per call, in ms
 
@@ -40,14 +52,28 @@ def test_interleave_stops_at_max_runs() -> None:
 
 
 def test_latency_statistics_and_json_keys() -> None:
-    result = LatencyResult.of([4.0, 1.0, 2.0, 3.0], backend="torch", provider="eager", model="folded",
-                              batch=8, threads=2)
+    result = LatencyResult.of(
+        [4.0, 1.0, 2.0, 3.0], backend="torch", provider="eager", model="folded", batch=8, threads=2
+    )
     stats = (result.min_ms, result.max_ms, result.p50_ms, result.mean_ms, result.runs)
     assert stats == (1.0, 4.0, 2.5, 2.5, 4)
     assert result.throughput == pytest.approx(8 / 2.5e-3)
     assert set(result.to_json()) == {
-        "backend", "provider", "model", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms",
-        "max_ms", "throughput", "runs", "threads", "session_create_ms",
+        "backend",
+        "provider",
+        "model",
+        "batch",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "mean_ms",
+        "std_ms",
+        "min_ms",
+        "max_ms",
+        "throughput",
+        "runs",
+        "threads",
+        "session_create_ms",
     }
     assert result.to_json()["session_create_ms"] is None
 
@@ -58,8 +84,9 @@ def test_latency_of_no_samples_is_an_error() -> None:
 
 
 def _result(model: str, samples: list[float], batch: int = 1) -> LatencyResult:
-    return LatencyResult.of(samples, backend="onnxruntime", provider="CPUExecutionProvider", model=model,
-                            batch=batch, threads=1)
+    return LatencyResult.of(
+        samples, backend="onnxruntime", provider="CPUExecutionProvider", model=model, batch=batch, threads=1
+    )
 
 
 def test_speedup_is_the_median_of_paired_ratios_with_their_iqr() -> None:

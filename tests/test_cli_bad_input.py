@@ -26,7 +26,7 @@ import pytest
 import torch
 from conftest import MODELS, STAGE_LINE, run_cli, run_in_process
 
-FACTORIES = '''
+FACTORIES = """
 from collections import OrderedDict
 
 from torch import nn
@@ -62,7 +62,7 @@ def explodes():
 
 def not_a_module():
     return {"weight": 1}
-'''
+"""
 CODE = "bnfold_cli_factories"
 SMALL_SHAPE = ("--input-shape", "2,1,8,8")
 RANDOM = np.random.default_rng(0).bytes(4096)
@@ -210,56 +210,96 @@ DIGITS = MODELS / "digits_cnn.pt2"
 
 CASES = [
     Case("empty-file", convert_bytes("model.pt2", b""), ("is empty (0 bytes)", SUPPORTED)),
-    Case("random-bytes", convert_bytes("model.bin", RANDOM),
-         ("is not a model file bnfold can read", SUPPORTED)),
-    Case("truncated-pt2", truncated_pt2,
-         ("starts like a zip archive but its end is missing", "copy or save the file again")),
-    Case("text-named-pt2", convert_bytes("model.pt2", b"<html>404 Not Found</html>\n"),
-         ("the name says a torch.export archive but the content is not one", "text file", SUPPORTED)),
+    Case("random-bytes", convert_bytes("model.bin", RANDOM), ("is not a model file bnfold can read", SUPPORTED)),
+    Case(
+        "truncated-pt2",
+        truncated_pt2,
+        ("starts like a zip archive but its end is missing", "copy or save the file again"),
+    ),
+    Case(
+        "text-named-pt2",
+        convert_bytes("model.pt2", b"<html>404 Not Found</html>\n"),
+        ("the name says a torch.export archive but the content is not one", "text file", SUPPORTED),
+    ),
     Case("zip-not-torch", zip_of_text, ("is a zip archive but not a model archive", SUPPORTED)),
     Case("directory", a_directory, ("is a directory", "give the model file itself")),
     Case("missing-path", missing_path, ("model.pt2: no such file",)),
-    Case("random-bytes-onnx", convert_bytes("model.onnx", RANDOM),
-         ("the name says an ONNX model but the content is not one", SUPPORTED)),
-    Case("random-bytes-safetensors", convert_bytes("model.safetensors", RANDOM),
-         ("the name says a safetensors file but the content is not one", SUPPORTED)),
-    Case("state-dict-without-model", convert_state(None, *SMALL_SHAPE),
-         ("is a state_dict: it holds weights but no architecture", "--model package.module:factory")),
-    Case("model-missing-module", convert_state("no_such_package_xyz.arch:build", *SMALL_SHAPE),
-         ("cannot import no_such_package_xyz.arch", "add that directory to PYTHONPATH")),
-    Case("model-missing-attribute", convert_state(f"{CODE}:absent", *SMALL_SHAPE),
-         (f"--model {CODE}:absent", "has no callable named 'absent'")),
-    Case("model-callable-raises", convert_state(f"{CODE}:explodes", *SMALL_SHAPE),
-         ("calling it failed (RuntimeError: no GPU found)", "with no arguments")),
-    Case("model-returns-non-module", convert_state(f"{CODE}:not_a_module", *SMALL_SHAPE),
-         ("returned a dict, not a torch.nn.Module",)),
+    Case(
+        "random-bytes-onnx",
+        convert_bytes("model.onnx", RANDOM),
+        ("the name says an ONNX model but the content is not one", SUPPORTED),
+    ),
+    Case(
+        "random-bytes-safetensors",
+        convert_bytes("model.safetensors", RANDOM),
+        ("the name says a safetensors file but the content is not one", SUPPORTED),
+    ),
+    Case(
+        "state-dict-without-model",
+        convert_state(None, *SMALL_SHAPE),
+        ("is a state_dict: it holds weights but no architecture", "--model package.module:factory"),
+    ),
+    Case(
+        "model-missing-module",
+        convert_state("no_such_package_xyz.arch:build", *SMALL_SHAPE),
+        ("cannot import no_such_package_xyz.arch", "add that directory to PYTHONPATH"),
+    ),
+    Case(
+        "model-missing-attribute",
+        convert_state(f"{CODE}:absent", *SMALL_SHAPE),
+        (f"--model {CODE}:absent", "has no callable named 'absent'"),
+    ),
+    Case(
+        "model-callable-raises",
+        convert_state(f"{CODE}:explodes", *SMALL_SHAPE),
+        ("calling it failed (RuntimeError: no GPU found)", "with no arguments"),
+    ),
+    Case(
+        "model-returns-non-module",
+        convert_state(f"{CODE}:not_a_module", *SMALL_SHAPE),
+        ("returned a dict, not a torch.nn.Module",),
+    ),
     Case("forward-raises", convert_state(f"{CODE}:boom", *SMALL_SHAPE), ("ValueError: boom",)),
-    Case("running-var-nan", damaged_running_var(float("nan")),
-         ("features.norm", "running_var", "NaN", "restore it")),
-    Case("running-var-inf", damaged_running_var(float("inf")),
-         ("features.norm", "running_var", "Inf", "restore it")),
-    Case("running-var-negative", damaged_running_var(-1.0),
-         ("features.norm", "running_var", "negative", "restore it")),
+    Case("running-var-nan", damaged_running_var(float("nan")), ("features.norm", "running_var", "NaN", "restore it")),
+    Case("running-var-inf", damaged_running_var(float("inf")), ("features.norm", "running_var", "Inf", "restore it")),
+    Case("running-var-negative", damaged_running_var(-1.0), ("features.norm", "running_var", "negative", "restore it")),
     Case("input-shape-rank-pt2", convert_copy(DIGITS, "--input-shape", "8,8"), ("--input-shape",)),
-    Case("input-shape-rank-state-dict", convert_state(f"{CODE}:small", "--input-shape", "8,8"),
-         ("--input-shape",)),
-    Case("input-shape-rank-torchscript", convert_shared("small_torchscript", "--trust-code", "--input-shape", "8,8"),
-         ("--input-shape",)),
+    Case("input-shape-rank-state-dict", convert_state(f"{CODE}:small", "--input-shape", "8,8"), ("--input-shape",)),
+    Case(
+        "input-shape-rank-torchscript",
+        convert_shared("small_torchscript", "--trust-code", "--input-shape", "8,8"),
+        ("--input-shape",),
+    ),
     Case("input-shape-rank-onnx", convert_shared("small_onnx", "--input-shape", "8,8"), ("--input-shape",)),
-    Case("input-shape-not-numeric", convert_copy(DIGITS, "--input-shape", "a,b"),
-         ("--input-shape 'a,b'", "is not an integer", "like 1,3,224,224")),
+    Case(
+        "input-shape-not-numeric",
+        convert_copy(DIGITS, "--input-shape", "a,b"),
+        ("--input-shape 'a,b'", "is not an integer", "like 1,3,224,224"),
+    ),
     # an ONNX input: the outputs are only checked once the model is loaded, which is quick for ONNX
-    Case("output-is-input", convert_shared("small_onnx", output="small.onnx"),
-         ("is the input file itself", "choose another output path")),
-    Case("output-directory-missing", convert_shared("small_onnx", output="missing/out.onnx"),
-         ("does not exist", "create it first")),
+    Case(
+        "output-is-input",
+        convert_shared("small_onnx", output="small.onnx"),
+        ("is the input file itself", "choose another output path"),
+    ),
+    Case(
+        "output-directory-missing",
+        convert_shared("small_onnx", output="missing/out.onnx"),
+        ("does not exist", "create it first"),
+    ),
     Case("report-is-output", report_over_output, ("--report",)),
     Case("check-not-json", check_file("notes.txt", "hello\n"), ("not a bnfold report", "not JSON")),
-    Case("check-json-without-schema", check_file("other.json", json.dumps({"parity": {}})),
-         ("not a bnfold report", 'no "schema" key')),
+    Case(
+        "check-json-without-schema",
+        check_file("other.json", json.dumps({"parity": {}})),
+        ("not a bnfold report", 'no "schema" key'),
+    ),
     Case("malicious-pickle", malicious_pickle(), ("posix.system", "--trust-code")),
-    Case("malicious-pickle-with-model", malicious_pickle("--model", f"{CODE}:small", *SMALL_SHAPE),
-         ("posix.system", "--trust-code")),
+    Case(
+        "malicious-pickle-with-model",
+        malicious_pickle("--model", f"{CODE}:small", *SMALL_SHAPE),
+        ("posix.system", "--trust-code"),
+    ),
 ]
 ERROR_CASES = {case.id: case for case in CASES}
 OTHER_RUNS: dict[str, Setup] = {"debug": debug_empty_file, "unknown-option": unknown_option}
@@ -316,8 +356,9 @@ def outcomes(workspace: tuple[Path, Files, dict[str, str]]) -> dict[str, Outcome
         jobs[key] = (directory, setup(directory, files))
     with ThreadPoolExecutor(WORKERS) as pool:  # the few real processes run beside the in-process cases
         processes = {key: pool.submit(run_case, jobs[key][0], files, jobs[key][1], False) for key in OTHER_RUNS}
-        outcomes = {key: run_case(directory, files, args) for key, (directory, args) in jobs.items()
-                    if key not in OTHER_RUNS}
+        outcomes = {
+            key: run_case(directory, files, args) for key, (directory, args) in jobs.items() if key not in OTHER_RUNS
+        }
         return outcomes | {key: future.result() for key, future in processes.items()}
 
 
@@ -342,16 +383,18 @@ def test_nothing_is_left_on_disk(outcomes: dict[str, Outcome], case_id: str) -> 
     assert outcome.after == outcome.before
 
 
-def test_nothing_is_written_to_the_working_directory(workspace: tuple[Path, Files, dict[str, str]],
-                                                     outcomes: dict[str, Outcome]) -> None:
+def test_nothing_is_written_to_the_working_directory(
+    workspace: tuple[Path, Files, dict[str, str]], outcomes: dict[str, Outcome]
+) -> None:
     _, files, before = workspace
     after = {k: v for k, v in snapshot(files.code).items() if "__pycache__" not in k}
     assert after == before
 
 
 @pytest.mark.parametrize("case_id", ["malicious-pickle", "malicious-pickle-with-model"])
-def test_malicious_pickle_does_not_run(workspace: tuple[Path, Files, dict[str, str]],
-                                       outcomes: dict[str, Outcome], case_id: str) -> None:
+def test_malicious_pickle_does_not_run(
+    workspace: tuple[Path, Files, dict[str, str]], outcomes: dict[str, Outcome], case_id: str
+) -> None:
     root, _, _ = workspace
     assert outcomes[case_id].done.returncode == 2
     assert not (root / case_id / "MARKER").exists()

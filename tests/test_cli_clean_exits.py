@@ -73,20 +73,37 @@ def _future_opset(model: onnx.ModelProto) -> None:
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("inputs")
     model, example = _small(), (torch.randn(2, 1, 8, 8),)
-    torch.onnx.export(model, example, root / "small.onnx", dynamo=False, do_constant_folding=False,
-                      input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}})
+    torch.onnx.export(
+        model,
+        example,
+        root / "small.onnx",
+        dynamo=False,
+        do_constant_folding=False,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}},
+    )
     torch.onnx.export(model, example, root / "static.onnx", dynamo=False, input_names=["x"])
     torch.export.save(torch.export.export(model, example), root / "small.pt2")
     torch.save(model.state_dict(), root / "small.state.pt")
-    for name, change in (("bn_length", _bn_too_long), ("bytes_short", _bytes_short),
-                         ("unknown_op", _unknown_op), ("future_opset", _future_opset)):
+    for name, change in (
+        ("bn_length", _bn_too_long),
+        ("bytes_short", _bytes_short),
+        ("unknown_op", _unknown_op),
+        ("future_opset", _future_opset),
+    ):
         _edit(root / "small.onnx", root / f"{name}.onnx", change)
     np.savez(root / "wrong_shape.npz", x=np.zeros((2, 1, 5, 5), np.float32))
     np.savez(root / "integer.npz", x=np.zeros((2, 1, 8, 8), np.int64))
     np.savez(root / "complex.npz", x=np.zeros((2, 1, 8, 8), np.complex64))
     np.savez(root / "batch3.npz", x=np.zeros((3, 1, 8, 8), np.float32))
-    bad = {"schema": "bnfold.report/1", "fold": {"batchnorm_found": "x"}, "onnx": {"batchnorm_nodes": [1]},
-           "parity": {"passed": False, "checks": "abc"}, "verdict": {"passed": 1}}
+    bad = {
+        "schema": "bnfold.report/1",
+        "fold": {"batchnorm_found": "x"},
+        "onnx": {"batchnorm_nodes": [1]},
+        "parity": {"passed": False, "checks": "abc"},
+        "verdict": {"passed": 1},
+    }
     (root / "bad_types.report.json").write_text(json.dumps(bad))
     (root / "factories.py").write_text(FACTORY)
     return root
@@ -110,13 +127,15 @@ CASES = {
     "tolerance-empty-name": (["convert", "small.pt2", "--tolerance", "=1e-3,1e-3"], "--tolerance"),
     "tolerance-unknown-output": (["convert", "small.onnx", "--tolerance", "probs=1e-3,1e-3"], "'logits'"),
     "tolerance-index-out-of-range": (["convert", "small.pt2", "--tolerance", "3=1e-3,1e-3"], "outputs are"),
-    "factory-sys-exit": (["convert", "small.state.pt", "--model", "factories:exits", "--input-shape", "2,1,8,8"],
-                         "sys.exit(7)"),
+    "factory-sys-exit": (
+        ["convert", "small.state.pt", "--model", "factories:exits", "--input-shape", "2,1,8,8"],
+        "sys.exit(7)",
+    ),
     "factory-keyboard-interrupt": (
         ["convert", "small.state.pt", "--model", "factories:interrupts", "--input-shape", "2,1,8,8"],
-        "KeyboardInterrupt"),
-    "verify-tolerance-unknown-output": (
-        ["verify", "small.onnx", "small.onnx", "--tolerance", "nope=1,1"], "'logits'"),
+        "KeyboardInterrupt",
+    ),
+    "verify-tolerance-unknown-output": (["verify", "small.onnx", "small.onnx", "--tolerance", "nope=1,1"], "'logits'"),
     "check-fields-of-the-wrong-type": (["check", "bad_types.report.json"], "wrong type"),
     "opset-the-exporter-cannot-write": (["convert", "small.pt2", "--opset", "30"], "--opset 30"),
     "opset-other-than-an-onnx-input-has": (["convert", "small.onnx", "--opset", "7"], "keeps its own opset"),
@@ -152,8 +171,9 @@ def test_exit_2_one_line_nothing_written(work: Path, case: str, capfd: pytest.Ca
 
 
 @pytest.mark.parametrize("case", ["onnx-bn-parameters-wrong-length", "factory-sys-exit", "atol-nan"])
-def test_debug_shows_the_traceback_and_keeps_the_exit_code(work: Path, case: str,
-                                                           capfd: pytest.CaptureFixture[str]) -> None:
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(
+    work: Path, case: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     code = run_main("--debug", *_args(CASES[case][0]))
     err = capfd.readouterr().err
     assert code == 2 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith("Error: ")
@@ -165,9 +185,11 @@ def test_cuda_asked_for_and_missing_is_refused(work: Path, capfd: pytest.Capture
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("CUDA is available here")
     before = snapshot(work)
-    for args in (_args(["convert", "small.pt2", "--providers", "cuda"]),
-                 _args(["verify", "small.pt2", "small.onnx", "--providers", "cuda"]),
-                 ["bench", "small.onnx", "--providers", "cuda"]):
+    for args in (
+        _args(["convert", "small.pt2", "--providers", "cuda"]),
+        _args(["verify", "small.pt2", "small.onnx", "--providers", "cuda"]),
+        ["bench", "small.onnx", "--providers", "cuda"],
+    ):
         code = run_main(*args)
         err = capfd.readouterr().err
         assert code == 2 and err.startswith("Error: --providers cuda") and err.count("\n") == 1, err

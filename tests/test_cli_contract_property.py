@@ -27,8 +27,16 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("originals")
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
     example = (torch.randn(2, 1, 8, 8),)
-    torch.onnx.export(model, example, root / "model.onnx", dynamo=False, do_constant_folding=False,
-                      input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}})
+    torch.onnx.export(
+        model,
+        example,
+        root / "model.onnx",
+        dynamo=False,
+        do_constant_folding=False,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}},
+    )
     torch.export.save(torch.export.export(model, example), root / "model.pt2")
     np.savez(root / "data.npz", x=np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32))
     return root
@@ -44,26 +52,50 @@ def _damage(path: Path, how: str, at: float) -> None:
         path.write_bytes(bytes(data))
 
 
-numbers = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32),
-                    st.sampled_from([0.0, 1e-4, -1.0]))
-shapes = st.one_of(st.none(), st.sampled_from(["2,1,8,8", "1,1,8,8", "3,1,8,8", "8,8", "0,1,8,8", "a,b",
-                                               "99999999999,99999,9999", "2,1,5,5"]))
-tolerances = st.one_of(st.none(), st.sampled_from(["0=1e-3,1e-3", "logits=1e-4,0", "=1,1", "nope=1,1",
-                                                   "0=nan,1", "0=-1,0", "0=1", "7=1,1"]))
-outputs = st.sampled_from(["out.onnx", "out.onnx", "out.onnx", "data.npz", "model.onnx", "model.onnx.data", "pipe",
-                           "missing/out.onnx", "out.onnx.data", "x" * 300])
+numbers = st.one_of(
+    st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from([0.0, 1e-4, -1.0])
+)
+shapes = st.one_of(
+    st.none(),
+    st.sampled_from(["2,1,8,8", "1,1,8,8", "3,1,8,8", "8,8", "0,1,8,8", "a,b", "99999999999,99999,9999", "2,1,5,5"]),
+)
+tolerances = st.one_of(
+    st.none(),
+    st.sampled_from(["0=1e-3,1e-3", "logits=1e-4,0", "=1,1", "nope=1,1", "0=nan,1", "0=-1,0", "0=1", "7=1,1"]),
+)
+outputs = st.sampled_from(
+    [
+        "out.onnx",
+        "out.onnx",
+        "out.onnx",
+        "data.npz",
+        "model.onnx",
+        "model.onnx.data",
+        "pipe",
+        "missing/out.onnx",
+        "out.onnx.data",
+        "x" * 300,
+    ]
+)
 
 
 @st.composite
 def runs(draw: st.DrawFn) -> tuple[str, tuple[str, str, float] | None, list[str]]:
     """(model file, damage to the model or the data file or None, options)."""
     model = draw(st.sampled_from(["model.onnx", "model.pt2"]))
-    damage = draw(st.one_of(st.none(), st.tuples(st.sampled_from(["model", "data"]),
-                                                 st.sampled_from(["truncate", "flip"]),
-                                                 st.floats(0, 1))))
+    damage = draw(
+        st.one_of(
+            st.none(),
+            st.tuples(st.sampled_from(["model", "data"]), st.sampled_from(["truncate", "flip"]), st.floats(0, 1)),
+        )
+    )
     args = ["-o", draw(outputs)]
-    for option, strategy in (("--atol", numbers), ("--rtol", numbers), ("--input-shape", shapes),
-                             ("--tolerance", tolerances)):
+    for option, strategy in (
+        ("--atol", numbers),
+        ("--rtol", numbers),
+        ("--input-shape", shapes),
+        ("--tolerance", tolerances),
+    ):
         value = draw(strategy)
         if value is not None:
             args += [option, str(value)]

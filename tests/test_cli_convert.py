@@ -137,8 +137,16 @@ def test_default_export_is_torchscript_and_dynamo_on_request(
     assert json.loads(report_path.read_text())["onnx"]["exporter"] == "torch.onnx.export (TorchScript)"
     onnx_path = tmp_path / "mlp.onnx"
     done = run_cli(
-        "convert", str(MODELS / "tabular_mlp.pt2"), "-o", str(onnx_path), "--exporter", "dynamo", "--no-bench",
-        "--random-batches", "0", "-q",
+        "convert",
+        str(MODELS / "tabular_mlp.pt2"),
+        "-o",
+        str(onnx_path),
+        "--exporter",
+        "dynamo",
+        "--no-bench",
+        "--random-batches",
+        "0",
+        "-q",
     )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "mlp.report.json").read_text())
@@ -150,7 +158,13 @@ def test_default_export_is_torchscript_and_dynamo_on_request(
 def test_external_data_always_writes_weights_beside_the_model(tmp_path: Path) -> None:
     onnx_path = tmp_path / "mlp.onnx"
     done = run_cli(
-        "convert", str(MODELS / "tabular_mlp.pt2"), "-o", str(onnx_path), "--external-data", "always", "--no-bench",
+        "convert",
+        str(MODELS / "tabular_mlp.pt2"),
+        "-o",
+        str(onnx_path),
+        "--external-data",
+        "always",
+        "--no-bench",
     )
     assert done.returncode == 0, done.stderr
     data = tmp_path / "mlp.onnx.data"
@@ -190,7 +204,12 @@ def test_external_data_never_on_a_model_past_2gb_is_refused_before_writing(
 def test_save_optimized_writes_a_checked_onnxruntime_model(tmp_path: Path) -> None:
     onnx_path, optimized = tmp_path / "digits.onnx", tmp_path / "digits.ort.onnx"
     done = run_cli(
-        "convert", str(MODELS / "digits_cnn.pt2"), "-o", str(onnx_path), "--save-optimized", str(optimized),
+        "convert",
+        str(MODELS / "digits_cnn.pt2"),
+        "-o",
+        str(onnx_path),
+        "--save-optimized",
+        str(optimized),
         "--no-bench",
     )
     assert done.returncode == 0, done.stderr
@@ -268,8 +287,16 @@ def test_save_optimized_keeps_external_weights_beside_itself(tmp_path: Path) -> 
     out, opt = tmp_path / "out", tmp_path / "opt"
     out.mkdir(), opt.mkdir()
     done = run_cli(
-        "convert", str(MODELS / "tabular_mlp.pt2"), "-o", str(out / "mlp.onnx"), "--external-data", "always",
-        "--save-optimized", str(opt / "mlp.onnx"), "--no-bench", "-q",
+        "convert",
+        str(MODELS / "tabular_mlp.pt2"),
+        "-o",
+        str(out / "mlp.onnx"),
+        "--external-data",
+        "always",
+        "--save-optimized",
+        str(opt / "mlp.onnx"),
+        "--no-bench",
+        "-q",
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in opt.iterdir()) == ["mlp.onnx", "mlp.onnx.data"]

@@ -21,13 +21,13 @@ from bnfold.load.loaded import file_sha256
 DIGITS = MODELS / "digits_cnn.pt2"
 FAST = ("--no-bench", "--random-batches", "0", "-q")
 
-FACTORY = '''
+FACTORY = """
 from torch import nn
 
 
 def build():
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
-'''
+"""
 
 
 def assert_refused(code: int, capfd: pytest.CaptureFixture[str], *expect: str) -> str:
@@ -69,12 +69,16 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.parametrize("where", ["cwd", "relative-subdir", "absolute-elsewhere"])
-def test_a_rerun_replaces_the_previous_outputs(work: Path, tmp_path: Path, where: str,
-                                                capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_rerun_replaces_the_previous_outputs(
+    work: Path, tmp_path: Path, where: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     (work / "sub").mkdir()
     (tmp_path / "elsewhere").mkdir()
-    output = {"cwd": "out.onnx", "relative-subdir": "sub/out.onnx",
-              "absolute-elsewhere": str(tmp_path / "elsewhere" / "out.onnx")}[where]
+    output = {
+        "cwd": "out.onnx",
+        "relative-subdir": "sub/out.onnx",
+        "absolute-elsewhere": str(tmp_path / "elsewhere" / "out.onnx"),
+    }[where]
     for _ in range(2):
         code = run_main("convert", "digits.pt2", "-o", output, "--external-data", "always", *FAST)
         assert code == 0, capfd.readouterr().err
@@ -106,14 +110,19 @@ CLASHES = {
     "output-is-data": (["convert", "digits.pt2", "-o", "heldout.npz", "--data", "heldout.npz"], "--data"),
     "report-is-data": (["convert", "digits.pt2", "--report", "heldout.npz", "--data", "heldout.npz"], "--data"),
     "output-is-recalibrate": (
-        ["convert", "digits.pt2", "-o", "heldout.npz", "--recalibrate", "heldout.npz"], "--recalibrate"),
+        ["convert", "digits.pt2", "-o", "heldout.npz", "--recalibrate", "heldout.npz"],
+        "--recalibrate",
+    ),
     "report-is-recalibrate-via-dot": (
-        ["convert", "digits.pt2", "--report", "./heldout.npz", "--recalibrate", "heldout.npz"], "--recalibrate"),
-    "report-is-factory-source": (
-        ["convert", "digits.pt2", "--model", "arch:build", "--report", "arch.py"], "--model"),
+        ["convert", "digits.pt2", "--report", "./heldout.npz", "--recalibrate", "heldout.npz"],
+        "--recalibrate",
+    ),
+    "report-is-factory-source": (["convert", "digits.pt2", "--model", "arch:build", "--report", "arch.py"], "--model"),
     "report-is-output-data": (["convert", "digits.pt2", "-o", "out.onnx", "--report", "out.onnx.data"], "--report"),
     "optimized-is-output-data": (
-        ["convert", "digits.pt2", "-o", "out.onnx", "--save-optimized", "out.onnx.data"], "--save-optimized"),
+        ["convert", "digits.pt2", "-o", "out.onnx", "--save-optimized", "out.onnx.data"],
+        "--save-optimized",
+    ),
     "markdown-is-output": (["convert", "digits.pt2", "-o", "r.md", "--report", "r.json"], "same file"),
     "verify-report-is-original": (["verify", "digits.pt2", "digits.pt2", "--report", "digits.pt2"], "original"),
     "verify-report-is-candidate": (["verify", "digits.pt2", "heldout.npz", "--report", "heldout.npz"], "candidate"),
@@ -141,8 +150,7 @@ def test_links_to_an_input_are_the_input(work: Path, link: str, capfd: pytest.Ca
 
 
 @pytest.mark.parametrize("option", ["-o", "--report"])
-def test_the_input_external_data_is_never_an_output(work: Path, option: str,
-                                                    capfd: pytest.CaptureFixture[str]) -> None:
+def test_the_input_external_data_is_never_an_output(work: Path, option: str, capfd: pytest.CaptureFixture[str]) -> None:
     model = _onnx_with_external_data(work)
     capfd.readouterr()
     before = snapshot(work)

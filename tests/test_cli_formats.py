@@ -80,8 +80,15 @@ def save_every_format(directory: Path) -> None:
     checkpoint = {"epoch": 12, "model_state_dict": state, "optimizer": {}}
     torch.save(checkpoint, directory / FORMATS["checkpoint"].file)
     torch.save(model, directory / FORMATS["pickle"].file)
-    torch.onnx.export(model, example, directory / FORMATS["onnx"].file, dynamo=False,
-                      do_constant_folding=False, input_names=["x"], output_names=["logits"])
+    torch.onnx.export(
+        model,
+        example,
+        directory / FORMATS["onnx"].file,
+        dynamo=False,
+        do_constant_folding=False,
+        input_names=["x"],
+        output_names=["logits"],
+    )
 
 
 def convert_one(directory: Path, name: str) -> Outcome:

@@ -44,8 +44,11 @@ def test_a_library_user_gets_events_and_str_is_a_line(tmp_path: Path) -> None:
     import bnfold
 
     events: list[ProgressEvent] = []
-    bnfold.convert(MODELS / "tabular_mlp.pt2", bnfold.ConvertConfig(output=tmp_path / "m.onnx", bench=False),
-                   progress=events.append)
+    bnfold.convert(
+        MODELS / "tabular_mlp.pt2",
+        bnfold.ConvertConfig(output=tmp_path / "m.onnx", bench=False),
+        progress=events.append,
+    )
     ends = [e for e in events if e.kind == "end"]
     assert [e.stage for e in ends] == ["load", "fold+export", "parity", "reports"]
     assert all(e.seconds is not None and e.seconds >= 0 for e in ends)
@@ -88,12 +91,24 @@ def test_quiet_prints_nothing_even_when_torch_logs(tmp_path: Path, outcome: str)
         sys.path.remove(str(tmp_path))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
     env.pop("BNFOLD_DEBUG", None)
-    args = ["convert", str(tmp_path / "weights.pt"), "--model", "specialised_arch:build", "--input-shape",
-            "1,1,6,6", "-o", str(tmp_path / "out.onnx"), "--random-batches", "1", "-q"]
+    args = [
+        "convert",
+        str(tmp_path / "weights.pt"),
+        "--model",
+        "specialised_arch:build",
+        "--input-shape",
+        "1,1,6,6",
+        "-o",
+        str(tmp_path / "out.onnx"),
+        "--random-batches",
+        "1",
+        "-q",
+    ]
     if outcome == "parity failure":
         args += ["--atol", "0", "--rtol", "0"]
-    done = subprocess.run([sys.executable, "-m", "bnfold", *args], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "bnfold", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+    )
     assert done.returncode == (0 if outcome == "pass" else 1)
     assert done.stdout == "" and done.stderr == ""
     warnings = json.loads((tmp_path / "out.report.json").read_text())["warnings"]

@@ -20,8 +20,14 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's bnfold, whateve
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "bnfold", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bnfold", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
 
 
 def _wait_for_staged_model(directory: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
@@ -38,8 +44,14 @@ def _wait_for_staged_model(directory: Path, process: subprocess.Popen[str], time
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_leaves_the_previous_set_and_no_staging(tmp_path: Path, signum: int, code: int) -> None:
     args = ["convert", str(MODELS / "digits_cnn.pt2"), "-o", "out.onnx", "--external-data", "always"]
-    first = subprocess.run([sys.executable, "-m", "bnfold", *args, "--no-bench", "-q"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=600, env=ENV)
+    first = subprocess.run(
+        [sys.executable, "-m", "bnfold", *args, "--no-bench", "-q"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
     assert first.returncode == 0, first.stderr
     before = snapshot(tmp_path)
     process = _start([*args, "--batch", "1,8,32", "--random-batches", "3", "--exporter", "dynamo"], tmp_path)

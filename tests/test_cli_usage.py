@@ -12,16 +12,23 @@ DIGITS = str(MODELS / "digits_cnn.pt2")
     ("args", "expected"),
     [
         (["convert", DIGITS, "--frobnicate"], "No such option '--frobnicate'; see 'bnfold convert --help'"),
-        (["convert", DIGITS, "--affine-form", "fused"],
-         "Invalid value for '--affine-form': 'fused' is not one of 'batchnorm', 'muladd'; see 'bnfold convert --help'"),
-        (["convert", DIGITS, "--opset", "99"],
-         "Invalid value for '--opset': 99 is not in the range 7<=x<=30; see 'bnfold convert --help'"),
+        (
+            ["convert", DIGITS, "--affine-form", "fused"],
+            "Invalid value for '--affine-form': 'fused' is not one of 'batchnorm', 'muladd'; "
+            "see 'bnfold convert --help'",
+        ),
+        (
+            ["convert", DIGITS, "--opset", "99"],
+            "Invalid value for '--opset': 99 is not in the range 7<=x<=30; see 'bnfold convert --help'",
+        ),
         (["verify", DIGITS, "x.onnx", "--random-batches", "-1"], "'--random-batches': -1 is not in the range"),
         (["convert", DIGITS, "--jobs"], "Option '--jobs' requires an argument; see 'bnfold convert --help'"),
         (["verify", DIGITS], "Missing argument 'CANDIDATE'; see 'bnfold verify --help'"),
         (["frobnicate"], "No such command 'frobnicate'; see 'bnfold --help'"),
-        (["convert", DIGITS, DIGITS, "--output-dir", "/nonexistent", "--save-inputs", "saved"],
-         "-o, --report, --save-optimized and --save-inputs name one model's files"),
+        (
+            ["convert", DIGITS, DIGITS, "--output-dir", "/nonexistent", "--save-inputs", "saved"],
+            "-o, --report, --save-optimized and --save-inputs name one model's files",
+        ),
         (["bench", "a.onnx", "b.onnx", "c.onnx"], "give one ONNX model, or two to compare (original first); see"),
     ],
 )

@@ -19,13 +19,21 @@ from bnfold.errors import BnfoldError, ConfigError
 def test_the_cli_names_are_the_fields() -> None:
     config = ConvertConfig(random_batches=3, model="models.architectures:digits_cnn", bench=False, trust_code=True)
     assert (config.random_batches, config.model, config.bench, config.trust_code) == (
-        3, "models.architectures:digits_cnn", False, True)
+        3,
+        "models.architectures:digits_cnn",
+        False,
+        True,
+    )
 
 
 def test_every_convert_option_has_its_field() -> None:
     fields = {f.name for f in dataclasses.fields(ConvertConfig)}
-    repeatable = {"input_shape": "input_shapes", "tolerance": "tolerances", "model_arg": "model_args",
-                  "batch": "batches"}
+    repeatable = {
+        "input_shape": "input_shapes",
+        "tolerance": "tolerances",
+        "model_arg": "model_args",
+        "batch": "batches",
+    }
     many_models_only, cli_only = {"output_dir", "jobs"}, {"quiet"}
     for param in convert_command.params:
         if not isinstance(param, click.Option):

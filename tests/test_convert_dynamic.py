@@ -57,8 +57,9 @@ def run(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture
 def weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     here = str(Path(__file__).parent)
-    (tmp_path / "netdef.py").write_text(f"import sys\nsys.path.insert(0, {here!r})\n"
-                                        "from test_convert_dynamic import trained\n")
+    (tmp_path / "netdef.py").write_text(
+        f"import sys\nsys.path.insert(0, {here!r})\nfrom test_convert_dynamic import trained\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "net.pt"

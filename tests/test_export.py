@@ -79,9 +79,15 @@ def test_count_ops_sees_batchnorm_nodes() -> None:
     assert export.count_ops(onnx.helper.make_model(graph), "BatchNormalization") == 1
 
 
-@pytest.mark.parametrize(("floats", "mode", "split"), [
-    (100_000, "auto", False), (300_000, "auto", True), (10, "always", True), (300_000, "never", False),
-])
+@pytest.mark.parametrize(
+    ("floats", "mode", "split"),
+    [
+        (100_000, "auto", False),
+        (300_000, "auto", True),
+        (10, "always", True),
+        (300_000, "never", False),
+    ],
+)
 def test_external_data_path_follows_size_and_mode(floats: int, mode: str, split: bool, tmp_path: Path) -> None:
     weights = onnx.numpy_helper.from_array(np.zeros(floats, np.float32), "w")
     model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [weights]))

@@ -151,8 +151,13 @@ def test_equal_small_initializers_are_shared_and_large_ones_kept() -> None:
     inits = [numpy_helper.from_array(np.array(0.0, np.float32), n) for n in ("lo_a", "lo_b")]
     inits += [numpy_helper.from_array(bound, n) for n in ("hi_a", "hi_b")]
     inits += [numpy_helper.from_array(np.tile(weights, (100, 1)).T.copy(), n) for n in ("w_a", "w_b")]  # 1.6 kB each
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 100])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 100])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32) * 10
     before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
@@ -171,8 +176,12 @@ def test_torchscript_exporter_writes_batch_statistics_with_a_dynamic_batch(opset
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)).eval()
     nn.init.uniform_(model[1].weight, 0.5, 1.5)
     proto, _ = export.run_torchscript_exporter(
-        torch.jit.trace(model, torch.randn(2, 3, 6, 6)), (torch.randn(2, 3, 6, 6),), opset_version=opset,
-        input_names=["x"], dynamic_axes={"x": {0: "batch"}}, do_constant_folding=False,
+        torch.jit.trace(model, torch.randn(2, 3, 6, 6)),
+        (torch.randn(2, 3, 6, 6),),
+        opset_version=opset,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+        do_constant_folding=False,
     )
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     wide = model.double()

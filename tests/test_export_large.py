@@ -60,8 +60,11 @@ def test_a_model_past_the_limits_converts_from_files(limits_lowered: None, tmp_p
     assert optimized.with_name(optimized.name + ".data").exists()
     assert any(PAST_THE_LIMIT in w for w in result.report["warnings"]) == (exporter == "auto")
     checks = result.report["parity"]["checks"]
-    assert {c["candidate"] for c in checks} >= {"folded fp32 (torch)", "onnxruntime CPU (optimizations all)",
-                                                "onnxruntime CPU (saved optimized model)"}
+    assert {c["candidate"] for c in checks} >= {
+        "folded fp32 (torch)",
+        "onnxruntime CPU (optimizations all)",
+        "onnxruntime CPU (saved optimized model)",
+    }
 
 
 def test_latency_past_the_limits_times_the_unfolded_export_from_a_file(limits_lowered: None, tmp_path: Path) -> None:
@@ -69,7 +72,9 @@ def test_latency_past_the_limits_times_the_unfolded_export_from_a_file(limits_lo
     result = convert(MODELS / "tabular_mlp.pt2", config)
     assert result.passed
     assert {(r["backend"], r["model"]) for r in result.report["latency"]} >= {
-        ("onnxruntime", "original"), ("onnxruntime", "folded")}
+        ("onnxruntime", "original"),
+        ("onnxruntime", "folded"),
+    }
 
 
 def test_an_onnx_model_past_the_limits_folds_and_verifies_from_its_file(limits_lowered: None, tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ def test_bn_then_conv_folds_backward(dim: int, padding_mode: str, groups: int) -
     padding, mode = (0, "zeros") if padding_mode == "unpadded" else (1, padding_mode)
     conv = conv_cls(dim)(4, 8, 3, padding=padding, padding_mode=mode, groups=groups, bias=groups == 1)
     model = randomise(nn.Sequential(bn_cls(dim)(4, eps=1e-3, affine=dim != 3), conv), seed=30 + dim)
-    result = check_fold(model, [image(dim, 4)], folded=1,
-                        onnx_export=(dim, padding_mode, groups) == (2, "reflect", 1))
+    result = check_fold(model, [image(dim, 4)], folded=1, onnx_export=(dim, padding_mode, groups) == (2, "reflect", 1))
     assert result.records[0].how == "backward" and result.records[0].into == ["1"]
 
 

@@ -77,8 +77,14 @@ def test_binding_computes_what_the_overload_computes(overload: Any) -> None:
 
 def test_folded_module_calls_bindings_and_matches_the_original() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(8, 4)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
     model[1].running_mean.uniform_(-1, 1)
     x = torch.randn(2, 3, 8, 8)
     folded = fold(model, (x,)).module

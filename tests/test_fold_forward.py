@@ -33,8 +33,9 @@ def test_conv_then_bn(dim: int, groups: str, bias: bool, affine: bool) -> None:
     g = GROUPS[groups]
     mode = PADDING_MODES[(dim + g + bias + affine) % 4]
     eps = 1e-5 if affine else 1e-2
-    conv = conv_cls(dim)(4, 8, 3, stride=1 + bias, padding=1, dilation=1 + (not bias), groups=g, bias=bias,
-                         padding_mode=mode)
+    conv = conv_cls(dim)(
+        4, 8, 3, stride=1 + bias, padding=1, dilation=1 + (not bias), groups=g, bias=bias, padding_mode=mode
+    )
     model = randomise(nn.Sequential(conv, bn_cls(dim)(8, eps=eps, affine=affine)), seed=dim)
     export = (dim, g, bias, affine) == (2, 2, True, True)
     result = check_fold(model, [image(dim, 4, size=7)], folded=1, onnx_export=export)
@@ -46,8 +47,9 @@ def test_conv_then_bn(dim: int, groups: str, bias: bool, affine: bool) -> None:
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_transpose_then_bn(dim: int, groups: str, bias: bool) -> None:
     g = GROUPS[groups]
-    conv = conv_cls(dim, transposed=True)(4, 4 * (1 + (g == 2)), 3, stride=2, padding=1, output_padding=1,
-                                          groups=g, bias=bias)
+    conv = conv_cls(dim, transposed=True)(
+        4, 4 * (1 + (g == 2)), 3, stride=2, padding=1, output_padding=1, groups=g, bias=bias
+    )
     model = randomise(nn.Sequential(conv, bn_cls(dim)(conv.out_channels, eps=1e-3)), seed=10 + dim)
     check_fold(model, [image(dim, 4, size=4)], folded=1, onnx_export=(dim, g, bias) == (2, 4, False))
 
@@ -86,8 +88,9 @@ def test_concatenation_folds_each_slice() -> None:
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_repvgg_block_folds_to_one_conv(groups: int) -> None:
-    result = check_fold(randomise(RepVGGBlock(groups=groups), seed=25), [image(2, 4)], folded=3,
-                        onnx_export=groups == 1)
+    result = check_fold(
+        randomise(RepVGGBlock(groups=groups), seed=25), [image(2, 4)], folded=3, onnx_export=groups == 1
+    )
     how = {r.name: r.how for r in result.records}
     assert how == {"bn3": "forward", "bn1": "forward", "identity": "identity"}
     convs = [n for n in result.module.graph.nodes if overload_of(n.target) == torch.ops.aten.conv2d.default]

@@ -54,8 +54,11 @@ class InPlaceMobileOne(nn.Module):
 def test_in_place_repvgg_block_folds_every_batchnorm() -> None:
     result = check_fold(randomise(InPlaceRepVGG(), seed=71), [image(2, 4)], folded=3, onnx_export=True)
     how = {r.name: (r.how, r.into) for r in result.records}
-    assert how == {"dense.1": ("forward", ["dense.0"]), "one.1": ("forward", ["one.0"]),
-                   "identity": ("identity", ["dense.0"])}
+    assert how == {
+        "dense.1": ("forward", ["dense.0"]),
+        "one.1": ("forward", ["one.0"]),
+        "identity": ("identity", ["dense.0"]),
+    }
 
 
 @pytest.mark.parametrize("groups", [1, 4])

@@ -18,8 +18,9 @@ DTYPES = [torch.bfloat16, torch.float16]
 
 
 def block() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -39,7 +40,10 @@ def test_low_precision_model_folds_in_its_dtype(dtype: torch.dtype) -> None:
 def test_bfloat16_model_converts(tmp_path: Path) -> None:
     """bf16 inputs become parity batches (numpy has no bf16) and the ONNX file is written."""
     model, x = randomise(block(), seed=82).to(torch.bfloat16), image(2, 3).to(torch.bfloat16)
-    result = convert(model, example_inputs=(x,),
-                     config=ConvertConfig(output=tmp_path / "bf16.onnx", bench=False, write_reports=False))
+    result = convert(
+        model,
+        example_inputs=(x,),
+        config=ConvertConfig(output=tmp_path / "bf16.onnx", bench=False, write_reports=False),
+    )
     assert result.report["fold"]["batchnorm_folded"] == 2
     assert (tmp_path / "bf16.onnx").exists()

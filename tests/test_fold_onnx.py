@@ -65,9 +65,7 @@ def ops(model: onnx.ModelProto) -> list[str]:
     return [node.op_type for node in model.graph.node]
 
 
-def check_fold(
-    module: nn.Module, args: tuple[torch.Tensor, ...], folded: int, expect_ops: list[str]
-) -> OnnxFoldResult:
+def check_fold(module: nn.Module, args: tuple[torch.Tensor, ...], folded: int, expect_ops: list[str]) -> OnnxFoldResult:
     model = export(module, *args)
     result = fold_onnx(model, "muladd")
     assert sum(r.action == "folded" for r in result.records) == folded, [r.describe() for r in result.records]
@@ -148,9 +146,7 @@ class Branches(nn.Module):
         super().__init__()
         self.concat = concat
         self.a = nn.Conv2d(3, 4, 3, padding=1)
-        self.b = (
-            nn.ConvTranspose2d(2, 4, 2, stride=2, bias=False) if concat else nn.Conv2d(2, 4, 1, bias=False)
-        )
+        self.b = nn.ConvTranspose2d(2, 4, 2, stride=2, bias=False) if concat else nn.Conv2d(2, 4, 1, bias=False)
         self.bn = nn.BatchNorm2d(8 if concat else 4)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -223,8 +219,10 @@ class PadThenConv(nn.Module):
 
 @pytest.mark.parametrize(
     ("pad", "mode", "problem"),
-    [((1, 1, 1, 1), "constant", "pads with constant values"),
-     ((0, 0, 0, 0, 1, 1), "replicate", "pads the channel axis")],
+    [
+        ((1, 1, 1, 1), "constant", "pads with constant values"),
+        ((0, 0, 0, 0, 1, 1), "replicate", "pads the channel axis"),
+    ],
 )
 def test_pad_that_changes_the_border_blocks_a_backward_fold(pad: tuple[int, ...], mode: str, problem: str) -> None:
     module = randomise(PadThenConv(pad, mode), seed=4)
@@ -269,9 +267,7 @@ class SharedOutput(nn.Module):
 
 
 def test_shared_producer_output_is_not_folded() -> None:
-    result = check_fold(
-        randomise(SharedOutput()), (inputs(1, 3, 6, 6),), 0, ["Conv", "Mul", "Add", "Relu", "Add"]
-    )
+    result = check_fold(randomise(SharedOutput()), (inputs(1, 3, 6, 6),), 0, ["Conv", "Mul", "Add", "Relu", "Add"])
     assert "output of Conv '/conv/Conv' also feeds '/Add'" in only_record(result, "affine")
 
 
@@ -310,9 +306,7 @@ def test_model_loaded_with_external_data(tmp_path: Path) -> None:
     module = randomise(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Linear(4, 3)))
     args = (inputs(1, 3, 6, 6),)
     path = str(tmp_path / "model.onnx")
-    onnx.save(
-        export(module, *args), path, save_as_external_data=True, size_threshold=0, location="model.data"
-    )
+    onnx.save(export(module, *args), path, save_as_external_data=True, size_threshold=0, location="model.data")
     result = fold_onnx(onnx.load(path))
     assert [r.action for r in result.records] == ["folded"]
     assert ops(result.model) == ["Conv", "Relu", "MatMul", "Add"]  # Transpose(W) evaluated once

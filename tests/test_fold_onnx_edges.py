@@ -58,9 +58,7 @@ def setup(seed: int, channels: int = 4) -> tuple[dict[str, np.ndarray], np.ndarr
     return inits | bn_params("bn", channels, gen), gen.standard_normal((1, 3, 6, 6)).astype(F32)
 
 
-def conv_node(
-    x: str, y: str, name: str = "conv", weight: str = "W", bias: str = "B", **attrs: Any
-) -> onnx.NodeProto:
+def conv_node(x: str, y: str, name: str = "conv", weight: str = "W", bias: str = "B", **attrs: Any) -> onnx.NodeProto:
     return oh.make_node("Conv", [x, weight, bias], [y], name=name, **attrs)
 
 
@@ -70,9 +68,7 @@ def test_shared_weight_gets_its_own_copy() -> None:
     nodes = [conv_node("x", "h", "a"), bn_node("bn", "h", "y1"), conv_node("x", "y2", "b")]
     model = make_model(nodes, {"x": [1, 3, 6, 6]}, ["y1", "y2"], inits)
     plain = conv(x, inits["W"], inits["B"])
-    result = fold_and_check(
-        model, {"x": x}, [bn_ref(plain, inits, "bn"), plain], ["folded"], ["Conv", "Conv"]
-    )
+    result = fold_and_check(model, {"x": x}, [bn_ref(plain, inits, "bn"), plain], ["folded"], ["Conv", "Conv"])
     a, b = result.model.graph.node
     assert a.input[1] != b.input[1] and b.input[1:] == ["W", "B"]
 
@@ -81,18 +77,14 @@ def test_conv_output_that_is_a_graph_output_is_not_folded_into() -> None:
     inits, x = setup(2)
     model = make_model([conv_node("x", "h"), bn_node("bn", "h", "y")], {"x": [1, 3, 6, 6]}, ["h", "y"], inits)
     plain = conv(x, inits["W"], inits["B"])
-    result = fold_and_check(
-        model, {"x": x}, [plain, bn_ref(plain, inits, "bn")], ["affine"], ["Conv", "Mul", "Add"]
-    )
+    result = fold_and_check(model, {"x": x}, [plain, bn_ref(plain, inits, "bn")], ["affine"], ["Conv", "Mul", "Add"])
     assert "the output of Conv 'conv' also feeds the model output" in str(result.records[0].reason)
     assert "cannot fold backward: its output is a model output" in str(result.records[0].reason)
 
 
 def test_identity_branch_of_an_add_is_not_folded() -> None:
     gen = np.random.default_rng(3)
-    inits = {"W": gen.standard_normal((3, 3, 1, 1)).astype(F32), "B": np.zeros(3, F32)} | bn_params(
-        "bn", 3, gen
-    )
+    inits = {"W": gen.standard_normal((3, 3, 1, 1)).astype(F32), "B": np.zeros(3, F32)} | bn_params("bn", 3, gen)
     nodes = [conv_node("x", "h"), oh.make_node("Add", ["h", "x"], ["s"], name="add"), bn_node("bn", "s", "y")]
     model = make_model(nodes, {"x": [1, 3, 4, 4]}, ["y"], inits)
     x = gen.standard_normal((1, 3, 4, 4)).astype(F32)
@@ -105,24 +97,37 @@ def test_identity_branch_of_an_add_is_not_folded() -> None:
 
 @pytest.mark.parametrize(
     ("attrs", "problem"),
-    [({"pads": [2, 2, 0, 0]}, "is not a centred odd kernel with 'same' padding"),
-     ({"pads": [1, 1, 1, 1], "group": 2}, None)],
+    [
+        ({"pads": [2, 2, 0, 0]}, "is not a centred odd kernel with 'same' padding"),
+        ({"pads": [1, 1, 1, 1], "group": 2}, None),
+    ],
 )
 def test_identity_branch_needs_a_centred_kernel(attrs: dict[str, Any], problem: str | None) -> None:
     gen = np.random.default_rng(5)
     groups = attrs.get("group", 1)
-    inits = {"W": gen.standard_normal((4, 4 // groups, 3, 3)).astype(F32),
-             "B": gen.standard_normal(4).astype(F32)} | bn_params("bn", 4, gen)
-    nodes = [oh.make_node("Relu", ["x"], ["r"], name="relu"), conv_node("r", "h", **attrs),
-             bn_node("bn", "r", "i"), oh.make_node("Add", ["h", "i"], ["y"], name="add")]
+    inits = {
+        "W": gen.standard_normal((4, 4 // groups, 3, 3)).astype(F32),
+        "B": gen.standard_normal(4).astype(F32),
+    } | bn_params("bn", 4, gen)
+    nodes = [
+        oh.make_node("Relu", ["x"], ["r"], name="relu"),
+        conv_node("r", "h", **attrs),
+        bn_node("bn", "r", "i"),
+        oh.make_node("Add", ["h", "i"], ["y"], name="add"),
+    ]
     model = make_model(nodes, {"x": [1, 4, 6, 6]}, ["y"], inits)
     x = gen.standard_normal((1, 4, 6, 6)).astype(F32)
     r = np.maximum(x, 0)
     padded = np.pad(r, [(0, 0), (0, 0), (attrs["pads"][0], attrs["pads"][2]), (attrs["pads"][1], attrs["pads"][3])])
     expected = conv(padded, inits["W"], inits["B"], groups=groups) + bn_ref(r, inits, "bn")
     folded = problem is None
-    result = fold_and_check(model, {"x": x}, [expected], ["folded" if folded else "affine"],
-                            ["Relu", "Conv"] if folded else ["Relu", "Conv", "Mul", "Add", "Add"])
+    result = fold_and_check(
+        model,
+        {"x": x},
+        [expected],
+        ["folded" if folded else "affine"],
+        ["Relu", "Conv"] if folded else ["Relu", "Conv", "Mul", "Add", "Add"],
+    )
     if folded:
         assert (result.records[0].how, result.records[0].into) == ("identity", ["conv"])
     else:
@@ -168,9 +173,7 @@ def test_same_padding_blocks_a_backward_fold() -> None:
     nodes.append(oh.make_node("Conv", ["h", "W", "B"], ["y"], name="c3", auto_pad="SAME_LOWER"))
     model = make_model(nodes, {"x": [1, 3, 5, 5]}, ["y"], inits)
     x = np.random.default_rng(6).standard_normal((1, 3, 5, 5)).astype(F32)
-    expected = conv(
-        bn_ref(np.maximum(x, 0).astype(np.float64), inits, "bn"), inits["W"], inits["B"], padding=1
-    )
+    expected = conv(bn_ref(np.maximum(x, 0).astype(np.float64), inits, "bn"), inits["W"], inits["B"], padding=1)
     result = fold_and_check(model, {"x": x}, [expected], ["affine"], ["Relu", "Mul", "Add", "Conv"])
     assert "c3 pads its input with zeros (auto_pad=SAME_LOWER)" in str(result.records[0].reason)
 
@@ -182,12 +185,8 @@ def test_training_mode_batchnorm_is_kept() -> None:
     bn.output.extend(["running_mean", "running_var"])
     model = make_model([conv_node("x", "h"), bn], {"x": [1, 3, 6, 6]}, ["y"], inits)
     h = conv(x, inits["W"], inits["B"])
-    batch = {"bn.mean": h.mean((0, 2, 3)), "bn.var": h.var((0, 2, 3))} | {
-        k: inits[k] for k in ("bn.scale", "bn.bias")
-    }
-    result = fold_and_check(
-        model, {"x": x}, [bn_ref(h, batch, "bn")], ["kept"], ["Conv", "BatchNormalization"]
-    )
+    batch = {"bn.mean": h.mean((0, 2, 3)), "bn.var": h.var((0, 2, 3))} | {k: inits[k] for k in ("bn.scale", "bn.bias")}
+    result = fold_and_check(model, {"x": x}, [bn_ref(h, batch, "bn")], ["kept"], ["Conv", "BatchNormalization"])
     assert result.records[0].reason == "normalises each batch with that batch's own statistics"
 
 
@@ -198,9 +197,7 @@ def test_batchnorm_with_a_computed_scale_is_kept() -> None:
         [conv_node("x", "h"), bn_node("bn", "h", "y")], {"x": [1, 3, 6, 6], "bn.scale": [4]}, ["y"], inits
     )
     expected = bn_ref(conv(x, inits["W"], inits["B"]), inits | {"bn.scale": scale}, "bn")
-    result = fold_and_check(
-        model, {"x": x, "bn.scale": scale}, [expected], ["kept"], ["Conv", "BatchNormalization"]
-    )
+    result = fold_and_check(model, {"x": x, "bn.scale": scale}, [expected], ["kept"], ["Conv", "BatchNormalization"])
     assert result.records[0].reason == "its scale, bias, mean or variance is not a constant"
 
 
@@ -284,9 +281,7 @@ def test_float16_parameters_stay_float16() -> None:
 def test_old_ir_with_initializers_listed_as_inputs_is_kept(opset: int) -> None:
     """IR 3 lists every initializer as a graph input: each is a default the caller may feed, so nothing folds."""
     inits, x = setup(14)
-    model = make_model(
-        [conv_node("x", "h"), bn_node("bn", "h", "y")], {"x": [1, 3, 6, 6]}, ["y"], inits, opset=opset
-    )
+    model = make_model([conv_node("x", "h"), bn_node("bn", "h", "y")], {"x": [1, 3, 6, 6]}, ["y"], inits, opset=opset)
     model.ir_version = 3
     for tensor in model.graph.initializer:
         model.graph.input.append(oh.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
@@ -306,6 +301,4 @@ def test_weight_that_is_also_a_graph_input_is_not_folded_into() -> None:
     )
     assert "the weight of Conv 'conv' can be overridden by the graph input 'W'" in result.records[0].reason
     other = np.random.default_rng(1).standard_normal(inits["W"].shape).astype(F32)
-    assert_numerically_equal(
-        result.model, {"x": x, "W": other}, [bn_ref(conv(x, other, inits["B"]), inits, "bn")]
-    )
+    assert_numerically_equal(result.model, {"x": x, "W": other}, [bn_ref(conv(x, other, inits["B"]), inits, "bn")])

@@ -65,9 +65,7 @@ def gemm_setup(trans_b: int, c_shape: tuple[int, ...] | None, k: int = 6) -> dic
     return inits
 
 
-def gemm_ref(
-    a: np.ndarray, inits: dict[str, np.ndarray], trans_b: int, alpha: float, beta: float
-) -> np.ndarray:
+def gemm_ref(a: np.ndarray, inits: dict[str, np.ndarray], trans_b: int, alpha: float, beta: float) -> np.ndarray:
     b = inits["B"].astype(np.float64)
     out = alpha * a @ (b.T if trans_b else b)
     return out + beta * inits["C"].astype(np.float64) if "C" in inits else out
@@ -76,9 +74,7 @@ def gemm_ref(
 @pytest.mark.parametrize("trans_b", [0, 1])
 @pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (0.5, 2.0)])
 @pytest.mark.parametrize("c_shape", GEMM_C)
-def test_gemm_then_batchnorm(
-    trans_b: int, alpha: float, beta: float, c_shape: tuple[int, ...] | None
-) -> None:
+def test_gemm_then_batchnorm(trans_b: int, alpha: float, beta: float, c_shape: tuple[int, ...] | None) -> None:
     inits = gemm_setup(trans_b, c_shape) | bn_params("bn", 5, rng(1))
     gemm_inputs = ["a", "B"] + (["C"] if c_shape is not None else [])
     gemm = oh.make_node("Gemm", gemm_inputs, ["h"], name="fc", alpha=alpha, beta=beta, transB=trans_b)
@@ -92,9 +88,7 @@ def test_gemm_then_batchnorm(
 @pytest.mark.parametrize("trans_b", [0, 1])
 @pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (0.5, 2.0)])
 @pytest.mark.parametrize("c_shape", GEMM_C)
-def test_batchnorm_then_gemm(
-    trans_b: int, alpha: float, beta: float, c_shape: tuple[int, ...] | None
-) -> None:
+def test_batchnorm_then_gemm(trans_b: int, alpha: float, beta: float, c_shape: tuple[int, ...] | None) -> None:
     inits = gemm_setup(trans_b, c_shape) | bn_params("bn", 6, rng(1))
     gemm_inputs = ["h", "B"] + (["C"] if c_shape is not None else [])
     gemm = oh.make_node("Gemm", gemm_inputs, ["y"], name="fc", alpha=alpha, beta=beta, transB=trans_b)
@@ -196,9 +190,7 @@ def conv_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, **kw: Any) -> n
         ((1,), (), True),
     ],
 )
-def test_mul_add_after_conv(
-    scale_shape: tuple[int, ...], shift_shape: tuple[int, ...], constant_first: bool
-) -> None:
+def test_mul_add_after_conv(scale_shape: tuple[int, ...], shift_shape: tuple[int, ...], constant_first: bool) -> None:
     gen = rng(8)
     inits = conv_setup(gen) | {
         "k": gen.standard_normal(scale_shape).astype(F32),
@@ -213,9 +205,7 @@ def test_mul_add_after_conv(
     model = make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], inits)
     x = rng(9).standard_normal((1, 3, 6, 6)).astype(F32)
     k, c = f64(inits["k"], inits["c"])
-    expected = conv_ref(x, inits["W"], inits["B"]) * (k.reshape(-1, 1, 1) if k.ndim else k) + c.reshape(
-        c.shape
-    )
+    expected = conv_ref(x, inits["W"], inits["B"]) * (k.reshape(-1, 1, 1) if k.ndim else k) + c.reshape(c.shape)
     result = check(model, {"x": x}, [expected], 1, ["Conv"])
     assert (result.records[0].kind, result.records[0].name, result.records[0].into) == (
         "Mul/Add",
@@ -227,9 +217,7 @@ def test_mul_add_after_conv(
 def test_frozen_batchnorm_expression_after_conv() -> None:
     """FrozenBatchNorm2d exported without constant folding: its scale and shift are computed in the graph."""
     gen = rng(10)
-    inits = (
-        conv_setup(gen) | bn_params("fbn", 4, gen) | {"eps": np.array(1e-5, F32), "axes": np.array([1, 2])}
-    )
+    inits = conv_setup(gen) | bn_params("fbn", 4, gen) | {"eps": np.array(1e-5, F32), "axes": np.array([1, 2])}
     nodes = [
         oh.make_node("Conv", ["x", "W", "B"], ["h"], name="conv"),
         oh.make_node("Add", ["fbn.var", "eps"], ["v_eps"]),

@@ -48,7 +48,9 @@ def test_dynamo_export_without_optimizer_folds_every_batchnorm() -> None:
     assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 3
     result = fold_onnx(model)
     assert [(r.name, r.action, r.how) for r in result.records] == [
-        ("bn1", "folded", "forward"), ("bn2", "folded", "forward"), ("down.1", "folded", "forward")
+        ("bn1", "folded", "forward"),
+        ("bn2", "folded", "forward"),
+        ("down.1", "folded", "forward"),
     ]
     assert not any(n.op_type == "BatchNormalization" for n in result.model.graph.node)
     onnx.checker.check_model(result.model, full_check=True)
@@ -57,8 +59,12 @@ def test_dynamo_export_without_optimizer_folds_every_batchnorm() -> None:
 
 def _conv_bn_inits(seed: int) -> dict[str, np.ndarray]:
     gen = np.random.default_rng(seed)
-    return {"W": gen.standard_normal((4, 3, 3, 3)).astype(F32), "B": gen.standard_normal(4).astype(F32),
-            "K": gen.standard_normal((1, 4, 1, 1)).astype(F32), **bn_params("bn", 4, gen)}
+    return {
+        "W": gen.standard_normal((4, 3, 3, 3)).astype(F32),
+        "B": gen.standard_normal(4).astype(F32),
+        "K": gen.standard_normal((1, 4, 1, 1)).astype(F32),
+        **bn_params("bn", 4, gen),
+    }
 
 
 def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -69,16 +75,24 @@ def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 def control_flow_model(inits: dict[str, np.ndarray]) -> onnx.ModelProto:
     """conv → BN → If(c): the then-branch multiplies by K, an initializer only the subgraph reads."""
     out = [1, 4, 4, 4]
-    then = oh.make_graph([oh.make_node("Mul", ["y", "K"], ["t"])], "then", [],
-                         [oh.make_tensor_value_info("t", TensorProto.FLOAT, out)])
-    other = oh.make_graph([oh.make_node("Identity", ["y"], ["e"])], "else", [],
-                          [oh.make_tensor_value_info("e", TensorProto.FLOAT, out)])
-    nodes = [oh.make_node("Conv", ["x", "W", "B"], ["h"], name="conv"), bn_node("bn", "h", "y"),
-             oh.make_node("If", ["c"], ["z"], then_branch=then, else_branch=other, name="if")]
+    then = oh.make_graph(
+        [oh.make_node("Mul", ["y", "K"], ["t"])], "then", [], [oh.make_tensor_value_info("t", TensorProto.FLOAT, out)]
+    )
+    other = oh.make_graph(
+        [oh.make_node("Identity", ["y"], ["e"])], "else", [], [oh.make_tensor_value_info("e", TensorProto.FLOAT, out)]
+    )
+    nodes = [
+        oh.make_node("Conv", ["x", "W", "B"], ["h"], name="conv"),
+        bn_node("bn", "h", "y"),
+        oh.make_node("If", ["c"], ["z"], then_branch=then, else_branch=other, name="if"),
+    ]
     graph = oh.make_graph(
-        nodes, "g",
-        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6]),
-         oh.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        nodes,
+        "g",
+        [
+            oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6]),
+            oh.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
         [oh.make_tensor_value_info("z", TensorProto.FLOAT, out)],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
@@ -107,7 +121,9 @@ def test_grouped_conv_transpose_whose_channels_do_not_divide_is_refused() -> Non
     inits = {"W": gen.standard_normal((6, 2, 3, 3)).astype(F32), **bn_params("bn", 8, gen)}
     nodes = [oh.make_node("ConvTranspose", ["x", "W"], ["h"], name="up", group=4), bn_node("bn", "h", "y")]
     graph = oh.make_graph(
-        nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 4, 4])],
+        nodes,
+        "g",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 4, 4])],
         [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
@@ -115,4 +131,3 @@ def test_grouped_conv_transpose_whose_channels_do_not_divide_is_refused() -> Non
     with pytest.raises(BnfoldError, match=r"invalid: ConvTranspose 'up' has group=4 .* does not divide") as caught:
         fold_onnx(model)
     assert "\n" not in str(caught.value)
-

@@ -16,8 +16,10 @@ def test_producer_output_used_elsewhere() -> None:
     result = check_fold(model, [image(2, 3)], folded=0, exact=False, onnx_export=True)
     record = result.records[0]
     assert record.action == "affine"
-    assert record.reason == ("cannot fold forward: the output of conv also feeds add; "
-                             "cannot fold backward: its output feeds add, which is not a conv or linear")
+    assert record.reason == (
+        "cannot fold forward: the output of conv also feeds add; "
+        "cannot fold backward: its output feeds add, which is not a conv or linear"
+    )
 
 
 def test_track_running_stats_false_is_kept_as_is() -> None:
@@ -62,12 +64,15 @@ def test_densenet_style_block() -> None:
             assert record.action == "affine" and "which has no weights to fold into" in record.reason
 
 
-@pytest.mark.parametrize(("field", "value", "problem"), [
-    ("running_var", float("nan"), "running_var holds NaN or Inf"),
-    ("running_var", float("inf"), "running_var holds NaN or Inf"),
-    ("running_var", -1.0, "running_var has negative entries"),
-    ("running_mean", float("nan"), "running_mean holds NaN or Inf"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("running_var", float("nan"), "running_var holds NaN or Inf"),
+        ("running_var", float("inf"), "running_var holds NaN or Inf"),
+        ("running_var", -1.0, "running_var has negative entries"),
+        ("running_mean", float("nan"), "running_mean holds NaN or Inf"),
+    ],
+)
 def test_damaged_statistics_raise_fold_error(field: str, value: float, problem: str) -> None:
     model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4))), seed=65)
     getattr(model[1][1], field)[2] = value

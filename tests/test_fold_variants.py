@@ -63,7 +63,8 @@ def test_bn_subclass_keeps_its_activation() -> None:
     model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), BNThenReLU(4)), seed=52)
     result = check_fold(model, [image(2, 3)], folded=1)
     assert [overload_of(n.target) for n in result.module.graph.nodes if n.op == "call_function"] == [
-        aten.conv2d.default, aten.relu.default,
+        aten.conv2d.default,
+        aten.relu.default,
     ]
 
 
@@ -79,7 +80,11 @@ def test_bn_subclass_keeps_what_follows_the_normalisation() -> None:
     assert aten_batchnorms(result.module) == 0
     targets = [overload_of(n.target) for n in result.module.graph.nodes if n.op == "call_function"]
     assert targets == [
-        aten.conv2d.default, aten.mul.Tensor, aten.add.Tensor, aten.sigmoid.default, aten.mul.Tensor,
+        aten.conv2d.default,
+        aten.mul.Tensor,
+        aten.add.Tensor,
+        aten.sigmoid.default,
+        aten.mul.Tensor,
     ]
 
 
@@ -107,8 +112,9 @@ def test_constant_folding_evaluates_only_pure_calls_on_stored_tensors() -> None:
 
 
 def test_decomposed_program_with_native_batch_norm() -> None:
-    model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4),
-                                    nn.Conv2d(4, 2, 1)), seed=55)
+    model = randomise(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)), seed=55
+    )
     x = image(2, 3)
     program = torch.export.export(model, (x,)).run_decompositions()
     assert aten._native_batch_norm_legit_no_training.default in {n.target for n in program.graph.nodes}

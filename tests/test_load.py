@@ -129,9 +129,7 @@ def test_wrapper_prefixes_are_stripped(net: nn.Module, arch: ModuleType, tmp_pat
         (["module"], "module"),
     ],
 )
-def test_checkpoint_weights_key(
-    net: nn.Module, arch: ModuleType, tmp_path: Path, keys: list[str], chosen: str
-) -> None:
+def test_checkpoint_weights_key(net: nn.Module, arch: ModuleType, tmp_path: Path, keys: list[str], chosen: str) -> None:
     other = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}  # wrong on purpose
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     checkpoint = {"epoch": 7, "optimizer": optimizer.state_dict(), "best_acc": 0.9}
@@ -297,8 +295,7 @@ def _save_every_format(net: nn.Module, directory: Path) -> list[Path]:
     from safetensors.torch import save_file
 
     paths = {
-        name: directory / name
-        for name in ["m.pt2", "ts.pt", "sd.pt", "ck.pt", "m.safetensors", "whole.pt", "m.onnx"]
+        name: directory / name for name in ["m.pt2", "ts.pt", "sd.pt", "ck.pt", "m.safetensors", "whole.pt", "m.onnx"]
     }
     torch.export.save(torch.export.export(net, (X,)), paths["m.pt2"])
     torch.jit.save(torch.jit.script(net), paths["ts.pt"])

@@ -138,9 +138,7 @@ def test_zip_that_is_not_a_torch_archive(tmp_path: Path) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("readme.txt", "hello")
     message = load_error(path)
-    assert (
-        "is a zip archive but not a model archive (no data.pkl, code/ or models/model.json inside)" in message
-    )
+    assert "is a zip archive but not a model archive (no data.pkl, code/ or models/model.json inside)" in message
     assert message.endswith(SUPPORTED)
 
 
@@ -252,9 +250,7 @@ def test_parse_shape_errors(text: str, expected: str) -> None:
     assert str(info.value).endswith("expected comma-separated positive integers like 1,3,224,224")
 
 
-@pytest.mark.parametrize(
-    ("text", "dims"), [("1,3,224,224", (1, 3, 224, 224)), ("2x8", (2, 8)), (" 4 ", (4,))]
-)
+@pytest.mark.parametrize(("text", "dims"), [("1,3,224,224", (1, 3, 224, 224)), ("2x8", (2, 8)), (" 4 ", (4,))])
 def test_parse_shape(text: str, dims: tuple[int, ...]) -> None:
     assert parse_shape(text) == dims
 
@@ -307,9 +303,7 @@ def _poisoned_archive(tmp_path: Path, part: str) -> tuple[Path, Path]:
             data = source.read(info.filename)
             if part == "sample inputs" and info.filename.endswith("data/sample_inputs/model.pt"):
                 data = buffer.getvalue()
-            elif part == "pickled weight" and info.filename.endswith(
-                "data/weights/model_weights_config.json"
-            ):
+            elif part == "pickled weight" and info.filename.endswith("data/weights/model_weights_config.json"):
                 data = data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
             elif part == "pickled weight" and info.filename.endswith("data/weights/weight_0"):
                 data = buffer.getvalue()

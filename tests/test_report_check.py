@@ -58,8 +58,9 @@ def test_max_abs_err_threshold(tmp_path: Path) -> None:
     path = write(tmp_path, sample_report())
     assert check_reports([path], max_abs_err=1e-5)
     (result,) = check_reports([path], max_abs_err=1e-6).results
-    assert result.reason == ("max abs err 2.6e-06 > allowed 1.0e-06 "
-                             "(onnxruntime CPU (optimizations all) output logits)")
+    assert result.reason == (
+        "max abs err 2.6e-06 > allowed 1.0e-06 (onnxruntime CPU (optimizations all) output logits)"
+    )
 
 
 def test_min_speedup_uses_the_slowest_onnxruntime_result(tmp_path: Path) -> None:

@@ -10,8 +10,20 @@ import pytest
 from bnfold.report import environment
 from bnfold.report.environment import capture_environment
 
-KEYS = {"cpu_model", "physical_cores", "logical_cores", "os", "python", "torch", "onnx", "onnxruntime",
-        "onnxscript", "numpy", "execution_providers", "bnfold"}
+KEYS = {
+    "cpu_model",
+    "physical_cores",
+    "logical_cores",
+    "os",
+    "python",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "numpy",
+    "execution_providers",
+    "bnfold",
+}
 
 
 def test_environment_has_every_key_and_is_json() -> None:

@@ -13,14 +13,15 @@ from test_report_sample import failing_report, sample_report
 from bnfold.report.html import render_html
 
 REFERENCE = "original fp64 (torch)"
-BAR = re.compile(r'<rect x="([\d.]+)" y="([\d.]+)" width="[\d.]+" height="([\d.]+)" fill="(#[0-9a-f]+)">'
-                 r"<title>([\d.]+)%</title>")
+BAR = re.compile(
+    r'<rect x="([\d.]+)" y="([\d.]+)" width="[\d.]+" height="([\d.]+)" fill="(#[0-9a-f]+)">'
+    r"<title>([\d.]+)%</title>"
+)
 OUTLINE = re.compile(r'<rect x="([\d.]+)" y="[\d.]+" width="[\d.]+" height="([\d.]+)" fill="none"')
 
 
 def histogram_svgs(document: str) -> list[str]:
-    return re.findall(r'<svg [^>]*aria-label="error histograms against the fp64 reference">.*?</svg>',
-                      document, re.S)
+    return re.findall(r'<svg [^>]*aria-label="error histograms against the fp64 reference">.*?</svg>', document, re.S)
 
 
 def rows(svg: str) -> dict[str, str]:
@@ -39,8 +40,12 @@ def test_one_chart_per_output_with_the_fp32_noise_first_and_every_candidate_agai
     document = render_html(sample_report())
     parse(document)
     (svg,) = histogram_svgs(document)
-    assert list(rows(svg)) == ["original fp32 (fp32 noise)", "folded fp32 (torch)",
-                               "onnxruntime CPU (optimizations off)", "onnxruntime CPU (optimizations all)"]
+    assert list(rows(svg)) == [
+        "original fp32 (fp32 noise)",
+        "folded fp32 (torch)",
+        "onnxruntime CPU (optimizations off)",
+        "onnxruntime CPU (optimizations all)",
+    ]
     assert "max 2.4e-06 (1.20× fp32)" in rows(svg)["folded fp32 (torch)"]
     assert document.index("error histograms") < document.index("<th>stage</th>")  # above the parity table
 
@@ -78,8 +83,10 @@ def atol_x(svg: str) -> float:
 
 def test_at_a_glance_good_errors_sit_left_of_atol_and_broken_ones_right_of_it() -> None:
     good, bad = (histogram_svgs(render_html(report))[0] for report in (sample_report(), failing_report()))
-    for svg, broken in ((good, set()), (bad, {"onnxruntime CPU (optimizations off)",
-                                              "onnxruntime CPU (optimizations all)"})):
+    for svg, broken in (
+        (good, set()),
+        (bad, {"onnxruntime CPU (optimizations off)", "onnxruntime CPU (optimizations all)"}),
+    ):
         line = atol_x(svg)
         for label, chunk in rows(svg).items():
             xs = [float(x) for x, _, _, _, title in BAR.findall(chunk) if float(title) > 1]
@@ -93,16 +100,28 @@ def test_at_a_glance_good_errors_sit_left_of_atol_and_broken_ones_right_of_it() 
 def test_decades_run_left_to_right_with_zero_and_nan_apart() -> None:
     report = sample_report()
     check = report["parity"]["checks"][1]
-    check["error_histogram"] = {**check["error_histogram"], "zeros": 5, "below": 0, "above": 3, "nan": 2,
-                                "counts": [0] * 6 + [10] + [0] * 6 + [20]}
+    check["error_histogram"] = {
+        **check["error_histogram"],
+        "zeros": 5,
+        "below": 0,
+        "above": 3,
+        "nan": 2,
+        "counts": [0] * 6 + [10] + [0] * 6 + [20],
+    }
     check["error_histogram"]["total"] = 40
     (svg,) = histogram_svgs(render_html(report))
     xs = [float(x) for x, *_ in BAR.findall(rows(svg)["folded fp32 (torch)"])]
     titles = [float(t) for *_, t in BAR.findall(rows(svg)["folded fp32 (torch)"])]
     assert titles == [12.5, 25.0, 50.0, 7.5, 5.0]  # 0, [1e-6, 1e-5), [10, 100), >= 100, NaN
     assert xs == sorted(xs)
-    ticks = dict((label, float(x)) for x, label in re.findall(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="middle" '
-                                                             r'class="axis">([^<]+)</text>', svg))
+    ticks = dict(
+        (label, float(x))
+        for x, label in re.findall(
+            r'<text x="([\d.]+)" y="[\d.]+" text-anchor="middle" '
+            r'class="axis">([^<]+)</text>',
+            svg,
+        )
+    )
     assert ticks["1e-6"] < xs[1] < ticks["1e-3"] and ticks["1"] < xs[2] < ticks["1e2"] < xs[3] < ticks["NaN"]
     atol = (atol_x(svg) - ticks["1e-6"]) / (ticks["1e-3"] - ticks["1e-6"])
     assert atol == pytest.approx(2 / 3, abs=0.01)  # 1e-4 sits two decades up of three, on a log scale

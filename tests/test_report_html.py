@@ -35,17 +35,18 @@ def verify_report() -> dict[str, Any]:
     """What ``bnfold verify`` writes: no fold, no latency, an ONNX section without opset, size or exporter."""
     report = failing_report()
     report.update(fold={}, latency=[], speedup=[], warnings=[])
-    report["onnx"] = {"path": "BROKEN.onnx", "sha256": "ef" * 32, "format": "onnx", "batchnorm_nodes": 0,
-                      "nodes": 21}
-    reason = "parity failed at stage export: onnxruntime CPU (optimizations off) output logits max_abs_err " \
-             "3.2e-01 > tolerance (atol 1.0e-04, rtol 1.0e-03)"
+    report["onnx"] = {"path": "BROKEN.onnx", "sha256": "ef" * 32, "format": "onnx", "batchnorm_nodes": 0, "nodes": 21}
+    reason = (
+        "parity failed at stage export: onnxruntime CPU (optimizations off) output logits max_abs_err "
+        "3.2e-01 > tolerance (atol 1.0e-04, rtol 1.0e-03)"
+    )
     report["verdict"] = {"passed": False, "reason": reason}
     return report
 
 
 def test_the_banner_names_the_files_and_the_verdict() -> None:
     document = render_html(sample_report())
-    banner = document[document.index("<header"):document.index("</header>")]
+    banner = document[document.index("<header") : document.index("</header>")]
     assert "✔ PASS" in banner and "digits_cnn.pt2 → digits_cnn.onnx" in banner
     assert "parity passed; 3/4 BatchNorms folded" in banner
     assert "<title>bnfold: PASS — digits_cnn.pt2</title>" in document
@@ -55,7 +56,7 @@ def test_a_failed_banner_names_the_stage_once_and_parity_comes_first() -> None:
     document = render_html(verify_report())
     parser = parse(document)
     assert next(a for t, a in parser.tags if t == "header")["class"] == "verdict fail"
-    banner = document[document.index("<header"):document.index("</header>")]
+    banner = document[document.index("<header") : document.index("</header>")]
     assert "✘ FAIL at stage export" in banner and banner.count("max_abs_err 3.2e-01") == 1
     assert document.index("<h2>Parity: FAILED at stage export</h2>") < document.index("<h2>BatchNorms</h2>")
     assert document.count('<tr class="failed">') == 4
@@ -72,10 +73,13 @@ def test_big_numbers_cards_and_their_tones() -> None:
     assert tones(document) == ["warn", "good", "good", "good"]
 
 
-@pytest.mark.parametrize(("low", "high", "tone", "word"), [
-    (0.97, 1.04, "", "no change beyond timing noise"),
-    (0.80, 0.90, "bad", "slower beyond timing noise"),
-])
+@pytest.mark.parametrize(
+    ("low", "high", "tone", "word"),
+    [
+        (0.97, 1.04, "", "no change beyond timing noise"),
+        (0.80, 0.90, "bad", "slower beyond timing noise"),
+    ],
+)
 def test_speedup_card_follows_the_spread_of_paired_ratios(low: float, high: float, tone: str, word: str) -> None:
     report = sample_report()
     for item in report["speedup"][:2]:
@@ -144,13 +148,16 @@ def test_no_external_assets_anywhere() -> None:
 
 def latency_svg(document: str) -> str:
     start = document.index('<svg width="', document.index("<h2>Latency</h2>"))
-    return document[start:document.index("</svg>", start)]
+    return document[start : document.index("</svg>", start)]
 
 
 def bars(svg: str) -> dict[str, float]:
     """Bar width by the time in its tooltip, e.g. {"original: 0.050 ms": 24.4}."""
-    found = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="([\d.]+)" height="17" fill="#[0-9a-f]+">'
-                       r"<title>([^<]+)</title>", svg)
+    found = re.findall(
+        r'<rect x="[\d.]+" y="[\d.]+" width="([\d.]+)" height="17" fill="#[0-9a-f]+">'
+        r"<title>([^<]+)</title>",
+        svg,
+    )
     return {title: float(width) for width, title in found}
 
 

@@ -11,8 +11,9 @@ from bnfold.report.markdown import esc, render_markdown, times
 
 def test_the_headline_line_gives_the_figures_a_reader_needs() -> None:
     figures = render_markdown(sample_report()).split("\n\n")[1]
-    assert figures.startswith("**3/4 BatchNorms folded** · **max abs error 2.6e-06** vs fp64 (1.30× the "
-                              "original fp32 model's own, 2.0e-06)")
+    assert figures.startswith(
+        "**3/4 BatchNorms folded** · **max abs error 2.6e-06** vs fp64 (1.30× the original fp32 model's own, 2.0e-06)"
+    )
     assert "**speedup 1.25-1.32×** (onnxruntime p50, original / folded; torch eager 1.67×)" in figures
 
 
@@ -57,8 +58,9 @@ def test_one_line_per_output_gives_the_share_of_small_errors_of_each_candidate()
     report = sample_report()
     document = render_markdown(report)
     line = next(line for line in document.splitlines() if line.startswith("Share of elements"))
-    assert line.startswith("Share of elements with \\|error\\| under 1e-6 against original fp64 (torch), output "
-                           "logits: original fp32 ")
+    assert line.startswith(
+        "Share of elements with \\|error\\| under 1e-6 against original fp64 (torch), output logits: original fp32 "
+    )
     against_fp64 = [c for c in report["parity"]["checks"] if c["reference"] == "original fp64 (torch)"]
     for check in against_fp64:  # the share from the errors the sample histograms were made of
         errors = sample_errors(check["max_abs_err"], seed(check["candidate"], check["reference"]))

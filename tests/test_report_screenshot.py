@@ -18,10 +18,12 @@ from test_report_sample import failing_report, sample_report
 
 from bnfold.report.html import render_html
 
-BROWSER = next((path for name in ("chromium", "chromium-browser", "google-chrome")
-                if (path := shutil.which(name))), None)
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="no headless Chromium on PATH (chromium or "
-                                                         "chromium-browser; apt-get install chromium)")
+BROWSER = next(
+    (path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None
+)
+pytestmark = pytest.mark.skipif(
+    BROWSER is None, reason="no headless Chromium on PATH (chromium or chromium-browser; apt-get install chromium)"
+)
 
 WIDTH = 1200
 GREEN, RED, BLUE, BACKGROUND = (0x1A, 0x7F, 0x37), (0xCF, 0x22, 0x2E), (0x09, 0x69, 0xDA), (0xF6, 0xF8, 0xFA)
@@ -32,10 +34,22 @@ def screenshot(report: dict, folder: Path, height: int) -> np.ndarray:
     page, png = folder / "report.html", folder / "report.png"
     page.write_text(render_html(report), encoding="utf-8")
     assert BROWSER is not None
-    subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    f"--user-data-dir={folder / 'profile'}", f"--screenshot={png}",
-                    f"--window-size={WIDTH},{height}", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            BROWSER,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={folder / 'profile'}",
+            f"--screenshot={png}",
+            f"--window-size={WIDTH},{height}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return read_png(png.read_bytes())
 
 
@@ -46,9 +60,9 @@ def read_png(data: bytes) -> np.ndarray:
     assert depth == 8 and colour in (2, 6), (depth, colour)
     bpp, chunks, i = 3 if colour == 2 else 4, [], 8
     while i < len(data):
-        (size,), kind = struct.unpack(">I", data[i:i + 4]), data[i + 4:i + 8]
+        (size,), kind = struct.unpack(">I", data[i : i + 4]), data[i + 4 : i + 8]
         if kind == b"IDAT":
-            chunks.append(data[i + 8:i + 8 + size])
+            chunks.append(data[i + 8 : i + 8 + size])
         i += 12 + size
     raw = np.frombuffer(zlib.decompress(b"".join(chunks)), dtype=np.uint8).reshape(height, width * bpp + 1)
     pixels = np.zeros((height, width * bpp), dtype=np.uint8)

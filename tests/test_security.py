@@ -149,8 +149,13 @@ def build_legit(root: Path, base: Base) -> dict[str, Path]:
     save_file({k: v.contiguous() for k, v in state.items()}, root / "weights.safetensors")
     paths["safetensors"] = root / "weights.safetensors"
     (root / "onnx").mkdir()
-    onnx.save_model(onnx.load_from_string(base.onnx), root / "onnx" / "model.onnx", save_as_external_data=True,
-                    location="weights.data", size_threshold=0)
+    onnx.save_model(
+        onnx.load_from_string(base.onnx),
+        root / "onnx" / "model.onnx",
+        save_as_external_data=True,
+        location="weights.data",
+        size_threshold=0,
+    )
     paths["onnx-external-data"] = root / "onnx" / "model.onnx"
     torch.jit.save(torch.jit.script(model), root / "scripted.pt")
     paths["torchscript"] = root / "scripted.pt"
@@ -173,8 +178,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     good = write_zip(root / "good.pt2", base.pt2, "good/")
     (root / "other.onnx").write_bytes(base.onnx)
     return World(
-        root, base, root / "code", good, root / "other.onnx", build_cases(root / "cases", base),
-        build_sizes(root / "sizes", base), build_clean(root / "clean", base), build_legit(root / "legit", base),
+        root,
+        base,
+        root / "code",
+        good,
+        root / "other.onnx",
+        build_cases(root / "cases", base),
+        build_sizes(root / "sizes", base),
+        build_clean(root / "clean", base),
+        build_legit(root / "legit", base),
     )
 
 
@@ -200,19 +212,28 @@ def run_controls(world: World) -> dict[str, dict[str, Any]]:
         (directory / spec.name).mkdir()
         marker = directory / spec.name / "pwned"
         path = spec.build(directory / spec.name, marker, world.base)
-        jobs.append(dict(path=str(path), loader=spec.control, env=spec.env,
-                         outcome=str(directory / spec.name / "outcome")))
+        jobs.append(
+            dict(path=str(path), loader=spec.control, env=spec.env, outcome=str(directory / spec.name / "outcome"))
+        )
         expected[spec.name] = marker
     for path in world.clean.values():
         jobs.append(dict(path=str(path), loader="export", env={}, outcome=str(path.parent / "outcome")))
     (directory / "jobs.json").write_text(json.dumps(jobs))
-    done = subprocess.run([sys.executable, hostile_child.__file__, "controls", str(directory / "jobs.json")],
-                          env=child_env(world), cwd=world.code, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, hostile_child.__file__, "controls", str(directory / "jobs.json")],
+        env=child_env(world),
+        cwd=world.code,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     results = {}
     for spec in SPECS:
         outcome = directory / spec.name / "outcome"
-        results[spec.name] = {"ran": expected[spec.name].exists(),
-                              "outcome": outcome.read_text() if outcome.exists() else f"no outcome: {done.stderr}"}
+        results[spec.name] = {
+            "ran": expected[spec.name].exists(),
+            "outcome": outcome.read_text() if outcome.exists() else f"no outcome: {done.stderr}",
+        }
     for name, path in world.clean.items():
         outcome = path.parent / "outcome"
         results["clean:" + name] = {"outcome": outcome.read_text() if outcome.exists() else done.stderr}
@@ -233,8 +254,17 @@ class Outcome:
 
 def command_argv(command: str, path: Path, args: tuple[str, ...], world: World, out: Path) -> list[str]:
     if command == "convert":
-        return ["convert", str(path), "-o", str(out / "model.onnx"), "--report", str(out / "model.report.json"),
-                "--no-bench", "-q", *args]
+        return [
+            "convert",
+            str(path),
+            "-o",
+            str(out / "model.onnx"),
+            "--report",
+            str(out / "model.report.json"),
+            "--no-bench",
+            "-q",
+            *args,
+        ]
     if command == "inspect":
         return ["inspect", str(path), *args]
     if command == "verify-original":
@@ -274,7 +304,11 @@ def run_sizes(world: World) -> dict[tuple[str, str], Outcome]:
     try:
         done = subprocess.run(
             [sys.executable, hostile_child.__file__, "commands", str(directory / "plan.json"), str(results)],
-            env=child_env(world), cwd=world.code, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
+            env=child_env(world),
+            cwd=world.code,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
             preexec_fn=limit_address_space,
         )
         failure = f"the child process ended with {done.returncode} before this job: {done.stderr[-2000:]}"
@@ -293,8 +327,14 @@ def run_real_cli(world: World, name: str, command: str) -> tuple[Case, Outcome, 
     out = world.root / "cli-out" / name
     out.mkdir(parents=True)
     before = snapshot(directory)
-    done = subprocess.run([sys.executable, "-m", "bnfold", *command_argv(command, case.path, spec.args, world, out)],
-                          env=child_env(world, spec.env), cwd=out, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "bnfold", *command_argv(command, case.path, spec.args, world, out)],
+        env=child_env(world, spec.env),
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return case, Outcome(done.returncode, done.stdout, done.stderr), out, before
 
 
@@ -408,8 +448,7 @@ def test_control_torch_and_zipfile_read_different_duplicates(world: World, tmp_p
     first = hostile.saved(((torch.full(SHAPE, 1.0),), {}))
     last = hostile.saved(((torch.full(SHAPE, 2.0),), {}))
     entries = [(n, d) for n, d in world.base.pt2 if n != hostile.SAMPLE_INPUTS]
-    path = write_zip(tmp_path / "model.pt2", entries + [(hostile.SAMPLE_INPUTS, first),
-                                                                 (hostile.SAMPLE_INPUTS, last)])
+    path = write_zip(tmp_path / "model.pt2", entries + [(hostile.SAMPLE_INPUTS, first), (hostile.SAMPLE_INPUTS, last)])
     program = torch.export.load(str(path))
     assert program.example_inputs[0][0][0, 0, 0, 0].item() == 1.0  # torch: the first copy
     with zipfile.ZipFile(path) as archive:
@@ -444,8 +483,14 @@ def test_control_the_bomb_builder_makes_valid_zips(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", COMMANDS + API_CALLS)
 @pytest.mark.parametrize("name", [s.name for s in SPECS])
-def test_refused(world: World, fresh: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                 name: str, command: str) -> None:
+def test_refused(
+    world: World,
+    fresh: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    command: str,
+) -> None:
     case = world.cases[name]
     for key, value in case.spec.env.items():
         monkeypatch.setenv(key, value)
@@ -499,8 +544,9 @@ def test_clean_archives_load(world: World, fresh: Path, name: str) -> None:
     assert loaded.module is not None and tuple(loaded.module(*loaded.example_inputs).shape) == (2, 4, 8, 8)
 
 
-@pytest.mark.parametrize("name", ["state-dict-zip", "state-dict-legacy", "checkpoint-zip", "checkpoint-legacy",
-                                  "safetensors"])
+@pytest.mark.parametrize(
+    "name", ["state-dict-zip", "state-dict-legacy", "checkpoint-zip", "checkpoint-legacy", "safetensors"]
+)
 def test_weights_load_with_their_factory(world: World, fresh: Path, name: str) -> None:
     loaded = bnfold.load_model(world.legit[name], factory=FACTORY)
     expected = world.base.model().state_dict()
@@ -525,8 +571,9 @@ def test_code_bearing_formats_load_only_when_trusted(world: World, fresh: Path, 
 
 
 @pytest.mark.parametrize("flag", ["--trust-code", "--trust-pickle"])
-def test_torchscript_through_the_cli_with_the_flag(world: World, fresh: Path, capfd: pytest.CaptureFixture[str],
-                                                   flag: str) -> None:
+def test_torchscript_through_the_cli_with_the_flag(
+    world: World, fresh: Path, capfd: pytest.CaptureFixture[str], flag: str
+) -> None:
     path = world.legit["torchscript"]
     refused = run_in_process(["inspect", str(path), "--input-shape", SHAPE_ARG], capfd)
     assert_refused(refused, fresh, code_bearing=True)

@@ -262,10 +262,23 @@ def test_lazy_runners_are_built_one_at_a_time_and_keep_their_output_names() -> N
     first, second = LazyRunner(lambda: Counting(log, "first")), LazyRunner(lambda: Counting(log, "second"))
     assert log == []  # nothing built before it is needed
     batches = [("a", (np.ones((2, 3), np.float32),)), ("b", (np.zeros((2, 3), np.float32),))]
-    report = run_parity(reference, [Candidate("first", first, "fold"), Candidate("second", second, "export")],
-                        batches, output_names=lambda: second.output_names)
-    assert log == ["build reference", "run reference", "run reference", "build first", "run first", "run first",
-                   "build second", "run second", "run second"]
+    report = run_parity(
+        reference,
+        [Candidate("first", first, "fold"), Candidate("second", second, "export")],
+        batches,
+        output_names=lambda: second.output_names,
+    )
+    assert log == [
+        "build reference",
+        "run reference",
+        "run reference",
+        "build first",
+        "run first",
+        "run first",
+        "build second",
+        "run second",
+        "run second",
+    ]
     assert report.passed and {c.output for c in report.checks} == {"y"}
     assert reference._runner is None and first._runner is None and second._runner is None
 
@@ -275,8 +288,12 @@ def test_a_candidate_that_cannot_be_built_fails_its_checks_with_the_reason() -> 
 
     model = nn.Linear(3, 2).eval()
     broken = LazyRunner(lambda: ort_runner(b"not an onnx model"))
-    report = run_parity(LazyRunner(lambda: torch_runner_fp64(model)), [Candidate("onnx", broken, "export")],
-                        [("a", (np.ones((2, 3), np.float32),))], output_names=lambda: broken.output_names)
+    report = run_parity(
+        LazyRunner(lambda: torch_runner_fp64(model)),
+        [Candidate("onnx", broken, "export")],
+        [("a", (np.ones((2, 3), np.float32),))],
+        output_names=lambda: broken.output_names,
+    )
     assert not report.passed
     assert report.checks[0].candidate == "onnx" and report.checks[0].output == "0"
     assert report.checks[0].error is not None and report.checks[0].error.startswith("could not run")

@@ -84,9 +84,14 @@ def decade_counts(errors: np.ndarray) -> dict[str, object]:
     with np.errstate(divide="ignore"):
         decade = np.floor(np.log10(rest)).astype(np.int64)  # inf -> a huge integer, counted above
     decade[np.isinf(rest)] = 99
-    return {"counts": [int(np.sum(decade == k)) for k in range(-12, 2)], "zeros": int(zero.sum()),
-            "below": int(np.sum(decade < -12)), "above": int(np.sum(decade >= 2)), "nan": int(nan.sum()),
-            "total": errors.size}
+    return {
+        "counts": [int(np.sum(decade == k)) for k in range(-12, 2)],
+        "zeros": int(zero.sum()),
+        "below": int(np.sum(decade < -12)),
+        "above": int(np.sum(decade >= 2)),
+        "nan": int(nan.sum()),
+        "total": errors.size,
+    }
 
 
 def test_the_error_histogram_counts_every_decade_over_batches_like_log10_does() -> None:

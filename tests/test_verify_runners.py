@@ -85,9 +85,7 @@ WITH_CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 @pytest.mark.parametrize("requested", ["auto", "cuda", "CUDA", ["cuda", "cpu"], "cpu,cuda"])
-def test_cuda_asked_for_but_missing_gives_cpu_and_a_note(
-    monkeypatch: pytest.MonkeyPatch, requested: object
-) -> None:
+def test_cuda_asked_for_but_missing_gives_cpu_and_a_note(monkeypatch: pytest.MonkeyPatch, requested: object) -> None:
     monkeypatch.setattr("onnxruntime.get_available_providers", lambda: CPU_ONLY)
     selection = select_providers(requested)  # type: ignore[arg-type]
     assert selection.providers == ("CPUExecutionProvider",) and not selection.cuda

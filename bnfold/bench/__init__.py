@@ -22,8 +22,19 @@ if TYPE_CHECKING:
     from bnfold.convert import ConvertConfig
 
 __all__ = [
-    "InputSource", "LatencyResult", "Speedup", "bench_models", "bench_onnx", "bench_torch", "binding_device",
-    "cpu_model", "default_threads", "interleave", "logical_cores", "physical_cores", "speedups",
+    "InputSource",
+    "LatencyResult",
+    "Speedup",
+    "bench_models",
+    "bench_onnx",
+    "bench_torch",
+    "binding_device",
+    "cpu_model",
+    "default_threads",
+    "interleave",
+    "logical_cores",
+    "physical_cores",
+    "speedups",
 ]
 
 

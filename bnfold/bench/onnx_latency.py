@@ -30,8 +30,7 @@ def binding_device(provider: str) -> str | None:
     return _DEVICE_OF.get(provider)
 
 
-def bound_call(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
-               device: str) -> Callable[[], None]:
+def bound_call(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], device: str) -> Callable[[], None]:
     """A call running ``session`` on inputs already copied to ``device``, outputs left there."""
     binding = session.io_binding()
     for name, array in feeds.items():
@@ -50,11 +49,18 @@ def timed_call(runner: OrtRunner, inputs: Sequence[np.ndarray], provider: str) -
     return lambda: runner.session.run(None, feeds)
 
 
-def bench_onnx(models: Mapping[str, str | Path | bytes], inputs: InputSource,
-               providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
-               warmup: int = 10, min_runs: int = 30, min_seconds: float = 1.0,
-               batch_sizes: Sequence[int] | None = None, max_runs: int | None = None,
-               progress: Callable[[str, int, int], None] | None = None) -> list[LatencyResult]:
+def bench_onnx(
+    models: Mapping[str, str | Path | bytes],
+    inputs: InputSource,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+    warmup: int = 10,
+    min_runs: int = 30,
+    min_seconds: float = 1.0,
+    batch_sizes: Sequence[int] | None = None,
+    max_runs: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[LatencyResult]:
     """Time each ONNX model (e.g. ``{"original": ..., "folded": ...}``) on each provider and batch size.
 
     ``threads`` defaults to one per physical core. Sessions use full graph optimisation, as deployed. A
@@ -71,11 +77,26 @@ def bench_onnx(models: Mapping[str, str | Path | bytes], inputs: InputSource,
             continue
         for batch, arrays in per_batch.items():
             calls = {name: timed_call(runner, arrays, provider) for name, runner in sessions.items()}
-            samples = interleave(calls, warmup, min_runs, min_seconds, max_runs,
-                                 on_round=rounds_of(progress, f"{BACKEND} {_short(provider)} batch {batch}"))
-            results += [LatencyResult.of(samples[name], backend=BACKEND, provider=provider, model=name,
-                                         batch=batch, threads=threads, session_create_ms=create_ms[name])
-                        for name in sessions]
+            samples = interleave(
+                calls,
+                warmup,
+                min_runs,
+                min_seconds,
+                max_runs,
+                on_round=rounds_of(progress, f"{BACKEND} {_short(provider)} batch {batch}"),
+            )
+            results += [
+                LatencyResult.of(
+                    samples[name],
+                    backend=BACKEND,
+                    provider=provider,
+                    model=name,
+                    batch=batch,
+                    threads=threads,
+                    session_create_ms=create_ms[name],
+                )
+                for name in sessions
+            ]
     return results
 
 
@@ -90,8 +111,9 @@ def _short(provider: str) -> str:
     return provider.removesuffix("ExecutionProvider")
 
 
-def _sessions(models: Mapping[str, str | Path | bytes], provider: str,
-              threads: int) -> tuple[dict[str, OrtRunner] | None, dict[str, float]]:
+def _sessions(
+    models: Mapping[str, str | Path | bytes], provider: str, threads: int
+) -> tuple[dict[str, OrtRunner] | None, dict[str, float]]:
     sessions: dict[str, OrtRunner] = {}
     create_ms: dict[str, float] = {}
     chain = (provider,) if provider == "CPUExecutionProvider" else (provider, "CPUExecutionProvider")
@@ -100,8 +122,11 @@ def _sessions(models: Mapping[str, str | Path | bytes], provider: str,
         sessions[name] = OrtRunner(model, chain, "all", threads)
         create_ms[name] = (time.perf_counter() - t0) * 1e3
         if sessions[name].session.get_providers()[0] != provider:
-            warnings.warn(f"{provider} is not usable here (onnxruntime fell back to "
-                          f"{sessions[name].session.get_providers()[0]}); its latency is not measured",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{provider} is not usable here (onnxruntime fell back to "
+                f"{sessions[name].session.get_providers()[0]}); its latency is not measured",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return None, {}
     return sessions, create_ms

@@ -41,14 +41,18 @@ class Speedup:
         return {**fields, "verdict": self.verdict}
 
     def describe(self) -> str:
-        spread = (f" (IQR {self.speedup_low:.2f}-{self.speedup_high:.2f}x)"
-                  if self.speedup_low is not None and self.speedup_high is not None else "")
-        return (f"{self.backend} {self.provider} batch {self.batch}: {self.original_p50_ms:.3f} ms -> "
-                f"{self.folded_p50_ms:.3f} ms, {self.speedup_p50:.2f}x{spread}")
+        spread = (
+            f" (IQR {self.speedup_low:.2f}-{self.speedup_high:.2f}x)"
+            if self.speedup_low is not None and self.speedup_high is not None
+            else ""
+        )
+        return (
+            f"{self.backend} {self.provider} batch {self.batch}: {self.original_p50_ms:.3f} ms -> "
+            f"{self.folded_p50_ms:.3f} ms, {self.speedup_p50:.2f}x{spread}"
+        )
 
 
-def speedups(results: Sequence[LatencyResult], baseline: str = "original",
-             candidate: str = "folded") -> list[Speedup]:
+def speedups(results: Sequence[LatencyResult], baseline: str = "original", candidate: str = "folded") -> list[Speedup]:
     """One :class:`Speedup` per (backend, provider, batch) that has both models, in result order."""
     by_key = {(r.backend, r.provider, r.batch, r.model): r for r in results}
     keys = dict.fromkeys((r.backend, r.provider, r.batch) for r in results)
@@ -64,8 +68,9 @@ def speedups(results: Sequence[LatencyResult], baseline: str = "original",
 def _speedup(base: LatencyResult, cand: LatencyResult) -> Speedup:
     n = min(len(base.samples_ms), len(cand.samples_ms))
     if not n:
-        return Speedup(base.backend, base.provider, base.batch, base.p50_ms / cand.p50_ms, None, None,
-                       base.p50_ms, cand.p50_ms)
+        return Speedup(
+            base.backend, base.provider, base.batch, base.p50_ms / cand.p50_ms, None, None, base.p50_ms, cand.p50_ms
+        )
     ratios = np.asarray(base.samples_ms[:n]) / np.maximum(np.asarray(cand.samples_ms[:n]), 1e-12)
     low, median, high = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
     return Speedup(base.backend, base.provider, base.batch, median, low, high, base.p50_ms, cand.p50_ms)

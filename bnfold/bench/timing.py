@@ -18,10 +18,15 @@ import numpy as np
 Clock = Callable[[], float]
 
 
-def interleave(calls: Mapping[str, Callable[[], object]], warmup: int = 10, min_runs: int = 30,
-               min_seconds: float = 1.0, max_runs: int | None = None,
-               clock: Clock = time.perf_counter,
-               on_round: Callable[[int, int], None] | None = None) -> dict[str, list[float]]:
+def interleave(
+    calls: Mapping[str, Callable[[], object]],
+    warmup: int = 10,
+    min_runs: int = 30,
+    min_seconds: float = 1.0,
+    max_runs: int | None = None,
+    clock: Clock = time.perf_counter,
+    on_round: Callable[[int, int], None] | None = None,
+) -> dict[str, list[float]]:
     """Time every call round robin; returns each call's per-iteration times in milliseconds.
 
     Runs ``warmup`` untimed rounds, then timed rounds until at least ``min_runs`` rounds and
@@ -84,17 +89,41 @@ class LatencyResult:
     samples_ms: list[float] = field(default_factory=list, repr=False)
 
     @classmethod
-    def of(cls, samples_ms: list[float], *, backend: str, provider: str, model: str, batch: int,
-           threads: int, session_create_ms: float | None = None) -> LatencyResult:
+    def of(
+        cls,
+        samples_ms: list[float],
+        *,
+        backend: str,
+        provider: str,
+        model: str,
+        batch: int,
+        threads: int,
+        session_create_ms: float | None = None,
+    ) -> LatencyResult:
         """Statistics of the timed samples."""
         if not samples_ms:
             raise ValueError(f"no timed runs for {model} ({backend}, {provider}, batch {batch})")
         x = np.asarray(samples_ms, dtype=np.float64)
         p50, p90, p99 = (float(v) for v in np.percentile(x, [50, 90, 99]))
         mean = float(x.mean())
-        return cls(backend, provider, model, batch, p50, p90, p99, mean, float(x.std()), float(x.min()),
-                   float(x.max()), batch * 1e3 / mean if mean > 0 else float("inf"), len(x), threads,
-                   session_create_ms, list(samples_ms))
+        return cls(
+            backend,
+            provider,
+            model,
+            batch,
+            p50,
+            p90,
+            p99,
+            mean,
+            float(x.std()),
+            float(x.min()),
+            float(x.max()),
+            batch * 1e3 / mean if mean > 0 else float("inf"),
+            len(x),
+            threads,
+            session_create_ms,
+            list(samples_ms),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The report's ``latency`` entry (times rounded to the nanosecond)."""
@@ -106,5 +135,7 @@ class LatencyResult:
         return out
 
     def describe(self) -> str:
-        return (f"{self.backend} {self.provider} {self.model} batch {self.batch}: p50 {self.p50_ms:.3f} ms "
-                f"(p90 {self.p90_ms:.3f}, {self.runs} runs, {self.threads} threads)")
+        return (
+            f"{self.backend} {self.provider} {self.model} batch {self.batch}: p50 {self.p50_ms:.3f} ms "
+            f"(p90 {self.p90_ms:.3f}, {self.runs} runs, {self.threads} threads)"
+        )

@@ -28,10 +28,17 @@ def eager_call(module: nn.Module, arrays: Sequence[np.ndarray]) -> Callable[[], 
     return call
 
 
-def bench_torch(modules: Mapping[str, nn.Module], inputs: InputSource, threads: int | None = None,
-                warmup: int = 10, min_runs: int = 30, min_seconds: float = 1.0,
-                batch_sizes: Sequence[int] | None = None, max_runs: int | None = None,
-                progress: Callable[[str, int, int], None] | None = None) -> list[LatencyResult]:
+def bench_torch(
+    modules: Mapping[str, nn.Module],
+    inputs: InputSource,
+    threads: int | None = None,
+    warmup: int = 10,
+    min_runs: int = 30,
+    min_seconds: float = 1.0,
+    batch_sizes: Sequence[int] | None = None,
+    max_runs: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[LatencyResult]:
     """Time each module (e.g. ``{"original": ..., "folded": ...}``) per batch size on the CPU.
 
     Runs with ``torch.set_num_threads(threads)`` (default: one per physical core) and restores the
@@ -46,10 +53,20 @@ def bench_torch(modules: Mapping[str, nn.Module], inputs: InputSource, threads: 
         results: list[LatencyResult] = []
         for batch, arrays in per_batch.items():
             calls = {name: eager_call(module, arrays) for name, module in modules.items()}
-            samples = interleave(calls, warmup, min_runs, min_seconds, max_runs,
-                                 on_round=rounds_of(progress, f"{BACKEND} {PROVIDER} batch {batch}"))
-            results += [LatencyResult.of(samples[name], backend=BACKEND, provider=PROVIDER, model=name,
-                                         batch=batch, threads=threads) for name in modules]
+            samples = interleave(
+                calls,
+                warmup,
+                min_runs,
+                min_seconds,
+                max_runs,
+                on_round=rounds_of(progress, f"{BACKEND} {PROVIDER} batch {batch}"),
+            )
+            results += [
+                LatencyResult.of(
+                    samples[name], backend=BACKEND, provider=PROVIDER, model=name, batch=batch, threads=threads
+                )
+                for name in modules
+            ]
         return results
     finally:
         torch.set_num_threads(previous)

@@ -79,8 +79,10 @@ def resolve_inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Te
         try:
             return make_inputs(InputSpec(config.input_shapes, dtypes), seed=0)
         except (MemoryError, RuntimeError, OverflowError) as exc:  # torch's allocator: RuntimeError
-            raise InputSpecError(f"cannot make inputs of shape {InputSpec(config.input_shapes, dtypes).describe()} "
-                                 f"({one_line(exc)}): give a smaller --input-shape") from exc
+            raise InputSpecError(
+                f"cannot make inputs of shape {InputSpec(config.input_shapes, dtypes).describe()} "
+                f"({one_line(exc)}): give a smaller --input-shape"
+            ) from exc
     if stored:
         return tuple(stored)
     raise InputSpecError(
@@ -99,8 +101,10 @@ def check_shape_sizes(shapes: tuple[tuple[int, ...], ...]) -> None:
         elements = math.prod(shape)
         if elements > MAX_INPUT_ELEMENTS:
             given = "x".join(map(str, shape))
-            raise InputSpecError(f"--input-shape {given}: {elements:.3g} elements, more than bnfold makes inputs of "
-                                 f"({MAX_INPUT_ELEMENTS:.3g}); give the shape of one real batch")
+            raise InputSpecError(
+                f"--input-shape {given}: {elements:.3g} elements, more than bnfold makes inputs of "
+                f"({MAX_INPUT_ELEMENTS:.3g}); give the shape of one real batch"
+            )
 
 
 def check_onnx_shapes(model: Any, shapes: tuple[tuple[int, ...], ...]) -> None:
@@ -158,8 +162,10 @@ def check_opset(exported: Any, requested: int | None) -> None:
     exported.opset = actual
     if requested is not None and actual != requested:
         how = "an ONNX input keeps its own opset" if exported.exporter.startswith("none") else "the exporter wrote it"
-        raise ExportError(f"--opset {requested}: the model would have opset {actual} ({how}); "
-                          f"give --opset {actual}, or leave --opset out")
+        raise ExportError(
+            f"--opset {requested}: the model would have opset {actual} ({how}); "
+            f"give --opset {actual}, or leave --opset out"
+        )
 
 
 def convert(
@@ -230,14 +236,18 @@ def _convert(
         saved = _saved(converted, report, config, targets, stages)
     _check_parity(loaded, converted, batches, report, config, targets, saved, stages)
     if _export_broke_parity(converted, report, config):
-        with stages.stage("fold+export", "exporting again with the dynamo exporter: the TorchScript "
-                          "exporter's output failed parity"):
+        with stages.stage(
+            "fold+export", "exporting again with the dynamo exporter: the TorchScript exporter's output failed parity"
+        ):
             from bnfold.export import export_module
 
             converted.exported = export_module(converted.folded, inputs, opset=config.opset or DEFAULT_OPSET)
             check_opset(converted.exported, config.opset)
-            converted.exported.warnings.insert(0, "exported with the dynamo exporter: the TorchScript exporter's "
-                                               "output failed parity at the export stage")
+            converted.exported.warnings.insert(
+                0,
+                "exported with the dynamo exporter: the TorchScript exporter's "
+                "output failed parity at the export stage",
+            )
             saved = _saved(converted, report, config, targets, stages)
         _check_parity(loaded, converted, batches, report, config, targets, saved, stages)
     report["warnings"].extend(converted.exported.warnings)
@@ -247,8 +257,9 @@ def _convert(
             report["warnings"].append(ignored)
             stages.note(ignored)
         with stages.stage("latency", "measuring latency"):
-            report["latency"], report["speedup"] = bench_stage(loaded, converted, inputs, config, saved[0],
-                                                               stages.steps)
+            report["latency"], report["speedup"] = bench_stage(
+                loaded, converted, inputs, config, saved[0], stages.steps
+            )
     with stages.stage("reports", f"writing {targets.onnx}" + (" and the reports" if targets.report else "")):
         from bnfold.report.environment import capture_environment
 
@@ -308,8 +319,9 @@ def _check_parity(
     if config.save_inputs is not None:
         graph = converted.exported.model.graph
         names = [name for name, _ in onnx_inputs(converted.exported.model)]
-        writer = saved_inputs.InputsWriter(Path(config.save_inputs), targets.outputs, batches, names,
-                                           [o.name for o in graph.output])
+        writer = saved_inputs.InputsWriter(
+            Path(config.save_inputs), targets.outputs, batches, names, [o.name for o in graph.output]
+        )
     with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
         report["parity"] = verify_stage(loaded, converted, batches, config, saved[0], saved[2], stages.steps, writer)
     if writer is not None:

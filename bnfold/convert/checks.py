@@ -69,18 +69,22 @@ def graph_dims(model: Any) -> Dims:
 def fit_data(path: Path, index: int, data: torch.Tensor, example: torch.Tensor, dims: tuple[int | None, ...]) -> Any:
     """``--data``'s array ``index`` as the model takes it: a real number type of the input's kind (cast to
     the input's dtype) and a shape that fits ``dims``; :class:`InputSpecError` otherwise."""
-    kinds_fit = data.is_floating_point() if example.is_floating_point() else not (
-        data.is_floating_point() or data.is_complex()
+    kinds_fit = (
+        data.is_floating_point() if example.is_floating_point() else not (data.is_floating_point() or data.is_complex())
     )
     if not kinds_fit:
         kind = "floating-point" if example.is_floating_point() else "integer"
-        raise InputSpecError(f"--data {path}: array {index} holds {str(data.dtype).removeprefix('torch.')}, input "
-                             f"{index} of the model takes {kind} values ({str(example.dtype).removeprefix('torch.')})")
+        raise InputSpecError(
+            f"--data {path}: array {index} holds {str(data.dtype).removeprefix('torch.')}, input "
+            f"{index} of the model takes {kind} values ({str(example.dtype).removeprefix('torch.')})"
+        )
     shape = tuple(data.shape)
     if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
         wanted = "x".join("?" if d is None else str(d) for d in dims)
-        raise InputSpecError(f"--data {path}: array {index} has shape {'x'.join(map(str, shape)) or 'scalar'}, input "
-                             f"{index} of the model takes {wanted}" + (" (? free)" if None in dims else ""))
+        raise InputSpecError(
+            f"--data {path}: array {index} has shape {'x'.join(map(str, shape)) or 'scalar'}, input "
+            f"{index} of the model takes {wanted}" + (" (? free)" if None in dims else "")
+        )
     return as_numpy(data.to(example.dtype))
 
 
@@ -125,8 +129,9 @@ def verify_stage(
     tolerance, per_output = tolerance_of(config)
     check_output_keys([key for key, _, _ in config.tolerances], [o.name for o in converted.exported.model.graph.output])
     with tempfile.TemporaryDirectory(prefix="bnfold-") as folder:
-        parity: dict[str, Any] = _verify_stage(loaded, converted, batches, config, folded, optimized,
-                                               Path(folder), tolerance, per_output, hooks).to_json()
+        parity: dict[str, Any] = _verify_stage(
+            loaded, converted, batches, config, folded, optimized, Path(folder), tolerance, per_output, hooks
+        ).to_json()
     return parity
 
 
@@ -153,13 +158,31 @@ def _verify_stage(
 
     if loaded.format == "onnx":
         original = session_source(converted.original, folder / "original")
-        return _onnx_parity(original, folded_bytes, batches, tolerance, per_output,
-                            extra("folded onnxruntime CPU (optimizations off)"), hooks)
+        return _onnx_parity(
+            original,
+            folded_bytes,
+            batches,
+            tolerance,
+            per_output,
+            extra("folded onnxruntime CPU (optimizations off)"),
+            hooks,
+        )
     if loaded.format == "torchscript":
-        unfolded = session_source(converted.original_onnx(), folder / "original", in_place=True) \
-            if converted.original_onnx else None
-        return _torchscript_parity(converted, unfolded or folded_bytes, folded_bytes, batches, tolerance,
-                                   per_output, extra("onnxruntime CPU (optimizations off)"), hooks)
+        unfolded = (
+            session_source(converted.original_onnx(), folder / "original", in_place=True)
+            if converted.original_onnx
+            else None
+        )
+        return _torchscript_parity(
+            converted,
+            unfolded or folded_bytes,
+            folded_bytes,
+            batches,
+            tolerance,
+            per_output,
+            extra("onnxruntime CPU (optimizations off)"),
+            hooks,
+        )
     return verify_parity(
         converted.original,
         converted.folded,
@@ -282,8 +305,9 @@ def bench_stage(
         if converted.original_onnx:  # timed first, as the baseline
             original = session_source(converted.original_onnx(), Path(folder) / "original", in_place=True)
             models = {"original": original, **models}
-        results = bench_onnx(models, factory, providers=selection.providers, threads=config.threads,
-                             batch_sizes=sizes, progress=progress)
+        results = bench_onnx(
+            models, factory, providers=selection.providers, threads=config.threads, batch_sizes=sizes, progress=progress
+        )
     if isinstance(converted.folded, torch.nn.Module) and isinstance(converted.original, torch.nn.Module):
         results += bench_torch(
             {"original": converted.original, "folded": converted.folded},
@@ -301,8 +325,10 @@ def ignored_batches(converted: Converted, inputs: tuple[torch.Tensor, ...], requ
     left_out = [b for b in requested if b not in sizes]
     if not left_out:
         return None
-    return (f"--batch {','.join(map(str, left_out))} not timed: the model's batch dimension is fixed at "
-            f"{sizes[0]}; timed at batch {sizes[0]}")
+    return (
+        f"--batch {','.join(map(str, left_out))} not timed: the model's batch dimension is fixed at "
+        f"{sizes[0]}; timed at batch {sizes[0]}"
+    )
 
 
 def batch_sizes(converted: Converted, inputs: tuple[torch.Tensor, ...], requested: tuple[int, ...]) -> list[int]:

@@ -78,8 +78,9 @@ def _take_old_name(config: ConvertConfig, old: str, value: Any, default: Any) ->
     new = OLD_NAMES[old]
     current = getattr(config, new)
     if current != default and current != value:
-        raise ConfigError(f"{old}={value!r} and {new}={current!r} disagree: {old} is the older name of {new}; "
-                          f"give {new} alone")
+        raise ConfigError(
+            f"{old}={value!r} and {new}={current!r} disagree: {old} is the older name of {new}; give {new} alone"
+        )
     object.__setattr__(config, new, value)
 
 
@@ -119,8 +120,10 @@ def _providers(providers: tuple[str, ...]) -> None:
         for name in str(item).split(","):
             name = name.strip()
             if name.lower() not in PROVIDER_NAMES and not name.endswith("ExecutionProvider"):
-                raise ConfigError(f"--providers {name!r}: expected auto, cpu, cuda or an onnxruntime provider "
-                                  "name (CUDAExecutionProvider)")
+                raise ConfigError(
+                    f"--providers {name!r}: expected auto, cpu, cuda or an onnxruntime provider "
+                    "name (CUDAExecutionProvider)"
+                )
 
 
 def _tolerance(label: str, value: Any) -> None:

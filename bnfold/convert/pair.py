@@ -157,8 +157,10 @@ def verify_and_report(
     writes = plan.report_writes(report_path)
     if config.save_inputs is not None:
         writes.update(saved_inputs.planned(Path(config.save_inputs), saved_inputs.batch_count(config)))
-    reads = {**plan.model_reads("the original model", Path(original_path)),
-             **plan.model_reads("the candidate model", Path(candidate_path))}
+    reads = {
+        **plan.model_reads("the original model", Path(original_path)),
+        **plan.model_reads("the candidate model", Path(candidate_path)),
+    }
     with saved_inputs.directory(config.save_inputs):
         check_plan(writes, {**reads, **plan.option_reads(config)})
         with OutputSet(list(writes.values())) as outputs:
@@ -259,8 +261,10 @@ def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], l
     for path, model in zip(paths, loaded, strict=True):
         fixed = next(iter(graph_dims(model.onnx_model)), (None,))[:1]
         if fixed and fixed[0] is not None and any(b != fixed[0] for b in config.batches):
-            raise InputSpecError(f"--batch {','.join(map(str, config.batches))}: {path} has a fixed batch of "
-                                 f"{fixed[0]}; give --batch {fixed[0]} or export the model with a dynamic batch")
+            raise InputSpecError(
+                f"--batch {','.join(map(str, config.batches))}: {path} has a fixed batch of "
+                f"{fixed[0]}; give --batch {fixed[0]} or export the model with a dynamic batch"
+            )
     inputs = _inputs(loaded[0], config)
     spec = InputSpec.of(inputs)
     names = ["original", "folded"] if len(paths) == 2 else [paths[0].stem]
@@ -284,8 +288,7 @@ def _onnx_only(path: Path) -> LoadedModel:
     detected = detect_format(path)
     if detected.onnx_model is None:
         raise InputSpecError(
-            f"{path} is a {detected.kind} file: bnfold bench times ONNX files; convert the model first "
-            "(bnfold convert)"
+            f"{path} is a {detected.kind} file: bnfold bench times ONNX files; convert the model first (bnfold convert)"
         )
     loaded = read_onnx(path, detected.onnx_model)
     loaded.path = path

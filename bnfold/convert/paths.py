@@ -97,7 +97,10 @@ def convert_torch(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: 
 
 
 def torchscript_to_onnx(
-    module: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, explicit: bool = False,
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    opset: int,
+    explicit: bool = False,
     axes: tuple[tuple[int, ...], ...] | None = None,
 ) -> onnx.ModelProto:
     """Export a TorchScript module unfolded (constant folding off keeps every BatchNormalization), at opset 17
@@ -137,8 +140,9 @@ def _check_runs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             module(*inputs)
         except Exception as exc:  # a scripted forward raises whatever the model raises
             last = next((line.strip() for line in reversed(str(exc).splitlines()) if line.strip()), type(exc).__name__)
-            raise InputSpecError(f"the model's forward failed on inputs {InputSpec.of(inputs).describe()}: "
-                                 f"{last}; check --input-shape") from exc
+            raise InputSpecError(
+                f"the model's forward failed on inputs {InputSpec.of(inputs).describe()}: {last}; check --input-shape"
+            ) from exc
 
 
 def convert_onnx_level(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int, config: Any) -> Converted:

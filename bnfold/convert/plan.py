@@ -73,10 +73,7 @@ def onnx_external_files(path: Path) -> list[Path]:
     from onnx.external_data_helper import _get_all_tensors
 
     locations = {
-        entry.value
-        for tensor in _get_all_tensors(model)
-        for entry in tensor.external_data
-        if entry.key == "location"
+        entry.value for tensor in _get_all_tensors(model) for entry in tensor.external_data if entry.key == "location"
     }
     return [path.parent / location for location in sorted(locations)]
 

@@ -84,8 +84,14 @@ class InputsWriter:
     """Writes each batch's inputs and reference outputs into the staged ``DIR`` as the reference computes
     them (a callable for :func:`~bnfold.verify.run_parity`'s ``on_reference``), then the index."""
 
-    def __init__(self, path: Path, outputs: Any, batches: Sequence[tuple[str, Sequence[np.ndarray]]],
-                 input_names: Sequence[str], output_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        outputs: Any,
+        batches: Sequence[tuple[str, Sequence[np.ndarray]]],
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+    ) -> None:
         self.path, self.outputs, self.batches = Path(path), outputs, batches
         self.input_names = _names(input_names, len(batches[0][1]), "input")
         self.output_names = list(output_names)
@@ -104,8 +110,12 @@ class InputsWriter:
             "inputs": self.input_names,
             "outputs": self.output_names,
             "batches": [
-                {"source": source, "batch": int(arrays[0].shape[0]) if len(arrays) and arrays[0].ndim else None,
-                 "inputs": f"inputs_{k}.npz", "reference": f"reference_{k}.npz"}
+                {
+                    "source": source,
+                    "batch": int(arrays[0].shape[0]) if len(arrays) and arrays[0].ndim else None,
+                    "inputs": f"inputs_{k}.npz",
+                    "reference": f"reference_{k}.npz",
+                }
                 for k, (source, arrays) in enumerate(self.batches)
             ],
         }

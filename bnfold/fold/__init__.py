@@ -93,8 +93,7 @@ def fold(
     records = fold_graph(gm, sites, affine_form)
     unboxed_calls(gm.graph)
     gm = plain_module(gm)  # recompiles
-    return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None,
-                      recalibrated)
+    return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None, recalibrated)
 
 
 make_callable(__name__, fold)  # bnfold.fold(model, inputs) calls fold(); bnfold.fold.maths stays reachable

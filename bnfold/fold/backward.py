@@ -98,9 +98,9 @@ def match_consumers(site: AffineSite, graph: fx.Graph) -> Match:
         for layer in layers:
             weight = writer.gm_tensor(layer.weight)
             bias = writer.gm_tensor(layer.bias) if layer.bias is not None else None
-            w, b = maths.fold_into_consumer(
-                weight, bias, site.scale, site.shift, layer.groups  # type: ignore[arg-type]
-            )
+            scale, shift = site.scale, site.shift
+            assert scale is not None and shift is not None  # a matched site has both
+            w, b = maths.fold_into_consumer(weight, bias, scale, shift, layer.groups)
             writer.replace(layer.node, "weight", layer.weight, w)
             writer.replace(layer.node, "bias", layer.bias, b)
         _bypass(site, graph)

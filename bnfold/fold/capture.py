@@ -70,8 +70,10 @@ def _export_dynamic(
         try:
             return _export(model, widened, dynamic)
         except (InputSpecError, TraceError):
-            notes.append("the model does not take the example repeated along its dynamic axes: traced with "
-                         "the example as given, so axes of size 1 stay fixed")
+            notes.append(
+                "the model does not take the example repeated along its dynamic axes: traced with "
+                "the example as given, so axes of size 1 stay fixed"
+            )
     return _export(model, inputs, dynamic)
 
 

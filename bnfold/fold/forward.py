@@ -55,8 +55,7 @@ Match = Plan | str | None  # a plan, the reason it does not fold, or None when t
 
 def also_feeds(node: fx.Node, expected: fx.Node) -> str | None:
     """Why ``node``'s value cannot change for ``expected`` alone: the other nodes that read it, or None."""
-    extra = [display(u) if u.op != "output" else "the model output"
-             for u in readers(node) if u is not expected]
+    extra = [display(u) if u.op != "output" else "the model output" for u in readers(node) if u is not expected]
     return reason("shared", node=display(node), others=", ".join(extra)) if extra else None
 
 
@@ -112,8 +111,12 @@ def match_producer(site: AffineSite, graph: fx.Graph) -> Match:
 
 
 def _is_plain_add(node: fx.Node) -> bool:
-    return bool(node.op == "call_function" and node.target == aten.add.Tensor
-                and node.kwargs.get("alpha", 1) == 1 and len(_node_args(node)) == 2)
+    return bool(
+        node.op == "call_function"
+        and node.target == aten.add.Tensor
+        and node.kwargs.get("alpha", 1) == 1
+        and len(_node_args(node)) == 2
+    )
 
 
 def _node_args(node: fx.Node, stop: int = 2) -> list[fx.Node]:
@@ -180,8 +183,7 @@ def match_concat(site: AffineSite, graph: fx.Graph) -> Match:
         widths = [None] * len(pieces) if any(w != site.scale.numel() for w in widths) else widths  # type: ignore[union-attr]
     if not all(isinstance(w, int) for w in widths) or len(set(pieces)) != len(pieces):
         return f"the channel slices of {display(cat)} are not known or not distinct"
-    layers = [trace_to_layer(piece, cat, what=f"slice {i} of {display(cat)}")
-              for i, piece in enumerate(pieces)]
+    layers = [trace_to_layer(piece, cat, what=f"slice {i} of {display(cat)}") for i, piece in enumerate(pieces)]
     failed = next((r for r in layers if isinstance(r, str)), None)
     if failed is not None:
         return failed
@@ -233,8 +235,11 @@ def match_identity(site: AffineSite, graph: fx.Graph) -> Match:
         return None
     add = users[0]
     rest = add.args[1] if add.args[0] is site.output else add.args[0]
-    layers = [layer for layer in map(as_layer, _flat_sum(rest))  # type: ignore[arg-type]
-              if layer is not None and layer.node.args[0] is site.input and len(readers(layer.node)) == 1]
+    layers = [
+        layer
+        for layer in map(as_layer, _flat_sum(rest))  # type: ignore[arg-type]
+        if layer is not None and layer.node.args[0] is site.input and len(readers(layer.node)) == 1
+    ]
     if not layers:
         return None  # no conv beside it reads the same input: not a RepVGG identity branch
     channels = site.scale.numel()  # type: ignore[union-attr]

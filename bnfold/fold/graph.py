@@ -17,8 +17,12 @@ from torch import fx, nn
 aten = torch.ops.aten
 
 CONVOLUTIONS = {
-    aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
-    aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding,
+    aten.conv1d.default,
+    aten.conv2d.default,
+    aten.conv3d.default,
+    aten.conv1d.padding,
+    aten.conv2d.padding,
+    aten.conv3d.padding,
     aten.convolution.default,
 }
 TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
@@ -26,8 +30,7 @@ LINEAR = {aten.linear.default}
 BATCHNORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
 
 # Ops that move or copy data without touching values: an affine passes through them, its axis remapped.
-PERMUTES = {aten.permute.default, aten.transpose.int, aten.clone.default, aten.contiguous.default,
-            aten.alias.default}
+PERMUTES = {aten.permute.default, aten.transpose.int, aten.clone.default, aten.contiguous.default, aten.alias.default}
 
 
 def arguments(node: fx.Node) -> dict[str, Any]:

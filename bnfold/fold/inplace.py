@@ -40,8 +40,4 @@ def functionalise_arithmetic(gm: fx.GraphModule) -> int:
 
 def _unobservable(node: fx.Node) -> bool:
     written = node.args[0] if node.args else None
-    return (
-        isinstance(written, fx.Node)
-        and written.op == "call_function"
-        and readers(written) == [node]
-    )
+    return isinstance(written, fx.Node) and written.op == "call_function" and readers(written) == [node]

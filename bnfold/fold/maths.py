@@ -45,8 +45,7 @@ def batchnorm_affine(
     n = channels if channels is not None else mean.numel()
     gamma = torch.ones(n, dtype=F64) if weight is None else weight.detach().to(F64)
     beta = torch.zeros(n, dtype=F64) if bias is None else bias.detach().to(F64)
-    lengths = {"running_mean": mean.numel(), "running_var": var.numel(), "weight": gamma.numel(),
-               "bias": beta.numel()}
+    lengths = {"running_mean": mean.numel(), "running_var": var.numel(), "weight": gamma.numel(), "bias": beta.numel()}
     if len(set(lengths.values())) > 1 or (channels is not None and mean.numel() != channels):
         detail = ", ".join(f"{name} {n}" for name, n in lengths.items())
         raise FoldError(f"BatchNorm parameters of different lengths ({detail}): each holds one value per channel")
@@ -77,9 +76,7 @@ def _bias64(bias: Tensor | None, n: int) -> Tensor:
     return torch.zeros(n, dtype=F64) if bias is None else bias.detach().to(F64)
 
 
-def fold_into_producer(
-    weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor
-) -> tuple[Tensor, Tensor]:
+def fold_into_producer(weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
     """Forward fold into a conv or linear whose weight's axis 0 is the output channel."""
     w = weight.detach().to(F64) * _along(scale, 0, weight.dim())
     b = _bias64(bias, weight.shape[0]) * scale + shift

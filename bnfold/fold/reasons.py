@@ -17,13 +17,13 @@ TEMPLATES: dict[str, str] = {
     "not_a_layer": "its output feeds {node}, which is not a conv or linear",
     "transposed_consumer": "its output feeds the transposed conv {layer}, which would spread the shift unevenly",
     "zero_padding": "{layer} pads its input with zeros ({padding}): folded backward, the shift would be missing "
-                    "at the border",
+    "at the border",
     "model_output": "its output is a model output",
     "pad_values": "{pad} pads with {mode} values: folding backward would change the border",
     "pad_channels": "{pad} pads the channel axis",
     "identity": "as an identity branch: {problems}",
     "no_running_stats": "track_running_stats=False: it normalises each batch with that batch's own statistics at "
-                        "inference, so it is not a fixed affine",
+    "inference, so it is not a fixed affine",
     "batch_stats": "normalises each batch with that batch's own statistics",
     "unused": "its output is unused",
     "nothing_applies": "no fold pattern applies",

@@ -65,15 +65,19 @@ class _CalibrationPass(fx.Interpreter):
     def _normalise(self, site: AffineSite, values: dict[str, object]) -> torch.Tensor:
         x: torch.Tensor = values["input"]  # type: ignore[assignment]
         if x.numel() // max(x.shape[1], 1) < 2:
-            raise InputSpecError(f"calibration: BatchNorm {site.record.name} sees one value per channel in a "
-                                 "batch, which has no variance; use batches of at least 2 samples")
+            raise InputSpecError(
+                f"calibration: BatchNorm {site.record.name} sees one value per channel in a "
+                "batch, which has no variance; use batches of at least 2 samples"
+            )
         dims = [d for d in range(x.dim()) if d != 1]
         x64 = x.detach().to(F64)
         mean, var = x64.mean(dims), x64.var(dims, correction=1)
         key: tuple[str, str] = site.statistics  # type: ignore[assignment]
         self.sums.setdefault(key, _Sums(torch.zeros_like(mean), torch.zeros_like(var))).add(mean, var)
-        return F.batch_norm(x, None, None, values["weight"], values["bias"], True, 0.0,  # type: ignore[arg-type]
-                            float(values["eps"]))  # type: ignore[arg-type]
+        weight: torch.Tensor | None = values["weight"]  # type: ignore[assignment]
+        bias: torch.Tensor | None = values["bias"]  # type: ignore[assignment]
+        eps = float(values["eps"])  # type: ignore[arg-type]
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
 
 
 def recalibrate(
@@ -115,8 +119,9 @@ def _store(gm: fx.GraphModule, key: tuple[str, str], sums: _Sums) -> float:
     return statistics_change(old[0], old[1], new[0], new[1])
 
 
-def statistics_change(old_mean: torch.Tensor, old_var: torch.Tensor, new_mean: torch.Tensor,
-                      new_var: torch.Tensor, eps: float = 1e-5) -> float:
+def statistics_change(
+    old_mean: torch.Tensor, old_var: torch.Tensor, new_mean: torch.Tensor, new_var: torch.Tensor, eps: float = 1e-5
+) -> float:
     """How far the old statistics were from the new, as the largest relative change over channels.
 
     The mean's change is measured in old standard deviations, ``|μ' − μ| / √(σ² + ε)``, the variance's

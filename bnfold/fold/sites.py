@@ -146,8 +146,10 @@ def refresh_affine(gm: fx.GraphModule, site: AffineSite, check_statistics: bool 
     eps = float(args["eps"])
     problem = maths.statistics_problem(mean, var, eps) if check_statistics else None  # type: ignore[arg-type]
     if problem:
-        raise FoldError(f"BatchNorm {site.record.name} ({site.record.kind}): {problem}; the checkpoint is "
-                        "damaged: restore it, or re-estimate the statistics with --recalibrate DATA.npz")
+        raise FoldError(
+            f"BatchNorm {site.record.name} ({site.record.kind}): {problem}; the checkpoint is "
+            "damaged: restore it, or re-estimate the statistics with --recalibrate DATA.npz"
+        )
     site.scale, site.shift = maths.batchnorm_affine(
         mean, var, constant(gm, args["weight"]), constant(gm, args["bias"]), eps
     )
@@ -215,8 +217,9 @@ def constant_affine_site(gm: fx.GraphModule, node: fx.Node) -> AffineSite | None
     kind = module_kind(node, "Mul/Add")
     if "Norm" not in kind and not _after_layer(x):
         return None
-    record = BnRecord(name=module_path(node) or node.name, kind=kind if "Norm" in kind else "Mul/Add",
-                      channels=channels)
+    record = BnRecord(
+        name=module_path(node) or node.name, kind=kind if "Norm" in kind else "Mul/Add", channels=channels
+    )
     return AffineSite(record, node, nodes[0], nodes, scale, shift, is_batchnorm_call=False)
 
 

@@ -82,9 +82,7 @@ def detect_format(path: Path) -> Detected:
             head = handle.read(_HEAD_BYTES)
         is_zip = zipfile.is_zipfile(path)
     except zipfile.BadZipFile as exc:  # a zip directory record it cannot follow
-        raise LoadError(
-            f"{path}: damaged zip archive ({one_line(exc)}): copy or save the file again"
-        ) from exc
+        raise LoadError(f"{path}: damaged zip archive ({one_line(exc)}): copy or save the file again") from exc
     except OSError as exc:
         raise LoadError(f"{path}: cannot read the file ({one_line(exc)})") from exc
     if is_zip:
@@ -108,9 +106,7 @@ def _detect_zip(path: Path) -> Detected:
             check_zip(path, archive)
             names = archive.namelist()
     except _DAMAGED_ZIP as exc:
-        raise LoadError(
-            f"{path}: damaged zip archive ({one_line(exc)}): copy or save the file again"
-        ) from exc
+        raise LoadError(f"{path}: damaged zip archive ({one_line(exc)}): copy or save the file again") from exc
     if any(n.endswith(("models/model.json", "serialized_exported_program.json")) for n in names):
         return Detected("torch.export")
     if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):

@@ -42,9 +42,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
         try:
             dims.append(int(part))
         except ValueError:
-            raise InputSpecError(
-                f"--input-shape {text!r}: {part!r} is not an integer; expected {example}"
-            ) from None
+            raise InputSpecError(f"--input-shape {text!r}: {part!r} is not an integer; expected {example}") from None
     bad = next((d for d in dims if d <= 0), None)
     if bad is not None:
         raise InputSpecError(f"--input-shape {text!r}: dimension {bad} is not positive; expected {example}")
@@ -76,9 +74,7 @@ def load_data(path: str | Path, count: int) -> tuple[torch.Tensor, ...]:
         try:
             return tuple(torch.from_numpy(np.ascontiguousarray(archive[k])) for k in keys[:count])
         except Exception as exc:  # an object array (pickled), a dtype torch has no match for, a bad member
-            raise InputSpecError(
-                f"--data {path}: cannot read its arrays as tensors ({one_line(exc)})"
-            ) from None
+            raise InputSpecError(f"--data {path}: cannot read its arrays as tensors ({one_line(exc)})") from None
 
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:

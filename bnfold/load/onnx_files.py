@@ -123,9 +123,7 @@ def _input_shape(value: onnx.ValueInfoProto) -> tuple[tuple[int | None, ...], to
         return (), torch.float32, f"has element type {name}, which bnfold cannot feed"
     if not tensor.HasField("shape"):
         return (), dtype, "has no shape in the model"
-    dims = tuple(
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim
-    )
+    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
     if any(d is None for d in dims[1:]):
         symbolic = [d.dim_param or "?" for d in tensor.shape.dim if not d.HasField("dim_value")]
         return (), dtype, f"has symbolic dimensions ({', '.join(symbolic)})"

@@ -131,9 +131,7 @@ def read_torch_file(path: Path, factory: ModelFactory | None, trust_code: bool) 
     state, key, notes = find_weights(obj, path)
     what = "a state_dict" if key is None else f"a training checkpoint (weights under {key!r})"
     module, more = module_with_weights(state, factory, path, what)
-    return LoadedModel(
-        format="state_dict" if key is None else "checkpoint", module=module, notes=notes + more
-    )
+    return LoadedModel(format="state_dict" if key is None else "checkpoint", module=module, notes=notes + more)
 
 
 def _refers_to(exc: BaseException) -> str:

@@ -54,11 +54,18 @@ def _row(run: Any, directory: Path) -> dict[str, Any]:
     }  # fmt: skip
     if report:
         head = headline(report)
-        ratios = [c["error_ratio"] for c in report.get("parity", {}).get("checks", [])
-                  if c.get("error_ratio") is not None and c.get("stage") != "baseline"]
-        row.update(batchnorm_found=head.batchnorm_found, batchnorm_folded=head.batchnorm_folded,
-                   max_abs_err=head.max_abs_err, error_ratio=max(ratios, default=None),
-                   speedup_p50=head.speedup_min)
+        ratios = [
+            c["error_ratio"]
+            for c in report.get("parity", {}).get("checks", [])
+            if c.get("error_ratio") is not None and c.get("stage") != "baseline"
+        ]
+        row.update(
+            batchnorm_found=head.batchnorm_found,
+            batchnorm_folded=head.batchnorm_folded,
+            max_abs_err=head.max_abs_err,
+            error_ratio=max(ratios, default=None),
+            speedup_p50=head.speedup_min,
+        )
     return row
 
 
@@ -103,8 +110,10 @@ def _headline(data: Mapping[str, Any]) -> str:
     counts = data["counts"]
     total = sum(counts.values())
     verdict = "PASS" if data["passed"] else "FAIL"
-    return (f"{verdict}: {counts['passed']}/{total} models passed, {counts['failed']} failed parity, "
-            f"{counts['error']} could not be converted")
+    return (
+        f"{verdict}: {counts['passed']}/{total} models passed, {counts['failed']} failed parity, "
+        f"{counts['error']} could not be converted"
+    )
 
 
 def render_summary_markdown(data: Mapping[str, Any]) -> str:
@@ -119,14 +128,17 @@ def render_summary_html(data: Mapping[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEADER)
     body = "".join(
         f'<tr class="{"failed" if row["status"] != "passed" else ""}">'
-        + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in _cells(row)) + "</tr>"
+        + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in _cells(row))
+        + "</tr>"
         for row in data["models"]
     )
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>bnfold summary</title>'
-            f"<style>{CSS}</style></head><body>"
-            f'<header class="verdict {tone}"><div class="wrap"><h1>{html.escape(_headline(data))}</h1></div></header>'
-            f'<main class="wrap"><section><div class="scroll"><table><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div></section></main></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>bnfold summary</title>'
+        f"<style>{CSS}</style></head><body>"
+        f'<header class="verdict {tone}"><div class="wrap"><h1>{html.escape(_headline(data))}</h1></div></header>'
+        f'<main class="wrap"><section><div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div></section></main></body></html>\n"
+    )
 
 
 def report_paths(data: Mapping[str, Any], where: Path) -> list[tuple[str, Path | None, str]]:

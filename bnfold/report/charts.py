@@ -25,8 +25,9 @@ def esc(value: Any) -> str:
 
 
 def _svg(width: int, height: int, label: str) -> str:
-    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="{esc(label)}">')
+    return (
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{esc(label)}">'
+    )
 
 
 def _text(x: float, y: float, text: str, anchor: str = "", css: str = "") -> str:
@@ -50,7 +51,7 @@ class TimeAxis:
         self.log = high / low > LINEAR_RANGE
         if self.log:
             first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
-            self.ticks = [10.0 ** k for k in range(first, max(last, first + 1) + 1)]
+            self.ticks = [10.0**k for k in range(first, max(last, first + 1) + 1)]
         else:
             step = _nice_step(high / 5)
             self.ticks = [step * k for k in range(math.ceil(high / step - 1e-9) + 1)]
@@ -99,8 +100,9 @@ def latency_chart(groups: Sequence[Mapping[str, Any]]) -> tuple[str, TimeAxis]:
         if i and group["backend"] != groups[i - 1]["backend"]:
             parts.append(_line(0, y - 5, width, y - 5))
         parts.append(_bar(label_w, y + 4, axis, group["original"], ORIGINAL_COLOUR, "original"))
-        parts.append(_bar(label_w, y + 24, axis, group["folded"], FOLDED_COLOUR, "folded",
-                          _bar_note(group["speedup"] or {})))
+        parts.append(
+            _bar(label_w, y + 24, axis, group["folded"], FOLDED_COLOUR, "folded", _bar_note(group["speedup"] or {}))
+        )
     parts.append("</svg>")
     return "\n".join(parts), axis
 
@@ -116,19 +118,24 @@ def _bar_note(speedup: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _legend(x: int) -> str:
-    return (f'<rect x="{x}" y="4" width="13" height="13" fill="{ORIGINAL_COLOUR}"></rect>'
-            f'<text x="{x + 19}" y="15">original</text>'
-            f'<rect x="{x + 100}" y="4" width="13" height="13" fill="{FOLDED_COLOUR}"></rect>'
-            f'<text x="{x + 119}" y="15">folded</text>')
+    return (
+        f'<rect x="{x}" y="4" width="13" height="13" fill="{ORIGINAL_COLOUR}"></rect>'
+        f'<text x="{x + 19}" y="15">original</text>'
+        f'<rect x="{x + 100}" y="4" width="13" height="13" fill="{FOLDED_COLOUR}"></rect>'
+        f'<text x="{x + 119}" y="15">folded</text>'
+    )
 
 
-def _bar(x: int, y: int, axis: TimeAxis, value: float | None, colour: str, name: str,
-         note: tuple[str, str] = ("", "")) -> str:
+def _bar(
+    x: int, y: int, axis: TimeAxis, value: float | None, colour: str, name: str, note: tuple[str, str] = ("", "")
+) -> str:
     length = axis.x(value)
     tone = f' class="{note[1]}"' if note[1] else ""
-    return (f'<rect x="{x}" y="{y}" width="{length:.1f}" height="17" fill="{colour}">'
-            f"<title>{esc(name)}: {esc(ms(value))}</title></rect>"
-            f'<text x="{x + length + 6:.1f}" y="{y + 13}"{tone}>{esc(ms(value) + note[0])}</text>')
+    return (
+        f'<rect x="{x}" y="{y}" width="{length:.1f}" height="17" fill="{colour}">'
+        f"<title>{esc(name)}: {esc(ms(value))}</title></rect>"
+        f'<text x="{x + length + 6:.1f}" y="{y + 13}"{tone}>{esc(ms(value) + note[0])}</text>'
+    )
 
 
 # The histogram's columns, left to right: exactly 0, a gap, below the first edge, one per decade, at or past
@@ -167,8 +174,13 @@ def histogram_chart(checks: Sequence[Mapping[str, Any]], baseline: Mapping[str, 
 def _shares(histogram: Mapping[str, Any]) -> list[float]:
     """The share of elements in each column: 0, below, the decades, above, NaN."""
     total = histogram.get("total") or 1
-    counts = [histogram.get("zeros", 0), histogram.get("below", 0), *histogram.get("counts", []),
-              histogram.get("above", 0), histogram.get("nan", 0)]
+    counts = [
+        histogram.get("zeros", 0),
+        histogram.get("below", 0),
+        *histogram.get("counts", []),
+        histogram.get("above", 0),
+        histogram.get("nan", 0),
+    ]
     return [int(c or 0) / total for c in counts]
 
 
@@ -180,29 +192,43 @@ def _column_x(i: int, columns: int) -> float:
 
 def _hist_bars(shares: Sequence[float], y: float, tallest: float, colour: str, style: str) -> list[str]:
     base, height = y + HIST_ROW_H - 6, HIST_ROW_H - 12
-    paint = (f'fill="{colour}"' if style == "fill"
-             else f'fill="none" stroke="{colour}" stroke-width="1.5" stroke-dasharray="3 2"')
+    paint = (
+        f'fill="{colour}"'
+        if style == "fill"
+        else f'fill="none" stroke="{colour}" stroke-width="1.5" stroke-dasharray="3 2"'
+    )
     parts = [_line(HIST_LABEL_W, base, _column_x(len(shares), len(shares)), base)] if style == "fill" else []
     for i, share in enumerate(shares):
         if share <= 0:
             continue
         h = max(1.0, height * share / tallest)
         x = _column_x(i, len(shares)) + 2
-        parts.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{COLUMN_W - 4}" height="{h:.1f}" {paint}>'
-                     f"<title>{100 * share:.1f}%</title></rect>")
+        parts.append(
+            f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{COLUMN_W - 4}" height="{h:.1f}" {paint}>'
+            f"<title>{100 * share:.1f}%</title></rect>"
+        )
     return parts
 
 
 def _hist_axis(edges: Sequence[float], top: float, bottom: float) -> list[str]:
     columns = len(edges) + 3
-    parts = [_text(_column_x(0, columns) + COLUMN_W / 2, bottom + 16, "0", "middle", "axis"),
-             _text(_column_x(columns - 1, columns) + COLUMN_W / 2, bottom + 16, "NaN", "middle", "axis")]
+    parts = [
+        _text(_column_x(0, columns) + COLUMN_W / 2, bottom + 16, "0", "middle", "axis"),
+        _text(_column_x(columns - 1, columns) + COLUMN_W / 2, bottom + 16, "NaN", "middle", "axis"),
+    ]
     for k, edge in enumerate(edges):
         x = _column_x(k + 2, columns)  # the left side of the column starting at this edge
         if k % 3 == 0 or k == len(edges) - 1:
             parts.append(_line(x, top - 4, x, bottom))
-            parts.append(_text(x, bottom + 16, f"{edge:.0e}".replace("e+00", "").replace("e+0", "e")
-                               .replace("e-0", "e-"), "middle", "axis"))
+            parts.append(
+                _text(
+                    x,
+                    bottom + 16,
+                    f"{edge:.0e}".replace("e+00", "").replace("e+0", "e").replace("e-0", "e-"),
+                    "middle",
+                    "axis",
+                )
+            )
     return parts
 
 
@@ -224,11 +250,13 @@ def _common_atol(rows: Sequence[Mapping[str, Any]]) -> float | None:
 
 def _hist_legend(x: int, rows: Sequence[Mapping[str, Any]]) -> str:
     atol = _common_atol(rows)
-    legend = (f'<rect x="{x}" y="4" width="13" height="13" fill="{FOLDED_COLOUR}"></rect>'
-              f'<text x="{x + 19}" y="15">candidate</text>'
-              f'<rect x="{x + 110}" y="4.5" width="12" height="12" fill="none" stroke="#57606a" '
-              f'stroke-dasharray="3 2" stroke-width="1.5"></rect>'
-              f'<text x="{x + 129}" y="15">original fp32 (fp32 noise)</text>')
+    legend = (
+        f'<rect x="{x}" y="4" width="13" height="13" fill="{FOLDED_COLOUR}"></rect>'
+        f'<text x="{x + 19}" y="15">candidate</text>'
+        f'<rect x="{x + 110}" y="4.5" width="12" height="12" fill="none" stroke="#57606a" '
+        f'stroke-dasharray="3 2" stroke-width="1.5"></rect>'
+        f'<text x="{x + 129}" y="15">original fp32 (fp32 noise)</text>'
+    )
     if atol is not None:
         legend += _line(x + 335, 4, x + 335, 17, FAILED_COLOUR, "4 3") + _text(x + 343, 15, f"atol {num(atol)}")
     return legend

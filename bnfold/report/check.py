@@ -38,8 +38,10 @@ def validate_report(data: Any, where: str = "report") -> None:
     if name != SCHEMA_NAME or not major.isdigit():
         raise ReportError(f'{where}: not a bnfold report (schema "{data["schema"]}")')
     if int(major) != SUPPORTED_MAJOR:
-        raise ReportError(f'{where}: report schema "{data["schema"]}" is not readable by this bnfold, '
-                          f'which reads "{SCHEMA_NAME}/{SUPPORTED_MAJOR}"; use a matching bnfold version')
+        raise ReportError(
+            f'{where}: report schema "{data["schema"]}" is not readable by this bnfold, '
+            f'which reads "{SCHEMA_NAME}/{SUPPORTED_MAJOR}"; use a matching bnfold version'
+        )
     missing = [key for key in REQUIRED if not isinstance(data.get(key), dict)]
     if missing:
         raise ReportError(f"{where}: incomplete bnfold report (no {', '.join(missing)} section)")
@@ -83,10 +85,10 @@ def headline(report: Mapping[str, Any]) -> Headline:
     against_truth = [c for c in every if c.get("reference") == reference] or every
     checks = [c for c in against_truth if c.get("stage") != "baseline"] or against_truth
     errors = [c.get("max_abs_err") for c in checks]
-    worst = max((c for c in checks if c.get("max_abs_err") is not None),
-                key=lambda c: c["max_abs_err"], default=None)
-    baseline = [c["max_abs_err"] for c in against_truth
-                if c.get("stage") == "baseline" and c.get("max_abs_err") is not None]
+    worst = max((c for c in checks if c.get("max_abs_err") is not None), key=lambda c: c["max_abs_err"], default=None)
+    baseline = [
+        c["max_abs_err"] for c in against_truth if c.get("stage") == "baseline" and c.get("max_abs_err") is not None
+    ]
     speedups = _deployed(report.get("speedup", []))
     slowest = min(speedups, key=lambda s: s["speedup_p50"], default=None)
     return Headline(
@@ -157,20 +159,33 @@ class CheckVerdict:
         return [{"path": r.path, "passed": r.passed, "reason": r.reason} for r in self.results]
 
 
-def check_report(report: Mapping[str, Any], path: str = "report", max_abs_err: float | None = None,
-                 require_no_batchnorm: bool = False, min_speedup: float | None = None) -> ReportCheck:
+def check_report(
+    report: Mapping[str, Any],
+    path: str = "report",
+    max_abs_err: float | None = None,
+    require_no_batchnorm: bool = False,
+    min_speedup: float | None = None,
+) -> ReportCheck:
     """Judge one (already validated) report; every failed requirement is named in the reason."""
     head = headline(report)
-    problems = [*_parity_problems(report), *_verdict_problems(report),
-                *_batchnorm_problems(report, head, require_no_batchnorm),
-                *_error_problems(head, max_abs_err), *_speedup_problems(report, head, min_speedup)]
+    problems = [
+        *_parity_problems(report),
+        *_verdict_problems(report),
+        *_batchnorm_problems(report, head, require_no_batchnorm),
+        *_error_problems(head, max_abs_err),
+        *_speedup_problems(report, head, min_speedup),
+    ]
     if problems:
         return ReportCheck(path, False, "; ".join(dict.fromkeys(problems)))
     return ReportCheck(path, True, _ok_reason(head))
 
 
-def check_reports(paths: Iterable[str | Path], max_abs_err: float | None = None,
-                  require_no_batchnorm: bool = False, min_speedup: float | None = None) -> CheckVerdict:
+def check_reports(
+    paths: Iterable[str | Path],
+    max_abs_err: float | None = None,
+    require_no_batchnorm: bool = False,
+    min_speedup: float | None = None,
+) -> CheckVerdict:
     """Load and judge each report (a file that is not a report raises ReportError). A many-model summary
     (``summary.json``) stands for every report it lists; a model it lists without one fails."""
     results = []
@@ -197,8 +212,13 @@ def _expand(path: Path) -> list[tuple[str, Path | None, str]]:
     return [(str(path), path, "")]
 
 
-def _judged(report: Mapping[str, Any], path: Path, max_abs_err: float | None, require_no_batchnorm: bool,
-            min_speedup: float | None) -> ReportCheck:
+def _judged(
+    report: Mapping[str, Any],
+    path: Path,
+    max_abs_err: float | None,
+    require_no_batchnorm: bool,
+    min_speedup: float | None,
+) -> ReportCheck:
     """:func:`check_report`, a field of the wrong type being a :class:`ReportError` (exit 2), not a crash."""
     try:
         return check_report(report, str(path), max_abs_err, require_no_batchnorm, min_speedup)
@@ -268,8 +288,10 @@ def _speedup_problems(report: Mapping[str, Any], head: Headline, required: float
 
 
 def _ok_reason(head: Headline) -> str:
-    parts = [f"ok: {head.batchnorm_folded}/{head.batchnorm_found} BatchNorms folded",
-             f"parity passed (max abs err {_num(head.max_abs_err)})"]
+    parts = [
+        f"ok: {head.batchnorm_folded}/{head.batchnorm_found} BatchNorms folded",
+        f"parity passed (max abs err {_num(head.max_abs_err)})",
+    ]
     speedup = head.speedup_text()
     if speedup:
         parts.append(f"speedup {speedup}")

@@ -86,17 +86,32 @@ def render_html(report: Mapping[str, Any]) -> str:
     """The whole report as a standalone HTML document."""
     passed = bool(report.get("verdict", {}).get("passed"))
     title = f"bnfold: {'PASS' if passed else 'FAIL'} — {_file_name(report.get('model', {}).get('path'))}"
-    sections = [_batchnorms(report.get("fold", {})),
-                _latency(report.get("latency", []), report.get("speedup", [])), _parity(report.get("parity", {}))]
+    sections = [
+        _batchnorms(report.get("fold", {})),
+        _latency(report.get("latency", []), report.get("speedup", [])),
+        _parity(report.get("parity", {})),
+    ]
     if not report.get("parity", {}).get("passed", True):
         sections.insert(0, sections.pop())  # a failed parity is what the reader came for
-    body = "\n".join(p for p in (
-        _banner(report), '<main class="wrap">', _figures(report), _files(report), *sections,
-        _warnings(report.get("warnings", [])), _environment(report), "</main>",
-    ) if p)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    body = "\n".join(
+        p
+        for p in (
+            _banner(report),
+            '<main class="wrap">',
+            _figures(report),
+            _files(report),
+            *sections,
+            _warnings(report.get("warnings", [])),
+            _environment(report),
+            "</main>",
+        )
+        if p
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
 def _banner(report: Mapping[str, Any]) -> str:
@@ -106,12 +121,14 @@ def _banner(report: Mapping[str, Any]) -> str:
     failure = parity_failure(parity)
     lines = [reason] if not failure else ([failure] if failure.startswith(reason) else [reason, failure])
     stage = "" if passed or not parity.get("failed_stage") else f" at stage {parity['failed_stage']}"
-    what = (f"{_file_name(report.get('model', {}).get('path'))} → "
-            f"{_file_name(report.get('onnx', {}).get('path'))}")
+    what = f"{_file_name(report.get('model', {}).get('path'))} → {_file_name(report.get('onnx', {}).get('path'))}"
     word = "✔ PASS" if passed else f"✘ FAIL{stage}"
-    return (f'<header class="verdict {"pass" if passed else "fail"}"><div class="wrap">'
-            f"<h1>{esc(word)}</h1><p>{esc(what)}</p>"
-            + "".join(f'<p class="why">{esc(line)}</p>' for line in lines) + "</div></header>")
+    return (
+        f'<header class="verdict {"pass" if passed else "fail"}"><div class="wrap">'
+        f"<h1>{esc(word)}</h1><p>{esc(what)}</p>"
+        + "".join(f'<p class="why">{esc(line)}</p>' for line in lines)
+        + "</div></header>"
+    )
 
 
 def _file_name(path: Any) -> str:
@@ -125,16 +142,22 @@ def _figures(report: Mapping[str, Any]) -> str:
         _batchnorm_card(report),
         _error_card(report),
         _speedup_card(report),
-        _card(str(head.batchnorm_nodes), "BatchNormalization nodes left", f"in {name}",
-              "good" if head.batchnorm_nodes == 0 else "warn"),
+        _card(
+            str(head.batchnorm_nodes),
+            "BatchNormalization nodes left",
+            f"in {name}",
+            "good" if head.batchnorm_nodes == 0 else "warn",
+        ),
     ]
     return '<div class="figures">' + "".join(cards) + "</div>"
 
 
 def _card(big: str, label: str, sub: str, tone: str | None) -> str:
     """A big-number card with a coloured top edge: ``good``, ``bad``, ``warn`` or neutral (None)."""
-    return (f'<div class="figure{" " + tone if tone else ""}"><div class="big">{esc(big)}</div>'
-            f'<div class="label">{esc(label)}</div><div class="sub">{esc(sub)}</div></div>')
+    return (
+        f'<div class="figure{" " + tone if tone else ""}"><div class="big">{esc(big)}</div>'
+        f'<div class="label">{esc(label)}</div><div class="sub">{esc(sub)}</div></div>'
+    )
 
 
 def _batchnorm_card(report: Mapping[str, Any]) -> str:
@@ -162,8 +185,9 @@ def _error_card(report: Mapping[str, Any]) -> str:
     if top1 is not None:
         parts.append(f"top-1 agreement {pct(top1)}")
     passed = bool(report.get("parity", {}).get("passed"))
-    return _card(num(error.max_abs_err), "max abs error vs fp64 reference", "; ".join(parts),
-                 "good" if passed else "bad")
+    return _card(
+        num(error.max_abs_err), "max abs error vs fp64 reference", "; ".join(parts), "good" if passed else "bad"
+    )
 
 
 def _speedup_card(report: Mapping[str, Any]) -> str:
@@ -171,33 +195,45 @@ def _speedup_card(report: Mapping[str, Any]) -> str:
     if head.speedup_text() is None:
         return _card("—", "speedup", "latency not measured", None)
     tone = speedup_tone(report) or "unchanged"
-    sub = {"faster": "faster beyond timing noise", "slower": "slower beyond timing noise",
-           "unchanged": "no change beyond timing noise"}[tone]
+    sub = {
+        "faster": "faster beyond timing noise",
+        "slower": "slower beyond timing noise",
+        "unchanged": "no change beyond timing noise",
+    }[tone]
     sub += "".join(f"; {name} {text}" for name, text in other_speedups(report))
-    return _card(speedup_range(head), f"{head.speedup_backend} speedup (p50 original ÷ folded)", sub,
-                 TONES[tone])
+    return _card(speedup_range(head), f"{head.speedup_backend} speedup (p50 original ÷ folded)", sub, TONES[tone])
 
 
 def _files(report: Mapping[str, Any]) -> str:
     model, onnx = report.get("model", {}), report.get("onnx", {})
-    source = f'<code>{esc(model.get("path") or "in-memory model")}</code> ({esc(model.get("format"))})'
+    source = f"<code>{esc(model.get('path') or 'in-memory model')}</code> ({esc(model.get('format'))})"
     details = ", ".join(onnx_details(onnx))
-    target = f'<code>{esc(onnx.get("path"))}</code>' + (f" ({esc(details)})" if details else "")
+    target = f"<code>{esc(onnx.get('path'))}</code>" + (f" ({esc(details)})" if details else "")
     notes = "".join(f"<li>{esc(note)}</li>" for note in model.get("notes") or [])
     return f'<p class="files">{source} → {target}</p>' + (f'<ul class="note">{notes}</ul>' if notes else "")
 
 
 def _batchnorms(fold: Mapping[str, Any]) -> str:
     if "batchnorm_found" not in fold:
-        return _section("BatchNorms", '<p class="note">Not folded in this run: the report compares two '
-                                      "given models.</p>")
+        return _section(
+            "BatchNorms", '<p class="note">Not folded in this run: the report compares two given models.</p>'
+        )
     layers = fold.get("layers", [])
-    rows = [[f"<code>{esc_name(layer.get('name'))}</code>", esc(layer.get("kind")), _action(layer),
-             esc_name(_detail(layer)), _cell_num(layer.get("channels"))]
-            for layer in layers]
+    rows = [
+        [
+            f"<code>{esc_name(layer.get('name'))}</code>",
+            esc(layer.get("kind")),
+            _action(layer),
+            esc_name(_detail(layer)),
+            _cell_num(layer.get("channels")),
+        ]
+        for layer in layers
+    ]
     kept = int(fold.get("batchnorm_kept", 0)) - int(fold.get("batchnorm_affine", 0))
-    counts = (f'{fold.get("batchnorm_found", 0)} found, {fold.get("batchnorm_folded", 0)} folded, '
-              f'{fold.get("batchnorm_affine", 0)} frozen as affine, {kept} kept as is.')
+    counts = (
+        f"{fold.get('batchnorm_found', 0)} found, {fold.get('batchnorm_folded', 0)} folded, "
+        f"{fold.get('batchnorm_affine', 0)} frozen as affine, {kept} kept as is."
+    )
     if fold.get("recalibrated"):
         counts += " Statistics were recalibrated."
     header = ["BatchNorm", "kind", "result", "into / reason", "channels"]
@@ -205,7 +241,7 @@ def _batchnorms(fold: Mapping[str, Any]) -> str:
     if layers:  # closed when there is nothing to look into: every BatchNorm folded
         every = all(layer.get("action") == "folded" for layer in layers)
         summary = f"Each BatchNorm, where it went ({len(layers)})"
-        table = f'<details{"" if every else " open"}><summary>{esc(summary)}</summary>{table}</details>'
+        table = f"<details{'' if every else ' open'}><summary>{esc(summary)}</summary>{table}</details>"
     return _section("BatchNorms", f'<p class="note">{esc(counts)}</p>' + table)
 
 
@@ -228,15 +264,26 @@ def _latency(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str
     if not latency:
         return _section("Latency", '<p class="note">Not measured.</p>')
     groups = latency_groups(latency, speedup)
-    rows = [[esc(g["backend"]), esc(g["provider"]), _cell_num(g["batch"]), esc(ms(g["original"])),
-             esc(ms(g["folded"])), esc(ratio_text((g["speedup"] or {}).get("speedup_p50"))),
-             esc(spread_text(g["speedup"] or {}))] for g in groups]
+    rows = [
+        [
+            esc(g["backend"]),
+            esc(g["provider"]),
+            _cell_num(g["batch"]),
+            esc(ms(g["original"])),
+            esc(ms(g["folded"])),
+            esc(ratio_text((g["speedup"] or {}).get("speedup_p50"))),
+            esc(spread_text(g["speedup"] or {})),
+        ]
+        for g in groups
+    ]
     header = ["backend", "provider", "batch", "original p50", "folded p50", "speedup", "paired IQR"]
     table = _table(header, rows, numeric={2, 3, 4, 5, 6})
     threads = ", ".join(sorted({str(r.get("threads")) for r in latency}))
     chart, axis = latency_chart(groups)
-    note = (f'<p class="note">Original and folded timed interleaved, {esc(threads)} thread(s). Every bar '
-            f"is on one time scale ({esc(axis.describe())}).</p>")
+    note = (
+        f'<p class="note">Original and folded timed interleaved, {esc(threads)} thread(s). Every bar '
+        f"is on one time scale ({esc(axis.describe())}).</p>"
+    )
     return _section("Latency", chart + note + table)
 
 
@@ -245,15 +292,31 @@ def _parity(parity: Mapping[str, Any]) -> str:
         return ""
     checks = parity.get("checks", [])
     outputs = list(dict.fromkeys(str(c.get("output")) for c in checks))
-    header = ["", "stage", "candidate", "vs", "output", "abs err", "× fp32 err", "rel err", "mismatch",
-              "cosine", "top-1", "top-5"]
+    header = [
+        "",
+        "stage",
+        "candidate",
+        "vs",
+        "output",
+        "abs err",
+        "× fp32 err",
+        "rel err",
+        "mismatch",
+        "cosine",
+        "top-1",
+        "top-5",
+    ]
     rows = [_parity_row(c) for c in checks]
     if len(outputs) == 1:
         header.pop(4)
         rows = [row[:4] + row[5:] for row in rows]
     first = len(header) - 7
-    table = _table(header, rows, numeric=set(range(first, len(header))),
-                   row_classes=["" if c.get("passed") else "failed" for c in checks])
+    table = _table(
+        header,
+        rows,
+        numeric=set(range(first, len(header))),
+        row_classes=["" if c.get("passed") else "failed" for c in checks],
+    )
     notes = "".join(f'<p class="note">{esc(note)}</p>' for note in parity_notes(parity))
     verdict = "passed" if parity.get("passed") else f"FAILED at stage {parity.get('failed_stage')}"
     return _section(f"Parity: {verdict}", _parity_intro(parity, outputs) + _histograms(parity) + table + notes)
@@ -264,10 +327,16 @@ def _histograms(parity: Mapping[str, Any]) -> str:
     groups = histogram_groups(parity)
     if not groups:
         return ""
-    scale = (" The dashed outline is the original fp32 model's own: a candidate whose bars sit where the "
-             "outline sits adds no more error than fp32 arithmetic itself." if groups[0].baseline else "")
-    parts = [f'<p class="note">How large the errors against {esc(parity.get("reference"))} are, element by '
-             f"element: the share of elements in each decade of |a − b|.{esc(scale)}</p>"]
+    scale = (
+        " The dashed outline is the original fp32 model's own: a candidate whose bars sit where the "
+        "outline sits adds no more error than fp32 arithmetic itself."
+        if groups[0].baseline
+        else ""
+    )
+    parts = [
+        f'<p class="note">How large the errors against {esc(parity.get("reference"))} are, element by '
+        f"element: the share of elements in each decade of |a − b|.{esc(scale)}</p>"
+    ]
     for group in groups:
         if len(groups) > 1:
             parts.append(f"<h3>Output {esc(group.output)}</h3>")
@@ -279,20 +348,30 @@ def _parity_intro(parity: Mapping[str, Any], outputs: Sequence[str]) -> str:
     inputs = ", ".join(f"{i.get('source')} (batch {i.get('batch')})" for i in parity.get("inputs", []))
     tolerance = f"atol {num(parity.get('atol'))}, rtol {num(parity.get('rtol'))}"
     output = f" of output {outputs[0]}" if len(outputs) == 1 else ""
-    return (f'<p class="note">Every candidate{esc(output)} against {esc(parity.get("reference"))}, and '
-            f'each stage against the one before it. Passes when <code>{esc(parity.get("rule"))}</code>, '
-            f"{esc(tolerance)}. Inputs: {esc(inputs or 'none')}.</p>")
+    return (
+        f'<p class="note">Every candidate{esc(output)} against {esc(parity.get("reference"))}, and '
+        f"each stage against the one before it. Passes when <code>{esc(parity.get('rule'))}</code>, "
+        f"{esc(tolerance)}. Inputs: {esc(inputs or 'none')}.</p>"
+    )
 
 
 def _parity_row(check: Mapping[str, Any]) -> list[str]:
     ratio, cosine = check.get("error_ratio"), check.get("cosine")
     mark = '<span class="good tag">✔</span>' if check.get("passed") else '<span class="bad tag">✘</span>'
-    return [mark, f'<span class="nowrap">{esc(check.get("stage"))}</span>', esc(check.get("candidate")),
-            esc(check.get("reference")), esc(check.get("output")),
-            esc(check.get("error") or num(check.get("max_abs_err"))),
-            esc("" if ratio is None else times(ratio)), esc(num(check.get("max_rel_err"))),
-            esc(pct(check.get("mismatch_ratio"))), esc("" if cosine is None else f"{cosine:.6f}"),
-            esc(pct(check.get("top1_agreement"))), esc(pct(check.get("top5_agreement")))]
+    return [
+        mark,
+        f'<span class="nowrap">{esc(check.get("stage"))}</span>',
+        esc(check.get("candidate")),
+        esc(check.get("reference")),
+        esc(check.get("output")),
+        esc(check.get("error") or num(check.get("max_abs_err"))),
+        esc("" if ratio is None else times(ratio)),
+        esc(num(check.get("max_rel_err"))),
+        esc(pct(check.get("mismatch_ratio"))),
+        esc("" if cosine is None else f"{cosine:.6f}"),
+        esc(pct(check.get("top1_agreement"))),
+        esc(pct(check.get("top5_agreement"))),
+    ]
 
 
 def _warnings(warnings: Sequence[str]) -> str:
@@ -304,8 +383,11 @@ def _warnings(warnings: Sequence[str]) -> str:
 def _environment(report: Mapping[str, Any]) -> str:
     env = dict(report.get("environment", {}))
     items = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in env.items()]
-    items += [(k, report[k]) for k in ("bnfold_version", "created")
-              if report.get(k) and report[k] != env.get(k.removesuffix("_version"))]
+    items += [
+        (k, report[k])
+        for k in ("bnfold_version", "created")
+        if report.get(k) and report[k] != env.get(k.removesuffix("_version"))
+    ]
     cells = [f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in items]
     for key, section in (("model sha256", "model"), ("ONNX sha256", "onnx")):
         sha = report.get(section, {}).get("sha256")
@@ -318,8 +400,12 @@ def _section(title: str, content: str) -> str:
     return f"<section><h2>{esc(title)}</h2>\n{content}\n</section>"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int] | None = None,
-           row_classes: Sequence[str] | None = None) -> str:
+def _table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    numeric: set[int] | None = None,
+    row_classes: Sequence[str] | None = None,
+) -> str:
     """A table that scrolls sideways on a narrow screen; cells must already be escaped HTML.
 
     Columns in ``numeric`` are right-aligned and never wrap."""
@@ -330,9 +416,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[in
 
     head = "<tr>" + "".join(f"<th{cls(i)}>{h}</th>" for i, h in enumerate(header)) + "</tr>"
     classes = row_classes or [""] * len(rows)
-    body = "".join((f'<tr class="{c}">' if c else "<tr>")
-                   + "".join(f"<td{cls(i)}>{cell}</td>" for i, cell in enumerate(row)) + "</tr>"
-                   for row, c in zip(rows, classes, strict=True))
+    body = "".join(
+        (f'<tr class="{c}">' if c else "<tr>")
+        + "".join(f"<td{cls(i)}>{cell}</td>" for i, cell in enumerate(row))
+        + "</tr>"
+        for row, c in zip(rows, classes, strict=True)
+    )
     return f'<div class="scroll"><table><thead>{head}</thead><tbody>{body}</tbody></table></div>'
 
 

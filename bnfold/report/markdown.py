@@ -53,8 +53,9 @@ def _figures(report: Mapping[str, Any]) -> str:
         figures.insert(0, f"**{head.batchnorm_folded}/{head.batchnorm_found} BatchNorms folded**")
     if head.speedup_text():
         where = esc(head.speedup_backend)
-        noise = {"faster": "", "slower": ", slower beyond timing noise",
-                 "unchanged": ", within timing noise"}[speedup_tone(report) or "unchanged"]
+        noise = {"faster": "", "slower": ", slower beyond timing noise", "unchanged": ", within timing noise"}[
+            speedup_tone(report) or "unchanged"
+        ]
         others = "".join(f"; {esc(name)} {text}" for name, text in other_speedups(report))
         figures.append(f"**speedup {speedup_range(head)}** ({where} p50, original / folded{noise}{others})")
     return " · ".join(figures) + "\n\n" + _files(report)
@@ -82,11 +83,13 @@ def fold_ran(report: Mapping[str, Any]) -> bool:
 
 def onnx_details(onnx: Mapping[str, Any]) -> list[str]:
     """Opset, node count, size and exporter of the ONNX file, leaving out what the report does not know."""
-    parts = [f"opset {onnx['opset']}" if onnx.get("opset") is not None else "",
-             f"{onnx['nodes']} nodes" if onnx.get("nodes") is not None else "",
-             size(onnx["size_bytes"]) if onnx.get("size_bytes") is not None else "",
-             f"exporter {onnx['exporter']}" if onnx.get("exporter") else "",
-             f"weights in {Path(onnx['external_data']).name}" if onnx.get("external_data") else ""]
+    parts = [
+        f"opset {onnx['opset']}" if onnx.get("opset") is not None else "",
+        f"{onnx['nodes']} nodes" if onnx.get("nodes") is not None else "",
+        size(onnx["size_bytes"]) if onnx.get("size_bytes") is not None else "",
+        f"exporter {onnx['exporter']}" if onnx.get("exporter") else "",
+        f"weights in {Path(onnx['external_data']).name}" if onnx.get("external_data") else "",
+    ]
     return [part for part in parts if part]
 
 
@@ -104,15 +107,20 @@ def error_figure(report: Mapping[str, Any]) -> ErrorFigure:
     fp32 model's own error. ``max_abs_err`` is None when a check has no number (NaN or a failed run)."""
     parity = report.get("parity", {})
     head = headline(report)
-    ratios = [c["error_ratio"] for c in parity.get("checks", [])
-              if c.get("reference") == parity.get("reference") and c.get("stage") != "baseline"
-              and c.get("error_ratio") is not None]
+    ratios = [
+        c["error_ratio"]
+        for c in parity.get("checks", [])
+        if c.get("reference") == parity.get("reference")
+        and c.get("stage") != "baseline"
+        and c.get("error_ratio") is not None
+    ]
     return ErrorFigure(head.max_abs_err, max(ratios, default=None), head.baseline_max_abs_err)
 
 
 def worst_top1(report: Mapping[str, Any]) -> float | None:
-    rates = [c["top1_agreement"] for c in report.get("parity", {}).get("checks", [])
-             if c.get("top1_agreement") is not None]
+    rates = [
+        c["top1_agreement"] for c in report.get("parity", {}).get("checks", []) if c.get("top1_agreement") is not None
+    ]
     return min(rates, default=None)
 
 
@@ -161,13 +169,22 @@ def _batchnorms(fold: Mapping[str, Any]) -> str:
     if "batchnorm_found" not in fold:
         return "## BatchNorms\n\nNot folded in this run: the report compares two given models."
     kept_as_is = int(fold.get("batchnorm_kept", 0)) - int(fold.get("batchnorm_affine", 0))
-    title = (f"## BatchNorms: {fold.get('batchnorm_found', 0)} found, {fold.get('batchnorm_folded', 0)} "
-             f"folded, {fold.get('batchnorm_affine', 0)} frozen affine, {kept_as_is} kept as is")
+    title = (
+        f"## BatchNorms: {fold.get('batchnorm_found', 0)} found, {fold.get('batchnorm_folded', 0)} "
+        f"folded, {fold.get('batchnorm_affine', 0)} frozen affine, {kept_as_is} kept as is"
+    )
     if fold.get("recalibrated"):
         title += " (statistics recalibrated)"
-    rows = [[esc(layer.get("name")), esc(layer.get("kind", "")), _action(layer), _detail(layer),
-             esc(layer.get("channels") if layer.get("channels") is not None else "")]
-            for layer in fold.get("layers", [])]
+    rows = [
+        [
+            esc(layer.get("name")),
+            esc(layer.get("kind", "")),
+            _action(layer),
+            _detail(layer),
+            esc(layer.get("channels") if layer.get("channels") is not None else ""),
+        ]
+        for layer in fold.get("layers", [])
+    ]
     return title + "\n\n" + table(["BatchNorm", "kind", "result", "into / reason", "channels"], rows)
 
 
@@ -188,13 +205,25 @@ def _parity(parity: Mapping[str, Any]) -> str:
     if not parity:
         return ""
     verdict = "passed" if parity.get("passed") else f"FAILED at stage {esc(parity.get('failed_stage'))}"
-    inputs = ", ".join(f"{esc(i.get('source'))} (batch {esc(i.get('batch'))})"
-                       for i in parity.get("inputs", []))
-    intro = (f"## Parity: {verdict}\n\nEvery candidate against {esc(parity.get('reference'))}, and each "
-             f"stage against the one before it. Rule: {esc(parity.get('rule', ''))}, atol "
-             f"{num(parity.get('atol'))}, rtol {num(parity.get('rtol'))}. Inputs: {inputs or 'none'}.")
-    header = ["", "stage", "candidate", "vs", "output", "max abs err", "× fp32 error", "max rel err",
-              "mismatch", "cosine", "top-1"]
+    inputs = ", ".join(f"{esc(i.get('source'))} (batch {esc(i.get('batch'))})" for i in parity.get("inputs", []))
+    intro = (
+        f"## Parity: {verdict}\n\nEvery candidate against {esc(parity.get('reference'))}, and each "
+        f"stage against the one before it. Rule: {esc(parity.get('rule', ''))}, atol "
+        f"{num(parity.get('atol'))}, rtol {num(parity.get('rtol'))}. Inputs: {inputs or 'none'}."
+    )
+    header = [
+        "",
+        "stage",
+        "candidate",
+        "vs",
+        "output",
+        "max abs err",
+        "× fp32 error",
+        "max rel err",
+        "mismatch",
+        "cosine",
+        "top-1",
+    ]
     rows = [_parity_row(c) for c in parity.get("checks", [])]
     notes = "".join(f"\n\n> {esc(note)}" for note in parity_notes(parity))
     return intro + "\n\n" + table(header, rows) + _histogram_lines(parity) + notes
@@ -234,7 +263,7 @@ def share_below(histogram: Mapping[str, Any], bound: float) -> float | None:
     edges, total = [float(e) for e in histogram.get("edges", [])], int(histogram.get("total") or 0)
     if not total or bound not in edges:
         return None
-    counts = [int(c) for c in histogram.get("counts", [])[:edges.index(bound)]]
+    counts = [int(c) for c in histogram.get("counts", [])[: edges.index(bound)]]
     return (int(histogram.get("zeros", 0)) + int(histogram.get("below", 0)) + sum(counts)) / total
 
 
@@ -251,8 +280,10 @@ def _histogram_lines(parity: Mapping[str, Any]) -> str:
         parts = [f"{esc(check.get('candidate'))} {pct(share)}" for check, share in shares if share is not None]
         if parts:
             bound = f"{SUMMARY_BOUND:.0e}".replace("e-0", "e-")
-            lines.append(f"Share of elements with \\|error\\| under {bound} against {esc(parity.get('reference'))}, "
-                         f"output {esc(group.output)}: " + " · ".join(parts))
+            lines.append(
+                f"Share of elements with \\|error\\| under {bound} against {esc(parity.get('reference'))}, "
+                f"output {esc(group.output)}: " + " · ".join(parts)
+            )
     return "".join(f"\n\n{line}" for line in lines)
 
 
@@ -260,11 +291,17 @@ def _parity_row(check: Mapping[str, Any]) -> list[str]:
     ratio = check.get("error_ratio")
     error = check.get("max_abs_err")
     return [
-        "✅" if check.get("passed") else "❌", esc(check.get("stage")), esc(check.get("candidate")),
-        esc(check.get("reference")), esc(check.get("output")),
+        "✅" if check.get("passed") else "❌",
+        esc(check.get("stage")),
+        esc(check.get("candidate")),
+        esc(check.get("reference")),
+        esc(check.get("output")),
         esc(check["error"]) if check.get("error") else num(error),
-        "" if ratio is None else times(ratio), num(check.get("max_rel_err")),
-        pct(check.get("mismatch_ratio")), _cosine(check.get("cosine")), pct(check.get("top1_agreement")),
+        "" if ratio is None else times(ratio),
+        num(check.get("max_rel_err")),
+        pct(check.get("mismatch_ratio")),
+        _cosine(check.get("cosine")),
+        pct(check.get("top1_agreement")),
     ]
 
 
@@ -274,23 +311,35 @@ def _latency(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str
     rows = []
     for group in latency_groups(latency, speedup):
         s = group["speedup"] or {}
-        rows.append([esc(group["backend"]), esc(group["provider"]), esc(group["batch"]),
-                     ms(group["original"]), ms(group["folded"]), ratio_text(s.get("speedup_p50")),
-                     spread_text(s)])
+        rows.append(
+            [
+                esc(group["backend"]),
+                esc(group["provider"]),
+                esc(group["batch"]),
+                ms(group["original"]),
+                ms(group["folded"]),
+                ratio_text(s.get("speedup_p50")),
+                spread_text(s),
+            ]
+        )
     threads = sorted({str(r.get("threads")) for r in latency})
     header = ["backend", "provider", "batch", "original p50", "folded p50", "speedup", "IQR of paired ratios"]
-    return ("## Latency\n\n" + table(header, rows)
-            + f"\n\nThreads: {esc(', '.join(threads))}; runs interleaved, original and folded in turn.")
+    return (
+        "## Latency\n\n"
+        + table(header, rows)
+        + f"\n\nThreads: {esc(', '.join(threads))}; runs interleaved, original and folded in turn."
+    )
 
 
-def latency_groups(latency: Sequence[Mapping[str, Any]],
-                   speedup: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def latency_groups(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Latency entries paired per (backend, provider, batch): original and folded p50 and the speedup."""
     groups: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
     for entry in latency:
         key = (entry.get("backend"), entry.get("provider"), entry.get("batch"))
-        group = groups.setdefault(key, {"backend": key[0], "provider": key[1], "batch": key[2],
-                                        "original": None, "folded": None, "speedup": None})
+        group = groups.setdefault(
+            key,
+            {"backend": key[0], "provider": key[1], "batch": key[2], "original": None, "folded": None, "speedup": None},
+        )
         if entry.get("model") in ("original", "folded"):
             group[entry["model"]] = entry.get("p50_ms")
     for item in speedup:

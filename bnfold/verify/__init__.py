@@ -23,16 +23,35 @@ if TYPE_CHECKING:
     from bnfold.convert import ConvertConfig
 
 __all__ = [
-    "RULE", "STAGES", "Candidate", "Comparison", "OrtRunner", "OutputMetrics", "ParityCheck", "ParityReport",
-    "LazyRunner", "ProviderSelection", "Runner", "Tolerance", "Tolerances", "TorchRunner", "assert_allclose_report",
-    "available_providers", "compare_outputs", "ort_runner", "run_parity", "select_providers",
-    "session_options", "standard_candidates", "torch_runner", "verify_models", "verify_parity",
+    "RULE",
+    "STAGES",
+    "Candidate",
+    "Comparison",
+    "OrtRunner",
+    "OutputMetrics",
+    "ParityCheck",
+    "ParityReport",
+    "LazyRunner",
+    "ProviderSelection",
+    "Runner",
+    "Tolerance",
+    "Tolerances",
+    "TorchRunner",
+    "assert_allclose_report",
+    "available_providers",
+    "compare_outputs",
+    "ort_runner",
+    "run_parity",
+    "select_providers",
+    "session_options",
+    "standard_candidates",
+    "torch_runner",
+    "verify_models",
+    "verify_parity",
 ]
 
 
-def verify_models(
-    original: str | Path, candidate: str | Path, config: ConvertConfig | None = None
-) -> dict[str, Any]:
+def verify_models(original: str | Path, candidate: str | Path, config: ConvertConfig | None = None) -> dict[str, Any]:
     """``bnfold verify``: check a candidate (an ONNX file, or a PyTorch model file) against the original on
     the parity matrix; the report as a dict (``report["verdict"]["passed"]``). ``config`` carries the parity
     settings (tolerances, data, providers, ``factory``, ``trust_code``). Also callable as ``bnfold.verify``."""

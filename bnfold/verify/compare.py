@@ -29,14 +29,19 @@ class Comparison:
         lines = [f"outputs compared with {self.tolerance.describe()}:"]
         for k, m in enumerate(self.outputs):
             verdict = "ok" if m else "FAIL"
-            detail = m.error or (f"max abs {m.max_abs_err:.3e}, max rel {m.max_rel_err:.3e}, "
-                                 f"mismatch {m.mismatch_ratio:.2%}, {m.nan_count} NaN")
+            detail = m.error or (
+                f"max abs {m.max_abs_err:.3e}, max rel {m.max_rel_err:.3e}, "
+                f"mismatch {m.mismatch_ratio:.2%}, {m.nan_count} NaN"
+            )
             lines.append(f"  output {k}: {verdict}: {detail}")
         return "\n".join(lines)
 
 
-def compare_outputs(actual: np.ndarray | Sequence[np.ndarray], expected: np.ndarray | Sequence[np.ndarray],
-                    tolerance: Tolerance | None = None) -> Comparison:
+def compare_outputs(
+    actual: np.ndarray | Sequence[np.ndarray],
+    expected: np.ndarray | Sequence[np.ndarray],
+    tolerance: Tolerance | None = None,
+) -> Comparison:
     """Compare one array or a sequence of outputs with the allclose rule (``expected`` is the reference)."""
     tolerance = tolerance or Tolerance.for_dtype("float32")
     a, b = as_arrays(actual), as_arrays(expected)
@@ -45,9 +50,11 @@ def compare_outputs(actual: np.ndarray | Sequence[np.ndarray], expected: np.ndar
     return Comparison(tolerance, [compare_arrays(x, y, tolerance) for x, y in zip(a, b, strict=True)])
 
 
-def assert_allclose_report(actual: np.ndarray | Sequence[np.ndarray],
-                           expected: np.ndarray | Sequence[np.ndarray],
-                           tolerance: Tolerance | None = None) -> Comparison:
+def assert_allclose_report(
+    actual: np.ndarray | Sequence[np.ndarray],
+    expected: np.ndarray | Sequence[np.ndarray],
+    tolerance: Tolerance | None = None,
+) -> Comparison:
     """Raise ``AssertionError`` with per-output metrics unless ``actual`` matches ``expected``."""
     result = compare_outputs(actual, expected, tolerance)
     if not result:

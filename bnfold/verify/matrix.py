@@ -74,11 +74,18 @@ ReferenceSink = Callable[[int, list[np.ndarray]], None]
 """Given the reference outputs of each batch (its index, the outputs) as soon as they are computed."""
 
 
-def run_parity(reference: Runner, candidates: Sequence[Candidate], batches: Sequence[Batch],
-               tolerance: Tolerance | None = None, per_output: Mapping[OutputKey, Tolerance] | None = None,
-               output_names: Sequence[str] | Callable[[], Sequence[str] | None] | None = None,
-               reference_name: str = REFERENCE, per_batch: bool = False, progress: Steps | None = None,
-               on_reference: ReferenceSink | None = None) -> ParityReport:
+def run_parity(
+    reference: Runner,
+    candidates: Sequence[Candidate],
+    batches: Sequence[Batch],
+    tolerance: Tolerance | None = None,
+    per_output: Mapping[OutputKey, Tolerance] | None = None,
+    output_names: Sequence[str] | Callable[[], Sequence[str] | None] | None = None,
+    reference_name: str = REFERENCE,
+    per_batch: bool = False,
+    progress: Steps | None = None,
+    on_reference: ReferenceSink | None = None,
+) -> ParityReport:
     """Run the reference and every candidate on every batch and compare them.
 
     ``tolerance`` (default: by each candidate's dtype) applies to every output unless ``per_output``
@@ -128,8 +135,9 @@ class _Counter:
             self.progress("model runs", self.done, self.total)
 
 
-def _run_reference(reference: Runner, batches: Sequence[Batch], counter: _Counter,
-                   on_reference: ReferenceSink | None) -> list[list[np.ndarray]]:
+def _run_reference(
+    reference: Runner, batches: Sequence[Batch], counter: _Counter, on_reference: ReferenceSink | None
+) -> list[list[np.ndarray]]:
     outputs = []
     for index, (_, arrays) in enumerate(batches):
         outputs.append(reference(tuple(arrays)))
@@ -142,21 +150,30 @@ def _run_reference(reference: Runner, batches: Sequence[Batch], counter: _Counte
 class _Matrix:
     """The outputs of every runner on every batch, and how to compare two of them."""
 
-    def __init__(self, outputs: dict[str, list[list[np.ndarray]]], errors: dict[str, str],
-                 batch_names: list[str], reference: str, output_names: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        outputs: dict[str, list[list[np.ndarray]]],
+        errors: dict[str, str],
+        batch_names: list[str],
+        reference: str,
+        output_names: Sequence[str] | None,
+    ) -> None:
         self.outputs, self.errors, self.batch_names = outputs, errors, batch_names
         self.count = len(outputs[reference][0])
         self.names = list(output_names) if output_names and len(output_names) == self.count else None
 
-    def compare(self, cand: Candidate, against: str, tolerances: Tolerances, per_batch: bool,
-                baseline: str | None) -> list[ParityCheck]:
+    def compare(
+        self, cand: Candidate, against: str, tolerances: Tolerances, per_batch: bool, baseline: str | None
+    ) -> list[ParityCheck]:
         every = list(range(len(self.batch_names)))
         groups = [[i] for i in every] if per_batch else [every]
-        return [self._check(cand, against, k, group, tolerances, baseline)
-                for group in groups for k in range(self.count)]
+        return [
+            self._check(cand, against, k, group, tolerances, baseline) for group in groups for k in range(self.count)
+        ]
 
-    def _check(self, cand: Candidate, against: str, k: int, group: list[int], tolerances: Tolerances,
-               baseline: str | None) -> ParityCheck:
+    def _check(
+        self, cand: Candidate, against: str, k: int, group: list[int], tolerances: Tolerances, baseline: str | None
+    ) -> ParityCheck:
         name = self.names[k] if self.names else None
         tol = tolerances.for_output(k, name)
         acc = ErrorAccumulator(tol)
@@ -167,14 +184,19 @@ class _Matrix:
             if len(actual) != len(expected):
                 acc.error = f"{len(actual)} outputs, the reference has {len(expected)}"
                 break
-            acc.add(actual[k], expected[k], self.batch_names[i],
-                    predictions[i][k] if predictions and k < len(predictions[i]) else None)
+            acc.add(
+                actual[k],
+                expected[k],
+                self.batch_names[i],
+                predictions[i][k] if predictions and k < len(predictions[i]) else None,
+            )
         source = "all" if len(group) > 1 else self.batch_names[group[0]]
         return ParityCheck.of(against, cand.name, name or str(k), source, cand.stage, acc.result(), tol)
 
 
-def _run_all(runner: Runner, batches: Sequence[Batch],
-             counter: _Counter | None = None) -> tuple[list[list[np.ndarray]], str | None]:
+def _run_all(
+    runner: Runner, batches: Sequence[Batch], counter: _Counter | None = None
+) -> tuple[list[list[np.ndarray]], str | None]:
     results = []
     try:
         for _, arrays in batches:
@@ -214,8 +236,11 @@ def _fill_baseline_errors(checks: list[ParityCheck], baseline: str | None, refer
     """Set ``baseline_max_abs_err`` and ``error_ratio`` on every check against the reference."""
     if baseline is None:
         return
-    own = {(c.output, c.batch_source): c.max_abs_err for c in checks
-           if c.candidate == baseline and c.reference == reference}
+    own = {
+        (c.output, c.batch_source): c.max_abs_err
+        for c in checks
+        if c.candidate == baseline and c.reference == reference
+    }
     for check in checks:
         if check.reference != reference:
             continue
@@ -224,8 +249,9 @@ def _fill_baseline_errors(checks: list[ParityCheck], baseline: str | None, refer
         check.error_ratio = _ratio(check.max_abs_err, base)
 
 
-def _apply_noise_rule(checks: list[ParityCheck], baseline: str | None, reference: str,
-                      overridden: Mapping[OutputKey, Tolerance]) -> None:
+def _apply_noise_rule(
+    checks: list[ParityCheck], baseline: str | None, reference: str, overridden: Mapping[OutputKey, Tolerance]
+) -> None:
     """Under default tolerances, pass a check whose error is within fp32 noise of this model at that output.
 
     The yardstick is the original fp32 model's own max abs error against the fp64 reference on the same
@@ -233,8 +259,11 @@ def _apply_noise_rule(checks: list[ParityCheck], baseline: str | None, reference
     tolerance of the user's keep the plain rule."""
     if baseline is None:
         return
-    own = {(c.output, c.batch_source): c.max_abs_err for c in checks
-           if c.candidate == baseline and c.reference == reference}
+    own = {
+        (c.output, c.batch_source): c.max_abs_err
+        for c in checks
+        if c.candidate == baseline and c.reference == reference
+    }
     for check in checks:
         base = own.get((check.output, check.batch_source))
         if check.output in overridden or (check.output.isdigit() and int(check.output) in overridden):
@@ -260,9 +289,13 @@ def _batch_size(arrays: Sequence[np.ndarray]) -> int | None:
     return int(first.shape[0]) if first is not None and first.ndim else None
 
 
-def standard_candidates(original: nn.Module, folded: nn.Module, onnx_model: str | Path | bytes,
-                        providers: ProviderSelection | None = None,
-                        threads: int | None = None) -> tuple[list[Candidate], list[str]]:
+def standard_candidates(
+    original: nn.Module,
+    folded: nn.Module,
+    onnx_model: str | Path | bytes,
+    providers: ProviderSelection | None = None,
+    threads: int | None = None,
+) -> tuple[list[Candidate], list[str]]:
     """The standard matrix (see the module docstring) and notes on providers left out.
 
     The onnxruntime CPU sessions are built when first run (:class:`LazyRunner`). CUDA is included when
@@ -273,8 +306,9 @@ def standard_candidates(original: nn.Module, folded: nn.Module, onnx_model: str 
         Candidate(ORIGINAL, torch_runner(original), BASELINE),
         Candidate(FOLDED, torch_runner(folded), FOLD, ORIGINAL),
         Candidate(ORT_OFF, LazyRunner(lambda: ort_runner(onnx_model, (CPU,), "disabled", threads)), EXPORT, FOLDED),
-        Candidate(ORT_ALL, LazyRunner(lambda: ort_runner(onnx_model, (CPU,), "all", threads)), ORT_OPTIMIZATION,
-                  ORT_OFF),
+        Candidate(
+            ORT_ALL, LazyRunner(lambda: ort_runner(onnx_model, (CPU,), "all", threads)), ORT_OPTIMIZATION, ORT_OFF
+        ),
     ]
     notes = list(providers.notes)
     if providers.cuda:
@@ -286,13 +320,20 @@ def standard_candidates(original: nn.Module, folded: nn.Module, onnx_model: str 
     return candidates, notes
 
 
-def verify_parity(original: nn.Module, folded: nn.Module, onnx_model: str | Path | bytes,
-                  batches: Sequence[Batch], tolerance: Tolerance | None = None,
-                  per_output: Mapping[OutputKey, Tolerance] | None = None,
-                  providers: str | Sequence[str] | ProviderSelection = "auto",
-                  threads: int | None = None, per_batch: bool = False,
-                  extra: Sequence[Candidate] = (), progress: Steps | None = None,
-                  on_reference: ReferenceSink | None = None) -> ParityReport:
+def verify_parity(
+    original: nn.Module,
+    folded: nn.Module,
+    onnx_model: str | Path | bytes,
+    batches: Sequence[Batch],
+    tolerance: Tolerance | None = None,
+    per_output: Mapping[OutputKey, Tolerance] | None = None,
+    providers: str | Sequence[str] | ProviderSelection = "auto",
+    threads: int | None = None,
+    per_batch: bool = False,
+    extra: Sequence[Candidate] = (),
+    progress: Steps | None = None,
+    on_reference: ReferenceSink | None = None,
+) -> ParityReport:
     """The whole standard matrix in one call: fp64 reference, candidates (``extra`` ones last), checks,
     provider notes.
 
@@ -301,9 +342,17 @@ def verify_parity(original: nn.Module, folded: nn.Module, onnx_model: str | Path
     candidates, notes = standard_candidates(original, folded, onnx_model, selection, threads)
     candidates += extra
     reference = LazyRunner(lambda: torch_runner(original, torch.float64))
-    report = run_parity(reference, candidates, batches, tolerance, per_output,
-                        lambda: candidates[2].runner.output_names,  # type: ignore[attr-defined]
-                        per_batch=per_batch, progress=progress, on_reference=on_reference)
+    report = run_parity(
+        reference,
+        candidates,
+        batches,
+        tolerance,
+        per_output,
+        lambda: candidates[2].runner.output_names,  # type: ignore[attr-defined]
+        per_batch=per_batch,
+        progress=progress,
+        on_reference=on_reference,
+    )
     report.notes = notes
     report.cuda = _cuda_block(any(c.stage == PROVIDER for c in candidates), notes)
     return report

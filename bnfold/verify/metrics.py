@@ -68,8 +68,15 @@ class ErrorHistogram:
 
     def to_json(self) -> dict[str, Any]:
         """``{"edges", "counts", "zeros", "below", "above", "nan", "total"}``."""
-        return {"edges": list(HISTOGRAM_EDGES), "counts": self.counts, "zeros": self.zeros,
-                "below": int(self._bins[0]), "above": int(self._bins[-1]), "nan": self.nan, "total": self.total}
+        return {
+            "edges": list(HISTOGRAM_EDGES),
+            "counts": self.counts,
+            "zeros": self.zeros,
+            "below": int(self._bins[0]),
+            "above": int(self._bins[-1]),
+            "nan": self.nan,
+            "total": self.total,
+        }
 
 
 @dataclass
@@ -111,8 +118,9 @@ class ErrorAccumulator:
         self.error: str | None = None
         self.histogram = ErrorHistogram()
 
-    def add(self, actual: np.ndarray, reference: np.ndarray, batch: str = "",
-            predictions: np.ndarray | None = None) -> None:
+    def add(
+        self, actual: np.ndarray, reference: np.ndarray, batch: str = "", predictions: np.ndarray | None = None
+    ) -> None:
         """Account one batch: ``actual`` against ``reference``; top-k agreement against ``predictions``."""
         a = np.asarray(actual, dtype=np.float64)
         b = np.asarray(reference, dtype=np.float64)
@@ -191,8 +199,9 @@ def _top5(x: np.ndarray) -> np.ndarray:
     return np.sort(np.argpartition(-x, 4, axis=1)[:, :5], axis=1)
 
 
-def compare_arrays(actual: np.ndarray, reference: np.ndarray, tolerance: Tolerance,
-                   predictions: np.ndarray | None = None) -> OutputMetrics:
+def compare_arrays(
+    actual: np.ndarray, reference: np.ndarray, tolerance: Tolerance, predictions: np.ndarray | None = None
+) -> OutputMetrics:
     """The metrics of one array against its reference (a single batch)."""
     acc = ErrorAccumulator(tolerance)
     acc.add(actual, reference, predictions=predictions)

@@ -56,14 +56,35 @@ class ParityCheck:
     error_histogram: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, reference: str, candidate: str, output: str, batch_source: str, stage: str,
-           metrics: OutputMetrics, tolerance: Tolerance) -> ParityCheck:
+    def of(
+        cls,
+        reference: str,
+        candidate: str,
+        output: str,
+        batch_source: str,
+        stage: str,
+        metrics: OutputMetrics,
+        tolerance: Tolerance,
+    ) -> ParityCheck:
         return cls(
-            reference, candidate, output, batch_source,
-            metrics.max_abs_err, metrics.max_rel_err, metrics.mean_abs_err, metrics.mismatch_ratio,
-            metrics.cosine, metrics.top1_agreement, metrics.top5_agreement,
-            tolerance.atol, tolerance.rtol, metrics.passed, stage,
-            worst_batch=metrics.worst_batch, nan_count=metrics.nan_count, error=metrics.error,
+            reference,
+            candidate,
+            output,
+            batch_source,
+            metrics.max_abs_err,
+            metrics.max_rel_err,
+            metrics.mean_abs_err,
+            metrics.mismatch_ratio,
+            metrics.cosine,
+            metrics.top1_agreement,
+            metrics.top5_agreement,
+            tolerance.atol,
+            tolerance.rtol,
+            metrics.passed,
+            stage,
+            worst_batch=metrics.worst_batch,
+            nan_count=metrics.nan_count,
+            error=metrics.error,
             error_histogram=None if metrics.error_histogram is None else metrics.error_histogram.to_json(),
         )
 
@@ -80,8 +101,11 @@ class ParityCheck:
         head = f"{mark} [{self.stage}] {self.candidate} vs {self.reference}, output {self.output}"
         if self.error:
             return f"{head}: {self.error}"
-        parts = [f"max abs {_num(self.max_abs_err)}", f"max rel {_num(self.max_rel_err)}",
-                 f"mismatch {_pct(self.mismatch_ratio)}"]
+        parts = [
+            f"max abs {_num(self.max_abs_err)}",
+            f"max rel {_num(self.max_rel_err)}",
+            f"mismatch {_pct(self.mismatch_ratio)}",
+        ]
         if self.top1_agreement is not None:
             parts.append(f"top1 {_pct(self.top1_agreement)}")
         if self.error_ratio is not None:

@@ -96,8 +96,11 @@ def casts_as_read(module: nn.Module) -> bool:
         n.op == "call_function" and n.target is getattr for n in module.graph.nodes
     ):
         return True
-    weights = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-               for t in (*module.parameters(), *module.buffers()) if t.is_floating_point() and t.numel()}
+    weights = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in (*module.parameters(), *module.buffers())
+        if t.is_floating_point() and t.numel()
+    }
     return sum(weights.values()) >= CAST_AS_READ_BYTES
 
 
@@ -116,8 +119,11 @@ class WeightsAs:
         }
 
     def cast(self, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.is_floating_point() and tensor.dtype != self.dtype and tensor.numel() and (
-            tensor.untyped_storage().data_ptr() in self.storages
+        if (
+            tensor.is_floating_point()
+            and tensor.dtype != self.dtype
+            and tensor.numel()
+            and (tensor.untyped_storage().data_ptr() in self.storages)
         ):
             return tensor.to(self.dtype)
         return tensor
@@ -148,8 +154,13 @@ class OrtRunner:
     ``providers`` lists what was asked for; ``session.get_providers()`` what onnxruntime actually uses.
     """
 
-    def __init__(self, model: str | Path | bytes, providers: Sequence[str] = (CPU,),
-                 optimization: Optimization = "all", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        providers: Sequence[str] = (CPU,),
+        optimization: Optimization = "all",
+        threads: int | None = None,
+    ) -> None:
         self.providers = tuple(providers)
         self.optimization = optimization
         self.session = ort.InferenceSession(
@@ -173,8 +184,12 @@ class OrtRunner:
         }
 
 
-def ort_runner(model: str | Path | bytes, providers: Sequence[str] = (CPU,),
-               optimization: Optimization = "all", threads: int | None = None) -> OrtRunner:
+def ort_runner(
+    model: str | Path | bytes,
+    providers: Sequence[str] = (CPU,),
+    optimization: Optimization = "all",
+    threads: int | None = None,
+) -> OrtRunner:
     """A runner for an ONNX file (or serialised bytes) in onnxruntime.
 
     ``optimization`` is "all" (``ORT_ENABLE_ALL``) or "disabled" (``ORT_DISABLE_ALL``); ``threads`` sets
@@ -229,7 +244,8 @@ def session_options(optimization: Optimization = "all", threads: int | None = No
         raise ValueError(f"optimization must be 'all' or 'disabled', not {optimization!r}")
     options = ort.SessionOptions()
     options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimization == "all"
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimization == "all"
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     options.log_severity_level = 3

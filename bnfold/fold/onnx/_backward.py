@@ -74,8 +74,9 @@ def _folds_from(graph: Graph, value: str, affine: ChannelAffine) -> list[Consume
         return reason("model_output")
     folds: list[ConsumerFold] = []
     for node, slot in graph.readers(value):
-        fold = _through_pad(graph, node, slot, affine) if node.op_type == "Pad" else _consumer(
-            graph, node, slot, affine)
+        fold = (
+            _through_pad(graph, node, slot, affine) if node.op_type == "Pad" else _consumer(graph, node, slot, affine)
+        )
         if isinstance(fold, str):
             return fold
         folds.extend(fold if isinstance(fold, list) else [fold])
@@ -118,9 +119,7 @@ def _consumer(graph: Graph, node: onnx.NodeProto, slot: int, affine: ChannelAffi
     return ConsumerFold(node, weight, bias) if problem is None else problem
 
 
-def _geometry_problem(
-    graph: Graph, node: onnx.NodeProto, weight: np.ndarray, affine: ChannelAffine
-) -> str | None:
+def _geometry_problem(graph: Graph, node: onnx.NodeProto, weight: np.ndarray, affine: ChannelAffine) -> str | None:
     if node.op_type == "Conv":
         if affine.axis != 1:
             return f"{label(node)} reads its channels on axis 1, not on axis {affine.axis}"

@@ -165,9 +165,7 @@ def forward_fold(
     return f"{label(node)} has {fold.channels} output channels, the affine has {channels}"
 
 
-def _by_op(
-    graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int, what: str
-) -> Fold | str:
+def _by_op(graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int, what: str) -> Fold | str:
     if node.op_type in LAYERS:
         return layer_fold(graph, node, axis)
     if node.op_type == "Add":
@@ -177,9 +175,7 @@ def _by_op(
     return _transpose(graph, node, axis, channels, depth, what)
 
 
-def _add(
-    graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int, what: str
-) -> Fold | str:
+def _add(graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int, what: str) -> Fold | str:
     rank = graph.rank(node.output[0])
     constants = [graph.constant(name) for name in node.input]
     if rank is None or len(node.input) != 2:
@@ -199,9 +195,7 @@ def _add(
     return BiasFold(node, slot, bias, vector, channel_shape(bias.ndim, axis, rank, inner.channels), inner)
 
 
-def _branches(
-    graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int, rank: int
-) -> Fold | str:
+def _branches(graph: Graph, node: onnx.NodeProto, axis: int, channels: int | None, depth: int, rank: int) -> Fold | str:
     if any(graph.rank(name) != rank for name in node.input):
         return f"the inputs of {label(node)} broadcast to a higher rank"
     branches = []

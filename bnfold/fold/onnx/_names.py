@@ -21,9 +21,13 @@ import onnx
 
 from bnfold.fold.onnx._nodes import node_name
 
-_PARAMETER_SLOTS = {"BatchNormalization": ((3, "running_mean"), (1, "weight")),
-                    "Conv": ((1, "weight"),), "ConvTranspose": ((1, "weight"),),
-                    "Gemm": ((1, "weight"),), "MatMul": ((1, "weight"),)}
+_PARAMETER_SLOTS = {
+    "BatchNormalization": ((3, "running_mean"), (1, "weight")),
+    "Conv": ((1, "weight"),),
+    "ConvTranspose": ((1, "weight"),),
+    "Gemm": ((1, "weight"),),
+    "MatMul": ((1, "weight"),),
+}
 _FX_CALLS = {"BatchNormalization": "batch_norm", "_native_batch_norm_legit_no_training": "batch_norm"}
 
 
@@ -89,5 +93,5 @@ def _snake(call: str) -> str:
 
 def _fx_call(call: str) -> str:
     base = call.rstrip("_0123456789")
-    suffix = call[len(base):]
+    suffix = call[len(base) :]
     return _FX_CALLS[base] + suffix if base in _FX_CALLS else call

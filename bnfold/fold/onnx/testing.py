@@ -67,9 +67,7 @@ def make_model(
     return model
 
 
-def bn_params(
-    prefix: str, channels: int, gen: np.random.Generator, dtype: type = np.float32
-) -> dict[str, np.ndarray]:
+def bn_params(prefix: str, channels: int, gen: np.random.Generator, dtype: type = np.float32) -> dict[str, np.ndarray]:
     return {
         f"{prefix}.scale": gen.standard_normal(channels).astype(dtype),
         f"{prefix}.bias": gen.standard_normal(channels).astype(dtype),
