@@ -12,6 +12,7 @@ Four sweeps over the affines of the main graph, in the order of the aten-graph f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import onnx
@@ -61,12 +62,20 @@ def fold_onnx(model: onnx.ModelProto, affine_form: str = "batchnorm") -> OnnxFol
 
 def fold_graph(graph: Graph, affine_form: str = "batchnorm") -> list[BnRecord]:
     """Run the sweeps over ``graph``; the records come in graph order."""
+    records, pending = _forward_sweep(graph)
+    _sweep(graph, records, pending, _fold_identity, sorted(pending))
+    _sweep(graph, records, pending, _fold_backward, sorted(pending, reverse=True))
+    for index, affine in pending.items():
+        records[index] = _keep(graph, affine, affine_form)
+    return records
+
+
+def _forward_sweep(graph: Graph) -> tuple[list[BnRecord], dict[int, ChannelAffine]]:
+    """Every BN in graph order, folded forward (or removed) where it can be; the others pending, by index."""
     records: list[BnRecord] = []
     pending: dict[int, ChannelAffine] = {}
     for node in graph.nodes():
-        if not graph.alive(node):
-            continue
-        found = _recognise(graph, node)
+        found = _recognise(graph, node) if graph.alive(node) else None
         if isinstance(found, BnRecord):
             records.append(found)
         elif found is not None:
@@ -74,19 +83,22 @@ def fold_graph(graph: Graph, affine_form: str = "batchnorm") -> list[BnRecord]:
             if folded is None:
                 pending[len(records)] = found  # its record is written by the later sweeps
             records.append(folded or _record(found, KEPT))
-    for index in sorted(pending):
-        folded = _fold_identity(graph, pending[index])
+    return records, pending
+
+
+def _sweep(
+    graph: Graph,
+    records: list[BnRecord],
+    pending: dict[int, ChannelAffine],
+    rule: Callable[[Graph, ChannelAffine], BnRecord | None],
+    order: list[int],
+) -> None:
+    """Try ``rule`` on the pending BNs in ``order``; a BN it folds leaves ``pending`` with its record."""
+    for index in order:
+        folded = rule(graph, pending[index])
         if folded is not None:
             records[index] = folded
             del pending[index]
-    for index in sorted(pending, reverse=True):
-        folded = _fold_backward(graph, pending[index])
-        if folded is not None:
-            records[index] = folded
-            del pending[index]
-    for index, affine in pending.items():
-        records[index] = _keep(graph, affine, affine_form)
-    return records
 
 
 def _recognise(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | BnRecord | None:
