@@ -83,18 +83,10 @@ def _directory_of(path: Path) -> Path:
 
 def _finish(temporary: Path, path: Path) -> None:
     """Flush to disk, give the usual permissions (mkstemp makes 0600), and rename over the target."""
+    from bnfold.outputs import settle
+
+    settle(temporary, path)
     try:
-        with temporary.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({one_line(exc)})") from exc
-
-
-def _umask() -> int:
-    # os has no getter: set and restore (only this module's own call could race with it)
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -143,7 +143,7 @@ class OutputSet:
         staged = [(self.stage(t), t) for t in self.targets]
         for source, target in staged:
             if source.exists():
-                _prepare(source, target)
+                settle(source, target)
         with _signals_held():
             return self._swap(staged)
 
@@ -196,7 +196,7 @@ class OutputSet:
         return backup
 
 
-def _prepare(source: Path, target: Path) -> None:
+def settle(source: Path, target: Path) -> None:
     """Flush ``source`` to disk and give it ``target``'s permissions (or the usual ones for a new file)."""
     try:
         with source.open("rb+") as handle:

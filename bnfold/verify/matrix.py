@@ -232,15 +232,20 @@ def _first_dtype(candidates: Sequence[Candidate]) -> str:
     return candidates[0].dtype if candidates else "float32"
 
 
-def _fill_baseline_errors(checks: list[ParityCheck], baseline: str | None, reference: str) -> None:
-    """Set ``baseline_max_abs_err`` and ``error_ratio`` on every check against the reference."""
-    if baseline is None:
-        return
-    own = {
+def _own_errors(checks: list[ParityCheck], baseline: str, reference: str) -> dict[tuple[str, str], float | None]:
+    """The original fp32 model's own max abs error against the reference, by (output, batch source)."""
+    return {
         (c.output, c.batch_source): c.max_abs_err
         for c in checks
         if c.candidate == baseline and c.reference == reference
     }
+
+
+def _fill_baseline_errors(checks: list[ParityCheck], baseline: str | None, reference: str) -> None:
+    """Set ``baseline_max_abs_err`` and ``error_ratio`` on every check against the reference."""
+    if baseline is None:
+        return
+    own = _own_errors(checks, baseline, reference)
     for check in checks:
         if check.reference != reference:
             continue
@@ -259,11 +264,7 @@ def _apply_noise_rule(
     tolerance of the user's keep the plain rule."""
     if baseline is None:
         return
-    own = {
-        (c.output, c.batch_source): c.max_abs_err
-        for c in checks
-        if c.candidate == baseline and c.reference == reference
-    }
+    own = _own_errors(checks, baseline, reference)
     for check in checks:
         base = own.get((check.output, check.batch_source))
         if check.output in overridden or (check.output.isdigit() and int(check.output) in overridden):
