@@ -65,10 +65,17 @@ def test_device_providers_are_timed_through_io_binding(monkeypatch: pytest.Monke
     assert bound == ["cuda"]
 
 
-def test_the_io_binding_call_runs() -> None:
+def test_the_io_binding_call_computes_what_a_plain_run_does() -> None:
     runner = OrtRunner(models()["folded"])
-    call = onnx_latency.bound_call(runner.session, runner.feeds(make_batch(2)), "cpu")
+    feeds = runner.feeds(make_batch(2))
+    bindings = []
+    make_binding = runner.session.io_binding
+    runner.session.io_binding = lambda: bindings.append(make_binding()) or bindings[-1]  # type: ignore[method-assign]
+    call = onnx_latency.bound_call(runner.session, feeds, "cpu")
     call()  # on CPU memory here; the same code binds CUDA memory on a GPU
+    (bound,) = bindings[0].copy_outputs_to_cpu()
+    (plain,) = runner.session.run(None, feeds)
+    np.testing.assert_array_equal(bound, plain)
 
 
 def test_a_provider_that_falls_back_is_skipped_with_a_warning() -> None:

@@ -93,5 +93,8 @@ def test_a_bad_value_is_refused_when_the_config_is_built(kwargs: dict[str, objec
 
 
 def test_good_values_pass() -> None:
-    ConvertConfig(providers=("auto",), opset=7, threads=1, random_batches=0, atol=0.0, batches=(1, 8))
-    ConvertConfig(providers=("cpu", "CUDAExecutionProvider"), opset=30, exporter="dynamo", external_data="never")
+    config = ConvertConfig(providers=("auto",), opset=7, threads=1, random_batches=0, atol=0.0, batches=(1, 8))
+    assert (config.opset, config.threads, config.random_batches, config.atol) == (7, 1, 0, 0.0)
+    config = ConvertConfig(providers=("cpu", "CUDAExecutionProvider"), opset=30, exporter="dynamo",
+                           external_data="never")  # fmt: skip
+    assert config.providers == ("cpu", "CUDAExecutionProvider") and config.exporter == "dynamo"
