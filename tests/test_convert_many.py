@@ -52,7 +52,8 @@ def test_the_aggregate_lists_every_model_worst_first(zoo: tuple[Path, object]) -
     assert passed[0]["error_ratio"] >= passed[1]["error_ratio"]  # the larger error ratio first
     assert {r["batchnorm_found"] for r in passed} == {4, 2} and all(r["max_abs_err"] < 1e-3 for r in passed)
     assert (root / "out" / "summary.md").read_text().count("\n| ") == 4  # header + three rows
-    assert "damaged.pt2" in (root / "out" / "summary.html").read_text()
+    page = (root / "out" / "summary.html").read_text()
+    assert "damaged.pt2" in page and '<a href="digits_cnn.report.html">digits_cnn.pt2</a>' in page
 
 
 def test_check_reads_the_aggregate(zoo: tuple[Path, object]) -> None:

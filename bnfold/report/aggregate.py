@@ -125,20 +125,27 @@ def render_summary_html(data: Mapping[str, Any]) -> str:
     from bnfold.report.html import CSS
 
     tone = "pass" if data["passed"] else "fail"
+    verdict, _, counts = _headline(data).partition(": ")
     head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEADER)
-    body = "".join(
-        f'<tr class="{"failed" if row["status"] != "passed" else ""}">'
-        + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in _cells(row))
-        + "</tr>"
-        for row in data["models"]
-    )
+    body = "".join(_html_row(row) for row in data["models"])
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>bnfold summary</title>'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>bnfold summary: {verdict}</title>'
         f"<style>{CSS}</style></head><body>"
-        f'<header class="verdict {tone}"><div class="wrap"><h1>{html.escape(_headline(data))}</h1></div></header>'
+        f'<header class="verdict {tone}"><div class="wrap"><h1>{verdict}</h1>'
+        f'<p class="why">{html.escape(counts)} (worst first)</p></div></header>'
         f'<main class="wrap"><section><div class="scroll"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{body}</tbody></table></div></section></main></body></html>\n"
     )
+
+
+def _html_row(row: Mapping[str, Any]) -> str:
+    """One model's row; its name links to its own HTML report when it has one."""
+    cells = [html.escape(str(cell)) for cell in _cells(row)]
+    if row.get("report"):
+        target = html.escape(str(row["report"]).removesuffix(".json") + ".html")
+        cells[0] = f'<a href="{target}">{cells[0]}</a>'
+    failed = ' class="failed"' if row["status"] != "passed" else ""
+    return f"<tr{failed}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
 
 def report_paths(data: Mapping[str, Any], where: Path) -> list[tuple[str, Path | None, str]]:
