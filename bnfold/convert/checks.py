@@ -14,8 +14,8 @@ from bnfold.convert.paths import Converted
 from bnfold.errors import InputSpecError
 from bnfold.export import session_source
 from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
-from bnfold.verify import Tolerance, run_parity, select_providers
-from bnfold.verify.chain import ParityChain, parity_chain
+from bnfold.verify import Tolerance, select_providers
+from bnfold.verify.chain import ParityChain, ParitySettings, parity_chain
 from bnfold.verify.matrix import ReferenceSink, Steps, cuda_block
 from bnfold.verify.report import PROVIDER
 from bnfold.verify.tolerance import check_output_keys
@@ -96,35 +96,30 @@ def tolerance_of(config: Any) -> tuple[Tolerance | None, dict[str | int, Toleran
     return default, per_output
 
 
+def parity_settings(
+    batches: Batches, config: Any, progress: Steps | None = None, on_reference: ReferenceSink | None = None
+) -> ParitySettings:
+    """The parity settings of a run: ``batches``, the config's tolerances, and the hooks of
+    :func:`~bnfold.verify.run_parity`."""
+    tolerance, per_output = tolerance_of(config)
+    return ParitySettings(batches, tolerance, per_output, progress, on_reference)
+
+
 def verify_stage(
     loaded: LoadedModel,
     converted: Converted,
-    batches: Batches,
+    settings: ParitySettings,
     config: Any,
     folded: Path | None = None,
     optimized: Path | None = None,
-    progress: Steps | None = None,
-    on_reference: ReferenceSink | None = None,
 ) -> dict[str, Any]:
     """The parity block of the report, by the path the model took. The folded ONNX model is run from
     ``folded`` (its saved file) when given; with ``optimized`` (the ``--save-optimized`` file), that file
-    too, run as saved (no further onnxruntime rewrites). ``progress`` and ``on_reference`` go to
-    :func:`~bnfold.verify.run_parity`."""
-    tolerance, per_output = tolerance_of(config)
+    too, run as saved (no further onnxruntime rewrites)."""
     check_output_keys([key for key, _, _ in config.tolerances], [o.name for o in converted.exported.model.graph.output])
     with tempfile.TemporaryDirectory(prefix="bnfold-") as folder:
         chain = _chain(loaded.format, converted, config, folded, optimized, Path(folder))
-        report = run_parity(
-            chain.reference,
-            chain.candidates,
-            batches,
-            tolerance,
-            per_output,
-            _output_names(loaded.format, chain),
-            reference_name=chain.reference_name,
-            progress=progress,
-            on_reference=on_reference,
-        )
+        report = chain.run(settings, _output_names(loaded.format, chain))
     if loaded.format == "torchscript":
         report.notes = list(select_providers("auto").notes)
     elif loaded.format != "onnx":

@@ -13,14 +13,14 @@ import onnx
 import torch
 
 from bnfold.convert import saved_inputs
-from bnfold.convert.checks import parity_batches, tolerance_of
+from bnfold.convert.checks import parity_batches, parity_settings
 from bnfold.errors import InputSpecError
 from bnfold.export import count_ops
 from bnfold.library_logs import captured_logs
 from bnfold.load import LoadedModel, load_model
 from bnfold.progress import ProgressCallback, Stages
 from bnfold.report import new_report
-from bnfold.verify import run_parity, select_providers
+from bnfold.verify import select_providers
 from bnfold.verify.chain import ParityChain, parity_chain
 from bnfold.verify.providers import require_providers
 from bnfold.verify.report import PROVIDER
@@ -81,23 +81,12 @@ def _verify_pair(
         inputs = _inputs(original, config)
         chain = _chain(original, candidate, config)
         candidates, notes = chain.candidates, chain.notes
-        tolerance, per_output = tolerance_of(config)
         _check_output_keys(config, original, candidate)
         names = candidates[-1].runner.output_names if hasattr(candidates[-1].runner, "output_names") else None
         batches = parity_batches(inputs, config, _declared_dims(original, candidate, inputs))
     writer = _inputs_writer(config, outputs, batches, original, candidate)
     with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
-        parity = run_parity(
-            chain.reference,
-            candidates,
-            batches,
-            tolerance,
-            per_output,
-            names,
-            reference_name=chain.reference_name,
-            progress=stages.steps,
-            on_reference=writer,
-        )
+        parity = chain.run(parity_settings(batches, config, stages.steps, writer), names)
     if writer is not None:
         writer.finish(chain.reference_name)
     parity.notes = notes

@@ -8,7 +8,7 @@ candidate is checked against the one before it; names come from :mod:`bnfold.ver
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,10 +16,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bnfold.verify.matrix import FOLDED, ORIGINAL, ORT_ALL, ORT_CUDA, ORT_OFF, REFERENCE, Candidate
+from bnfold.verify.matrix import (
+    FOLDED,
+    ORIGINAL,
+    ORT_ALL,
+    ORT_CUDA,
+    ORT_OFF,
+    REFERENCE,
+    Batch,
+    Candidate,
+    ReferenceSink,
+    Steps,
+    run_parity,
+)
 from bnfold.verify.providers import CPU, CUDA, CUDA_MISSING, ProviderSelection
-from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION, PROVIDER
+from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION, PROVIDER, ParityReport
 from bnfold.verify.runners import LazyRunner, Optimization, Runner, ort_runner, torch_runner
+from bnfold.verify.tolerance import OutputKey, Tolerance
 
 Model = nn.Module | str | Path | bytes
 """A PyTorch module, or an ONNX model as a file or serialised bytes."""
@@ -28,6 +41,20 @@ CANDIDATE = "candidate fp32 (torch)"
 UNFOLDED = f"unfolded {ORT_OFF}"
 OPTIMIZED = "onnxruntime CPU (saved optimized model)"
 ORIGINAL_ORT = f"original {ORT_OFF}"
+
+OutputNames = Sequence[str] | Callable[[], Sequence[str] | None] | None
+
+
+@dataclass(frozen=True)
+class ParitySettings:
+    """What a parity run is checked on and by: the named input batches, the tolerance (None: by dtype)
+    and per-output overrides, and the hooks of :func:`~bnfold.verify.run_parity`."""
+
+    batches: Sequence[Batch]
+    tolerance: Tolerance | None = None
+    per_output: Mapping[OutputKey, Tolerance] | None = None
+    progress: Steps | None = None
+    on_reference: ReferenceSink | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +66,20 @@ class ParityChain:
     reference_name: str
     candidates: list[Candidate]
     notes: list[str] = field(default_factory=list)
+
+    def run(self, settings: ParitySettings, output_names: OutputNames = None) -> ParityReport:
+        """The parity report of every candidate on ``settings``' batches (see :func:`~bnfold.verify.run_parity`)."""
+        return run_parity(
+            self.reference,
+            self.candidates,
+            settings.batches,
+            settings.tolerance,
+            settings.per_output,
+            output_names,
+            reference_name=self.reference_name,
+            progress=settings.progress,
+            on_reference=settings.on_reference,
+        )
 
 
 def parity_chain(
