@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from bnfold.convert import plan, saved_inputs
-from bnfold.convert.checks import bench_stage, graph_dims, ignored_batches, parity_batches, verify_stage
+from bnfold.convert.checks import (
+    bench_stage,
+    graph_dims,
+    ignored_batches,
+    parity_batches,
+    parity_settings,
+    verify_stage,
+)
 from bnfold.convert.config import ConvertConfig
 from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
 from bnfold.errors import InputSpecError, OutputError, one_line
@@ -323,7 +330,8 @@ def _check_parity(
             Path(config.save_inputs), targets.outputs, batches, names, [o.name for o in graph.output]
         )
     with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
-        report["parity"] = verify_stage(loaded, converted, batches, config, saved[0], saved[2], stages.steps, writer)
+        settings = parity_settings(batches, config, stages.steps, writer)
+        report["parity"] = verify_stage(loaded, converted, settings, config, saved[0], saved[2])
     if writer is not None:
         writer.finish(report["parity"]["reference"])
 

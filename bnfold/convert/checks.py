@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +14,10 @@ from bnfold.convert.paths import Converted
 from bnfold.errors import InputSpecError
 from bnfold.export import session_source
 from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
-from bnfold.verify import (
-    Candidate,
-    LazyRunner,
-    Tolerance,
-    ort_runner,
-    run_parity,
-    select_providers,
-    torch_runner,
-    verify_parity,
-)
-from bnfold.verify.matrix import ReferenceSink, Steps
-from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION
+from bnfold.verify import Tolerance, select_providers
+from bnfold.verify.chain import ParityChain, ParitySettings, parity_chain
+from bnfold.verify.matrix import ReferenceSink, Steps, cuda_block
+from bnfold.verify.report import PROVIDER
 from bnfold.verify.tolerance import check_output_keys
 
 Batches = list[tuple[str, tuple[np.ndarray, ...]]]
@@ -103,177 +96,74 @@ def tolerance_of(config: Any) -> tuple[Tolerance | None, dict[str | int, Toleran
     return default, per_output
 
 
-OPTIMIZED = "onnxruntime CPU (saved optimized model)"
+def parity_settings(
+    batches: Batches, config: Any, progress: Steps | None = None, on_reference: ReferenceSink | None = None
+) -> ParitySettings:
+    """The parity settings of a run: ``batches``, the config's tolerances, and the hooks of
+    :func:`~bnfold.verify.run_parity`."""
+    tolerance, per_output = tolerance_of(config)
+    return ParitySettings(batches, tolerance, per_output, progress, on_reference)
 
 
 def verify_stage(
     loaded: LoadedModel,
     converted: Converted,
-    batches: Batches,
+    settings: ParitySettings,
     config: Any,
     folded: Path | None = None,
     optimized: Path | None = None,
-    progress: Steps | None = None,
-    on_reference: ReferenceSink | None = None,
 ) -> dict[str, Any]:
     """The parity block of the report, by the path the model took. The folded ONNX model is run from
     ``folded`` (its saved file) when given; with ``optimized`` (the ``--save-optimized`` file), that file
-    too, run as saved (no further onnxruntime rewrites). ``progress`` and ``on_reference`` go to
-    :func:`~bnfold.verify.run_parity`."""
-    hooks = {"progress": progress, "on_reference": on_reference}
-    tolerance, per_output = tolerance_of(config)
+    too, run as saved (no further onnxruntime rewrites)."""
     check_output_keys([key for key, _, _ in config.tolerances], [o.name for o in converted.exported.model.graph.output])
     with tempfile.TemporaryDirectory(prefix="bnfold-") as folder:
-        parity: dict[str, Any] = _verify_stage(
-            loaded, converted, batches, config, folded, optimized, Path(folder), tolerance, per_output, hooks
-        ).to_json()
+        chain = _chain(loaded.format, converted, config, folded, optimized, Path(folder))
+        report = chain.run(settings, _output_names(loaded.format, chain))
+    if loaded.format == "torchscript":
+        report.notes = list(select_providers("auto").notes)
+    elif loaded.format != "onnx":
+        report.notes = chain.notes
+        report.cuda = cuda_block(any(c.stage == PROVIDER for c in chain.candidates), chain.notes)
+    parity: dict[str, Any] = report.to_json()
     return parity
 
 
-def _verify_stage(
-    loaded: LoadedModel,
-    converted: Converted,
-    batches: Batches,
-    config: Any,
-    folded: Path | None,
-    optimized: Path | None,
-    folder: Path,
-    tolerance: Any,
-    per_output: Any,
-    hooks: dict[str, Any],
-) -> Any:
-    """The parity report; models past protobuf's limit that are not files yet are written into ``folder``."""
-    folded_bytes = session_source(folded if folded is not None else converted.exported.model, folder / "folded")
-
-    def extra(against: str) -> list[Candidate]:
-        if optimized is None:
-            return []
-        runner = LazyRunner(lambda: ort_runner(optimized, optimization="disabled", threads=config.threads))
-        return [Candidate(OPTIMIZED, runner, ORT_OPTIMIZATION, against)]
-
-    if loaded.format == "onnx":
+def _chain(
+    model_format: str, converted: Converted, config: Any, folded: Path | None, optimized: Path | None, folder: Path
+) -> ParityChain:
+    """The parity chain for the path the model took; models past protobuf's limit that are not files yet are
+    written into ``folder``."""
+    onnx = session_source(folded if folded is not None else converted.exported.model, folder / "folded")
+    if model_format == "onnx":
         original = session_source(converted.original, folder / "original")
-        return _onnx_parity(
-            original,
-            folded_bytes,
-            batches,
-            tolerance,
-            per_output,
-            extra("folded onnxruntime CPU (optimizations off)"),
-            hooks,
-        )
-    if loaded.format == "torchscript":
+        return parity_chain(original, onnx, optimized=optimized, threads=config.threads)
+    if model_format == "torchscript":
         unfolded = (
             session_source(converted.original_onnx(), folder / "original", in_place=True)
             if converted.original_onnx
             else None
         )
-        return _torchscript_parity(
-            converted,
-            unfolded or folded_bytes,
-            folded_bytes,
-            batches,
-            tolerance,
-            per_output,
-            extra("onnxruntime CPU (optimizations off)"),
-            hooks,
+        return parity_chain(
+            converted.original, onnx, unfolded=unfolded or onnx, optimized=optimized, threads=config.threads
         )
-    return verify_parity(
+    providers = select_providers(",".join(config.providers))
+    return parity_chain(
         converted.original,
-        converted.folded,
-        folded_bytes,
-        batches,
-        tolerance,
-        per_output,
-        providers=",".join(config.providers),
+        onnx,
+        folded=converted.folded,
+        optimized=optimized,
+        providers=providers,
         threads=config.threads,
-        extra=extra("onnxruntime CPU (optimizations off)"),
-        **hooks,
     )
 
 
-def _onnx_parity(
-    original: Path | bytes,
-    folded: Path | bytes,
-    batches: Batches,
-    tolerance: Any,
-    per_output: Any,
-    extra: list[Candidate],
-    hooks: dict[str, Any],
-) -> Any:
-    """ONNX in, ONNX out: the original as written (no ORT rewrites) is the reference."""
-    reference = LazyRunner(lambda: ort_runner(original, optimization="disabled"))
-    candidates = [
-        Candidate(
-            "folded onnxruntime CPU (optimizations off)",
-            LazyRunner(lambda: ort_runner(folded, optimization="disabled")),
-            FOLD,
-        ),
-        Candidate(
-            "folded onnxruntime CPU (optimizations all)",
-            LazyRunner(lambda: ort_runner(folded, optimization="all")),
-            ORT_OPTIMIZATION,
-            "folded onnxruntime CPU (optimizations off)",
-        ),
-        *extra,
-    ]
-    return run_parity(
-        reference,
-        candidates,
-        batches,
-        tolerance,
-        per_output,
-        lambda: reference.output_names,
-        reference_name="original onnxruntime CPU (optimizations off)",
-        **hooks,
-    )
-
-
-def _torchscript_parity(
-    converted: Converted,
-    unfolded: Path | bytes,
-    folded: Path | bytes,
-    batches: Batches,
-    tolerance: Any,
-    per_output: Any,
-    extra: list[Candidate],
-    hooks: dict[str, Any],
-) -> Any:
-    """TorchScript in: fp64 TorchScript is the reference; the unfolded export isolates the fold."""
-    module = converted.original
-    candidates = [
-        Candidate("original fp32", torch_runner(module), BASELINE),
-        Candidate(
-            "unfolded onnxruntime CPU (optimizations off)",
-            LazyRunner(lambda: ort_runner(unfolded, optimization="disabled")),
-            EXPORT,
-            "original fp32",
-        ),
-        Candidate(
-            "onnxruntime CPU (optimizations off)",
-            LazyRunner(lambda: ort_runner(folded, optimization="disabled")),
-            FOLD,
-            "unfolded onnxruntime CPU (optimizations off)",
-        ),
-        Candidate(
-            "onnxruntime CPU (optimizations all)",
-            LazyRunner(lambda: ort_runner(folded, optimization="all")),
-            ORT_OPTIMIZATION,
-            "onnxruntime CPU (optimizations off)",
-        ),
-        *extra,
-    ]
-    report = run_parity(
-        LazyRunner(lambda: torch_runner(module, torch.float64)),
-        candidates,
-        batches,
-        tolerance,
-        per_output,
-        output_names=None,
-        **hooks,
-    )
-    report.notes = list(select_providers("auto").notes)
-    return report
+def _output_names(model_format: str, chain: ParityChain) -> Callable[[], Any] | None:
+    """Output names for the report: an ONNX original's, else the folded export's (none for TorchScript)."""
+    if model_format == "torchscript":
+        return None
+    runner = chain.reference if model_format == "onnx" else chain.candidates[2].runner
+    return lambda: getattr(runner, "output_names", None)
 
 
 def bench_stage(

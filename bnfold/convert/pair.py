@@ -13,29 +13,23 @@ import onnx
 import torch
 
 from bnfold.convert import saved_inputs
-from bnfold.convert.checks import parity_batches, tolerance_of
+from bnfold.convert.checks import parity_batches, parity_settings
 from bnfold.errors import InputSpecError
 from bnfold.export import count_ops
 from bnfold.library_logs import captured_logs
 from bnfold.load import LoadedModel, load_model
 from bnfold.progress import ProgressCallback, Stages
 from bnfold.report import new_report
-from bnfold.verify import Candidate, ort_runner, run_parity, select_providers, torch_runner
-from bnfold.verify.providers import CPU, CUDA, require_providers
-from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION, PROVIDER
+from bnfold.verify import select_providers
+from bnfold.verify.chain import ParityChain, parity_chain
+from bnfold.verify.providers import require_providers
+from bnfold.verify.report import PROVIDER
 
 
 def _inputs(loaded: LoadedModel, config: Any) -> tuple[torch.Tensor, ...]:
     from bnfold.convert import resolve_inputs
 
     return resolve_inputs(loaded, config)
-
-
-def _reference(loaded: LoadedModel) -> tuple[Any, str]:
-    if loaded.onnx_model is not None:
-        model = _session_source(loaded)
-        return ort_runner(model, optimization="disabled"), "original onnxruntime CPU (optimizations off)"
-    return torch_runner(loaded.module, torch.float64), "original fp64 (torch)"  # type: ignore[arg-type]
 
 
 def _session_source(loaded: LoadedModel) -> Path | bytes:
@@ -45,39 +39,15 @@ def _session_source(loaded: LoadedModel) -> Path | bytes:
     return bytes(loaded.onnx_model.SerializeToString())  # type: ignore[union-attr]
 
 
-def _candidates(original: LoadedModel, candidate: LoadedModel, config: Any) -> tuple[list[Candidate], list[str]]:
-    base: list[Candidate] = []
-    if original.format != "onnx":
-        base.append(Candidate("original fp32", torch_runner(original.module), BASELINE))  # type: ignore[arg-type]
-    against = base[0].name if base else None
+def _chain(original: LoadedModel, candidate: LoadedModel, config: Any) -> ParityChain:
+    """The parity chain from the original to the candidate: an ONNX candidate at the export stage (then
+    ort-optimization and, when selected, CUDA), a PyTorch one at the fold stage."""
+    first = _session_source(original) if original.onnx_model is not None else original.module
     if candidate.format != "onnx":
-        return base + [Candidate("candidate fp32 (torch)", torch_runner(candidate.module), FOLD, against)], []  # type: ignore[arg-type]
+        return parity_chain(first, folded=candidate.module, candidate=True, lazy=False)  # type: ignore[arg-type]
+    providers = select_providers(",".join(config.providers))
     model = _session_source(candidate)
-    selection = select_providers(",".join(config.providers))
-    found = base + [
-        Candidate(
-            "onnxruntime CPU (optimizations off)",
-            ort_runner(model, (CPU,), "disabled", config.threads),
-            EXPORT,
-            against,
-        ),
-        Candidate(
-            "onnxruntime CPU (optimizations all)",
-            ort_runner(model, (CPU,), "all", config.threads),
-            ORT_OPTIMIZATION,
-            "onnxruntime CPU (optimizations off)",
-        ),
-    ]
-    if selection.cuda:
-        found.append(
-            Candidate(
-                "onnxruntime CUDA",
-                ort_runner(model, (CUDA, CPU), "all", config.threads),
-                PROVIDER,
-                "onnxruntime CPU (optimizations all)",
-            )
-        )
-    return found, list(selection.notes)
+    return parity_chain(first, model, providers=providers, threads=config.threads, candidate=True, lazy=False)  # type: ignore[arg-type]
 
 
 def verify_pair(
@@ -109,27 +79,16 @@ def _verify_pair(
         if original.format == "onnx" and candidate.format != "onnx":
             raise InputSpecError("give the original model first and the candidate second")
         inputs = _inputs(original, config)
-        reference, reference_name = _reference(original)
-        candidates, notes = _candidates(original, candidate, config)
-        tolerance, per_output = tolerance_of(config)
+        chain = _chain(original, candidate, config)
+        candidates, notes = chain.candidates, chain.notes
         _check_output_keys(config, original, candidate)
         names = candidates[-1].runner.output_names if hasattr(candidates[-1].runner, "output_names") else None
         batches = parity_batches(inputs, config, _declared_dims(original, candidate, inputs))
     writer = _inputs_writer(config, outputs, batches, original, candidate)
     with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
-        parity = run_parity(
-            reference,
-            candidates,
-            batches,
-            tolerance,
-            per_output,
-            names,
-            reference_name=reference_name,
-            progress=stages.steps,
-            on_reference=writer,
-        )
+        parity = chain.run(parity_settings(batches, config, stages.steps, writer), names)
     if writer is not None:
-        writer.finish(reference_name)
+        writer.finish(chain.reference_name)
     parity.notes = notes
     cuda_used = any(c.stage == PROVIDER for c in candidates)
     parity.cuda = {

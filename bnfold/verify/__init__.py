@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bnfold._entry import make_callable
+from bnfold.verify.chain import ParityChain, ParitySettings, parity_chain
 from bnfold.verify.compare import Comparison, assert_allclose_report, compare_outputs
 from bnfold.verify.matrix import Candidate, run_parity, standard_candidates, verify_parity
 from bnfold.verify.metrics import OutputMetrics
@@ -29,8 +30,10 @@ __all__ = [
     "Comparison",
     "OrtRunner",
     "OutputMetrics",
+    "ParityChain",
     "ParityCheck",
     "ParityReport",
+    "ParitySettings",
     "LazyRunner",
     "ProviderSelection",
     "Runner",
@@ -41,6 +44,7 @@ __all__ = [
     "available_providers",
     "compare_outputs",
     "ort_runner",
+    "parity_chain",
     "run_parity",
     "select_providers",
     "session_options",

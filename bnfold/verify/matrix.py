@@ -31,17 +31,14 @@ from torch import nn
 
 from bnfold.errors import one_line
 from bnfold.verify.metrics import ErrorAccumulator
-from bnfold.verify.providers import CPU, CUDA, CUDA_MISSING, ProviderSelection, select_providers
+from bnfold.verify.providers import CUDA_MISSING, ProviderSelection, select_providers
 from bnfold.verify.report import (
     BASELINE,
-    EXPORT,
-    FOLD,
-    ORT_OPTIMIZATION,
     PROVIDER,
     ParityCheck,
     ParityReport,
 )
-from bnfold.verify.runners import LazyRunner, Runner, ort_runner, torch_runner
+from bnfold.verify.runners import LazyRunner, Runner, torch_runner
 from bnfold.verify.tolerance import NOISE_FACTOR, NOISE_RULE, RULE, OutputKey, Tolerance, Tolerances
 
 REFERENCE = "original fp64 (torch)"
@@ -302,23 +299,11 @@ def standard_candidates(
     The onnxruntime CPU sessions are built when first run (:class:`LazyRunner`). CUDA is included when
     ``providers`` selected it and the session really runs on CUDA.
     """
-    providers = providers or select_providers("cpu")
-    candidates = [
-        Candidate(ORIGINAL, torch_runner(original), BASELINE),
-        Candidate(FOLDED, torch_runner(folded), FOLD, ORIGINAL),
-        Candidate(ORT_OFF, LazyRunner(lambda: ort_runner(onnx_model, (CPU,), "disabled", threads)), EXPORT, FOLDED),
-        Candidate(
-            ORT_ALL, LazyRunner(lambda: ort_runner(onnx_model, (CPU,), "all", threads)), ORT_OPTIMIZATION, ORT_OFF
-        ),
-    ]
-    notes = list(providers.notes)
-    if providers.cuda:
-        cuda = ort_runner(onnx_model, (CUDA, CPU), "all", threads)
-        if cuda.session.get_providers()[0] == CUDA:
-            candidates.append(Candidate(ORT_CUDA, cuda, PROVIDER, ORT_ALL))
-        else:
-            notes.append(CUDA_MISSING)
-    return candidates, notes
+    from bnfold.verify.chain import parity_chain
+
+    selection = providers or select_providers("cpu")
+    chain = parity_chain(original, onnx_model, folded=folded, providers=selection, threads=threads)
+    return chain.candidates, chain.notes
 
 
 def verify_parity(
@@ -355,11 +340,11 @@ def verify_parity(
         on_reference=on_reference,
     )
     report.notes = notes
-    report.cuda = _cuda_block(any(c.stage == PROVIDER for c in candidates), notes)
+    report.cuda = cuda_block(any(c.stage == PROVIDER for c in candidates), notes)
     return report
 
 
-def _cuda_block(used: bool, notes: Sequence[str]) -> dict[str, object]:
+def cuda_block(used: bool, notes: Sequence[str]) -> dict[str, object]:
     """The report's ``parity.cuda``: whether CUDA results are in, and why not."""
     if used:
         return {"available": True, "note": "CUDA results included"}

@@ -1,0 +1,158 @@
+"""The parity chain: the candidates a conversion (or a user's pair of models) is checked with, built once.
+
+From whichever artifacts exist, in pipeline order: the original in fp32 (baseline), the folded PyTorch
+module (fold), the unfolded export, the folded ONNX model without and with onnxruntime's rewrites
+(export or fold, then ort-optimization), the ``--save-optimized`` file, and CUDA (provider). Each
+candidate is checked against the one before it; names come from :mod:`bnfold.verify.matrix`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bnfold.verify.matrix import (
+    FOLDED,
+    ORIGINAL,
+    ORT_ALL,
+    ORT_CUDA,
+    ORT_OFF,
+    REFERENCE,
+    Batch,
+    Candidate,
+    ReferenceSink,
+    Steps,
+    run_parity,
+)
+from bnfold.verify.providers import CPU, CUDA, CUDA_MISSING, ProviderSelection
+from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION, PROVIDER, ParityReport
+from bnfold.verify.runners import LazyRunner, Optimization, Runner, ort_runner, torch_runner
+from bnfold.verify.tolerance import OutputKey, Tolerance
+
+Model = nn.Module | str | Path | bytes
+"""A PyTorch module, or an ONNX model as a file or serialised bytes."""
+
+CANDIDATE = "candidate fp32 (torch)"
+UNFOLDED = f"unfolded {ORT_OFF}"
+OPTIMIZED = "onnxruntime CPU (saved optimized model)"
+ORIGINAL_ORT = f"original {ORT_OFF}"
+
+OutputNames = Sequence[str] | Callable[[], Sequence[str] | None] | None
+
+
+@dataclass(frozen=True)
+class ParitySettings:
+    """What a parity run is checked on and by: the named input batches, the tolerance (None: by dtype)
+    and per-output overrides, and the hooks of :func:`~bnfold.verify.run_parity`."""
+
+    batches: Sequence[Batch]
+    tolerance: Tolerance | None = None
+    per_output: Mapping[OutputKey, Tolerance] | None = None
+    progress: Steps | None = None
+    on_reference: ReferenceSink | None = None
+
+
+@dataclass(frozen=True)
+class ParityChain:
+    """The fp64 (or, for an ONNX original, unoptimised onnxruntime) reference, the candidates in pipeline
+    order, and notes on providers left out."""
+
+    reference: Runner
+    reference_name: str
+    candidates: list[Candidate]
+    notes: list[str] = field(default_factory=list)
+
+    def run(self, settings: ParitySettings, output_names: OutputNames = None) -> ParityReport:
+        """The parity report of every candidate on ``settings``' batches (see :func:`~bnfold.verify.run_parity`)."""
+        return run_parity(
+            self.reference,
+            self.candidates,
+            settings.batches,
+            settings.tolerance,
+            settings.per_output,
+            output_names,
+            reference_name=self.reference_name,
+            progress=settings.progress,
+            on_reference=settings.on_reference,
+        )
+
+
+def parity_chain(
+    original: Model,
+    onnx: str | Path | bytes | None = None,
+    *,
+    folded: nn.Module | None = None,
+    unfolded: str | Path | bytes | None = None,
+    optimized: Path | None = None,
+    providers: ProviderSelection | None = None,
+    threads: int | None = None,
+    candidate: bool = False,
+    lazy: bool = True,
+) -> ParityChain:
+    """The chain baseline -> fold -> export -> ort-optimization -> provider from the artifacts given.
+
+    ``onnx`` is the folded ONNX model (or, with ``candidate``, a user's model of unknown making: it is then
+    checked at the export stage, and a ``folded`` module is named as a candidate). ``unfolded`` is the
+    export before folding, which isolates the fold; ``optimized`` is run as saved. CUDA is included when
+    ``providers`` selected it and the session really runs on CUDA. onnxruntime sessions (but CUDA's,
+    which is checked now) are built when first run unless ``lazy`` is False.
+    """
+
+    def session(model: str | Path | bytes, optimization: Optimization) -> Runner:
+        build = partial(ort_runner, model, (CPU,), optimization, threads)
+        return LazyRunner(build) if lazy else build()
+
+    onnx_original = not isinstance(original, nn.Module)
+    candidates: list[Candidate] = []
+    if isinstance(original, nn.Module):
+        candidates.append(Candidate(ORIGINAL, torch_runner(original), BASELINE))
+    if folded is not None:
+        candidates.append(Candidate(CANDIDATE if candidate else FOLDED, torch_runner(folded), FOLD, _last(candidates)))
+    if unfolded is not None:
+        candidates.append(Candidate(UNFOLDED, session(unfolded, "disabled"), EXPORT, _last(candidates)))
+    notes: list[str] = []
+    if onnx is not None:
+        fold_here = not candidate and (onnx_original or unfolded is not None)
+        prefix = "folded " if onnx_original and not candidate else ""
+        off, full = prefix + ORT_OFF, prefix + ORT_ALL
+        candidates.append(Candidate(off, session(onnx, "disabled"), FOLD if fold_here else EXPORT, _last(candidates)))
+        candidates.append(Candidate(full, session(onnx, "all"), ORT_OPTIMIZATION, off))
+        notes = _add_cuda(candidates, onnx, providers, threads)
+        if optimized is not None:
+            candidates.append(Candidate(OPTIMIZED, session(optimized, "disabled"), ORT_OPTIMIZATION, off))
+    return ParityChain(*_reference(original, lazy), candidates, notes)
+
+
+def _last(candidates: list[Candidate]) -> str | None:
+    return candidates[-1].name if candidates else None
+
+
+def _add_cuda(
+    candidates: list[Candidate], onnx: str | Path | bytes, providers: ProviderSelection | None, threads: int | None
+) -> list[str]:
+    """Append the CUDA candidate when selected and really on CUDA; the provider notes."""
+    if providers is None:
+        return []
+    notes = list(providers.notes)
+    if providers.cuda:
+        cuda = ort_runner(onnx, (CUDA, CPU), "all", threads)
+        if cuda.session.get_providers()[0] == CUDA:
+            candidates.append(Candidate(ORT_CUDA, cuda, PROVIDER, candidates[-1].name))
+        else:
+            notes.append(CUDA_MISSING)
+    return notes
+
+
+def _reference(original: Model, lazy: bool) -> tuple[Runner, str]:
+    """The reference: the original in fp64, or an ONNX original run as written (no onnxruntime rewrites)."""
+    build: Callable[[], Runner]
+    if isinstance(original, nn.Module):
+        build, name = partial(torch_runner, original, torch.float64), REFERENCE
+    else:
+        build, name = partial(ort_runner, original, optimization="disabled"), ORIGINAL_ORT
+    return (LazyRunner(build) if lazy else build()), name

@@ -1,0 +1,71 @@
+"""The parity chain: which candidates each set of artifacts gives, their stages and stage checks.
+
+Sessions are built when first run, so placeholder ONNX bytes do here (no candidate is run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from bnfold.verify.chain import CANDIDATE, OPTIMIZED, ORIGINAL_ORT, UNFOLDED, ParityChain, parity_chain
+from bnfold.verify.matrix import FOLDED, ORIGINAL, ORT_ALL, ORT_OFF, REFERENCE
+from bnfold.verify.providers import select_providers
+from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION
+
+MODULE = nn.Linear(3, 2)
+
+
+def rows(chain: ParityChain) -> list[tuple[str, str, str | None]]:
+    return [(c.name, c.stage, c.compare_against) for c in chain.candidates]
+
+
+def test_pytorch_chain_is_the_standard_matrix() -> None:
+    chain = parity_chain(
+        MODULE, b"folded", folded=MODULE, optimized=Path("opt.onnx"), providers=select_providers("cpu")
+    )
+    assert chain.reference_name == REFERENCE
+    assert rows(chain) == [
+        (ORIGINAL, BASELINE, None),
+        (FOLDED, FOLD, ORIGINAL),
+        (ORT_OFF, EXPORT, FOLDED),
+        (ORT_ALL, ORT_OPTIMIZATION, ORT_OFF),
+        (OPTIMIZED, ORT_OPTIMIZATION, ORT_OFF),
+    ]
+
+
+def test_onnx_original_is_folded_in_onnx() -> None:
+    chain = parity_chain(b"original", b"folded", optimized=Path("opt.onnx"))
+    off = f"folded {ORT_OFF}"
+    assert chain.reference_name == ORIGINAL_ORT
+    assert rows(chain) == [
+        (off, FOLD, None),
+        (f"folded {ORT_ALL}", ORT_OPTIMIZATION, off),
+        (OPTIMIZED, ORT_OPTIMIZATION, off),
+    ]
+    assert chain.notes == []
+
+
+def test_unfolded_export_isolates_the_fold() -> None:
+    chain = parity_chain(MODULE, b"folded", unfolded=b"unfolded")
+    assert rows(chain) == [
+        (ORIGINAL, BASELINE, None),
+        (UNFOLDED, EXPORT, ORIGINAL),
+        (ORT_OFF, FOLD, UNFOLDED),
+        (ORT_ALL, ORT_OPTIMIZATION, ORT_OFF),
+    ]
+
+
+@pytest.mark.parametrize("original", [MODULE, b"original"], ids=["torch", "onnx"])
+def test_candidate_onnx_is_checked_at_export(original: nn.Module | bytes) -> None:
+    chain = parity_chain(original, b"candidate", candidate=True)
+    against = ORIGINAL if isinstance(original, nn.Module) else None
+    assert rows(chain)[-2:] == [(ORT_OFF, EXPORT, against), (ORT_ALL, ORT_OPTIMIZATION, ORT_OFF)]
+
+
+def test_candidate_module_is_checked_at_fold() -> None:
+    chain = parity_chain(MODULE, folded=MODULE, candidate=True, lazy=False)
+    assert rows(chain) == [(ORIGINAL, BASELINE, None), (CANDIDATE, FOLD, ORIGINAL)]
+    assert chain.reference_name == REFERENCE
