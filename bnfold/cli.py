@@ -458,8 +458,8 @@ def verify(
 ) -> int:
     """Check that CANDIDATE (an ONNX file or a PyTorch model) computes what ORIGINAL computes."""
     from bnfold.convert import ConvertConfig
-    from bnfold.convert.pair import verify_and_report
     from bnfold.report.summary import parity_lines
+    from bnfold.verify.pair import verify_and_report
 
     config = ConvertConfig(
         input_shapes=input_shapes,
@@ -499,8 +499,8 @@ def bench(
     as_json: bool,
 ) -> int:
     """Time an ONNX model, or two (ORIGINAL.onnx FOLDED.onnx) interleaved, with the speedup."""
+    from bnfold.bench.files import bench_files
     from bnfold.convert import ConvertConfig
-    from bnfold.convert.pair import bench_files
 
     if len(models) > 2:
         raise click.UsageError("give one ONNX model, or two to compare (original first)")

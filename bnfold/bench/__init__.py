@@ -44,8 +44,8 @@ def bench_models(
     """``bnfold bench``: time one ONNX model, or two interleaved (the first is the baseline); the latency
     rows and the speedups as the report writes them. ``config`` carries ``input_shapes``, ``batches``,
     ``providers`` and ``threads``. Also callable as ``bnfold.bench``."""
+    from bnfold.bench.files import bench_files
     from bnfold.convert import ConvertConfig
-    from bnfold.convert.pair import bench_files
 
     if not 1 <= len(models) <= 2:
         from bnfold.errors import InputSpecError

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from bnfold.errors import LoadError, one_line
+
+if TYPE_CHECKING:
+    from bnfold.load import LoadedModel
 
 
 def check_onnx_input(model: onnx.ModelProto, path: Path | None) -> None:
@@ -26,6 +30,13 @@ def check_onnx_input(model: onnx.ModelProto, path: Path | None) -> None:
         if problem:
             raise LoadError(f"{where}: BatchNormalization {node.name or node.output[0]!r} {problem}")
     _check_runs(path if path is not None else model.SerializeToString(), where)
+
+
+def check_loaded_onnx(*models: LoadedModel) -> None:
+    """Every ONNX model among ``models`` is sound and runs in onnxruntime."""
+    for model in models:
+        if model.onnx_model is not None:
+            check_onnx_input(model.onnx_model, model.path)
 
 
 def _initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:

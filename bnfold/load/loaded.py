@@ -41,3 +41,12 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def loaded_source(loaded: LoadedModel) -> Path | bytes:
+    """A loaded ONNX model for onnxruntime: the file it was read from (a model past 2 GB cannot be serialised)."""
+    if loaded.path is not None:
+        return Path(loaded.path)
+    if loaded.onnx_model is None:
+        raise ValueError(f"a {loaded.format} model has no ONNX graph to run in onnxruntime")
+    return bytes(loaded.onnx_model.SerializeToString())

@@ -60,7 +60,7 @@ def verify_models(original: str | Path, candidate: str | Path, config: ConvertCo
     the parity matrix; the report as a dict (``report["verdict"]["passed"]``). ``config`` carries the parity
     settings (tolerances, data, providers, ``factory``, ``trust_code``). Also callable as ``bnfold.verify``."""
     from bnfold.convert import ConvertConfig
-    from bnfold.convert.pair import verify_and_report
+    from bnfold.verify.pair import verify_and_report
 
     return verify_and_report(original, candidate, config or ConvertConfig())
 

@@ -1,4 +1,4 @@
-"""``verify`` and ``bench`` for models the user already has: any original against any candidate.
+"""``bnfold verify`` for models the user already has: any original against any candidate.
 
 ``bnfold verify ORIGINAL CANDIDATE``: the candidate is an ONNX file (checked at the ``export`` stage against
 the original in PyTorch, then ``ort-optimization``) or a PyTorch model (checked at the ``fold`` stage).
@@ -14,15 +14,16 @@ import torch
 
 from bnfold.convert import saved_inputs
 from bnfold.convert.checks import parity_batches, parity_settings
+from bnfold.convert.onnx_input import check_loaded_onnx
 from bnfold.errors import InputSpecError
 from bnfold.export import count_ops
 from bnfold.library_logs import captured_logs
 from bnfold.load import LoadedModel, load_model
+from bnfold.load.loaded import loaded_source
 from bnfold.progress import ProgressCallback, Stages
 from bnfold.report import new_report
-from bnfold.verify import select_providers
 from bnfold.verify.chain import ParityChain, parity_chain
-from bnfold.verify.providers import require_providers
+from bnfold.verify.providers import require_providers, select_providers
 from bnfold.verify.report import PROVIDER
 
 
@@ -32,21 +33,14 @@ def _inputs(loaded: LoadedModel, config: Any) -> tuple[torch.Tensor, ...]:
     return resolve_inputs(loaded, config)
 
 
-def _session_source(loaded: LoadedModel) -> Path | bytes:
-    """An ONNX model for onnxruntime: the file it was read from (a model past 2 GB cannot be serialised)."""
-    if loaded.path is not None:
-        return Path(loaded.path)
-    return bytes(loaded.onnx_model.SerializeToString())  # type: ignore[union-attr]
-
-
 def _chain(original: LoadedModel, candidate: LoadedModel, config: Any) -> ParityChain:
     """The parity chain from the original to the candidate: an ONNX candidate at the export stage (then
     ort-optimization and, when selected, CUDA), a PyTorch one at the fold stage."""
-    first = _session_source(original) if original.onnx_model is not None else original.module
+    first = loaded_source(original) if original.onnx_model is not None else original.module
     if candidate.format != "onnx":
         return parity_chain(first, folded=candidate.module, candidate=True, lazy=False)  # type: ignore[arg-type]
     providers = select_providers(",".join(config.providers))
-    model = _session_source(candidate)
+    model = loaded_source(candidate)
     return parity_chain(first, model, providers=providers, threads=config.threads, candidate=True, lazy=False)  # type: ignore[arg-type]
 
 
@@ -75,7 +69,7 @@ def _verify_pair(
     with stages.stage("load", f"loading {original_path} and {candidate_path}"):
         original = load_model(original_path, factory=config.model, factory_args=args, trust_code=trust_code)
         candidate = load_model(candidate_path, factory=config.model, factory_args=args, trust_code=trust_code)
-        _check_onnx(original, candidate)
+        check_loaded_onnx(original, candidate)
         if original.format == "onnx" and candidate.format != "onnx":
             raise InputSpecError("give the original model first and the candidate second")
         inputs = _inputs(original, config)
@@ -169,15 +163,6 @@ def _check_output_keys(config: Any, original: LoadedModel, candidate: LoadedMode
             return
 
 
-def _check_onnx(*models: LoadedModel) -> None:
-    """Every ONNX model among ``models`` is sound and runs in onnxruntime."""
-    from bnfold.convert.onnx_input import check_onnx_input
-
-    for model in models:
-        if model.onnx_model is not None:
-            check_onnx_input(model.onnx_model, model.path)
-
-
 def _pair_report(
     original: LoadedModel, candidate: LoadedModel, inputs: tuple[torch.Tensor, ...], parity: dict[str, Any]
 ) -> dict[str, Any]:
@@ -208,50 +193,4 @@ def _candidate_section(candidate: LoadedModel) -> dict[str, Any]:
     return section
 
 
-def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Latency of one ONNX model, or of two interleaved (the first is the baseline)."""
-    from bnfold.bench import bench_onnx, speedups
-    from bnfold.convert.checks import graph_dims
-    from bnfold.load import InputSpec, make_inputs
-
-    require_providers(config.providers)
-    loaded = [_onnx_only(p) for p in paths]
-    _check_onnx(*loaded)
-    for path, model in zip(paths, loaded, strict=True):
-        fixed = next(iter(graph_dims(model.onnx_model)), (None,))[:1]
-        if fixed and fixed[0] is not None and any(b != fixed[0] for b in config.batches):
-            raise InputSpecError(
-                f"--batch {','.join(map(str, config.batches))}: {path} has a fixed batch of "
-                f"{fixed[0]}; give --batch {fixed[0]} or export the model with a dynamic batch"
-            )
-    inputs = _inputs(loaded[0], config)
-    spec = InputSpec.of(inputs)
-    names = ["original", "folded"] if len(paths) == 2 else [paths[0].stem]
-    models = {name: _session_source(m) for name, m in zip(names, loaded, strict=True)}
-    results = bench_onnx(
-        models,
-        lambda b: tuple(t.numpy() for t in make_inputs(spec.with_batch(b), 0)),
-        providers=select_providers(",".join(config.providers)).providers,
-        threads=config.threads,
-        batch_sizes=list(config.batches) or [int(inputs[0].shape[0])],
-    )
-    return [r.to_json() for r in results], [s.to_json() for s in speedups(results)] if len(paths) == 2 else []
-
-
-def _onnx_only(path: Path) -> LoadedModel:
-    """An ONNX file, read; any other model file is refused from its format alone, without being loaded."""
-    from bnfold.load.detect import check_readable, detect_format
-    from bnfold.load.onnx_files import read_onnx
-
-    check_readable(path)
-    detected = detect_format(path)
-    if detected.onnx_model is None:
-        raise InputSpecError(
-            f"{path} is a {detected.kind} file: bnfold bench times ONNX files; convert the model first (bnfold convert)"
-        )
-    loaded = read_onnx(path, detected.onnx_model)
-    loaded.path = path
-    return loaded
-
-
-__all__ = ["bench_files", "verify_and_report", "verify_pair"]
+__all__ = ["verify_and_report", "verify_pair"]

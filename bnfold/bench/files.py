@@ -1,0 +1,68 @@
+"""``bnfold bench`` for ONNX files the user already has: one model timed, or two interleaved with the speedup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bnfold.bench.onnx_latency import bench_onnx
+from bnfold.bench.speedup import speedups
+from bnfold.convert.onnx_input import check_loaded_onnx
+from bnfold.errors import InputSpecError
+from bnfold.load import InputSpec, LoadedModel, make_inputs
+from bnfold.load.loaded import loaded_source
+from bnfold.verify.providers import require_providers, select_providers
+
+
+def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Latency of one ONNX model, or of two interleaved (the first is the baseline)."""
+    from bnfold.convert import resolve_inputs
+
+    require_providers(config.providers)
+    loaded = [_onnx_only(p) for p in paths]
+    check_loaded_onnx(*loaded)
+    for path, model in zip(paths, loaded, strict=True):
+        _check_batches(path, model, config.batches)
+    inputs = resolve_inputs(loaded[0], config)
+    spec = InputSpec.of(inputs)
+    names = ["original", "folded"] if len(paths) == 2 else [paths[0].stem]
+    models = {name: loaded_source(m) for name, m in zip(names, loaded, strict=True)}
+    results = bench_onnx(
+        models,
+        lambda b: tuple(t.numpy() for t in make_inputs(spec.with_batch(b), 0)),
+        providers=select_providers(",".join(config.providers)).providers,
+        threads=config.threads,
+        batch_sizes=list(config.batches) or [int(inputs[0].shape[0])],
+    )
+    return [r.to_json() for r in results], [s.to_json() for s in speedups(results)] if len(paths) == 2 else []
+
+
+def _check_batches(path: Path, model: LoadedModel, batches: tuple[int, ...]) -> None:
+    """``--batch`` sizes a model with a fixed batch cannot take are refused."""
+    from bnfold.convert.checks import graph_dims
+
+    fixed = next(iter(graph_dims(model.onnx_model)), (None,))[:1]
+    if fixed and fixed[0] is not None and any(b != fixed[0] for b in batches):
+        raise InputSpecError(
+            f"--batch {','.join(map(str, batches))}: {path} has a fixed batch of "
+            f"{fixed[0]}; give --batch {fixed[0]} or export the model with a dynamic batch"
+        )
+
+
+def _onnx_only(path: Path) -> LoadedModel:
+    """An ONNX file, read; any other model file is refused from its format alone, without being loaded."""
+    from bnfold.load.detect import check_readable, detect_format
+    from bnfold.load.onnx_files import read_onnx
+
+    check_readable(path)
+    detected = detect_format(path)
+    if detected.onnx_model is None:
+        raise InputSpecError(
+            f"{path} is a {detected.kind} file: bnfold bench times ONNX files; convert the model first (bnfold convert)"
+        )
+    loaded = read_onnx(path, detected.onnx_model)
+    loaded.path = path
+    return loaded
+
+
+__all__ = ["bench_files"]
