@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 
 LIBRARIES = ("torch", "onnx", "onnxscript", "onnx_ir", "onnxruntime")
@@ -53,6 +54,22 @@ def captured_logs() -> Iterator[list[str]]:
             logger.handlers = handlers
         for logger, handlers, propagate in root_state:
             logger.handlers, logger.propagate = handlers, propagate
+
+
+@contextlib.contextmanager
+def caught_warnings(category: type[Warning] = RuntimeWarning) -> Iterator[list[str]]:
+    """The distinct messages of the ``category`` warnings raised in the block, kept (for the report) rather
+    than printed; the list is filled when the block ends. Other warnings go on as usual."""
+    kept: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        try:
+            yield kept
+        finally:
+            others = [w for w in caught if not issubclass(w.category, category)]
+            kept.extend(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, category)))
+    for w in others:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _library_loggers() -> list[logging.Logger]:

@@ -14,13 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, NotImplemented
 
 from bnfold.bench.cpu import default_threads
 from bnfold.bench.inputs import InputSource, batches_of
 from bnfold.bench.timing import LatencyResult, interleave
+from bnfold.errors import one_line
 from bnfold.verify.runners import OrtRunner
 
 BACKEND = "onnxruntime"
+UNSUPPORTED = (InvalidGraph, NotImplemented)
+"""What onnxruntime raises for a graph a provider has no kernel for: that provider is skipped."""
 
 _DEVICE_OF = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 
@@ -119,7 +123,15 @@ def _sessions(
     chain = (provider,) if provider == "CPUExecutionProvider" else (provider, "CPUExecutionProvider")
     for name, model in models.items():
         t0 = time.perf_counter()
-        sessions[name] = OrtRunner(model, chain, "all", threads)
+        try:
+            sessions[name] = OrtRunner(model, chain, "all", threads)
+        except UNSUPPORTED as exc:  # e.g. bfloat16 Conv, which the CPU provider has no kernel for
+            warnings.warn(
+                f"onnxruntime cannot run the {name} model on {provider} ({one_line(exc)}); its latency is not measured",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None, {}
         create_ms[name] = (time.perf_counter() - t0) * 1e3
         if sessions[name].session.get_providers()[0] != provider:
             warnings.warn(

@@ -12,20 +12,29 @@ from bnfold.bench.cpu import default_threads
 from bnfold.bench.inputs import InputSource, batches_of
 from bnfold.bench.onnx_latency import rounds_of
 from bnfold.bench.timing import LatencyResult, interleave
+from bnfold.verify.runners import module_dtype
 
 BACKEND = "torch"
 PROVIDER = "eager"
 
 
 def eager_call(module: nn.Module, arrays: Sequence[np.ndarray]) -> Callable[[], object]:
-    """A call running ``module`` on tensors made once from ``arrays``, under ``torch.inference_mode``."""
-    tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+    """A call running ``module`` on tensors made once from ``arrays``, under ``torch.inference_mode``;
+    floating arrays are cast to the module's dtype (numpy has no bfloat16: a bfloat16 model's inputs come
+    as the float32 arrays holding their values)."""
+    dtype = module_dtype(module)
+    tensors = tuple(_tensor(a, dtype) for a in arrays)
 
     def call() -> object:
         with torch.inference_mode():
             return module(*tensors)
 
     return call
+
+
+def _tensor(array: np.ndarray, dtype: torch.dtype | None) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
 def bench_torch(

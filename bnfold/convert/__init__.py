@@ -31,7 +31,7 @@ from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, conv
 from bnfold.errors import InputSpecError, OutputError, one_line
 from bnfold.export import DEFAULT_OPSET, annotate, check, external_data_path
 from bnfold.fold.records import BnRecord, summarise
-from bnfold.library_logs import captured_logs
+from bnfold.library_logs import captured_logs, caught_warnings
 from bnfold.load import InputSpec, LoadedModel, from_module, load_model, make_inputs
 from bnfold.progress import ProgressCallback, Stages
 from bnfold.report import new_report
@@ -263,10 +263,13 @@ def _convert(
         if ignored:
             report["warnings"].append(ignored)
             stages.note(ignored)
-        with stages.stage("latency", "measuring latency"):
+        with stages.stage("latency", "measuring latency"), caught_warnings() as skipped:
             report["latency"], report["speedup"] = bench_stage(
                 loaded, converted, inputs, config, saved[0], stages.steps
             )
+        for note in skipped:  # a provider that cannot run the model, or fell back to another
+            report["warnings"].append(note)
+            stages.note(note)
     with stages.stage("reports", f"writing {targets.onnx}" + (" and the reports" if targets.report else "")):
         from bnfold.report.environment import capture_environment
 

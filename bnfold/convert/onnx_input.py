@@ -94,13 +94,18 @@ def batchnorm_problem(node: onnx.NodeProto, graph: onnx.GraphProto) -> str | Non
 
 
 def _check_runs(model: Path | bytes, where: str) -> None:
-    """onnxruntime creates a session from the model (optimizations off), or the run cannot go on."""
+    """onnxruntime creates a session from the model (optimizations off), or the run cannot go on. A
+    bfloat16 model is tried as parity runs it on the CPU provider: widened to float32 (:mod:`~bnfold.verify.widen`)."""
     import onnxruntime as ort
+
+    from bnfold.verify.widen import holds_bfloat16, widened
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
     try:
+        if holds_bfloat16(model):
+            model = bytes(widened(model).SerializeToString())
         source = str(model) if isinstance(model, Path) else model
         ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own error types

@@ -31,8 +31,9 @@ from bnfold.verify.matrix import (
 )
 from bnfold.verify.providers import CPU, CUDA, CUDA_MISSING, ProviderSelection
 from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION, PROVIDER, ParityReport
-from bnfold.verify.runners import LazyRunner, Optimization, Runner, ort_runner, torch_runner
+from bnfold.verify.runners import LazyRunner, Optimization, Runner, module_dtype, ort_runner, torch_runner
 from bnfold.verify.tolerance import OutputKey, Tolerance
+from bnfold.verify.widen import WIDENED_NOTE, holds_bfloat16, widened
 
 Model = nn.Module | str | Path | bytes
 """A PyTorch module, or an ONNX model as a file or serialised bytes."""
@@ -103,29 +104,70 @@ def parity_chain(
     which is checked now) are built when first run unless ``lazy`` is False.
     """
 
+    precision = Precision.of(original if isinstance(original, nn.Module) else onnx or original)
+
     def session(model: str | Path | bytes, optimization: Optimization) -> Runner:
-        build = partial(ort_runner, model, (CPU,), optimization, threads)
+        build = partial(ort_runner, precision.cpu_source(model), (CPU,), optimization, threads)
         return LazyRunner(build) if lazy else build()
+
+    def torch_candidate(name: str, module: nn.Module, stage: str) -> Candidate:
+        runner = torch_runner(module, precision.dtype)
+        return Candidate(precision.named(name), runner, stage, _last(candidates), precision.name)
 
     onnx_original = not isinstance(original, nn.Module)
     candidates: list[Candidate] = []
     if isinstance(original, nn.Module):
-        candidates.append(Candidate(ORIGINAL, torch_runner(original), BASELINE))
+        candidates.append(torch_candidate(ORIGINAL, original, BASELINE))
     if folded is not None:
-        candidates.append(Candidate(CANDIDATE if candidate else FOLDED, torch_runner(folded), FOLD, _last(candidates)))
+        candidates.append(torch_candidate(CANDIDATE if candidate else FOLDED, folded, FOLD))
     if unfolded is not None:
-        candidates.append(Candidate(UNFOLDED, session(unfolded, "disabled"), EXPORT, _last(candidates)))
+        candidates.append(Candidate(UNFOLDED, session(unfolded, "disabled"), EXPORT, _last(candidates), precision.name))
     notes: list[str] = []
     if onnx is not None:
         fold_here = not candidate and (onnx_original or unfolded is not None)
         prefix = "folded " if onnx_original and not candidate else ""
         off, full = prefix + ORT_OFF, prefix + ORT_ALL
-        candidates.append(Candidate(off, session(onnx, "disabled"), FOLD if fold_here else EXPORT, _last(candidates)))
-        candidates.append(Candidate(full, session(onnx, "all"), ORT_OPTIMIZATION, off))
+        stage = FOLD if fold_here else EXPORT
+        candidates.append(Candidate(off, session(onnx, "disabled"), stage, _last(candidates), precision.name))
+        candidates.append(Candidate(full, session(onnx, "all"), ORT_OPTIMIZATION, off, precision.name))
         notes = _add_cuda(candidates, onnx, providers, threads)
         if optimized is not None:
-            candidates.append(Candidate(OPTIMIZED, session(optimized, "disabled"), ORT_OPTIMIZATION, off))
-    return ParityChain(*_reference(original, lazy), candidates, notes)
+            optimized_run = session(optimized, "disabled")
+            candidates.append(Candidate(OPTIMIZED, optimized_run, ORT_OPTIMIZATION, off, precision.name))
+    notes += [WIDENED_NOTE] if precision.widen else []
+    return ParityChain(*_reference(original, lazy, precision), candidates, notes)
+
+
+_SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a chain computes in: a float16 or bfloat16 model in its own dtype (its candidates named so and
+    judged at that dtype's default tolerance), any other in float32; ``widen``: the ONNX model holds
+    bfloat16 tensors, which onnxruntime's CPU provider runs widened to float32 (:mod:`.widen`)."""
+
+    dtype: torch.dtype = torch.float32
+    widen: bool = False
+
+    @classmethod
+    def of(cls, model: Model) -> Precision:
+        if isinstance(model, nn.Module):
+            dtype = module_dtype(model)
+            dtype = dtype if dtype in _SHORT else torch.float32
+            return cls(dtype, dtype == torch.bfloat16)
+        return cls(torch.bfloat16, True) if holds_bfloat16(model) else cls()
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def named(self, candidate: str) -> str:
+        return candidate.replace("fp32", _SHORT.get(self.dtype, "fp32"))
+
+    def cpu_source(self, model: str | Path | bytes) -> str | Path | bytes:
+        """``model`` as onnxruntime's CPU provider can run it: widened when it holds bfloat16 tensors."""
+        return bytes(widened(model).SerializeToString()) if self.widen else model
 
 
 def _last(candidates: list[Candidate]) -> str | None:
@@ -148,11 +190,12 @@ def _add_cuda(
     return notes
 
 
-def _reference(original: Model, lazy: bool) -> tuple[Runner, str]:
+def _reference(original: Model, lazy: bool, precision: Precision) -> tuple[Runner, str]:
     """The reference: the original in fp64, or an ONNX original run as written (no onnxruntime rewrites)."""
     build: Callable[[], Runner]
     if isinstance(original, nn.Module):
         build, name = partial(torch_runner, original, torch.float64), REFERENCE
     else:
-        build, name = partial(ort_runner, original, optimization="disabled"), ORIGINAL_ORT
+        source = precision.cpu_source(original)
+        build, name = partial(ort_runner, source, optimization="disabled"), ORIGINAL_ORT
     return (LazyRunner(build) if lazy else build()), name

@@ -53,7 +53,7 @@ class TorchRunner:
         self.dtype = dtype
         self.module = module
         self.weights: WeightsAs | None = None
-        if _module_dtype(module) not in (dtype, None):
+        if module_dtype(module) not in (dtype, None):
             if casts_as_read(module):
                 self.weights = WeightsAs(module, dtype)
             else:
@@ -273,7 +273,7 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-def _module_dtype(module: nn.Module) -> torch.dtype | None:
+def module_dtype(module: nn.Module) -> torch.dtype | None:
     """The dtype of the module's first floating parameter or buffer (None when it has none)."""
     for tensor in (*module.parameters(), *module.buffers()):
         if tensor.is_floating_point():
