@@ -70,9 +70,14 @@ def _bfloat16_file(tmp_path: Path) -> tuple[Path, Path]:
     return source, source.with_suffix(".onnx")
 
 
-def test_a_wrong_bfloat16_file_fails_at_the_export_stage(tmp_path: Path) -> None:
+def test_a_wrong_bfloat16_file_fails_at_the_export_stage(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     source, folded = _bfloat16_file(tmp_path)
     assert run_main("verify", source, folded, "-q", "--report", tmp_path / "good.json") == 0  # control
+    # nothing can time it on the CPU provider: one line saying so, not a traceback
+    capfd.readouterr()
+    assert run_main("bench", folded, "--providers", "cpu") == 2
+    err = capfd.readouterr().err
+    assert err.startswith("Error: nothing to time: onnxruntime cannot run") and err.count("\n") == 1, err
 
     model = onnx.load(str(folded))
     weight = next(t for t in model.graph.initializer if t.data_type == TensorProto.BFLOAT16 and len(t.dims) == 4)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from bnfold.bench.onnx_latency import bench_onnx
 from bnfold.bench.speedup import speedups
+from bnfold.convert.checks import as_numpy
 from bnfold.convert.onnx_input import check_loaded_onnx
 from bnfold.errors import InputSpecError
+from bnfold.library_logs import caught_warnings
 from bnfold.load import InputSpec, LoadedModel, make_inputs
 from bnfold.load.loaded import loaded_source
 from bnfold.verify.providers import require_providers, select_providers
@@ -27,13 +30,18 @@ def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], l
     spec = InputSpec.of(inputs)
     names = ["original", "folded"] if len(paths) == 2 else [paths[0].stem]
     models = {name: loaded_source(m) for name, m in zip(names, loaded, strict=True)}
-    results = bench_onnx(
-        models,
-        lambda b: tuple(t.numpy() for t in make_inputs(spec.with_batch(b), 0)),
-        providers=select_providers(",".join(config.providers)).providers,
-        threads=config.threads,
-        batch_sizes=list(config.batches) or [int(inputs[0].shape[0])],
-    )
+    with caught_warnings() as skipped:
+        results = bench_onnx(
+            models,
+            lambda b: tuple(as_numpy(t) for t in make_inputs(spec.with_batch(b), 0)),
+            providers=select_providers(",".join(config.providers)).providers,
+            threads=config.threads,
+            batch_sizes=list(config.batches) or [int(inputs[0].shape[0])],
+        )
+    if not results:  # every provider asked for was skipped: nothing was timed
+        raise InputSpecError(f"nothing to time: {'; '.join(skipped)}; pick another provider with --providers")
+    for note in skipped:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
     return [r.to_json() for r in results], [s.to_json() for s in speedups(results)] if len(paths) == 2 else []
 
 

@@ -104,7 +104,7 @@ def parity_chain(
     which is checked now) are built when first run unless ``lazy`` is False.
     """
 
-    precision = Precision.of(original if isinstance(original, nn.Module) else onnx or original)
+    precision = Precision.of(original)
 
     def session(model: str | Path | bytes, optimization: Optimization) -> Runner:
         build = partial(ort_runner, precision.cpu_source(model), (CPU,), optimization, threads)
@@ -152,6 +152,8 @@ class Precision:
 
     @classmethod
     def of(cls, model: Model) -> Precision:
+        """The precision of a chain whose original is ``model``: its exports keep its dtype, so a module's
+        decides without reading any ONNX file."""
         if isinstance(model, nn.Module):
             dtype = module_dtype(model)
             dtype = dtype if dtype in _SHORT else torch.float32

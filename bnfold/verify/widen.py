@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
 WIDENED_NOTE = (
@@ -25,8 +26,12 @@ BF16, FLOAT = TensorProto.BFLOAT16, TensorProto.FLOAT
 
 
 def holds_bfloat16(model: onnx.ModelProto | str | Path | bytes) -> bool:
-    """Whether the model's graph inputs, outputs or initializers are bfloat16 (weights are not read)."""
-    proto = _proto(model, load_data=False)
+    """Whether the model's graph inputs, outputs or initializers are bfloat16 (external weights are not
+    read). A file that does not parse holds none: whatever runs it reports why it cannot."""
+    try:
+        proto = _proto(model, load_data=False)
+    except (OSError, DecodeError):
+        return False
     graph = proto.graph
     values = (*graph.input, *graph.output)
     return any(v.type.tensor_type.elem_type == BF16 for v in values) or any(
