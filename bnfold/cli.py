@@ -16,11 +16,14 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bnfold.errors import BnfoldError, InputSpecError, LoadError
+
+if TYPE_CHECKING:
+    from bnfold.convert.config import AffineForm, Exporter, ExternalData
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -337,9 +340,9 @@ def convert(
     save_inputs: Path | None,
     random_batches: int,
     recalibrate: Path | None,
-    affine_form: str,
-    exporter: str,
-    external_data: str,
+    affine_form: AffineForm,
+    exporter: Exporter,
+    external_data: ExternalData,
     save_optimized: Path | None,
     bench: bool,
     batches: tuple[int, ...],

@@ -9,6 +9,7 @@ from typing import Any
 from bnfold.bench.onnx_latency import bench_onnx
 from bnfold.bench.speedup import speedups
 from bnfold.convert.checks import as_numpy
+from bnfold.convert.config import ConvertConfig
 from bnfold.convert.onnx_input import check_loaded_onnx
 from bnfold.errors import InputSpecError
 from bnfold.library_logs import caught_warnings
@@ -17,7 +18,7 @@ from bnfold.load.loaded import loaded_source
 from bnfold.verify.providers import require_providers, select_providers
 
 
-def bench_files(paths: list[Path], config: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def bench_files(paths: list[Path], config: ConvertConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Latency of one ONNX model, or of two interleaved (the first is the baseline)."""
     from bnfold.convert import resolve_inputs
 

@@ -7,6 +7,7 @@ parity and latency glue in :mod:`.checks`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from torch import nn
 
 from bnfold.convert import plan, saved_inputs
 from bnfold.convert.checks import (
+    Batches,
     bench_stage,
     graph_dims,
     ignored_batches,
@@ -26,9 +28,10 @@ from bnfold.convert.checks import (
     parity_settings,
     verify_stage,
 )
-from bnfold.convert.config import ConvertConfig
+from bnfold.convert.config import BenchConfig, ConvertConfig, ExportConfig, LoadConfig, ParityConfig
 from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
-from bnfold.errors import InputSpecError, OutputError, one_line
+from bnfold.convert.plan import Targets, output_paths
+from bnfold.errors import InputSpecError, one_line
 from bnfold.export import DEFAULT_OPSET, annotate, check, external_data_path
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.library_logs import captured_logs, caught_warnings
@@ -37,7 +40,17 @@ from bnfold.progress import ProgressCallback, Stages
 from bnfold.report import new_report
 from bnfold.verify.providers import require_providers
 
-__all__ = ["ConvertConfig", "ConvertResult", "convert", "inspect_model"]
+__all__ = [
+    "BenchConfig",
+    "ConvertConfig",
+    "ConvertResult",
+    "ExportConfig",
+    "LoadConfig",
+    "ParityConfig",
+    "convert",
+    "inspect_model",
+    "output_paths",
+]
 
 
 @dataclass
@@ -60,18 +73,6 @@ class ConvertResult:
 
     def __bool__(self) -> bool:
         return self.passed
-
-
-def output_paths(source: Path | None, config: ConvertConfig) -> tuple[Path, Path]:
-    """The ONNX and report paths: ``model.onnx`` and ``model.report.json`` unless told otherwise."""
-    if config.output is not None:
-        onnx_path = Path(config.output)
-    elif source is not None:
-        onnx_path = source.with_suffix(".folded.onnx" if source.suffix == ".onnx" else ".onnx")
-    else:
-        raise OutputError("give an output path (-o model.onnx) when converting an in-memory model")
-    report = Path(config.report) if config.report else onnx_path.with_name(onnx_path.stem + ".report.json")
-    return onnx_path, report
 
 
 def resolve_inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Tensor, ...]:
@@ -195,82 +196,50 @@ def convert(
     config = config or ConvertConfig()
     stages = Stages(progress)
     source = Path(model) if isinstance(model, (str, Path)) else getattr(model, "path", None)
-    onnx_path, report_path = output_paths(source, config)
-    optimized = Path(config.save_optimized) if config.save_optimized else None
-    writes = plan.convert_writes(onnx_path, report_path if config.write_reports else None, optimized)
+    targets = plan.Targets.of(source, config)
     with saved_inputs.directory(config.save_inputs):
-        if config.save_inputs is not None:
-            writes.update(saved_inputs.planned(Path(config.save_inputs), saved_inputs.batch_count(config)))
+        writes = targets.writes()
         check_plan(writes, {**plan.model_reads("the input file itself", source), **plan.option_reads(config)})
         require_providers(config.providers)
         with OutputSet(list(writes.values())) as outputs, captured_logs() as logs:
             with stages.stage("load", f"loading {source or 'the model'}"):
                 loaded = _as_loaded(model, example_inputs, config)
                 inputs = resolve_inputs(loaded, config)
-            targets = Targets(onnx_path, report_path if config.write_reports else None, optimized, outputs)
-            return _convert(loaded, inputs, config, targets, stages, logs)
+            run = Run(loaded, inputs, config, dataclasses.replace(targets, outputs=outputs), stages)
+            return _convert(run, logs)
 
 
-@dataclass
-class Targets:
-    """Where a conversion's outputs go, and the set that stages them."""
+@dataclass(frozen=True)
+class Run:
+    """One conversion under way: the model loaded and its example inputs, the options, where the outputs go
+    (and the set that stages them), and the progress of its stages."""
 
-    onnx: Path
-    report: Path | None
-    optimized: Path | None
-    outputs: Any  # bnfold.outputs.OutputSet
-
-    def staged(self, target: Path | None) -> Path | None:
-        return None if target is None else self.outputs.stage(target)
+    loaded: LoadedModel
+    inputs: tuple[torch.Tensor, ...]
+    config: ConvertConfig
+    targets: Targets
+    stages: Stages
 
 
-def _convert(
-    loaded: LoadedModel,
-    inputs: tuple[torch.Tensor, ...],
-    config: ConvertConfig,
-    targets: Targets,
-    stages: Stages,
-    logs: list[str],
-) -> ConvertResult:
+def _convert(run: Run, logs: list[str]) -> ConvertResult:
     """The stages after loading. Every output is written into its staging folder first -- the ONNX file
     checked, verified and timed from there -- and the whole set moved into place at the end."""
     report = new_report()
-    with stages.stage("fold+export", "folding BatchNorms and exporting to ONNX"):
+    loaded, inputs, config, targets = run.loaded, run.inputs, run.config, run.targets
+    with run.stages.stage("fold+export", "folding BatchNorms and exporting to ONNX"):
         converted = fold_and_export(loaded, inputs, config)
         report["model"] = model_section(loaded, inputs, converted.notes, converted.exported.model)
         report["fold"] = fold_section(converted, config.affine_form)
-        batches = parity_batches(inputs, config, graph_dims(converted.exported.model))
-        saved = _saved(converted, report, config, targets, stages)
-    _check_parity(loaded, converted, batches, report, config, targets, saved, stages)
+        batches = parity_batches(inputs, config.parity, graph_dims(converted.exported.model))
+        saved = _saved(run, converted, report)
+    _check_parity(run, converted, batches, report, saved)
     if _export_broke_parity(converted, report, config):
-        with stages.stage(
-            "fold+export", "exporting again with the dynamo exporter: the TorchScript exporter's output failed parity"
-        ):
-            from bnfold.export import export_module
-
-            converted.exported = export_module(converted.folded, inputs, opset=config.opset or DEFAULT_OPSET)
-            check_opset(converted.exported, config.opset)
-            converted.exported.warnings.insert(
-                0,
-                "exported with the dynamo exporter: the TorchScript exporter's "
-                "output failed parity at the export stage",
-            )
-            saved = _saved(converted, report, config, targets, stages)
-        _check_parity(loaded, converted, batches, report, config, targets, saved, stages)
+        saved = _export_again(run, converted, report)
+        _check_parity(run, converted, batches, report, saved)
     report["warnings"].extend(converted.exported.warnings)
     if config.bench:
-        ignored = ignored_batches(converted, inputs, config.batches)
-        if ignored:
-            report["warnings"].append(ignored)
-            stages.note(ignored)
-        with stages.stage("latency", "measuring latency"), caught_warnings() as skipped:
-            report["latency"], report["speedup"] = bench_stage(
-                loaded, converted, inputs, config, saved[0], stages.steps
-            )
-        for note in skipped:  # a provider that cannot run the model, or fell back to another
-            report["warnings"].append(note)
-            stages.note(note)
-    with stages.stage("reports", f"writing {targets.onnx}" + (" and the reports" if targets.report else "")):
+        _bench(run, converted, report, saved[0])
+    with run.stages.stage("reports", f"writing {targets.onnx}" + (" and the reports" if targets.report else "")):
         from bnfold.report.environment import capture_environment
 
         report["warnings"].extend(w for w in logs if w not in report["warnings"])
@@ -280,61 +249,84 @@ def _convert(
     return ConvertResult(report, targets.onnx, targets.report, converted, written)
 
 
+def _export_again(run: Run, converted: Converted, report: dict[str, Any]) -> Saved:
+    """Export the folded module with the dynamo exporter (the TorchScript exporter's output failed parity)
+    and save it in place of the first export."""
+    with run.stages.stage(
+        "fold+export", "exporting again with the dynamo exporter: the TorchScript exporter's output failed parity"
+    ):
+        from bnfold.export import export_module
+
+        converted.exported = export_module(converted.folded, run.inputs, opset=run.config.opset or DEFAULT_OPSET)
+        check_opset(converted.exported, run.config.opset)
+        converted.exported.warnings.insert(
+            0,
+            "exported with the dynamo exporter: the TorchScript exporter's output failed parity at the export stage",
+        )
+        return _saved(run, converted, report)
+
+
+def _bench(run: Run, converted: Converted, report: dict[str, Any], folded: Path) -> None:
+    """The latency stage: ``report["latency"]`` and ``report["speedup"]``, the folded model timed from ``folded``."""
+    ignored = ignored_batches(converted, run.inputs, run.config.batches)
+    if ignored:
+        report["warnings"].append(ignored)
+        run.stages.note(ignored)
+    with run.stages.stage("latency", "measuring latency"), caught_warnings() as skipped:
+        report["latency"], report["speedup"] = bench_stage(
+            run.loaded, converted, run.inputs, run.config.timing, folded, run.stages.steps
+        )
+    for note in skipped:  # a provider that cannot run the model, or fell back to another
+        report["warnings"].append(note)
+        run.stages.note(note)
+
+
 Saved = tuple[Path, Path | None, Path | None]
 """The staged ONNX file, where its external data will go, the staged ``--save-optimized`` file."""
 
 
-def _saved(
-    converted: Converted, report: dict[str, Any], config: ConvertConfig, targets: Targets, stages: Stages
-) -> Saved:
+def _saved(run: Run, converted: Converted, report: dict[str, Any]) -> Saved:
     """Annotate the exported model, save it into its staging folder, check it and fill ``report["onnx"]``."""
     from bnfold.export import save
 
+    targets, external_data = run.targets, run.config.external_data
     annotate(
         converted.exported.model,
         {"bnfold.version": report["bnfold_version"], "bnfold.fold": _fold_metadata(converted.records)},
     )
-    data_path = external_data_path(converted.exported.model, targets.onnx, config.external_data)
+    data_path = external_data_path(converted.exported.model, targets.onnx, external_data)
     report["onnx"] = onnx_section(converted, targets.onnx, data_path)
-    folded = targets.outputs.stage(targets.onnx)
-    targets.outputs.stage(plan.data_file(targets.onnx)).unlink(missing_ok=True)  # an earlier export's
-    save(converted.exported.model, folded, external_data=config.external_data, in_place=True)
+    folded = targets.stage(targets.onnx)
+    targets.stage(plan.data_file(targets.onnx)).unlink(missing_ok=True)  # an earlier export's
+    save(converted.exported.model, folded, external_data=external_data, in_place=True)
     if data_path is not None:  # the weights moved to disk; protobuf frees their memory with the message only
         converted.exported.model = onnx.load(str(folded), load_external_data=False)
     check(folded)
     optimized = targets.staged(targets.optimized)
-    if optimized is not None:
+    if optimized is not None and targets.optimized is not None:
         from bnfold.export import save_ort_optimized
 
-        stages.note("saving the onnxruntime-optimized model")
-        targets.outputs.stage(plan.data_file(targets.optimized)).unlink(missing_ok=True)  # type: ignore[arg-type]
-        save_ort_optimized(folded, optimized, config.threads)
+        run.stages.note("saving the onnxruntime-optimized model")
+        targets.stage(plan.data_file(targets.optimized)).unlink(missing_ok=True)
+        save_ort_optimized(folded, optimized, run.config.threads)
         report["onnx"]["optimized_path"] = str(targets.optimized)
     return folded, data_path, optimized
 
 
-def _check_parity(
-    loaded: LoadedModel,
-    converted: Converted,
-    batches: Any,
-    report: dict[str, Any],
-    config: ConvertConfig,
-    targets: Targets,
-    saved: Saved,
-    stages: Stages,
-) -> None:
+def _check_parity(run: Run, converted: Converted, batches: Batches, report: dict[str, Any], saved: Saved) -> None:
     """The parity stage: ``report["parity"]`` for the saved model (its inputs and reference outputs saved
     into ``--save-inputs`` as they are computed)."""
+    config, stages = run.config.parity, run.stages
     writer = None
     if config.save_inputs is not None:
         graph = converted.exported.model.graph
         names = [name for name, _ in onnx_inputs(converted.exported.model)]
         writer = saved_inputs.InputsWriter(
-            Path(config.save_inputs), targets.outputs, batches, names, [o.name for o in graph.output]
+            Path(config.save_inputs), run.targets.outputs, batches, names, [o.name for o in graph.output]
         )
     with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
         settings = parity_settings(batches, config, stages.steps, writer)
-        report["parity"] = verify_stage(loaded, converted, settings, config, saved[0], saved[2])
+        report["parity"] = verify_stage(run.loaded, converted, settings, config, saved[0], saved[2])
     if writer is not None:
         writer.finish(report["parity"]["reference"])
 
@@ -482,10 +474,9 @@ def _write(staged: Path, data_path: Path | None, report: dict[str, Any], targets
     report["onnx"]["sha256"] = file_sha256(staged)
     report["onnx"]["size_bytes"] = staged.stat().st_size
     if data_path is not None:
-        data = targets.outputs.stage(data_path)
+        data = targets.stage(data_path)
         report["onnx"]["external_data_sha256"] = file_sha256(data)
         report["onnx"]["size_bytes"] += data.stat().st_size
     if targets.report is not None:
-        write_report_files(report, targets.outputs.stage(targets.report))
-    written: list[Path] = targets.outputs.commit()
-    return written
+        write_report_files(report, targets.stage(targets.report))
+    return targets.commit()

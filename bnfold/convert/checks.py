@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bnfold.convert.config import BenchConfig, ParityConfig
 from bnfold.convert.paths import Converted
 from bnfold.errors import InputSpecError
 from bnfold.export import session_source
@@ -28,7 +29,7 @@ def as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
-def parity_batches(inputs: tuple[torch.Tensor, ...], config: Any, dims: Dims | None = None) -> Batches:
+def parity_batches(inputs: tuple[torch.Tensor, ...], config: ParityConfig, dims: Dims | None = None) -> Batches:
     """Named input batches: the example, ``config.random_batches`` seeded random batches, and the user's data, which
     must fit ``dims`` (the model's declared input dimensions, None where free; by default the example's
     with a free batch)."""
@@ -81,7 +82,7 @@ def fit_data(path: Path, index: int, data: torch.Tensor, example: torch.Tensor, 
     return as_numpy(data.to(example.dtype))
 
 
-def tolerance_of(config: Any) -> tuple[Tolerance | None, dict[str | int, Tolerance]]:
+def tolerance_of(config: ParityConfig) -> tuple[Tolerance | None, dict[str | int, Tolerance]]:
     """The parity tolerance (None: by dtype) and per-output overrides from the config (whose values were
     checked when it was built)."""
     default = None
@@ -97,7 +98,7 @@ def tolerance_of(config: Any) -> tuple[Tolerance | None, dict[str | int, Toleran
 
 
 def parity_settings(
-    batches: Batches, config: Any, progress: Steps | None = None, on_reference: ReferenceSink | None = None
+    batches: Batches, config: ParityConfig, progress: Steps | None = None, on_reference: ReferenceSink | None = None
 ) -> ParitySettings:
     """The parity settings of a run: ``batches``, the config's tolerances, and the hooks of
     :func:`~bnfold.verify.run_parity`."""
@@ -109,7 +110,7 @@ def verify_stage(
     loaded: LoadedModel,
     converted: Converted,
     settings: ParitySettings,
-    config: Any,
+    config: ParityConfig,
     folded: Path | None = None,
     optimized: Path | None = None,
 ) -> dict[str, Any]:
@@ -130,7 +131,12 @@ def verify_stage(
 
 
 def _chain(
-    model_format: str, converted: Converted, config: Any, folded: Path | None, optimized: Path | None, folder: Path
+    model_format: str,
+    converted: Converted,
+    config: ParityConfig,
+    folded: Path | None,
+    optimized: Path | None,
+    folder: Path,
 ) -> ParityChain:
     """The parity chain for the path the model took; models past protobuf's limit that are not files yet are
     written into ``folder``."""
@@ -170,7 +176,7 @@ def bench_stage(
     loaded: LoadedModel,
     converted: Converted,
     inputs: tuple[torch.Tensor, ...],
-    config: Any,
+    config: BenchConfig,
     folded: Path | None = None,
     progress: Steps | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

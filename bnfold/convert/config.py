@@ -5,8 +5,12 @@ A field is named as its option, dashes as underscores (``--random-batches`` is `
 (``input_shapes``, ``tolerances``, ``model_args``, ``batches``). Older names are still accepted as keywords:
 ``seeds`` for ``random_batches``, ``factory`` for ``model``, ``trust_pickle`` for ``trust_code``.
 
-A value no run could use (an unknown ``exporter``, a negative tolerance, ``threads=0``) raises
-:class:`~bnfold.errors.ConfigError` when the config is built, not minutes into a conversion.
+Each stage reads its own small config, a view of the options it uses: :class:`LoadConfig`,
+:class:`ExportConfig`, :class:`ParityConfig` and :class:`BenchConfig` (``config.load``, ``config.export``,
+``config.parity``, ``config.timing``; ``config.bench`` is the ``--bench/--no-bench`` switch). Each checks its
+values when it is built, so a value no run could use (an unknown ``exporter``, a negative tolerance,
+``threads=0``) raises :class:`~bnfold.errors.ConfigError` when the config is built, not minutes into a
+conversion.
 """
 
 from __future__ import annotations
@@ -15,32 +19,117 @@ import math
 import numbers
 from dataclasses import InitVar, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from bnfold.errors import ConfigError
 
-AFFINE_FORMS = ("batchnorm", "muladd")
-EXPORTERS = ("auto", "torchscript", "dynamo")  # bnfold.export.EXPORTERS
-EXTERNAL_DATA = ("auto", "always", "never")  # bnfold.export.EXTERNAL_DATA
+AffineForm = Literal["batchnorm", "muladd"]
+Exporter = Literal["auto", "torchscript", "dynamo"]  # bnfold.export.EXPORTERS
+ExternalData = Literal["auto", "always", "never"]  # bnfold.export.EXTERNAL_DATA
+AFFINE_FORMS: tuple[str, ...] = get_args(AffineForm)
+EXPORTERS: tuple[str, ...] = get_args(Exporter)
+EXTERNAL_DATA: tuple[str, ...] = get_args(ExternalData)
 PROVIDER_NAMES = ("auto", "cpu", "cuda", "gpu")
 OPSETS = (7, 30)
 MAX_RANDOM_BATCHES = 100
 
 OLD_NAMES = {"seeds": "random_batches", "factory": "model", "trust_pickle": "trust_code"}
 
+Shapes = tuple[tuple[int, ...], ...]
+OutputTolerances = tuple[tuple[str, float, float], ...]
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """How the model is read and what it is fed: ``--input-shape``, ``--model``, ``--model-arg``, ``--trust-code``."""
+
+    input_shapes: Shapes = ()
+    model: str | None = None
+    model_args: tuple[tuple[str, Any], ...] = ()
+    trust_code: bool = False
+
+    def __post_init__(self) -> None:
+        for shape in self.input_shapes:
+            if any(not _is_int(d) or d < 1 for d in shape):
+                raise ConfigError(f"--input-shape {','.join(map(str, shape))}: dimensions are integers >= 1")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How the model is folded and written: the fold's options and the exporter's."""
+
+    opset: int | None = None  # None: DEFAULT_OPSET for PyTorch models, an ONNX input's own
+    dynamic: tuple[str, ...] | None = None  # dimension names or axes; None: as stored, else batch
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+    affine_form: AffineForm = "batchnorm"
+    exporter: Exporter = "auto"
+    external_data: ExternalData = "auto"
+    recalibrate: Path | None = None
+
+    def __post_init__(self) -> None:
+        _choice("--affine-form", self.affine_form, AFFINE_FORMS)
+        _choice("--exporter", self.exporter, EXPORTERS)
+        _choice("--external-data", self.external_data, EXTERNAL_DATA)
+        if self.opset is not None:
+            _int_range("--opset", self.opset, *OPSETS)
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    """How parity is checked: tolerances, the input batches, where the runs happen."""
+
+    atol: float | None = None
+    rtol: float | None = None
+    tolerances: OutputTolerances = ()  # (output name or index, atol, rtol)
+    data: Path | None = None
+    random_batches: int = 1
+    save_inputs: Path | None = None
+    providers: tuple[str, ...] = ("auto",)
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for label, value in (("--atol", self.atol), ("--rtol", self.rtol)):
+            if value is not None:
+                _tolerance(label, value)
+        for name, atol, rtol in self.tolerances:
+            for value in (atol, rtol):
+                _tolerance(f"--tolerance {name}={atol},{rtol}", value)
+        _int_range("--random-batches", self.random_batches, 0, MAX_RANDOM_BATCHES)
+        _runtime(self.providers, self.threads)
+
+    @property
+    def batch_count(self) -> int:
+        """How many parity batches a run checks: the example, the random ones, ``--data``."""
+        return 1 + int(self.random_batches) + (self.data is not None)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How latency is measured: the batch sizes, the providers, the threads."""
+
+    batches: tuple[int, ...] = ()
+    providers: tuple[str, ...] = ("auto",)
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for size in self.batches:
+            _int_range("--batch", size, 1, None)
+        _runtime(self.providers, self.threads)
+
 
 @dataclass(frozen=True)
 class ConvertConfig:
     """Everything ``bnfold convert`` can be told, field by option (see the module docstring); the CLI fills
-    one of these from its options."""
+    one of these from its options. ``load``, ``export``, ``parity`` and ``timing`` are the stages' views."""
 
     output: Path | None = None  # -o
     report: Path | None = None
-    input_shapes: tuple[tuple[int, ...], ...] = ()  # --input-shape, repeated
+    input_shapes: Shapes = ()  # --input-shape, repeated
     opset: int | None = None  # None: DEFAULT_OPSET for PyTorch models, an ONNX input's own
     atol: float | None = None
     rtol: float | None = None
-    tolerances: tuple[tuple[str, float, float], ...] = ()  # --tolerance OUTPUT=ATOL,RTOL, repeated
+    tolerances: OutputTolerances = ()  # --tolerance OUTPUT=ATOL,RTOL, repeated
     data: Path | None = None
     recalibrate: Path | None = None
     bench: bool = True  # --bench/--no-bench
@@ -48,9 +137,9 @@ class ConvertConfig:
     providers: tuple[str, ...] = ("auto",)
     threads: int | None = None
     random_batches: int = 1
-    affine_form: str = "batchnorm"
-    exporter: str = "auto"
-    external_data: str = "auto"
+    affine_form: AffineForm = "batchnorm"
+    exporter: Exporter = "auto"
+    external_data: ExternalData = "auto"
     save_optimized: Path | None = None
     model: str | None = None  # --model MODULE:CALLABLE, the code that builds the nn.Module
     model_args: tuple[tuple[str, Any], ...] = ()  # --model-arg NAME=VALUE, repeated
@@ -73,6 +162,44 @@ class ConvertConfig:
             object.__setattr__(self, "trust_code", True)
         check_config(self)
 
+    @property
+    def load(self) -> LoadConfig:
+        """The loader's options."""
+        return LoadConfig(self.input_shapes, self.model, self.model_args, self.trust_code)
+
+    @property
+    def export(self) -> ExportConfig:
+        """The fold's and the exporter's options."""
+        return ExportConfig(
+            self.opset,
+            self.dynamic,
+            self.input_names,
+            self.output_names,
+            self.affine_form,
+            self.exporter,
+            self.external_data,
+            self.recalibrate,
+        )
+
+    @property
+    def parity(self) -> ParityConfig:
+        """The parity stage's options."""
+        return ParityConfig(
+            self.atol,
+            self.rtol,
+            self.tolerances,
+            self.data,
+            self.random_batches,
+            self.save_inputs,
+            self.providers,
+            self.threads,
+        )
+
+    @property
+    def timing(self) -> BenchConfig:
+        """The latency stage's options (whether it runs at all is ``bench``)."""
+        return BenchConfig(self.batches, self.providers, self.threads)
+
 
 def _take_old_name(config: ConvertConfig, old: str, value: Any, default: Any) -> None:
     new = OLD_NAMES[old]
@@ -84,33 +211,22 @@ def _take_old_name(config: ConvertConfig, old: str, value: Any, default: Any) ->
     object.__setattr__(config, new, value)
 
 
-def check_config(config: ConvertConfig) -> None:
-    """Raise :class:`ConfigError` for a value no run could use, naming the option it belongs to."""
-    _choice("--affine-form", config.affine_form, AFFINE_FORMS)
-    _choice("--exporter", config.exporter, EXPORTERS)
-    _choice("--external-data", config.external_data, EXTERNAL_DATA)
-    _providers(config.providers)
-    for label, value in (("--atol", config.atol), ("--rtol", config.rtol)):
-        if value is not None:
-            _tolerance(label, value)
-    for name, atol, rtol in config.tolerances:
-        for value in (atol, rtol):
-            _tolerance(f"--tolerance {name}={atol},{rtol}", value)
-    _int_range("--random-batches", config.random_batches, 0, MAX_RANDOM_BATCHES)
-    if config.threads is not None:
-        _int_range("--threads", config.threads, 1, None)
-    if config.opset is not None:
-        _int_range("--opset", config.opset, *OPSETS)
-    for size in config.batches:
-        _int_range("--batch", size, 1, None)
-    for shape in config.input_shapes:
-        if any(not _is_int(d) or d < 1 for d in shape):
-            raise ConfigError(f"--input-shape {','.join(map(str, shape))}: dimensions are integers >= 1")
+def check_config(config: ConvertConfig) -> tuple[LoadConfig, ExportConfig, ParityConfig, BenchConfig]:
+    """Each stage's view of ``config``, every value checked as the view is built: :class:`ConfigError` for a
+    value no run could use, naming the option it belongs to."""
+    return config.load, config.export, config.parity, config.timing
 
 
 def _choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{option} {value!r}: expected one of {', '.join(choices)}")
+
+
+def _runtime(providers: tuple[str, ...], threads: int | None) -> None:
+    """``--providers`` and ``--threads``, which parity and timing share."""
+    _providers(providers)
+    if threads is not None:
+        _int_range("--threads", threads, 1, None)
 
 
 def _providers(providers: tuple[str, ...]) -> None:

@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from bnfold.convert.config import ConvertConfig
 from bnfold.errors import OutputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -57,7 +58,7 @@ def plan(models: Sequence[Path], output_dir: Path | None) -> list[ModelRun]:
 
 
 def convert_many(
-    runs: list[ModelRun], config: Any, jobs: int, on_done: Callable[[ModelRun], None] | None = None
+    runs: list[ModelRun], config: ConvertConfig, jobs: int, on_done: Callable[[ModelRun], None] | None = None
 ) -> list[ModelRun]:
     """Convert every run with ``config`` (its output replaced per model), ``jobs`` processes at a time."""
     from bnfold.bench import default_threads
@@ -88,7 +89,7 @@ class _Worker:
     started: float
 
     @classmethod
-    def start(cls, context: Any, run: ModelRun, config: Any, threads: int) -> _Worker:
+    def start(cls, context: Any, run: ModelRun, config: ConvertConfig, threads: int) -> _Worker:
         own = dataclasses.replace(config, output=run.output, report=None, threads=threads)
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(target=_convert_one, args=(run.model, own, sender), daemon=True)
@@ -107,7 +108,7 @@ class _Worker:
             self.run.exit_code, self.run.reason = outcome
 
 
-def _convert_one(model: Path, config: Any, sender: Connection) -> None:
+def _convert_one(model: Path, config: ConvertConfig, sender: Connection) -> None:
     """In the worker: one conversion, reported as (exit code, one-line reason); its own output silenced."""
     import os
     import warnings

@@ -19,6 +19,7 @@ import onnx
 import torch
 from torch import nn
 
+from bnfold.convert.config import ConvertConfig
 from bnfold.errors import ExportError, InputSpecError
 from bnfold.export import (
     ExportResult,
@@ -60,7 +61,9 @@ def calibration_batches(path: Path, count: int, batch: int = 64) -> list[tuple[t
     return [tuple(t[i : i + batch].float() for t in data) for i in range(0, n, batch)]
 
 
-def convert_torch(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int, config: Any) -> Converted:
+def convert_torch(
+    loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int, config: ConvertConfig
+) -> Converted:
     """Fold on the aten graph, then export the folded GraphModule.
 
     A torch.export archive is folded as stored, its dynamic dimensions kept, unless ``--input-shape`` or
@@ -145,7 +148,9 @@ def _check_runs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             ) from exc
 
 
-def convert_onnx_level(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int, config: Any) -> Converted:
+def convert_onnx_level(
+    loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int, config: ConvertConfig
+) -> Converted:
     """Fold on the ONNX graph: an ONNX file as it is, a TorchScript archive after an unfolded export."""
     affine_form, explicit = config.affine_form, config.opset is not None
     axes = dynamic_axes(config.dynamic, inputs) if config.dynamic is not None else None

@@ -4,10 +4,74 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from bnfold.convert import saved_inputs
+from bnfold.errors import OutputError
 from bnfold.report import companion_paths
+
+if TYPE_CHECKING:
+    from bnfold.convert.config import ConvertConfig
+    from bnfold.outputs import OutputSet
+
+
+@dataclass(frozen=True)
+class Targets:
+    """One run's outputs as the user named them -- the ONNX file, the reports, ``--save-optimized`` and
+    ``--save-inputs`` -- and, once staging has started, the :class:`~bnfold.outputs.OutputSet` that stages them."""
+
+    onnx: Path
+    report: Path | None = None
+    optimized: Path | None = None
+    save_inputs: Path | None = None
+    batch_count: int = 0  # the parity batches, one ``--save-inputs`` pair of files each
+    outputs: OutputSet | None = None
+
+    @classmethod
+    def of(cls, source: Path | None, config: ConvertConfig) -> Targets:
+        """The outputs of converting ``source`` (None: a model in memory) with ``config``."""
+        onnx_path, report = output_paths(source, config)
+        optimized = Path(config.save_optimized) if config.save_optimized else None
+        report_path = report if config.write_reports else None
+        return cls(onnx_path, report_path, optimized, config.save_inputs, config.parity.batch_count)
+
+    def writes(self) -> dict[str, Path]:
+        """Every file the run may write, by label (for :func:`bnfold.outputs.check_plan`)."""
+        writes = convert_writes(self.onnx, self.report, self.optimized)
+        if self.save_inputs is not None:
+            writes.update(saved_inputs.planned(Path(self.save_inputs), self.batch_count))
+        return writes
+
+    def stage(self, target: Path) -> Path:
+        """Where ``target`` is written until the set is moved into place."""
+        return self._staging().stage(target)
+
+    def staged(self, target: Path | None) -> Path | None:
+        return None if target is None else self.stage(target)
+
+    def commit(self) -> list[Path]:
+        """Move the staged set into place; the paths written."""
+        written: list[Path] = self._staging().commit()
+        return written
+
+    def _staging(self) -> OutputSet:
+        if self.outputs is None:
+            raise RuntimeError("the outputs are not staged yet: give the Targets an OutputSet first")
+        return self.outputs
+
+
+def output_paths(source: Path | None, config: ConvertConfig) -> tuple[Path, Path]:
+    """The ONNX and report paths: ``model.onnx`` and ``model.report.json`` unless told otherwise."""
+    if config.output is not None:
+        onnx_path = Path(config.output)
+    elif source is not None:
+        onnx_path = source.with_suffix(".folded.onnx" if source.suffix == ".onnx" else ".onnx")
+    else:
+        raise OutputError("give an output path (-o model.onnx) when converting an in-memory model")
+    report = Path(config.report) if config.report else onnx_path.with_name(onnx_path.stem + ".report.json")
+    return onnx_path, report
 
 
 def data_file(path: Path) -> Path:
@@ -46,14 +110,13 @@ def model_reads(what: str, path: Path | None) -> dict[str, Path]:
     return reads
 
 
-def option_reads(config: Any) -> dict[str, Path]:
+def option_reads(config: ConvertConfig) -> dict[str, Path]:
     """``--data``, ``--recalibrate`` and the ``--model`` factory's source file."""
     reads = {}
-    for option in ("data", "recalibrate"):
-        path = getattr(config, option, None)
+    for option, path in (("data", config.data), ("recalibrate", config.recalibrate)):
         if path is not None:
             reads[f"the --{option} file"] = Path(path)
-    source = factory_file(getattr(config, "model", None))
+    source = factory_file(config.model)
     if source is not None:
         reads["the source of --model"] = source
     return reads

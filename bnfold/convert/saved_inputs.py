@@ -32,11 +32,6 @@ INDEX = "index.json"
 _NUMBERED = re.compile(r"^(inputs|reference)_\d+\.npz$")
 
 
-def batch_count(config: Any) -> int:
-    """How many parity batches a run with ``config`` checks: the example, the random ones, ``--data``."""
-    return 1 + int(config.random_batches) + (config.data is not None)
-
-
 @contextlib.contextmanager
 def directory(path: Path | None) -> Iterator[None]:
     """``--save-inputs DIR`` exists for the block: created when missing (and removed again, if still empty,

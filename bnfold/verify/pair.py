@@ -13,13 +13,15 @@ import onnx
 import torch
 
 from bnfold.convert import saved_inputs
-from bnfold.convert.checks import parity_batches, parity_settings
+from bnfold.convert.checks import Batches, parity_batches, parity_settings
+from bnfold.convert.config import ConvertConfig
 from bnfold.convert.onnx_input import check_loaded_onnx
 from bnfold.errors import InputSpecError
 from bnfold.export import count_ops
 from bnfold.library_logs import captured_logs
 from bnfold.load import LoadedModel, load_model
 from bnfold.load.loaded import loaded_source
+from bnfold.outputs import OutputSet
 from bnfold.progress import ProgressCallback, Stages
 from bnfold.report import new_report
 from bnfold.verify.chain import ParityChain, parity_chain
@@ -27,13 +29,13 @@ from bnfold.verify.providers import require_providers, select_providers
 from bnfold.verify.report import PROVIDER
 
 
-def _inputs(loaded: LoadedModel, config: Any) -> tuple[torch.Tensor, ...]:
+def _inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Tensor, ...]:
     from bnfold.convert import resolve_inputs
 
     return resolve_inputs(loaded, config)
 
 
-def _chain(original: LoadedModel, candidate: LoadedModel, config: Any) -> ParityChain:
+def _chain(original: LoadedModel, candidate: LoadedModel, config: ConvertConfig) -> ParityChain:
     """The parity chain from the original to the candidate: an ONNX candidate at the export stage (then
     ort-optimization and, when selected, CUDA), a PyTorch one at the fold stage."""
     first = loaded_source(original) if original.onnx_model is not None else original.module
@@ -47,9 +49,9 @@ def _chain(original: LoadedModel, candidate: LoadedModel, config: Any) -> Parity
 def verify_pair(
     original_path: str | Path,
     candidate_path: str | Path,
-    config: Any,
+    config: ConvertConfig,
     progress: ProgressCallback | None = None,
-    outputs: Any = None,
+    outputs: OutputSet | None = None,
 ) -> dict[str, Any]:
     """A report comparing a candidate model with the original on the parity matrix; what torch and the ONNX
     libraries log meanwhile goes into its ``warnings[]``. ``--save-inputs`` needs ``outputs``, the
@@ -61,7 +63,7 @@ def verify_pair(
 
 
 def _verify_pair(
-    original_path: Path, candidate_path: Path, config: Any, stages: Stages, outputs: Any
+    original_path: Path, candidate_path: Path, config: ConvertConfig, stages: Stages, outputs: OutputSet | None
 ) -> dict[str, Any]:
     require_providers(config.providers)
     trust_code = config.trust_code
@@ -77,10 +79,10 @@ def _verify_pair(
         candidates, notes = chain.candidates, chain.notes
         _check_output_keys(config, original, candidate)
         names = candidates[-1].runner.output_names if hasattr(candidates[-1].runner, "output_names") else None
-        batches = parity_batches(inputs, config, _declared_dims(original, candidate, inputs))
+        batches = parity_batches(inputs, config.parity, _declared_dims(original, candidate, inputs))
     writer = _inputs_writer(config, outputs, batches, original, candidate)
     with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
-        parity = chain.run(parity_settings(batches, config, stages.steps, writer), names)
+        parity = chain.run(parity_settings(batches, config.parity, stages.steps, writer), names)
     if writer is not None:
         writer.finish(chain.reference_name)
     parity.notes = notes
@@ -97,7 +99,7 @@ def _verify_pair(
 def verify_and_report(
     original_path: str | Path,
     candidate_path: str | Path,
-    config: Any,
+    config: ConvertConfig,
     report_path: Path | None = None,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
@@ -109,7 +111,7 @@ def verify_and_report(
 
     writes = plan.report_writes(report_path)
     if config.save_inputs is not None:
-        writes.update(saved_inputs.planned(Path(config.save_inputs), saved_inputs.batch_count(config)))
+        writes.update(saved_inputs.planned(Path(config.save_inputs), config.parity.batch_count))
     reads = {
         **plan.model_reads("the original model", Path(original_path)),
         **plan.model_reads("the candidate model", Path(candidate_path)),
@@ -127,7 +129,9 @@ def verify_and_report(
     return result
 
 
-def _inputs_writer(config: Any, outputs: Any, batches: Any, original: LoadedModel, candidate: LoadedModel) -> Any:
+def _inputs_writer(
+    config: ConvertConfig, outputs: OutputSet | None, batches: Batches, original: LoadedModel, candidate: LoadedModel
+) -> saved_inputs.InputsWriter | None:
     """The ``--save-inputs`` writer, named by the ONNX model among the two (else ``input_0``, ...)."""
     if config.save_inputs is None:
         return None
@@ -152,7 +156,7 @@ def _declared_dims(original: LoadedModel, candidate: LoadedModel, inputs: tuple[
     return [(None if original.dynamic_batch else t.shape[0], *t.shape[1:]) for t in inputs]
 
 
-def _check_output_keys(config: Any, original: LoadedModel, candidate: LoadedModel) -> None:
+def _check_output_keys(config: ConvertConfig, original: LoadedModel, candidate: LoadedModel) -> None:
     """``--tolerance`` names outputs an ONNX model among the two has (not checked for two PyTorch models)."""
     from bnfold.verify.tolerance import check_output_keys
 
