@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,16 @@ class LatencyResult:
             session_create_ms,
             list(samples_ms),
         )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LatencyResult:
+        """A ``latency`` entry as a report wrote it (:meth:`to_json`): no samples; a key an older report did
+        not write takes its default, a missing statistic is NaN."""
+        names = [f.name for f in fields(cls) if f.name != "samples_ms"]
+        given = {key: value for key, value in data.items() if key in names}
+        absent = {name: math.nan for name in names if name.endswith("_ms") or name == "throughput"}
+        counts = {"backend": "", "provider": "", "model": "", "batch": 0, "runs": 0, "threads": 0}
+        return cls(**{**counts, **absent, "session_create_ms": None, **given})
 
     def to_json(self) -> dict[str, Any]:
         """The report's ``latency`` entry (times rounded to the nanosecond)."""

@@ -448,13 +448,15 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     """The overall verdict: parity decides; the reason says what was gained or what broke. ``max_abs_err``
     is the headline error (what bnfold made against the fp64 reference), the number every rendering shows."""
     from bnfold.report.check import headline, parity_failure
+    from bnfold.report.document import as_report
 
+    typed = as_report(report)
     parity, fold = report["parity"], report["fold"]
-    error = headline(report).max_abs_err
+    error = headline(typed).max_abs_err
     if parity.get("passed"):
         folded = f"; {fold['batchnorm_folded']}/{fold['batchnorm_found']} BatchNorms folded" if fold else ""
         return {"passed": True, "reason": "parity passed" + folded, "max_abs_err": error}
-    return {"passed": False, "reason": parity_failure(parity) or "parity failed", "max_abs_err": error}
+    return {"passed": False, "reason": parity_failure(typed.parity) or "parity failed", "max_abs_err": error}
 
 
 def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:

@@ -16,7 +16,9 @@ from typing import Any
 
 from bnfold.report import bnfold_version
 from bnfold.report.check import headline
+from bnfold.report.document import Report
 from bnfold.report.markdown import esc, num, ratio_text, table
+from bnfold.verify.report import BASELINE
 
 SUMMARY_SCHEMA = "bnfold.summary/1"
 STATUS = {0: "passed", 1: "failed", 2: "error"}
@@ -45,7 +47,7 @@ def _row(run: Any, directory: Path) -> dict[str, Any]:
         "model": str(run.model),
         "status": STATUS.get(run.exit_code, "error"),
         "exit_code": run.exit_code,
-        "reason": run.reason or (report or {}).get("verdict", {}).get("reason", ""),
+        "reason": run.reason or (report.verdict.reason if report else ""),
         "onnx": os.path.relpath(run.output, directory) if report else None,
         "report": os.path.relpath(run.report_path, directory) if report else None,
         "seconds": round(run.seconds, 2),
@@ -54,11 +56,8 @@ def _row(run: Any, directory: Path) -> dict[str, Any]:
     }  # fmt: skip
     if report:
         head = headline(report)
-        ratios = [
-            c["error_ratio"]
-            for c in report.get("parity", {}).get("checks", [])
-            if c.get("error_ratio") is not None and c.get("stage") != "baseline"
-        ]
+        checks = report.parity.checks if report.parity else []
+        ratios = [c.error_ratio for c in checks if c.error_ratio is not None and c.stage != BASELINE]
         row.update(
             batchnorm_found=head.batchnorm_found,
             batchnorm_folded=head.batchnorm_folded,
@@ -69,12 +68,13 @@ def _row(run: Any, directory: Path) -> dict[str, Any]:
     return row
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _read(path: Path) -> Report | None:
+    """The model's report, or None when there is none to read."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return Report.from_dict(data) if isinstance(data, dict) else None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _worst_first(row: Mapping[str, Any]) -> tuple[int, float, str]:

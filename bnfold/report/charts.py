@@ -11,7 +11,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bnfold.report.markdown import ms, num, ratio_text, times
+from bnfold.report.document import SpeedupEntry
+from bnfold.report.markdown import LatencyGroup, ms, num, ratio_text, times
+from bnfold.verify.report import BASELINE, ParityCheck
 
 ORIGINAL_COLOUR = "#8c959f"
 FOLDED_COLOUR = "#0969da"
@@ -81,11 +83,11 @@ def _tick_label(value: float) -> str:
     return f"{value:g} ms"
 
 
-def latency_chart(groups: Sequence[Mapping[str, Any]]) -> tuple[str, TimeAxis]:
+def latency_chart(groups: Sequence[LatencyGroup]) -> tuple[str, TimeAxis]:
     """An inline SVG bar chart of original and folded p50 per (backend, provider, batch), every bar on one
     time axis labelled in ms; and that axis."""
     label_w, bar_w, row_h, top = 220, 440, 52, 30
-    values = [v for g in groups for v in (g["original"], g["folded"]) if v is not None]
+    values = [v for g in groups for v in (g.original, g.folded) if v is not None]
     axis = TimeAxis(values, bar_w)
     width, bottom = label_w + bar_w + 250, top + row_h * len(groups)
     parts = [_svg(width, bottom + 26, "p50 latency, original vs folded"), _legend(label_w)]
@@ -95,24 +97,22 @@ def latency_chart(groups: Sequence[Mapping[str, Any]]) -> tuple[str, TimeAxis]:
         parts.append(_text(x, bottom + 18, _tick_label(tick), "middle", "axis"))
     for i, group in enumerate(groups):
         y = top + i * row_h
-        provider = str(group["provider"]).removesuffix("ExecutionProvider")
-        parts.append(_text(0, y + 24, f"{group['backend']} · {provider} · batch {group['batch']}"))
-        if i and group["backend"] != groups[i - 1]["backend"]:
+        provider = str(group.provider).removesuffix("ExecutionProvider")
+        parts.append(_text(0, y + 24, f"{group.backend} · {provider} · batch {group.batch}"))
+        if i and group.backend != groups[i - 1].backend:
             parts.append(_line(0, y - 5, width, y - 5))
-        parts.append(_bar(label_w, y + 4, axis, group["original"], ORIGINAL_COLOUR, "original"))
-        parts.append(
-            _bar(label_w, y + 24, axis, group["folded"], FOLDED_COLOUR, "folded", _bar_note(group["speedup"] or {}))
-        )
+        parts.append(_bar(label_w, y + 4, axis, group.original, ORIGINAL_COLOUR, "original"))
+        parts.append(_bar(label_w, y + 24, axis, group.folded, FOLDED_COLOUR, "folded", _bar_note(group.speedup)))
     parts.append("</svg>")
     return "\n".join(parts), axis
 
 
-def _bar_note(speedup: Mapping[str, Any]) -> tuple[str, str]:
+def _bar_note(speedup: SpeedupEntry | None) -> tuple[str, str]:
     """`` (1.32×, faster)`` and its tone: faster or slower beyond the paired ratios' spread, else noise."""
-    p50 = speedup.get("speedup_p50")
-    if p50 is None:
+    p50 = speedup.speedup_p50 if speedup else None
+    if speedup is None or p50 is None:
         return "", ""
-    low, high = speedup.get("speedup_low") or p50, speedup.get("speedup_high") or p50
+    low, high = speedup.speedup_low or p50, speedup.speedup_high or p50
     tone = "faster" if low > 1.0 else "slower" if high < 1.0 else ""
     return f" ({ratio_text(p50)}, {tone or 'within noise'})", tone
 
@@ -143,32 +143,36 @@ def _bar(
 COLUMN_W, GAP, HIST_ROW_H, HIST_LABEL_W = 28, 10, 50, 270
 
 
-def histogram_chart(checks: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None) -> str:
+def histogram_chart(checks: Sequence[ParityCheck], baseline: ParityCheck | None) -> str:
     """One output's error histograms against the fp64 reference: a row per candidate, the original fp32
     model's own histogram (fp32 noise) as the first row and as an outline behind every other row, bar
     heights the share of elements, on one scale for all rows."""
-    rows = ([baseline] if baseline else []) + list(checks)
-    edges = rows[0]["error_histogram"]["edges"]
+    rows = ([baseline] if baseline is not None else []) + list(checks)
+    edges = _histogram(rows[0])["edges"]
     plot_w = COLUMN_W * (len(edges) + 3) + 2 * GAP
     width, top = HIST_LABEL_W + plot_w + 230, 30
     bottom = top + HIST_ROW_H * len(rows)
-    tallest = max(max(_shares(row["error_histogram"])) for row in rows) or 1.0
+    tallest = max(max(_shares(_histogram(row))) for row in rows) or 1.0
     parts = [_svg(width, bottom + 24, "error histograms against the fp64 reference"), _hist_legend(HIST_LABEL_W, rows)]
     parts += _hist_axis(edges, top, bottom)
     parts += _atol_line(rows, edges, top, bottom)
-    ghost = _shares(baseline["error_histogram"]) if baseline else None
+    ghost = _shares(_histogram(baseline)) if baseline is not None else None
     for i, row in enumerate(rows):
         y = top + i * HIST_ROW_H
         is_baseline = row is baseline
-        name = str(row.get("candidate")) + (" (fp32 noise)" if is_baseline else "")
+        name = str(row.candidate) + (" (fp32 noise)" if is_baseline else "")
         parts.append(_text(0, y + HIST_ROW_H / 2 + 5, name))
-        colour = ORIGINAL_COLOUR if is_baseline else FOLDED_COLOUR if row.get("passed") else FAILED_COLOUR
-        parts += _hist_bars(_shares(row["error_histogram"]), y, tallest, colour, "fill")
+        colour = ORIGINAL_COLOUR if is_baseline else FOLDED_COLOUR if row.passed else FAILED_COLOUR
+        parts += _hist_bars(_shares(_histogram(row)), y, tallest, colour, "fill")
         if ghost and not is_baseline:
             parts += _hist_bars(ghost, y, tallest, "#57606a", "outline")
         parts.append(_text(HIST_LABEL_W + plot_w + 12, y + HIST_ROW_H / 2 + 5, _row_note(row)))
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _histogram(check: ParityCheck) -> Mapping[str, Any]:
+    return check.error_histogram or {}
 
 
 def _shares(histogram: Mapping[str, Any]) -> list[float]:
@@ -232,7 +236,7 @@ def _hist_axis(edges: Sequence[float], top: float, bottom: float) -> list[str]:
     return parts
 
 
-def _atol_line(rows: Sequence[Mapping[str, Any]], edges: Sequence[float], top: float, bottom: float) -> list[str]:
+def _atol_line(rows: Sequence[ParityCheck], edges: Sequence[float], top: float, bottom: float) -> list[str]:
     """A dashed line at the tolerance's atol, when every row has the same one within the decades."""
     atol = _common_atol(rows)
     if atol is None or not edges[0] <= atol < edges[-1]:
@@ -242,13 +246,13 @@ def _atol_line(rows: Sequence[Mapping[str, Any]], edges: Sequence[float], top: f
     return [_line(x, top - 4, x, bottom, FAILED_COLOUR, "4 3")]
 
 
-def _common_atol(rows: Sequence[Mapping[str, Any]]) -> float | None:
-    atols = {row.get("atol") for row in rows}
+def _common_atol(rows: Sequence[ParityCheck]) -> float | None:
+    atols = {row.atol for row in rows}
     atol = atols.pop() if len(atols) == 1 else None
     return float(atol) if isinstance(atol, float | int) and atol > 0 else None
 
 
-def _hist_legend(x: int, rows: Sequence[Mapping[str, Any]]) -> str:
+def _hist_legend(x: int, rows: Sequence[ParityCheck]) -> str:
     atol = _common_atol(rows)
     legend = (
         f'<rect x="{x}" y="4" width="13" height="13" fill="{FOLDED_COLOUR}"></rect>'
@@ -262,9 +266,9 @@ def _hist_legend(x: int, rows: Sequence[Mapping[str, Any]]) -> str:
     return legend
 
 
-def _row_note(check: Mapping[str, Any]) -> str:
-    text = f"max {num(check.get('max_abs_err'))}"
-    ratio = check.get("error_ratio")
-    if ratio is not None and check.get("stage") != "baseline":
+def _row_note(check: ParityCheck) -> str:
+    text = f"max {num(check.max_abs_err)}"
+    ratio = check.error_ratio
+    if ratio is not None and check.stage != BASELINE:
         text += f" ({times(ratio)} fp32)"
     return text

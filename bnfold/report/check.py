@@ -3,48 +3,36 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bnfold.errors import ReportError, one_line
+from bnfold.report.document import (
+    REQUIRED,
+    SCHEMA_NAME,
+    SUPPORTED_MAJOR,
+    ParitySection,
+    Report,
+    SpeedupEntry,
+    as_report,
+    validate_report,
+)
+from bnfold.verify.report import BASELINE, ParityCheck
 
-SCHEMA_NAME = "bnfold.report"
-SUPPORTED_MAJOR = 1
-REQUIRED = ("fold", "onnx", "parity", "verdict")
 
-
-def load_report(path: str | Path) -> dict[str, Any]:
+def load_report(path: str | Path) -> Report:
     """Read a bnfold report; :class:`~bnfold.errors.ReportError` if the file is not one this version reads."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ReportError(f"{path}: cannot read the report ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise ReportError(f"{path}: not a bnfold report (not JSON: {exc})") from None
-    validate_report(data, str(path))
-    report: dict[str, Any] = data
-    return report
-
-
-def validate_report(data: Any, where: str = "report") -> None:
-    """Raise :class:`~bnfold.errors.ReportError` unless ``data`` is a report of a schema major we read."""
-    if not isinstance(data, dict) or "schema" not in data:
-        raise ReportError(f'{where}: not a bnfold report (no "schema" key; expected "{SCHEMA_NAME}/1")')
-    name, _, version = str(data["schema"]).partition("/")
-    major = version.split(".")[0]
-    if name != SCHEMA_NAME or not major.isdigit():
-        raise ReportError(f'{where}: not a bnfold report (schema "{data["schema"]}")')
-    if int(major) != SUPPORTED_MAJOR:
-        raise ReportError(
-            f'{where}: report schema "{data["schema"]}" is not readable by this bnfold, '
-            f'which reads "{SCHEMA_NAME}/{SUPPORTED_MAJOR}"; use a matching bnfold version'
-        )
-    missing = [key for key in REQUIRED if not isinstance(data.get(key), dict)]
-    if missing:
-        raise ReportError(f"{where}: incomplete bnfold report (no {', '.join(missing)} section)")
+    return Report.from_json(text, str(path))
 
 
 @dataclass(frozen=True)
@@ -71,7 +59,7 @@ class Headline:
         return f"{self.speedup_min:.2f}-{self.speedup_max:.2f}x"
 
 
-def headline(report: Mapping[str, Any]) -> Headline:
+def headline(report: Report | Mapping[str, Any]) -> Headline:
     """The headline figures of a report.
 
     ``max_abs_err`` is the largest error against the parity reference (the fp64 original) of what bnfold
@@ -79,44 +67,43 @@ def headline(report: Mapping[str, Any]) -> Headline:
     ``baseline_max_abs_err`` that of the original fp32 model against the reference, for scale. The
     speedups are those measured in onnxruntime (the deliverable), or all of them if none were.
     """
-    fold, parity = report.get("fold", {}), report.get("parity", {})
-    reference = parity.get("reference")
-    every = parity.get("checks", [])
-    against_truth = [c for c in every if c.get("reference") == reference] or every
-    checks = [c for c in against_truth if c.get("stage") != "baseline"] or against_truth
-    errors = [c.get("max_abs_err") for c in checks]
-    worst = max((c for c in checks if c.get("max_abs_err") is not None), key=lambda c: c["max_abs_err"], default=None)
-    baseline = [
-        c["max_abs_err"] for c in against_truth if c.get("stage") == "baseline" and c.get("max_abs_err") is not None
-    ]
-    speedups = _deployed(report.get("speedup", []))
-    slowest = min(speedups, key=lambda s: s["speedup_p50"], default=None)
+    report = as_report(report)
+    every = report.parity.checks if report.parity else []
+    reference = report.parity.reference if report.parity else None
+    against_truth = [c for c in every if c.reference == reference] or every
+    checks = [c for c in against_truth if c.stage != BASELINE] or against_truth
+    measured = [c for c in checks if c.max_abs_err is not None]
+    worst = max(measured, key=lambda c: c.max_abs_err or 0.0, default=None)
+    baseline = [c.max_abs_err for c in against_truth if c.stage == BASELINE and c.max_abs_err is not None]
+    speedups = deployed_speedups(report.speedup)
+    slowest = min(speedups, key=lambda s: s.speedup_p50 or 0.0, default=None)
     return Headline(
-        batchnorm_found=int(fold.get("batchnorm_found", 0)),
-        batchnorm_folded=int(fold.get("batchnorm_folded", 0)),
-        batchnorm_nodes=int(report.get("onnx", {}).get("batchnorm_nodes") or 0),
-        max_abs_err=None if (None in errors or worst is None) else worst["max_abs_err"],
-        worst_check=_check_name(worst) if worst else None,
+        batchnorm_found=int(report.fold.batchnorm_found) if report.fold else 0,
+        batchnorm_folded=int(report.fold.batchnorm_folded) if report.fold else 0,
+        batchnorm_nodes=int(report.onnx.batchnorm_nodes or 0),
+        max_abs_err=None if (len(measured) < len(checks) or worst is None) else worst.max_abs_err,
+        worst_check=check_name(worst) if worst is not None else None,
         baseline_max_abs_err=max(baseline) if baseline else None,
-        speedup_min=slowest["speedup_p50"] if slowest else None,
-        speedup_max=max(s["speedup_p50"] for s in speedups) if speedups else None,
+        speedup_min=slowest.speedup_p50 if slowest else None,
+        speedup_max=max(s.speedup_p50 or 0.0 for s in speedups) if speedups else None,
         slowest=_speedup_name(slowest) if slowest else None,
-        speedup_backend=", ".join(dict.fromkeys(str(s.get("backend")) for s in speedups)) or None,
+        speedup_backend=", ".join(dict.fromkeys(str(s.backend) for s in speedups)) or None,
     )
 
 
-def _deployed(speedups: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    measured = [s for s in speedups if s.get("speedup_p50") is not None]
-    ort = [s for s in measured if s.get("backend") == "onnxruntime"]
+def deployed_speedups(speedups: Sequence[SpeedupEntry]) -> list[SpeedupEntry]:
+    """The speedups the headline is about: onnxruntime's (the deliverable), or all when it was not timed."""
+    measured = [s for s in speedups if s.speedup_p50 is not None]
+    ort = [s for s in measured if s.backend == "onnxruntime"]
     return ort or measured
 
 
-def _check_name(check: Mapping[str, Any]) -> str:
-    return f"{check.get('candidate')} output {check.get('output')}"
+def check_name(check: ParityCheck) -> str:
+    return f"{check.candidate} output {check.output}"
 
 
-def _speedup_name(item: Mapping[str, Any]) -> str:
-    return f"{item.get('backend')} {item.get('provider')} batch {item.get('batch')}"
+def _speedup_name(item: SpeedupEntry) -> str:
+    return f"{item.backend} {item.provider} batch {item.batch}"
 
 
 @dataclass(frozen=True)
@@ -160,20 +147,21 @@ class CheckVerdict:
 
 
 def check_report(
-    report: Mapping[str, Any],
+    report: Report | Mapping[str, Any],
     path: str = "report",
     max_abs_err: float | None = None,
     require_no_batchnorm: bool = False,
     min_speedup: float | None = None,
 ) -> ReportCheck:
     """Judge one (already validated) report; every failed requirement is named in the reason."""
+    report = as_report(report)
     head = headline(report)
     problems = [
         *_parity_problems(report),
         *_verdict_problems(report),
         *_batchnorm_problems(report, head, require_no_batchnorm),
         *_error_problems(head, max_abs_err),
-        *_speedup_problems(report, head, min_speedup),
+        *_speedup_problems(head, min_speedup),
     ]
     if problems:
         return ReportCheck(path, False, "; ".join(dict.fromkeys(problems)))
@@ -213,7 +201,7 @@ def _expand(path: Path) -> list[tuple[str, Path | None, str]]:
 
 
 def _judged(
-    report: Mapping[str, Any],
+    report: Report,
     path: Path,
     max_abs_err: float | None,
     require_no_batchnorm: bool,
@@ -226,43 +214,43 @@ def _judged(
         raise ReportError(f"{path}: malformed bnfold report, a field has the wrong type ({one_line(exc)})") from exc
 
 
-def parity_failure(parity: Mapping[str, Any]) -> str | None:
+def parity_failure(parity: ParitySection | None) -> str | None:
     """Why parity failed, naming the stage and its first failing check; None when it passed."""
-    if parity.get("passed"):
+    parity = parity or ParitySection()
+    if parity.passed:
         return None
-    stage = parity.get("failed_stage") or "unknown"
-    failing = [c for c in parity.get("checks", []) if not c.get("passed")]
-    first = next((c for c in failing if c.get("stage") == stage), failing[0] if failing else None)
+    stage = parity.failed_stage or "unknown"
+    failing = [c for c in parity.checks if not c.passed]
+    first = next((c for c in failing if c.stage == stage), failing[0] if failing else None)
     if first is None:
         return f"parity failed at stage {stage}"
-    return f"parity failed at stage {stage}: {_check_name(first)} {_failure_detail(first)}"
+    return f"parity failed at stage {stage}: {check_name(first)} {_failure_detail(first)}"
 
 
-def _parity_problems(report: Mapping[str, Any]) -> list[str]:
-    failure = parity_failure(report["parity"])
+def _parity_problems(report: Report) -> list[str]:
+    failure = parity_failure(report.parity)
     return [failure] if failure else []
 
 
-def _failure_detail(check: Mapping[str, Any]) -> str:
-    if check.get("error"):
-        return str(check["error"])
-    if check.get("nan_count"):
-        return f"has {check['nan_count']} NaN values"
-    tolerance = f"tolerance (atol {_num(check.get('atol'))}, rtol {_num(check.get('rtol'))})"
-    return f"max_abs_err {_num(check.get('max_abs_err'))} > {tolerance}"
+def _failure_detail(check: ParityCheck) -> str:
+    if check.error:
+        return str(check.error)
+    if check.nan_count:
+        return f"has {check.nan_count} NaN values"
+    tolerance = f"tolerance (atol {_num(check.atol)}, rtol {_num(check.rtol)})"
+    return f"max_abs_err {_num(check.max_abs_err)} > {tolerance}"
 
 
-def _verdict_problems(report: Mapping[str, Any]) -> list[str]:
-    verdict = report["verdict"]
-    if verdict.get("passed") or not report["parity"].get("passed"):
+def _verdict_problems(report: Report) -> list[str]:
+    if report.verdict.passed or not (report.parity and report.parity.passed):
         return []
-    return [str(verdict.get("reason") or "the report's verdict is fail")]
+    return [str(report.verdict.reason or "the report's verdict is fail")]
 
 
-def _batchnorm_problems(report: Mapping[str, Any], head: Headline, required: bool) -> list[str]:
+def _batchnorm_problems(report: Report, head: Headline, required: bool) -> list[str]:
     if not required or head.batchnorm_nodes == 0:
         return []
-    name = Path(str(report["onnx"].get("path") or "the ONNX file")).name
+    name = Path(str(report.onnx.path or "the ONNX file")).name
     plural = "node remains" if head.batchnorm_nodes == 1 else "nodes remain"
     return [f"{head.batchnorm_nodes} BatchNormalization {plural} in {name}"]
 
@@ -277,7 +265,7 @@ def _error_problems(head: Headline, limit: float | None) -> list[str]:
     return []
 
 
-def _speedup_problems(report: Mapping[str, Any], head: Headline, required: float | None) -> list[str]:
+def _speedup_problems(head: Headline, required: float | None) -> list[str]:
     if required is None:
         return []
     if head.speedup_min is None:
@@ -299,4 +287,20 @@ def _ok_reason(head: Headline) -> str:
 
 
 def _num(value: float | None) -> str:
-    return f"{value:.1e}" if isinstance(value, (int, float)) else "n/a"
+    return f"{value:.1e}" if isinstance(value, (int, float)) and not math.isnan(value) else "n/a"
+
+
+__all__ = [
+    "REQUIRED",
+    "SCHEMA_NAME",
+    "SUPPORTED_MAJOR",
+    "CheckVerdict",
+    "Headline",
+    "ReportCheck",
+    "check_report",
+    "check_reports",
+    "headline",
+    "load_report",
+    "parity_failure",
+    "validate_report",
+]

@@ -15,11 +15,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
+from bnfold.bench.timing import LatencyResult
+from bnfold.fold.records import BnRecord
 from bnfold.report.charts import histogram_chart, latency_chart
 from bnfold.report.check import headline, parity_failure
+from bnfold.report.document import FoldSection, ParitySection, Report, SpeedupEntry, as_report
 from bnfold.report.markdown import (
     error_figure,
-    fold_ran,
     histogram_groups,
     latency_groups,
     ms,
@@ -35,6 +37,7 @@ from bnfold.report.markdown import (
     times,
     worst_top1,
 )
+from bnfold.verify.report import ParityCheck
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2328;
@@ -82,16 +85,16 @@ def esc_name(value: Any) -> str:
     return esc(value).replace(".", ".<wbr>")
 
 
-def render_html(report: Mapping[str, Any]) -> str:
+def render_html(report: Report | Mapping[str, Any]) -> str:
     """The whole report as a standalone HTML document."""
-    passed = bool(report.get("verdict", {}).get("passed"))
-    title = f"bnfold: {'PASS' if passed else 'FAIL'} — {_file_name(report.get('model', {}).get('path'))}"
+    report = as_report(report)
+    title = f"bnfold: {'PASS' if report.verdict.passed else 'FAIL'} — {_file_name(report.model.path)}"
     sections = [
-        _batchnorms(report.get("fold", {})),
-        _latency(report.get("latency", []), report.get("speedup", [])),
-        _parity(report.get("parity", {})),
+        _batchnorms(report.fold),
+        _latency(report.latency, report.speedup),
+        _parity(report.parity),
     ]
-    if not report.get("parity", {}).get("passed", True):
+    if report.parity is not None and not report.parity.passed:
         sections.insert(0, sections.pop())  # a failed parity is what the reader came for
     body = "\n".join(
         p
@@ -101,7 +104,7 @@ def render_html(report: Mapping[str, Any]) -> str:
             _figures(report),
             _files(report),
             *sections,
-            _warnings(report.get("warnings", [])),
+            _warnings(report.warnings),
             _environment(report),
             "</main>",
         )
@@ -114,14 +117,13 @@ def render_html(report: Mapping[str, Any]) -> str:
     )
 
 
-def _banner(report: Mapping[str, Any]) -> str:
-    verdict, parity = report.get("verdict", {}), report.get("parity", {})
-    passed = bool(verdict.get("passed"))
-    reason = str(verdict.get("reason", ""))
-    failure = parity_failure(parity)
+def _banner(report: Report) -> str:
+    passed, reason = report.verdict.passed, str(report.verdict.reason)
+    failure = parity_failure(report.parity)
     lines = [reason] if not failure else ([failure] if failure.startswith(reason) else [reason, failure])
-    stage = "" if passed or not parity.get("failed_stage") else f" at stage {parity['failed_stage']}"
-    what = f"{_file_name(report.get('model', {}).get('path'))} → {_file_name(report.get('onnx', {}).get('path'))}"
+    failed_stage = report.parity.failed_stage if report.parity else None
+    stage = "" if passed or not failed_stage else f" at stage {failed_stage}"
+    what = f"{_file_name(report.model.path)} → {_file_name(report.onnx.path)}"
     word = "✔ PASS" if passed else f"✘ FAIL{stage}"
     return (
         f'<header class="verdict {"pass" if passed else "fail"}"><div class="wrap">'
@@ -135,11 +137,11 @@ def _file_name(path: Any) -> str:
     return PurePath(str(path)).name if path else "in-memory model"
 
 
-def _figures(report: Mapping[str, Any]) -> str:
+def _figures(report: Report) -> str:
     head = headline(report)
-    name = _file_name(report.get("onnx", {}).get("path"))
+    name = _file_name(report.onnx.path)
     cards = [
-        _batchnorm_card(report),
+        _batchnorm_card(report.fold),
         _error_card(report),
         _speedup_card(report),
         _card(
@@ -160,22 +162,22 @@ def _card(big: str, label: str, sub: str, tone: str | None) -> str:
     )
 
 
-def _batchnorm_card(report: Mapping[str, Any]) -> str:
-    if not fold_ran(report):
+def _batchnorm_card(fold: FoldSection | None) -> str:
+    if fold is None:
         return _card("—", "BatchNorms folded", "not part of this run: two given models compared", None)
-    fold = report["fold"]
-    found, folded = int(fold.get("batchnorm_found", 0)), int(fold.get("batchnorm_folded", 0))
-    affine = int(fold.get("batchnorm_affine", 0))
-    as_is = int(fold.get("batchnorm_kept", 0)) - affine
+    found, folded, affine = fold.batchnorm_found, fold.batchnorm_folded, fold.batchnorm_affine
     if folded == found:
         sub = "every BatchNorm folded" if found else "the model has no BatchNorm"
     else:
-        parts = [f"{affine} frozen as affine" if affine else "", f"{as_is} kept as is" if as_is else ""]
+        parts = [
+            f"{affine} frozen as affine" if affine else "",
+            f"{fold.kept_as_is} kept as is" if fold.kept_as_is else "",
+        ]
         sub = ", ".join(part for part in parts if part) + ": reasons below"
     return _card(f"{folded}/{found}", "BatchNorms folded", sub, "good" if folded == found else "warn")
 
 
-def _error_card(report: Mapping[str, Any]) -> str:
+def _error_card(report: Report) -> str:
     error, top1 = error_figure(report), worst_top1(report)
     parts = []
     if error.ratio is not None and error.baseline:
@@ -184,13 +186,13 @@ def _error_card(report: Mapping[str, Any]) -> str:
         parts.append(f"original fp32 model's own: {num(error.baseline)}")
     if top1 is not None:
         parts.append(f"top-1 agreement {pct(top1)}")
-    passed = bool(report.get("parity", {}).get("passed"))
+    passed = report.parity is not None and report.parity.passed
     return _card(
         num(error.max_abs_err), "max abs error vs fp64 reference", "; ".join(parts), "good" if passed else "bad"
     )
 
 
-def _speedup_card(report: Mapping[str, Any]) -> str:
+def _speedup_card(report: Report) -> str:
     head = headline(report)
     if head.speedup_text() is None:
         return _card("—", "speedup", "latency not measured", None)
@@ -204,81 +206,78 @@ def _speedup_card(report: Mapping[str, Any]) -> str:
     return _card(speedup_range(head), f"{head.speedup_backend} speedup (p50 original ÷ folded)", sub, TONES[tone])
 
 
-def _files(report: Mapping[str, Any]) -> str:
-    model, onnx = report.get("model", {}), report.get("onnx", {})
-    source = f"<code>{esc(model.get('path') or 'in-memory model')}</code> ({esc(model.get('format'))})"
+def _files(report: Report) -> str:
+    model, onnx = report.model, report.onnx
+    source = f"<code>{esc(model.path or 'in-memory model')}</code> ({esc(model.format)})"
     details = ", ".join(onnx_details(onnx))
-    target = f"<code>{esc(onnx.get('path'))}</code>" + (f" ({esc(details)})" if details else "")
-    notes = "".join(f"<li>{esc(note)}</li>" for note in model.get("notes") or [])
+    target = f"<code>{esc(onnx.path)}</code>" + (f" ({esc(details)})" if details else "")
+    notes = "".join(f"<li>{esc(note)}</li>" for note in model.notes)
     return f'<p class="files">{source} → {target}</p>' + (f'<ul class="note">{notes}</ul>' if notes else "")
 
 
-def _batchnorms(fold: Mapping[str, Any]) -> str:
-    if "batchnorm_found" not in fold:
+def _batchnorms(fold: FoldSection | None) -> str:
+    if fold is None:
         return _section(
             "BatchNorms", '<p class="note">Not folded in this run: the report compares two given models.</p>'
         )
-    layers = fold.get("layers", [])
     rows = [
         [
-            f"<code>{esc_name(layer.get('name'))}</code>",
-            esc(layer.get("kind")),
+            f"<code>{esc_name(layer.name)}</code>",
+            esc(layer.kind),
             _action(layer),
             esc_name(_detail(layer)),
-            _cell_num(layer.get("channels")),
+            _cell_num(layer.channels),
         ]
-        for layer in layers
+        for layer in fold.layers
     ]
-    kept = int(fold.get("batchnorm_kept", 0)) - int(fold.get("batchnorm_affine", 0))
     counts = (
-        f"{fold.get('batchnorm_found', 0)} found, {fold.get('batchnorm_folded', 0)} folded, "
-        f"{fold.get('batchnorm_affine', 0)} frozen as affine, {kept} kept as is."
+        f"{fold.batchnorm_found} found, {fold.batchnorm_folded} folded, "
+        f"{fold.batchnorm_affine} frozen as affine, {fold.kept_as_is} kept as is."
     )
-    if fold.get("recalibrated"):
+    if fold.recalibrated:
         counts += " Statistics were recalibrated."
     header = ["BatchNorm", "kind", "result", "into / reason", "channels"]
     table = _table(header, rows, numeric={4})
-    if layers:  # closed when there is nothing to look into: every BatchNorm folded
-        every = all(layer.get("action") == "folded" for layer in layers)
-        summary = f"Each BatchNorm, where it went ({len(layers)})"
+    if fold.layers:  # closed when there is nothing to look into: every BatchNorm folded
+        every = all(layer.action == "folded" for layer in fold.layers)
+        summary = f"Each BatchNorm, where it went ({len(fold.layers)})"
         table = f"<details{'' if every else ' open'}><summary>{esc(summary)}</summary>{table}</details>"
     return _section("BatchNorms", f'<p class="note">{esc(counts)}</p>' + table)
 
 
-def _detail(layer: Mapping[str, Any]) -> str:
-    if layer.get("action") == "folded":
-        return "into " + ", ".join(str(name) for name in layer.get("into") or [])
-    return str(layer.get("reason") or "")
+def _detail(layer: BnRecord) -> str:
+    if layer.action == "folded":
+        return "into " + ", ".join(str(name) for name in layer.into)
+    return str(layer.reason or "")
 
 
-def _action(layer: Mapping[str, Any]) -> str:
-    action = layer.get("action")
-    if action == "folded":
-        return f'<span class="good tag">folded, {esc(layer.get("how"))}</span>'
-    if action == "affine":
+def _action(layer: BnRecord) -> str:
+    if layer.action == "folded":
+        return f'<span class="good tag">folded, {esc(layer.how)}</span>'
+    if layer.action == "affine":
         return '<span class="warn tag">frozen affine</span>'
     return '<span class="bad tag">kept</span>'
 
 
-def _latency(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str, Any]]) -> str:
+def _latency(latency: Sequence[LatencyResult], speedup: Sequence[SpeedupEntry]) -> str:
     if not latency:
         return _section("Latency", '<p class="note">Not measured.</p>')
     groups = latency_groups(latency, speedup)
     rows = [
         [
-            esc(g["backend"]),
-            esc(g["provider"]),
-            _cell_num(g["batch"]),
-            esc(ms(g["original"])),
-            esc(ms(g["folded"])),
-            esc(ratio_text((g["speedup"] or {}).get("speedup_p50"))),
-            esc(spread_text(g["speedup"] or {})),
+            esc(g.backend),
+            esc(g.provider),
+            _cell_num(g.batch),
+            esc(ms(g.original)),
+            esc(ms(g.folded)),
+            esc(ratio_text(g.speedup.speedup_p50 if g.speedup else None)),
+            esc(spread_text(g.speedup)),
         ]
         for g in groups
     ]
     header = ["backend", "provider", "batch", "original p50", "folded p50", "speedup", "paired IQR"]
     table = _table(header, rows, numeric={2, 3, 4, 5, 6})
-    threads = ", ".join(sorted({str(r.get("threads")) for r in latency}))
+    threads = ", ".join(sorted({str(r.threads) for r in latency}))
     chart, axis = latency_chart(groups)
     note = (
         f'<p class="note">Original and folded timed interleaved, {esc(threads)} thread(s). Every bar '
@@ -287,11 +286,11 @@ def _latency(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str
     return _section("Latency", chart + note + table)
 
 
-def _parity(parity: Mapping[str, Any]) -> str:
-    if not parity:
+def _parity(parity: ParitySection | None) -> str:
+    if parity is None:
         return ""
-    checks = parity.get("checks", [])
-    outputs = list(dict.fromkeys(str(c.get("output")) for c in checks))
+    checks = parity.checks
+    outputs = list(dict.fromkeys(str(c.output) for c in checks))
     header = [
         "",
         "stage",
@@ -315,14 +314,14 @@ def _parity(parity: Mapping[str, Any]) -> str:
         header,
         rows,
         numeric=set(range(first, len(header))),
-        row_classes=["" if c.get("passed") else "failed" for c in checks],
+        row_classes=["" if c.passed else "failed" for c in checks],
     )
     notes = "".join(f'<p class="note">{esc(note)}</p>' for note in parity_notes(parity))
-    verdict = "passed" if parity.get("passed") else f"FAILED at stage {parity.get('failed_stage')}"
+    verdict = "passed" if parity.passed else f"FAILED at stage {parity.failed_stage}"
     return _section(f"Parity: {verdict}", _parity_intro(parity, outputs) + _histograms(parity) + table + notes)
 
 
-def _histograms(parity: Mapping[str, Any]) -> str:
+def _histograms(parity: ParitySection) -> str:
     """One chart per output: how the errors of each candidate against fp64 spread over the decades."""
     groups = histogram_groups(parity)
     if not groups:
@@ -330,11 +329,11 @@ def _histograms(parity: Mapping[str, Any]) -> str:
     scale = (
         " The dashed outline is the original fp32 model's own: a candidate whose bars sit where the "
         "outline sits adds no more error than fp32 arithmetic itself."
-        if groups[0].baseline
+        if groups[0].baseline is not None
         else ""
     )
     parts = [
-        f'<p class="note">How large the errors against {esc(parity.get("reference"))} are, element by '
+        f'<p class="note">How large the errors against {esc(parity.reference)} are, element by '
         f"element: the share of elements in each decade of |a − b|.{esc(scale)}</p>"
     ]
     for group in groups:
@@ -344,33 +343,33 @@ def _histograms(parity: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def _parity_intro(parity: Mapping[str, Any], outputs: Sequence[str]) -> str:
-    inputs = ", ".join(f"{i.get('source')} (batch {i.get('batch')})" for i in parity.get("inputs", []))
-    tolerance = f"atol {num(parity.get('atol'))}, rtol {num(parity.get('rtol'))}"
+def _parity_intro(parity: ParitySection, outputs: Sequence[str]) -> str:
+    inputs = ", ".join(f"{i.source} (batch {i.batch})" for i in parity.inputs)
+    tolerance = f"atol {num(parity.atol)}, rtol {num(parity.rtol)}"
     output = f" of output {outputs[0]}" if len(outputs) == 1 else ""
     return (
-        f'<p class="note">Every candidate{esc(output)} against {esc(parity.get("reference"))}, and '
-        f"each stage against the one before it. Passes when <code>{esc(parity.get('rule'))}</code>, "
+        f'<p class="note">Every candidate{esc(output)} against {esc(parity.reference)}, and '
+        f"each stage against the one before it. Passes when <code>{esc(parity.rule)}</code>, "
         f"{esc(tolerance)}. Inputs: {esc(inputs or 'none')}.</p>"
     )
 
 
-def _parity_row(check: Mapping[str, Any]) -> list[str]:
-    ratio, cosine = check.get("error_ratio"), check.get("cosine")
-    mark = '<span class="good tag">✔</span>' if check.get("passed") else '<span class="bad tag">✘</span>'
+def _parity_row(check: ParityCheck) -> list[str]:
+    ratio, cosine = check.error_ratio, check.cosine
+    mark = '<span class="good tag">✔</span>' if check.passed else '<span class="bad tag">✘</span>'
     return [
         mark,
-        f'<span class="nowrap">{esc(check.get("stage"))}</span>',
-        esc(check.get("candidate")),
-        esc(check.get("reference")),
-        esc(check.get("output")),
-        esc(check.get("error") or num(check.get("max_abs_err"))),
+        f'<span class="nowrap">{esc(check.stage)}</span>',
+        esc(check.candidate),
+        esc(check.reference),
+        esc(check.output),
+        esc(check.error or num(check.max_abs_err)),
         esc("" if ratio is None else times(ratio)),
-        esc(num(check.get("max_rel_err"))),
-        esc(pct(check.get("mismatch_ratio"))),
+        esc(num(check.max_rel_err)),
+        esc(pct(check.mismatch_ratio)),
         esc("" if cosine is None else f"{cosine:.6f}"),
-        esc(pct(check.get("top1_agreement"))),
-        esc(pct(check.get("top5_agreement"))),
+        esc(pct(check.top1_agreement)),
+        esc(pct(check.top5_agreement)),
     ]
 
 
@@ -380,17 +379,13 @@ def _warnings(warnings: Sequence[str]) -> str:
     return _section("Warnings", "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>")
 
 
-def _environment(report: Mapping[str, Any]) -> str:
-    env = dict(report.get("environment", {}))
+def _environment(report: Report) -> str:
+    env = dict(report.environment)
     items = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in env.items()]
-    items += [
-        (k, report[k])
-        for k in ("bnfold_version", "created")
-        if report.get(k) and report[k] != env.get(k.removesuffix("_version"))
-    ]
+    versions = {"bnfold_version": report.bnfold_version, "created": report.created}
+    items += [(k, v) for k, v in versions.items() if v and v != env.get(k.removesuffix("_version"))]
     cells = [f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in items]
-    for key, section in (("model sha256", "model"), ("ONNX sha256", "onnx")):
-        sha = report.get(section, {}).get("sha256")
+    for key, sha in (("model sha256", report.model.sha256), ("ONNX sha256", report.onnx.sha256)):
         if sha:
             cells.append(f'<div class="wide"><dt>{key}</dt><dd><code>{esc(sha)}</code></dd></div>')
     return _section("Environment", '<dl class="env">' + "".join(cells) + "</dl>")

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnfold.report.check import Headline, headline, parity_failure
+from bnfold.bench.timing import LatencyResult
+from bnfold.fold.records import BnRecord
+from bnfold.report.check import Headline, deployed_speedups, headline, parity_failure
+from bnfold.report.document import FoldSection, OnnxSection, ParitySection, Report, SpeedupEntry, as_report
+from bnfold.verify.report import BASELINE, ParityCheck
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
 
@@ -23,30 +27,30 @@ def esc(value: Any) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
+def render_markdown(report: Report | Mapping[str, Any]) -> str:
     """The whole report as Markdown: verdict, headline, BatchNorms, latency, parity, warnings, environment."""
+    report = as_report(report)
     parts = [
         _verdict(report),
         _figures(report),
-        _batchnorms(report.get("fold", {})),
-        _latency(report.get("latency", []), report.get("speedup", [])),
-        _parity(report.get("parity", {})),
-        _warnings(report.get("warnings", [])),
-        _environment(report.get("environment", {})),
+        _batchnorms(report.fold),
+        _latency(report.latency, report.speedup),
+        _parity(report.parity),
+        _warnings(report.warnings),
+        _environment(report.environment),
     ]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def _verdict(report: Mapping[str, Any]) -> str:
-    verdict = report.get("verdict", {})
-    mark, word = ("✅", "PASS") if verdict.get("passed") else ("❌", "FAIL")
-    reason = str(verdict.get("reason", ""))
+def _verdict(report: Report) -> str:
+    mark, word = ("✅", "PASS") if report.verdict.passed else ("❌", "FAIL")
+    reason = str(report.verdict.reason)
     line = f"# {mark} bnfold: {word} — {esc(reason)}"
-    failure = parity_failure(report.get("parity", {}))
+    failure = parity_failure(report.parity)
     return f"{line}\n\n**{esc(failure)}**" if failure and failure != reason else line
 
 
-def _figures(report: Mapping[str, Any]) -> str:
+def _figures(report: Report) -> str:
     head = headline(report)
     figures = [_error_text(error_figure(report))]
     if fold_ran(report):
@@ -68,27 +72,31 @@ def _error_text(error: ErrorFigure) -> str:
     return text + (f" (original fp32 itself: {num(error.baseline)})" if error.baseline else "")
 
 
-def _files(report: Mapping[str, Any]) -> str:
-    model, onnx = report.get("model", {}), report.get("onnx", {})
-    source = f"{esc(model.get('path') or 'in-memory model')} ({esc(model.get('format', '?'))})"
-    details = onnx_details(onnx) + [f"{esc(onnx.get('batchnorm_nodes', '?'))} BatchNormalization nodes"]
-    line = f"{source} → {esc(onnx.get('path', '?'))} ({', '.join(details)})"
-    return line + "".join(f"\n\n> {esc(note)}" for note in model.get("notes") or [])
+def _files(report: Report) -> str:
+    model, onnx = report.model, report.onnx
+    source = f"{esc(model.path or 'in-memory model')} ({esc(_known(model.format))})"
+    details = onnx_details(onnx) + [f"{esc(_known(onnx.batchnorm_nodes))} BatchNormalization nodes"]
+    line = f"{source} → {esc(_known(onnx.path))} ({', '.join(details)})"
+    return line + "".join(f"\n\n> {esc(note)}" for note in model.notes)
 
 
-def fold_ran(report: Mapping[str, Any]) -> bool:
+def _known(value: Any) -> Any:
+    return "?" if value is None else value
+
+
+def fold_ran(report: Report) -> bool:
     """Whether this report folded anything (``bnfold verify`` reports compare two given models)."""
-    return "batchnorm_found" in (report.get("fold") or {})
+    return report.fold is not None
 
 
-def onnx_details(onnx: Mapping[str, Any]) -> list[str]:
+def onnx_details(onnx: OnnxSection) -> list[str]:
     """Opset, node count, size and exporter of the ONNX file, leaving out what the report does not know."""
     parts = [
-        f"opset {onnx['opset']}" if onnx.get("opset") is not None else "",
-        f"{onnx['nodes']} nodes" if onnx.get("nodes") is not None else "",
-        size(onnx["size_bytes"]) if onnx.get("size_bytes") is not None else "",
-        f"exporter {onnx['exporter']}" if onnx.get("exporter") else "",
-        f"weights in {Path(onnx['external_data']).name}" if onnx.get("external_data") else "",
+        f"opset {onnx.opset}" if onnx.opset is not None else "",
+        f"{onnx.nodes} nodes" if onnx.nodes is not None else "",
+        size(onnx.size_bytes) if onnx.size_bytes is not None else "",
+        f"exporter {onnx.exporter}" if onnx.exporter else "",
+        f"weights in {Path(onnx.external_data).name}" if onnx.external_data else "",
     ]
     return [part for part in parts if part]
 
@@ -102,114 +110,98 @@ class ErrorFigure:
     baseline: float | None
 
 
-def error_figure(report: Mapping[str, Any]) -> ErrorFigure:
+def error_figure(report: Report) -> ErrorFigure:
     """The headline's error (see :func:`~bnfold.report.check.headline`) and the worst ratio to the original
     fp32 model's own error. ``max_abs_err`` is None when a check has no number (NaN or a failed run)."""
-    parity = report.get("parity", {})
     head = headline(report)
-    ratios = [
-        c["error_ratio"]
-        for c in parity.get("checks", [])
-        if c.get("reference") == parity.get("reference")
-        and c.get("stage") != "baseline"
-        and c.get("error_ratio") is not None
-    ]
+    checks = report.parity.against_reference() if report.parity else []
+    ratios = [c.error_ratio for c in checks if c.stage != BASELINE and c.error_ratio is not None]
     return ErrorFigure(head.max_abs_err, max(ratios, default=None), head.baseline_max_abs_err)
 
 
-def worst_top1(report: Mapping[str, Any]) -> float | None:
-    rates = [
-        c["top1_agreement"] for c in report.get("parity", {}).get("checks", []) if c.get("top1_agreement") is not None
-    ]
-    return min(rates, default=None)
+def worst_top1(report: Report) -> float | None:
+    checks = report.parity.checks if report.parity else []
+    return min((c.top1_agreement for c in checks if c.top1_agreement is not None), default=None)
 
 
 def speedup_range(head: Headline) -> str:
     return (head.speedup_text() or "").replace("x", "×")
 
 
-def speedup_tone(report: Mapping[str, Any]) -> str | None:
+def speedup_tone(report: Report) -> str | None:
     """``faster`` when every headline speedup's spread is above 1, ``slower`` when one is below, else
     ``unchanged`` (within the timing noise); None when nothing was measured."""
-    chosen = _headline_speedups(report)
+    chosen = deployed_speedups(report.speedup)
     if not chosen:
         return None
-    if min(s.get("speedup_high") or s["speedup_p50"] for s in chosen) < 1.0:
+    if min(s.speedup_high or s.speedup_p50 or 0.0 for s in chosen) < 1.0:
         return "slower"
-    return "faster" if min(s.get("speedup_low") or s["speedup_p50"] for s in chosen) > 1.0 else "unchanged"
+    return "faster" if min(s.speedup_low or s.speedup_p50 or 0.0 for s in chosen) > 1.0 else "unchanged"
 
 
-def other_speedups(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+def other_speedups(report: Report) -> list[tuple[str, str]]:
     """Speedup ranges of the backends the headline leaves out (e.g. torch eager), by backend and provider."""
-    shown = [id(s) for s in _headline_speedups(report)]
+    shown = [id(s) for s in deployed_speedups(report.speedup)]
     ranges: dict[str, list[float]] = {}
-    for item in report.get("speedup", []):
-        if item.get("speedup_p50") is not None and id(item) not in shown:
-            ranges.setdefault(f"{item.get('backend')} {item.get('provider')}", []).append(item["speedup_p50"])
+    for item in report.speedup:
+        if item.speedup_p50 is not None and id(item) not in shown:
+            ranges.setdefault(f"{item.backend} {item.provider}", []).append(item.speedup_p50)
     return [(name, _range(min(v), max(v))) for name, v in ranges.items()]
-
-
-def _headline_speedups(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The speedups the headline is about: onnxruntime's (the deliverable), or all when it was not timed."""
-    measured = [s for s in report.get("speedup", []) if s.get("speedup_p50") is not None]
-    return [s for s in measured if s.get("backend") == "onnxruntime"] or measured
 
 
 def _range(low: float, high: float) -> str:
     return f"{low:.2f}×" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}×"
 
 
-def parity_notes(parity: Mapping[str, Any]) -> list[str]:
+def parity_notes(parity: ParitySection) -> list[str]:
     """The parity notes (e.g. why CUDA was not checked), each once."""
-    notes = [*parity.get("notes", []), (parity.get("cuda") or {}).get("note")]
+    notes = [*parity.notes, parity.cuda.note]
     return [str(note) for note in dict.fromkeys(notes) if note]
 
 
-def _batchnorms(fold: Mapping[str, Any]) -> str:
-    if "batchnorm_found" not in fold:
+def _batchnorms(fold: FoldSection | None) -> str:
+    if fold is None:
         return "## BatchNorms\n\nNot folded in this run: the report compares two given models."
-    kept_as_is = int(fold.get("batchnorm_kept", 0)) - int(fold.get("batchnorm_affine", 0))
     title = (
-        f"## BatchNorms: {fold.get('batchnorm_found', 0)} found, {fold.get('batchnorm_folded', 0)} "
-        f"folded, {fold.get('batchnorm_affine', 0)} frozen affine, {kept_as_is} kept as is"
+        f"## BatchNorms: {fold.batchnorm_found} found, {fold.batchnorm_folded} "
+        f"folded, {fold.batchnorm_affine} frozen affine, {fold.kept_as_is} kept as is"
     )
-    if fold.get("recalibrated"):
+    if fold.recalibrated:
         title += " (statistics recalibrated)"
     rows = [
         [
-            esc(layer.get("name")),
-            esc(layer.get("kind", "")),
+            esc(layer.name),
+            esc(layer.kind),
             _action(layer),
             _detail(layer),
-            esc(layer.get("channels") if layer.get("channels") is not None else ""),
+            esc(layer.channels if layer.channels is not None else ""),
         ]
-        for layer in fold.get("layers", [])
+        for layer in fold.layers
     ]
     return title + "\n\n" + table(["BatchNorm", "kind", "result", "into / reason", "channels"], rows)
 
 
-def _action(layer: Mapping[str, Any]) -> str:
-    action = layer.get("action")
-    if action == "folded":
-        return f"✅ folded ({esc(layer.get('how') or '')})"
-    return "⚠️ frozen affine" if action == "affine" else "❌ kept"
+def _action(layer: BnRecord) -> str:
+    if layer.action == "folded":
+        return f"✅ folded ({esc(layer.how or '')})"
+    return "⚠️ frozen affine" if layer.action == "affine" else "❌ kept"
 
 
-def _detail(layer: Mapping[str, Any]) -> str:
-    if layer.get("action") == "folded":
-        return ", ".join(esc(name) for name in layer.get("into", []))
-    return esc(layer.get("reason") or "")
+def _detail(layer: BnRecord) -> str:
+    if layer.action == "folded":
+        return ", ".join(esc(name) for name in layer.into)
+    return esc(layer.reason or "")
 
 
-def _parity(parity: Mapping[str, Any]) -> str:
-    if not parity:
+def _parity(parity: ParitySection | None) -> str:
+    if parity is None:
         return ""
-    verdict = "passed" if parity.get("passed") else f"FAILED at stage {esc(parity.get('failed_stage'))}"
-    inputs = ", ".join(f"{esc(i.get('source'))} (batch {esc(i.get('batch'))})" for i in parity.get("inputs", []))
+    verdict = "passed" if parity.passed else f"FAILED at stage {esc(parity.failed_stage)}"
+    inputs = ", ".join(f"{esc(i.source)} (batch {esc(i.batch)})" for i in parity.inputs)
     intro = (
-        f"## Parity: {verdict}\n\nEvery candidate against {esc(parity.get('reference'))}, and each "
-        f"stage against the one before it. Rule: {esc(parity.get('rule', ''))}, atol "
-        f"{num(parity.get('atol'))}, rtol {num(parity.get('rtol'))}. Inputs: {inputs or 'none'}."
+        f"## Parity: {verdict}\n\nEvery candidate against {esc(parity.reference)}, and each "
+        f"stage against the one before it. Rule: {esc(parity.rule)}, atol "
+        f"{num(parity.atol)}, rtol {num(parity.rtol)}. Inputs: {inputs or 'none'}."
     )
     header = [
         "",
@@ -224,7 +216,7 @@ def _parity(parity: Mapping[str, Any]) -> str:
         "cosine",
         "top-1",
     ]
-    rows = [_parity_row(c) for c in parity.get("checks", [])]
+    rows = [_parity_row(c) for c in parity.checks]
     notes = "".join(f"\n\n> {esc(note)}" for note in parity_notes(parity))
     return intro + "\n\n" + table(header, rows) + _histogram_lines(parity) + notes
 
@@ -235,22 +227,22 @@ class HistogramGroup:
     model's own (``baseline``, None when the run has none) and every other candidate's, in matrix order."""
 
     output: str
-    baseline: Mapping[str, Any] | None
-    candidates: list[Mapping[str, Any]]
+    baseline: ParityCheck | None
+    candidates: list[ParityCheck]
 
 
-def histogram_groups(parity: Mapping[str, Any]) -> list[HistogramGroup]:
+def histogram_groups(parity: ParitySection) -> list[HistogramGroup]:
     """One :class:`HistogramGroup` per output (and per batch, for per-batch checks), in report order;
     outputs without a candidate histogram are left out."""
     groups: dict[tuple[str, str], HistogramGroup] = {}
-    for check in parity.get("checks", []):
-        if check.get("reference") != parity.get("reference") or not check.get("error_histogram"):
+    for check in parity.checks:
+        if check.reference != parity.reference or not check.error_histogram:
             continue
-        source = str(check.get("batch_source", "all"))
-        key = (str(check.get("output")), source)
+        source = str(check.batch_source)
+        key = (str(check.output), source)
         label = key[0] if source == "all" else f"{key[0]}, batch {source}"
         group = groups.setdefault(key, HistogramGroup(label, None, []))
-        if check.get("stage") == "baseline" and group.baseline is None:
+        if check.stage == BASELINE and group.baseline is None:
             groups[key] = HistogramGroup(label, check, group.candidates)
         else:
             group.candidates.append(check)
@@ -270,59 +262,57 @@ def share_below(histogram: Mapping[str, Any], bound: float) -> float | None:
 SUMMARY_BOUND = 1e-6
 
 
-def _histogram_lines(parity: Mapping[str, Any]) -> str:
+def _histogram_lines(parity: ParitySection) -> str:
     """One line per output: the share of elements each candidate (the original fp32 first) keeps under
     :data:`SUMMARY_BOUND` against the reference, read from the error histograms."""
     lines = []
     for group in histogram_groups(parity):
-        checks = ([group.baseline] if group.baseline else []) + group.candidates
-        shares = [(check, share_below(check["error_histogram"], SUMMARY_BOUND)) for check in checks]
-        parts = [f"{esc(check.get('candidate'))} {pct(share)}" for check, share in shares if share is not None]
+        checks = ([group.baseline] if group.baseline is not None else []) + group.candidates
+        shares = [(check, share_below(check.error_histogram or {}, SUMMARY_BOUND)) for check in checks]
+        parts = [f"{esc(check.candidate)} {pct(share)}" for check, share in shares if share is not None]
         if parts:
             bound = f"{SUMMARY_BOUND:.0e}".replace("e-0", "e-")
             lines.append(
-                f"Share of elements with \\|error\\| under {bound} against {esc(parity.get('reference'))}, "
+                f"Share of elements with \\|error\\| under {bound} against {esc(parity.reference)}, "
                 f"output {esc(group.output)}: " + " · ".join(parts)
             )
     return "".join(f"\n\n{line}" for line in lines)
 
 
-def _parity_row(check: Mapping[str, Any]) -> list[str]:
-    ratio = check.get("error_ratio")
-    error = check.get("max_abs_err")
+def _parity_row(check: ParityCheck) -> list[str]:
+    ratio = check.error_ratio
     return [
-        "✅" if check.get("passed") else "❌",
-        esc(check.get("stage")),
-        esc(check.get("candidate")),
-        esc(check.get("reference")),
-        esc(check.get("output")),
-        esc(check["error"]) if check.get("error") else num(error),
+        "✅" if check.passed else "❌",
+        esc(check.stage),
+        esc(check.candidate),
+        esc(check.reference),
+        esc(check.output),
+        esc(check.error) if check.error else num(check.max_abs_err),
         "" if ratio is None else times(ratio),
-        num(check.get("max_rel_err")),
-        pct(check.get("mismatch_ratio")),
-        _cosine(check.get("cosine")),
-        pct(check.get("top1_agreement")),
+        num(check.max_rel_err),
+        pct(check.mismatch_ratio),
+        _cosine(check.cosine),
+        pct(check.top1_agreement),
     ]
 
 
-def _latency(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str, Any]]) -> str:
+def _latency(latency: Sequence[LatencyResult], speedup: Sequence[SpeedupEntry]) -> str:
     if not latency:
         return "## Latency\n\nNot measured."
     rows = []
     for group in latency_groups(latency, speedup):
-        s = group["speedup"] or {}
         rows.append(
             [
-                esc(group["backend"]),
-                esc(group["provider"]),
-                esc(group["batch"]),
-                ms(group["original"]),
-                ms(group["folded"]),
-                ratio_text(s.get("speedup_p50")),
-                spread_text(s),
+                esc(group.backend),
+                esc(group.provider),
+                esc(group.batch),
+                ms(group.original),
+                ms(group.folded),
+                ratio_text(group.speedup.speedup_p50 if group.speedup else None),
+                spread_text(group.speedup),
             ]
         )
-    threads = sorted({str(r.get("threads")) for r in latency})
+    threads = sorted({str(r.threads) for r in latency})
     header = ["backend", "provider", "batch", "original p50", "folded p50", "speedup", "IQR of paired ratios"]
     return (
         "## Latency\n\n"
@@ -331,26 +321,37 @@ def _latency(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str
     )
 
 
-def latency_groups(latency: Sequence[Mapping[str, Any]], speedup: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+@dataclass
+class LatencyGroup:
+    """One (backend, provider, batch): the original's and the folded model's p50, and the speedup."""
+
+    backend: str
+    provider: str
+    batch: int
+    original: float | None = None
+    folded: float | None = None
+    speedup: SpeedupEntry | None = None
+
+
+def latency_groups(latency: Sequence[LatencyResult], speedup: Sequence[SpeedupEntry]) -> list[LatencyGroup]:
     """Latency entries paired per (backend, provider, batch): original and folded p50 and the speedup."""
-    groups: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+    groups: dict[tuple[str, str, int], LatencyGroup] = {}
     for entry in latency:
-        key = (entry.get("backend"), entry.get("provider"), entry.get("batch"))
-        group = groups.setdefault(
-            key,
-            {"backend": key[0], "provider": key[1], "batch": key[2], "original": None, "folded": None, "speedup": None},
-        )
-        if entry.get("model") in ("original", "folded"):
-            group[entry["model"]] = entry.get("p50_ms")
+        key = (entry.backend, entry.provider, entry.batch)
+        group = groups.setdefault(key, LatencyGroup(*key))
+        if entry.model == "original":
+            group.original = entry.p50_ms
+        elif entry.model == "folded":
+            group.folded = entry.p50_ms
     for item in speedup:
-        key = (item.get("backend"), item.get("provider"), item.get("batch"))
+        key = (item.backend, item.provider, item.batch)
         if key in groups:
-            groups[key]["speedup"] = item
+            groups[key].speedup = item
     return list(groups.values())
 
 
-def spread_text(speedup: Mapping[str, Any]) -> str:
-    low, high = speedup.get("speedup_low"), speedup.get("speedup_high")
+def spread_text(speedup: SpeedupEntry | None) -> str:
+    low, high = (speedup.speedup_low, speedup.speedup_high) if speedup else (None, None)
     return "" if low is None or high is None else f"{low:.2f}–{high:.2f}×"
 
 
@@ -376,7 +377,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def num(value: Any) -> str:
     """An error or tolerance as ``2.1e-06``; "n/a" when missing."""
-    return "n/a" if value is None else f"{float(value):.1e}"
+    return "n/a" if value is None or value != value else f"{float(value):.1e}"
 
 
 def pct(value: Any) -> str:

@@ -2,68 +2,71 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from bnfold.report.check import headline, parity_failure
+from bnfold.report.document import ParitySection, Report, as_report
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
+def summary_lines(report: Report | Mapping[str, Any]) -> list[str]:
     """BNs found, folded, kept (with reasons), the parity verdict and latency before/after."""
-    fold, onnx, parity = report["fold"], report["onnx"], report["parity"]
-    as_is = fold["batchnorm_kept"] - fold["batchnorm_affine"]
-    lines = [
-        f"BatchNorms: {fold['batchnorm_found']} found, {fold['batchnorm_folded']} folded, "
-        f"{fold['batchnorm_affine']} frozen affine, {as_is} kept as is; "
-        f"{onnx['batchnorm_nodes']} BatchNormalization nodes in {onnx['path']}"
-    ]
-    if fold["batchnorm_affine"] and fold.get("affine_form") == "batchnorm":
+    report = as_report(report)
+    fold, onnx = report.fold, report.onnx
+    lines = []
+    if fold is not None:
         lines.append(
-            "  frozen affines are written as BatchNormalization with mean 0, var 1 (ONNX Runtime runs that "
-            "fastest); --affine-form muladd writes Mul+Add instead"
+            f"BatchNorms: {fold.batchnorm_found} found, {fold.batchnorm_folded} folded, "
+            f"{fold.batchnorm_affine} frozen affine, {fold.kept_as_is} kept as is; "
+            f"{onnx.batchnorm_nodes} BatchNormalization nodes in {onnx.path}"
         )
-    for layer in fold["layers"]:
-        if layer["action"] != "folded":
-            fate = "frozen affine" if layer["action"] == "affine" else "kept as is"
-            lines.append(f"  {layer['name']}: {fate}: {layer['reason']}")
+        if fold.batchnorm_affine and fold.affine_form == "batchnorm":
+            lines.append(
+                "  frozen affines are written as BatchNormalization with mean 0, var 1 (ONNX Runtime runs that "
+                "fastest); --affine-form muladd writes Mul+Add instead"
+            )
+        for layer in fold.layers:
+            if layer.action != "folded":
+                fate = "frozen affine" if layer.action == "affine" else "kept as is"
+                lines.append(f"  {layer.name}: {fate}: {layer.reason}")
     lines.append(_parity_line(report))
-    lines.extend(_agreement_lines(parity))
-    lines.extend(f"note: {note}" for note in parity.get("notes", []))
-    for item in report.get("speedup", []):
+    lines.extend(_agreement_lines(report.parity))
+    lines.extend(f"note: {note}" for note in (report.parity.notes if report.parity else []))
+    for item in report.speedup:
         lines.append(
-            f"latency {item['backend']} ({item['provider']}) batch {item['batch']}: "
-            f"{item['original_p50_ms']:.3f} ms → {item['folded_p50_ms']:.3f} ms p50, ×{item['speedup_p50']:.2f}"
+            f"latency {item.backend} ({item.provider}) batch {item.batch}: "
+            f"{item.original_p50_ms:.3f} ms → {item.folded_p50_ms:.3f} ms p50, ×{item.speedup_p50:.2f}"
         )
-    verdict = report["verdict"]
-    lines.append(("PASS: " if verdict["passed"] else "FAIL: ") + verdict["reason"])
+    lines.append(("PASS: " if report.verdict.passed else "FAIL: ") + report.verdict.reason)
     return lines
 
 
-def parity_lines(report: dict[str, Any]) -> list[str]:
+def parity_lines(report: Report | Mapping[str, Any]) -> list[str]:
     """The parity verdict, its agreement figures, and the overall verdict (``bnfold verify``)."""
-    verdict = report["verdict"]
-    notes = [f"note: {note}" for note in report["parity"].get("notes", [])]
+    report = as_report(report)
+    notes = [f"note: {note}" for note in (report.parity.notes if report.parity else [])]
     return [
         _parity_line(report),
-        *_agreement_lines(report["parity"]),
+        *_agreement_lines(report.parity),
         *notes,
-        ("PASS: " if verdict["passed"] else "FAIL: ") + verdict["reason"],
+        ("PASS: " if report.verdict.passed else "FAIL: ") + report.verdict.reason,
     ]
 
 
-def _parity_line(report: dict[str, Any]) -> str:
-    parity = report["parity"]
-    failure = parity_failure(parity)
+def _parity_line(report: Report) -> str:
+    failure = parity_failure(report.parity)
     if failure:
         return failure
+    parity = report.parity or ParitySection()
     head = headline(report)
     worst = f"{head.max_abs_err:.2e}" if head.max_abs_err is not None else "n/a"
     base = f" (original fp32 alone: {head.baseline_max_abs_err:.2e})" if head.baseline_max_abs_err is not None else ""
     return (
-        f"parity: passed, {len(parity['checks'])} checks, max abs err {worst}{base}; "
-        f"atol {parity['atol']:g}, rtol {parity['rtol']:g}"
+        f"parity: passed, {len(parity.checks)} checks, max abs err {worst}{base}; "
+        f"atol {parity.atol:g}, rtol {parity.rtol:g}"
     )
 
 
-def _agreement_lines(parity: dict[str, Any]) -> list[str]:
-    rates = [c["top1_agreement"] for c in parity.get("checks", []) if c.get("top1_agreement") is not None]
+def _agreement_lines(parity: ParitySection | None) -> list[str]:
+    rates = [c.top1_agreement for c in (parity.checks if parity else []) if c.top1_agreement is not None]
     return [f"top-1 agreement with the original model: {min(rates):.2%} (worst candidate)"] if rates else []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from bnfold.verify.metrics import OutputMetrics
@@ -91,6 +92,14 @@ class ParityCheck:
     def __bool__(self) -> bool:
         return self.passed
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ParityCheck:
+        """A check as a report wrote it (:meth:`to_json`); keys an older report did not write take their
+        defaults, and a check without its tolerance has NaN there."""
+        names = {f.name for f in fields(cls)}
+        given = {key: value for key, value in data.items() if key in names}
+        return cls(**{**_ABSENT, **given})
+
     def to_json(self) -> dict[str, Any]:
         """The check as JSON; NaN and infinite numbers become null (``nan_count`` tells NaN apart)."""
         return {k: _finite(v) for k, v in asdict(self).items()}
@@ -172,6 +181,13 @@ class ParityReport:
         sources = ", ".join(str(i["source"]) for i in self.inputs) or "no inputs"
         head = f"parity {verdict} vs {self.reference} ({self.tolerance.describe()}; inputs: {sources})"
         return [head, *("  " + c.describe() for c in self.checks), *(f"  note: {n}" for n in self.notes)]
+
+
+_ABSENT: dict[str, Any] = dict.fromkeys(
+    ("max_abs_err", "max_rel_err", "mean_abs_err", "mismatch_ratio", "cosine", "top1_agreement", "top5_agreement")
+)
+_ABSENT.update(reference="", candidate="", output="", batch_source="all", stage="", passed=False)
+_ABSENT.update(atol=math.nan, rtol=math.nan)
 
 
 def _finite(value: Any) -> Any:
