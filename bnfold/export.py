@@ -328,6 +328,7 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxscript.optimizer._constant_folding import FoldConstantsPass
 
     from bnfold.fold.onnx._evaluate import DEFAULT_OUTPUT_LIMIT, small_fill
+    from bnfold.onnx_passes import FoldShapeArithmetic
 
     work = ir.serde.deserialize_model(model)
     subgraphs = any(
@@ -336,6 +337,7 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
         for attr in node.attribute
     )
     passes = ir.passes.Sequential(
+        FoldShapeArithmetic(),
         FoldConstantsPass(
             shape_inference=True, input_size_limit=8192, output_size_limit=DEFAULT_OUTPUT_LIMIT, should_fold=small_fill
         ),
