@@ -22,6 +22,9 @@ from torch import nn
 from bnfold.bench import bench_onnx
 from bnfold.bench.torch_latency import bench_torch
 from bnfold.convert import ConvertConfig, convert
+from bnfold.report.html import render_html
+from bnfold.report.markdown import render_markdown
+from bnfold.report.summary import summary_lines
 from bnfold.verify.widen import WIDENED_NOTE, holds_bfloat16, widened
 
 
@@ -60,6 +63,10 @@ def test_low_precision_parity_runs_in_the_models_dtype(
     assert baseline > 1e-4
     assert report["verdict"]["passed"], report["verdict"]
     assert (WIDENED_NOTE in report["parity"]["notes"]) == (dtype == torch.bfloat16)
+    # what users read names the original as it ran
+    assert f"original {short} alone" in "\n".join(summary_lines(report))
+    assert f"original {short} ({short} noise)" in render_html(report)
+    assert f"the original {short} model's own" in render_markdown(report)
 
 
 def _bfloat16_file(tmp_path: Path) -> tuple[Path, Path]:

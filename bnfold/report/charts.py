@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bnfold.report.document import SpeedupEntry
+from bnfold.report.document import SpeedupEntry, noise_label
 from bnfold.report.markdown import LatencyGroup, ms, num, ratio_text, times
 from bnfold.verify.report import BASELINE, ParityCheck
 
@@ -160,7 +160,7 @@ def histogram_chart(checks: Sequence[ParityCheck], baseline: ParityCheck | None)
     for i, row in enumerate(rows):
         y = top + i * HIST_ROW_H
         is_baseline = row is baseline
-        name = str(row.candidate) + (" (fp32 noise)" if is_baseline else "")
+        name = noise_label(str(row.candidate)) if is_baseline else str(row.candidate)
         parts.append(_text(0, y + HIST_ROW_H / 2 + 5, name))
         colour = ORIGINAL_COLOUR if is_baseline else FOLDED_COLOUR if row.passed else FAILED_COLOUR
         parts += _hist_bars(_shares(_histogram(row)), y, tallest, colour, "fill")
@@ -254,12 +254,13 @@ def _common_atol(rows: Sequence[ParityCheck]) -> float | None:
 
 def _hist_legend(x: int, rows: Sequence[ParityCheck]) -> str:
     atol = _common_atol(rows)
+    baseline_label = noise_label(str(rows[0].candidate) if rows[0].stage == BASELINE else "original fp32")
     legend = (
         f'<rect x="{x}" y="4" width="13" height="13" fill="{FOLDED_COLOUR}"></rect>'
         f'<text x="{x + 19}" y="15">candidate</text>'
         f'<rect x="{x + 110}" y="4.5" width="12" height="12" fill="none" stroke="#57606a" '
         f'stroke-dasharray="3 2" stroke-width="1.5"></rect>'
-        f'<text x="{x + 129}" y="15">original fp32 (fp32 noise)</text>'
+        f'<text x="{x + 129}" y="15">{esc(baseline_label)}</text>'
     )
     if atol is not None:
         legend += _line(x + 335, 4, x + 335, 17, FAILED_COLOUR, "4 3") + _text(x + 343, 15, f"atol {num(atol)}")

@@ -227,6 +227,18 @@ class ParitySection(Section):
         """The checks against the matrix reference (the fp64 original), not those between stages."""
         return [c for c in self.checks if c.reference == self.reference]
 
+    @property
+    def baseline_name(self) -> str:
+        """The original model as the baseline ran it: "original fp32", or a low-precision model in its own
+        dtype ("original bf16")."""
+        return next((str(c.candidate) for c in self.checks if c.stage == "baseline"), "original fp32")
+
+
+def noise_label(baseline: str) -> str:
+    """The baseline named as the yardstick of rounding noise: "original fp32 (fp32 noise)",
+    "original bf16 (bf16 noise)"."""
+    return f"{baseline} ({baseline.removeprefix('original ')} noise)"
+
 
 @dataclass
 class SpeedupEntry(Section):

@@ -181,9 +181,9 @@ def _error_card(report: Report) -> str:
     error, top1 = error_figure(report), worst_top1(report)
     parts = []
     if error.ratio is not None and error.baseline:
-        parts.append(f"{times(error.ratio)} the original fp32 model's own error ({num(error.baseline)})")
+        parts.append(f"{times(error.ratio)} the {error.baseline_name} model's own error ({num(error.baseline)})")
     elif error.baseline:
-        parts.append(f"original fp32 model's own: {num(error.baseline)}")
+        parts.append(f"{error.baseline_name} model's own: {num(error.baseline)}")
     if top1 is not None:
         parts.append(f"top-1 agreement {pct(top1)}")
     passed = report.parity is not None and report.parity.passed
@@ -327,7 +327,7 @@ def _histograms(parity: ParitySection) -> str:
     if not groups:
         return ""
     scale = (
-        " The dashed outline is the original fp32 model's own: a candidate whose bars sit where the "
+        " The dashed outline is the original model's own: a candidate whose bars sit where the "
         "outline sits adds no more error than fp32 arithmetic itself."
         if groups[0].baseline is not None
         else ""

@@ -68,8 +68,8 @@ def _figures(report: Report) -> str:
 def _error_text(error: ErrorFigure) -> str:
     text = f"**max abs error {num(error.max_abs_err)}** vs fp64"
     if error.ratio is not None and error.baseline:
-        return text + f" ({times(error.ratio)} the original fp32 model's own, {num(error.baseline)})"
-    return text + (f" (original fp32 itself: {num(error.baseline)})" if error.baseline else "")
+        return text + f" ({times(error.ratio)} the {error.baseline_name} model's own, {num(error.baseline)})"
+    return text + (f" ({error.baseline_name} itself: {num(error.baseline)})" if error.baseline else "")
 
 
 def _files(report: Report) -> str:
@@ -108,6 +108,7 @@ class ErrorFigure:
     max_abs_err: float | None
     ratio: float | None
     baseline: float | None
+    baseline_name: str = "original fp32"
 
 
 def error_figure(report: Report) -> ErrorFigure:
@@ -116,7 +117,8 @@ def error_figure(report: Report) -> ErrorFigure:
     head = headline(report)
     checks = report.parity.against_reference() if report.parity else []
     ratios = [c.error_ratio for c in checks if c.stage != BASELINE and c.error_ratio is not None]
-    return ErrorFigure(head.max_abs_err, max(ratios, default=None), head.baseline_max_abs_err)
+    name = report.parity.baseline_name if report.parity else "original fp32"
+    return ErrorFigure(head.max_abs_err, max(ratios, default=None), head.baseline_max_abs_err, name)
 
 
 def worst_top1(report: Report) -> float | None:

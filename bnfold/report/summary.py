@@ -60,7 +60,11 @@ def _parity_line(report: Report) -> str:
     parity = report.parity or ParitySection()
     head = headline(report)
     worst = f"{head.max_abs_err:.2e}" if head.max_abs_err is not None else "n/a"
-    base = f" (original fp32 alone: {head.baseline_max_abs_err:.2e})" if head.baseline_max_abs_err is not None else ""
+    base = (
+        f" ({parity.baseline_name} alone: {head.baseline_max_abs_err:.2e})"
+        if head.baseline_max_abs_err is not None
+        else ""
+    )
     return (
         f"parity: passed, {len(parity.checks)} checks, max abs err {worst}{base}; "
         f"atol {parity.atol:g}, rtol {parity.rtol:g}"
