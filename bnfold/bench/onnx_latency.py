@@ -7,10 +7,12 @@ copies are not part of the timing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -18,7 +20,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, NotImpleme
 
 from bnfold.bench.cpu import default_threads
 from bnfold.bench.inputs import InputSource, batches_of
-from bnfold.bench.timing import LatencyResult, interleave
+from bnfold.bench.timing import LatencyResult, Rounds, interleave
 from bnfold.errors import one_line
 from bnfold.verify.runners import OrtRunner
 
@@ -58,20 +60,20 @@ def bench_onnx(
     inputs: InputSource,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int | None = None,
-    warmup: int = 10,
-    min_runs: int = 30,
-    min_seconds: float = 1.0,
     batch_sizes: Sequence[int] | None = None,
-    max_runs: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    **rounds: Any,
 ) -> list[LatencyResult]:
     """Time each ONNX model (e.g. ``{"original": ..., "folded": ...}``) on each provider and batch size.
 
     ``threads`` defaults to one per physical core. Sessions use full graph optimisation, as deployed. A
     provider onnxruntime silently replaces (e.g. CUDA on a machine without a GPU) is skipped with a
     warning rather than reported under the wrong name. ``progress`` hears of each timing round:
-    (``"onnxruntime CPU batch 8"``, rounds done, rounds expected).
+    (``"onnxruntime CPU batch 8"``, rounds done, rounds expected). ``rounds`` is how long each is timed: a
+    :class:`~bnfold.bench.timing.Rounds` as ``rounds=``, or its fields (``warmup``, ``min_runs``,
+    ``min_seconds``, ``max_runs``) as keywords.
     """
+    plan = Rounds.given(**rounds)
     threads = threads or default_threads()
     per_batch = batches_of(inputs, batch_sizes)
     results: list[LatencyResult] = []
@@ -82,21 +84,13 @@ def bench_onnx(
         for batch, arrays in per_batch.items():
             calls = {name: timed_call(runner, arrays, provider) for name, runner in sessions.items()}
             samples = interleave(
-                calls,
-                warmup,
-                min_runs,
-                min_seconds,
-                max_runs,
-                on_round=rounds_of(progress, f"{BACKEND} {_short(provider)} batch {batch}"),
+                calls, plan, on_round=rounds_of(progress, f"{BACKEND} {_short(provider)} batch {batch}")
             )
             results += [
-                LatencyResult.of(
-                    samples[name],
-                    backend=BACKEND,
-                    provider=provider,
-                    model=name,
-                    batch=batch,
-                    threads=threads,
+                dataclasses.replace(
+                    LatencyResult.of(
+                        samples[name], backend=BACKEND, provider=provider, model=name, batch=batch, threads=threads
+                    ),
                     session_create_ms=create_ms[name],
                 )
                 for name in sessions

@@ -18,49 +18,66 @@ import numpy as np
 Clock = Callable[[], float]
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """How long :func:`interleave` times: ``warmup`` untimed rounds, then timed rounds until at least
+    ``min_runs`` rounds and ``min_seconds`` have passed (or ``max_runs`` rounds, if given)."""
+
+    warmup: int = 10
+    min_runs: int = 30
+    min_seconds: float = 1.0
+    max_runs: int | None = None
+
+    @classmethod
+    def given(cls, rounds: Rounds | None = None, **schedule: Any) -> Rounds:
+        """``rounds``, or the rounds its keywords (``warmup``, ``min_runs``, ``min_seconds``, ``max_runs``) name."""
+        if rounds is not None and schedule:
+            raise TypeError(f"give rounds or {', '.join(schedule)}, not both")
+        return rounds if rounds is not None else cls(**schedule)
+
+    def expected(self, rounds: int, elapsed: float) -> int:
+        """How many timed rounds will run in all, judged from ``rounds`` done in ``elapsed`` seconds."""
+        by_time = math.ceil(rounds * self.min_seconds / elapsed) if elapsed > 0 else rounds
+        expected = max(self.min_runs, by_time, rounds)
+        return min(expected, self.max_runs) if self.max_runs is not None else expected
+
+
 def interleave(
     calls: Mapping[str, Callable[[], object]],
-    warmup: int = 10,
-    min_runs: int = 30,
-    min_seconds: float = 1.0,
-    max_runs: int | None = None,
+    rounds: Rounds | None = None,
     clock: Clock = time.perf_counter,
     on_round: Callable[[int, int], None] | None = None,
+    **schedule: Any,
 ) -> dict[str, list[float]]:
-    """Time every call round robin; returns each call's per-iteration times in milliseconds.
+    """Time every call round robin for ``rounds`` (or the :class:`Rounds` the keywords ``warmup``,
+    ``min_runs``, ``min_seconds``, ``max_runs`` name); returns each call's per-iteration times in
+    milliseconds.
 
-    Runs ``warmup`` untimed rounds, then timed rounds until at least ``min_runs`` rounds and
-    ``min_seconds`` have passed (or ``max_runs`` rounds, if given). Round ``i`` starts with call
-    ``i mod n``. ``on_round(done, expected)`` is called after each timed round (outside the timed region)
-    with the rounds done and the rounds expected in all, as the pace so far predicts.
+    Round ``i`` starts with call ``i mod n``. ``on_round(done, expected)`` is called after each timed round
+    (outside the timed region) with the rounds done and the rounds expected in all, as the pace so far
+    predicts.
     """
+    plan = Rounds.given(rounds, **schedule)
     names = list(calls)
     if not names:
         return {}
-    for _ in range(warmup):
+    for _ in range(plan.warmup):
         for name in names:
             calls[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
-    start, rounds = clock(), 0
-    while rounds < min_runs or clock() - start < min_seconds:
-        if max_runs is not None and rounds >= max_runs:
+    start, done = clock(), 0
+    while done < plan.min_runs or clock() - start < plan.min_seconds:
+        if plan.max_runs is not None and done >= plan.max_runs:
             break
-        shift = rounds % len(names)
+        shift = done % len(names)
         for name in names[shift:] + names[:shift]:
             t0 = clock()
             calls[name]()
             samples[name].append((clock() - t0) * 1e3)
-        rounds += 1
+        done += 1
         if on_round is not None:
-            on_round(rounds, expected_rounds(rounds, clock() - start, min_runs, min_seconds, max_runs))
+            on_round(done, plan.expected(done, clock() - start))
     return samples
-
-
-def expected_rounds(rounds: int, elapsed: float, min_runs: int, min_seconds: float, max_runs: int | None) -> int:
-    """How many timed rounds :func:`interleave` will run, judged from ``rounds`` done in ``elapsed`` s."""
-    by_time = math.ceil(rounds * min_seconds / elapsed) if elapsed > 0 else rounds
-    expected = max(min_runs, by_time, rounds)
-    return min(expected, max_runs) if max_runs is not None else expected
 
 
 @dataclass
@@ -98,9 +115,8 @@ class LatencyResult:
         model: str,
         batch: int,
         threads: int,
-        session_create_ms: float | None = None,
     ) -> LatencyResult:
-        """Statistics of the timed samples."""
+        """Statistics of the timed samples (``session_create_ms`` is set by who created the session)."""
         if not samples_ms:
             raise ValueError(f"no timed runs for {model} ({backend}, {provider}, batch {batch})")
         x = np.asarray(samples_ms, dtype=np.float64)
@@ -121,7 +137,7 @@ class LatencyResult:
             batch * 1e3 / mean if mean > 0 else float("inf"),
             len(x),
             threads,
-            session_create_ms,
+            None,
             list(samples_ms),
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from bnfold.bench.cpu import default_threads
 from bnfold.bench.inputs import InputSource, batches_of
 from bnfold.bench.onnx_latency import rounds_of
-from bnfold.bench.timing import LatencyResult, interleave
+from bnfold.bench.timing import LatencyResult, Rounds, interleave
 from bnfold.verify.runners import module_dtype
 
 BACKEND = "torch"
@@ -41,19 +42,18 @@ def bench_torch(
     modules: Mapping[str, nn.Module],
     inputs: InputSource,
     threads: int | None = None,
-    warmup: int = 10,
-    min_runs: int = 30,
-    min_seconds: float = 1.0,
     batch_sizes: Sequence[int] | None = None,
-    max_runs: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    **rounds: Any,
 ) -> list[LatencyResult]:
     """Time each module (e.g. ``{"original": ..., "folded": ...}``) per batch size on the CPU.
 
     Runs with ``torch.set_num_threads(threads)`` (default: one per physical core) and restores the
     previous thread count afterwards. Modules are run as given (put them in eval mode first).
     ``progress`` hears of each timing round (``"torch eager batch 8"``, rounds done, rounds expected).
+    ``rounds``: how long each is timed, as in :func:`~bnfold.bench.bench_onnx`.
     """
+    plan = Rounds.given(**rounds)
     threads = threads or default_threads()
     per_batch = batches_of(inputs, batch_sizes)
     previous = torch.get_num_threads()
@@ -62,14 +62,7 @@ def bench_torch(
         results: list[LatencyResult] = []
         for batch, arrays in per_batch.items():
             calls = {name: eager_call(module, arrays) for name, module in modules.items()}
-            samples = interleave(
-                calls,
-                warmup,
-                min_runs,
-                min_seconds,
-                max_runs,
-                on_round=rounds_of(progress, f"{BACKEND} {PROVIDER} batch {batch}"),
-            )
+            samples = interleave(calls, plan, on_round=rounds_of(progress, f"{BACKEND} {PROVIDER} batch {batch}"))
             results += [
                 LatencyResult.of(
                     samples[name], backend=BACKEND, provider=PROVIDER, model=name, batch=batch, threads=threads

@@ -348,21 +348,19 @@ def _export_broke_parity(converted: Converted, report: dict[str, Any], config: C
 
 def inspect_model(
     model: str | Path | nn.Module | LoadedModel,
+    config: ConvertConfig | None = None,
     *,
-    input_shapes: tuple[tuple[int, ...], ...] = (),
-    factory: str | None = None,
-    model_args: Mapping[str, Any] | None = None,
-    trust_code: bool = False,
-    trust_pickle: bool = False,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
+    **options: Any,
 ) -> list[BnRecord]:
-    """Every BatchNorm of the model and its fate, without writing anything (``bnfold inspect``)."""
-    config = ConvertConfig(
-        input_shapes=input_shapes,
-        model=factory,
-        model_args=tuple((model_args or {}).items()),
-        trust_code=trust_code or trust_pickle,
-    )
+    """Every BatchNorm of the model and its fate, without writing anything (``bnfold inspect``). How the
+    model is read is ``config``, or its fields as keywords: ``input_shapes``, ``factory`` (or ``model``),
+    ``model_args`` (a mapping, or name-value pairs), ``trust_code`` (or ``trust_pickle``)."""
+    if config is None:
+        args = options.pop("model_args", ())
+        config = ConvertConfig(model_args=tuple(args.items() if isinstance(args, Mapping) else args), **options)
+    elif options:
+        raise TypeError(f"give a config or {', '.join(options)}, not both")
     loaded = _as_loaded(model, example_inputs, config)
     inputs = resolve_inputs(loaded, config) if loaded.format != "onnx" else ()
     if loaded.format == "onnx":

@@ -16,8 +16,8 @@ from bnfold.errors import InputSpecError
 from bnfold.export import session_source
 from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
 from bnfold.verify import Tolerance, select_providers
-from bnfold.verify.chain import ParityChain, ParitySettings, parity_chain
-from bnfold.verify.matrix import ReferenceSink, Steps, cuda_block
+from bnfold.verify.chain import ParityChain, parity_chain
+from bnfold.verify.matrix import ParitySettings, ReferenceSink, Steps, cuda_block
 from bnfold.verify.report import PROVIDER
 from bnfold.verify.tolerance import check_output_keys
 

@@ -101,8 +101,8 @@ def latency_chart(groups: Sequence[LatencyGroup]) -> tuple[str, TimeAxis]:
         parts.append(_text(0, y + 24, f"{group.backend} · {provider} · batch {group.batch}"))
         if i and group.backend != groups[i - 1].backend:
             parts.append(_line(0, y - 5, width, y - 5))
-        parts.append(_bar(label_w, y + 4, axis, group.original, ORIGINAL_COLOUR, "original"))
-        parts.append(_bar(label_w, y + 24, axis, group.folded, FOLDED_COLOUR, "folded", _bar_note(group.speedup)))
+        parts.append(_bar((label_w, y + 4), axis, group.original, ORIGINAL_COLOUR, "original"))
+        parts.append(_bar((label_w, y + 24), axis, group.folded, FOLDED_COLOUR, "folded", _bar_note(group.speedup)))
     parts.append("</svg>")
     return "\n".join(parts), axis
 
@@ -127,8 +127,9 @@ def _legend(x: int) -> str:
 
 
 def _bar(
-    x: int, y: int, axis: TimeAxis, value: float | None, colour: str, name: str, note: tuple[str, str] = ("", "")
+    at: tuple[int, int], axis: TimeAxis, value: float | None, colour: str, name: str, note: tuple[str, str] = ("", "")
 ) -> str:
+    x, y = at
     length = axis.x(value)
     tone = f' class="{note[1]}"' if note[1] else ""
     return (

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bnfold._entry import make_callable
-from bnfold.verify.chain import ParityChain, ParitySettings, parity_chain
+from bnfold.verify.chain import ParityChain, Sessions, parity_chain
 from bnfold.verify.compare import Comparison, assert_allclose_report, compare_outputs
-from bnfold.verify.matrix import Candidate, run_parity, standard_candidates, verify_parity
+from bnfold.verify.matrix import Candidate, ParitySettings, run_parity, standard_candidates, verify_parity
 from bnfold.verify.metrics import OutputMetrics
 from bnfold.verify.providers import ProviderSelection, available_providers, select_providers
 from bnfold.verify.report import STAGES, ParityCheck, ParityReport
@@ -37,6 +37,7 @@ __all__ = [
     "LazyRunner",
     "ProviderSelection",
     "Runner",
+    "Sessions",
     "Tolerance",
     "Tolerances",
     "TorchRunner",

@@ -8,10 +8,11 @@ candidate is checked against the one before it; names come from :mod:`bnfold.ver
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,16 +24,14 @@ from bnfold.verify.matrix import (
     ORT_CUDA,
     ORT_OFF,
     REFERENCE,
-    Batch,
     Candidate,
-    ReferenceSink,
-    Steps,
+    OutputNames,
+    ParitySettings,
     run_parity,
 )
 from bnfold.verify.providers import CPU, CUDA, CUDA_MISSING, ProviderSelection
 from bnfold.verify.report import BASELINE, EXPORT, FOLD, ORT_OPTIMIZATION, PROVIDER, ParityReport
 from bnfold.verify.runners import LazyRunner, Optimization, Runner, module_dtype, ort_runner, torch_runner
-from bnfold.verify.tolerance import OutputKey, Tolerance
 from bnfold.verify.widen import WIDENED_NOTE, holds_bfloat16, widened
 
 Model = nn.Module | str | Path | bytes
@@ -42,20 +41,6 @@ CANDIDATE = "candidate fp32 (torch)"
 UNFOLDED = f"unfolded {ORT_OFF}"
 OPTIMIZED = "onnxruntime CPU (saved optimized model)"
 ORIGINAL_ORT = f"original {ORT_OFF}"
-
-OutputNames = Sequence[str] | Callable[[], Sequence[str] | None] | None
-
-
-@dataclass(frozen=True)
-class ParitySettings:
-    """What a parity run is checked on and by: the named input batches, the tolerance (None: by dtype)
-    and per-output overrides, and the hooks of :func:`~bnfold.verify.run_parity`."""
-
-    batches: Sequence[Batch]
-    tolerance: Tolerance | None = None
-    per_output: Mapping[OutputKey, Tolerance] | None = None
-    progress: Steps | None = None
-    on_reference: ReferenceSink | None = None
 
 
 @dataclass(frozen=True)
@@ -71,16 +56,18 @@ class ParityChain:
     def run(self, settings: ParitySettings, output_names: OutputNames = None) -> ParityReport:
         """The parity report of every candidate on ``settings``' batches (see :func:`~bnfold.verify.run_parity`)."""
         return run_parity(
-            self.reference,
-            self.candidates,
-            settings.batches,
-            settings.tolerance,
-            settings.per_output,
-            output_names,
-            reference_name=self.reference_name,
-            progress=settings.progress,
-            on_reference=settings.on_reference,
+            self.reference, self.candidates, settings, output_names=output_names, reference_name=self.reference_name
         )
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """How a chain's onnxruntime sessions are made: the providers selected (None: the CPU alone), their
+    threads, and whether each is built only when first run (``lazy``)."""
+
+    providers: ProviderSelection | None = None
+    threads: int | None = None
+    lazy: bool = True
 
 
 def parity_chain(
@@ -90,10 +77,8 @@ def parity_chain(
     folded: nn.Module | None = None,
     unfolded: str | Path | bytes | None = None,
     optimized: Path | None = None,
-    providers: ProviderSelection | None = None,
-    threads: int | None = None,
     candidate: bool = False,
-    lazy: bool = True,
+    **sessions: Any,
 ) -> ParityChain:
     """The chain baseline -> fold -> export -> ort-optimization -> provider from the artifacts given.
 
@@ -101,8 +86,11 @@ def parity_chain(
     checked at the export stage, and a ``folded`` module is named as a candidate). ``unfolded`` is the
     export before folding, which isolates the fold; ``optimized`` is run as saved. CUDA is included when
     ``providers`` selected it and the session really runs on CUDA. onnxruntime sessions (but CUDA's,
-    which is checked now) are built when first run unless ``lazy`` is False.
+    which is checked now) are built when first run unless ``lazy`` is False. ``sessions`` are the fields of
+    :class:`Sessions` (``providers``, ``threads``, ``lazy``) as keywords.
     """
+    made = Sessions(**sessions)
+    providers, threads, lazy = made.providers, made.threads, made.lazy
 
     precision = Precision.of(original)
 

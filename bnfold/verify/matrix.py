@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,33 +70,57 @@ Steps = Callable[[str, int, int], None]
 """Called as runs finish: (what is counted, done, total)."""
 ReferenceSink = Callable[[int, list[np.ndarray]], None]
 """Given the reference outputs of each batch (its index, the outputs) as soon as they are computed."""
+OutputNames = Sequence[str] | Callable[[], Sequence[str] | None] | None
+
+
+@dataclass(frozen=True)
+class ParitySettings:
+    """What a parity run is checked on and by: the named input batches, the tolerance (None: by dtype)
+    and per-output overrides, one check per batch or over all of them, and the hooks of :func:`run_parity`."""
+
+    batches: Sequence[Batch]
+    tolerance: Tolerance | None = None
+    per_output: Mapping[OutputKey, Tolerance] | None = None
+    progress: Steps | None = None
+    on_reference: ReferenceSink | None = None
+    per_batch: bool = False
+
+    @classmethod
+    def given(cls, batches: Sequence[Batch] | ParitySettings, **fields: Any) -> ParitySettings:
+        """Settings given whole, or built from the batches and the other fields as keywords."""
+        if not isinstance(batches, ParitySettings):
+            return cls(batches, **fields)
+        if any(value is not None for value in fields.values()):
+            raise TypeError(f"give ParitySettings or {', '.join(fields)}, not both")
+        return batches
 
 
 def run_parity(
     reference: Runner,
     candidates: Sequence[Candidate],
-    batches: Sequence[Batch],
+    batches: Sequence[Batch] | ParitySettings,
     tolerance: Tolerance | None = None,
-    per_output: Mapping[OutputKey, Tolerance] | None = None,
-    output_names: Sequence[str] | Callable[[], Sequence[str] | None] | None = None,
+    output_names: OutputNames = None,
     reference_name: str = REFERENCE,
-    per_batch: bool = False,
-    progress: Steps | None = None,
-    on_reference: ReferenceSink | None = None,
+    **settings: Any,
 ) -> ParityReport:
     """Run the reference and every candidate on every batch and compare them.
 
-    ``tolerance`` (default: by each candidate's dtype) applies to every output unless ``per_output``
-    overrides it by output name or index; ``output_names`` may be a callable, asked once every runner has
-    run. A candidate whose runner raises fails all its checks with the error quoted; the reference raising
-    propagates. Runners with a ``release()`` (:class:`~bnfold.verify.runners.LazyRunner`) are released
-    as soon as their outputs are in. ``progress`` hears of each model run on a batch; ``on_reference``
-    gets the reference outputs of each batch (to save them, e.g.) without their being kept any longer.
+    ``batches`` is a :class:`ParitySettings`, or the batches with its other fields as keywords
+    (``tolerance``, ``per_output``, ``per_batch``, ``progress``, ``on_reference``). The tolerance (default:
+    by each candidate's dtype) applies to every output unless ``per_output`` overrides it by output name or
+    index; ``output_names`` may be a callable, asked once every runner has run. A candidate whose runner
+    raises fails all its checks with the error quoted; the reference raising propagates. Runners with a
+    ``release()`` (:class:`~bnfold.verify.runners.LazyRunner`) are released as soon as their outputs are in.
+    ``progress`` hears of each model run on a batch; ``on_reference`` gets the reference outputs of each
+    batch (to save them, e.g.) without their being kept any longer.
     """
+    given = ParitySettings.given(batches, tolerance=tolerance, **settings)
+    batches, tolerance, per_output, per_batch = given.batches, given.tolerance, given.per_output, given.per_batch
     if not batches:
         raise ValueError("run_parity needs at least one input batch")
-    counter = _Counter(progress, (1 + len(candidates)) * len(batches))
-    outputs = {reference_name: _run_reference(reference, batches, counter, on_reference)}
+    counter = _Counter(given.progress, (1 + len(candidates)) * len(batches))
+    outputs = {reference_name: _run_reference(reference, batches, counter, given.on_reference)}
     _release(reference)
     errors: dict[str, str] = {}
     for cand in candidates:
@@ -188,7 +213,7 @@ class _Matrix:
                 predictions[i][k] if predictions and k < len(predictions[i]) else None,
             )
         source = "all" if len(group) > 1 else self.batch_names[group[0]]
-        return ParityCheck.of(against, cand.name, name or str(k), source, cand.stage, acc.result(), tol)
+        return ParityCheck.of(against, cand.name, name or str(k), source, cand.stage, acc)
 
 
 def _run_all(
@@ -310,34 +335,23 @@ def verify_parity(
     original: nn.Module,
     folded: nn.Module,
     onnx_model: str | Path | bytes,
-    batches: Sequence[Batch],
-    tolerance: Tolerance | None = None,
-    per_output: Mapping[OutputKey, Tolerance] | None = None,
+    batches: Sequence[Batch] | ParitySettings,
     providers: str | Sequence[str] | ProviderSelection = "auto",
     threads: int | None = None,
-    per_batch: bool = False,
-    extra: Sequence[Candidate] = (),
-    progress: Steps | None = None,
-    on_reference: ReferenceSink | None = None,
+    **settings: Any,
 ) -> ParityReport:
-    """The whole standard matrix in one call: fp64 reference, candidates (``extra`` ones last), checks,
-    provider notes.
+    """The whole standard matrix in one call: fp64 reference, candidates, checks, provider notes.
+    ``batches`` and ``settings`` are as in :func:`run_parity`.
 
     One heavy model is alive at a time: the fp64 copy of the original, then each onnxruntime session."""
     selection = providers if isinstance(providers, ProviderSelection) else select_providers(providers)
     candidates, notes = standard_candidates(original, folded, onnx_model, selection, threads)
-    candidates += extra
     reference = LazyRunner(lambda: torch_runner(original, torch.float64))
     report = run_parity(
         reference,
         candidates,
-        batches,
-        tolerance,
-        per_output,
-        lambda: candidates[2].runner.output_names,  # type: ignore[attr-defined]
-        per_batch=per_batch,
-        progress=progress,
-        on_reference=on_reference,
+        ParitySettings.given(batches, **settings),
+        output_names=lambda: candidates[2].runner.output_names,  # type: ignore[attr-defined]
     )
     report.notes = notes
     report.cuda = cuda_block(any(c.stage == PROVIDER for c in candidates), notes)

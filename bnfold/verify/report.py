@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from bnfold.verify.metrics import OutputMetrics
+from bnfold.verify.metrics import ErrorAccumulator
 from bnfold.verify.tolerance import RULE, Tolerance
 
 BASELINE = "baseline"
@@ -64,9 +64,10 @@ class ParityCheck:
         output: str,
         batch_source: str,
         stage: str,
-        metrics: OutputMetrics,
-        tolerance: Tolerance,
+        errors: ErrorAccumulator,
     ) -> ParityCheck:
+        """The check of ``errors``, the errors of one output added up and the tolerance they are judged by."""
+        metrics, tolerance = errors.result(), errors.tolerance
         return cls(
             reference,
             candidate,
