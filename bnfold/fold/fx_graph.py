@@ -1,0 +1,199 @@
+"""The fold rules' graph interface (:class:`bnfold.fold.rules.graph.FoldGraph`) over torch.export's aten
+graph: a value is the ``fx.Node`` that computes it, a constant is a ``get_attr`` tensor, layers are the conv,
+transposed conv and linear calls of :func:`bnfold.fold.graph.as_layer`, and parameters are written through
+a :class:`~bnfold.fold.graph.ParameterWriter` (which gives a call its own copy of a weight another call
+still reads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+from torch import fx
+
+from bnfold.fold.graph import (
+    Layer,
+    ParameterWriter,
+    arguments,
+    as_layer,
+    aten,
+    constant,
+    display,
+    is_permute,
+    map_axis_back,
+    ndim,
+    readers,
+)
+from bnfold.fold.reasons import reason
+from bnfold.fold.rules.graph import Affine, LayerKind, PassThrough
+from bnfold.fold.sites import AffineSite
+
+F64 = torch.float64
+
+
+@dataclass
+class FxLayer:
+    """A conv, transposed conv or linear call, its weights read and written through ``writer``."""
+
+    layer: Layer
+    writer: ParameterWriter
+
+    @property
+    def kind(self) -> LayerKind:
+        return cast(LayerKind, self.layer.kind)
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def groups(self) -> int:
+        return self.layer.groups
+
+    @property
+    def channels(self) -> int:
+        shape = self.layer.weight_shape
+        return shape[1] * self.groups if self.kind == "conv_transpose" else shape[0]
+
+    @property
+    def channel_axis(self) -> int | None:
+        return self.layer.output_channel_axis()
+
+    @property
+    def channels_last(self) -> bool:
+        return self.kind == "linear"
+
+    def _tensor(self, node: fx.Node) -> torch.Tensor:
+        return self.writer.gm_tensor(node)
+
+    def weight(self) -> torch.Tensor:
+        return self._tensor(self.layer.weight).detach().to(F64)
+
+    def bias(self) -> torch.Tensor | None:
+        bias = self.layer.bias
+        return None if bias is None else self._tensor(bias).detach().to(F64)
+
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        dtype = self._tensor(self.layer.weight).dtype
+        node = self.layer.node
+        self.writer.replace(node, "weight", self.layer.weight, weight.to(dtype))
+        if bias is not None:
+            self.writer.replace(node, "bias", self.layer.bias, bias.to(dtype))
+
+
+@dataclass
+class FxAffine:
+    """An :class:`~bnfold.fold.sites.AffineSite` as the rules see it (along axis 1 of its input)."""
+
+    site: AffineSite
+    axis: int = 1
+
+    @property
+    def input(self) -> fx.Node:
+        return self.site.input
+
+    @property
+    def use(self) -> tuple[fx.Node, int]:
+        first = self.site.first
+        return first, list(first.args).index(self.site.input)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return cast(torch.Tensor, self.site.scale)
+
+    @property
+    def shift(self) -> torch.Tensor:
+        return cast(torch.Tensor, self.site.shift)
+
+
+def _node_args(node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.args[:2] if isinstance(a, fx.Node)]
+
+
+def is_plain_add(node: fx.Node) -> bool:
+    """``a + b`` of two computed or stored tensors, without ``alpha``."""
+    return bool(
+        node.op == "call_function"
+        and node.target == aten.add.Tensor
+        and node.kwargs.get("alpha", 1) == 1
+        and len(_node_args(node)) == 2
+    )
+
+
+class FxGraph:
+    """A GraphModule's graph seen through the fold rules' interface."""
+
+    def __init__(self, gm: fx.GraphModule, writer: ParameterWriter | None = None) -> None:
+        self.gm = gm
+        self.graph = gm.graph
+        self.writer = writer or ParameterWriter(gm)
+
+    def producer(self, value: fx.Node) -> fx.Node | None:
+        return value if value.op == "call_function" else None
+
+    def output(self, node: fx.Node) -> fx.Node:
+        return node
+
+    def inputs(self, node: fx.Node) -> list[fx.Node]:
+        if node.target == aten.cat.default:
+            return list(cast(list[fx.Node], node.args[0]))
+        return _node_args(node) if is_plain_add(node) else [cast(fx.Node, node.args[0])]
+
+    def pass_through(self, node: fx.Node) -> PassThrough | None:
+        if is_plain_add(node):
+            return "add"
+        if node.op == "call_function" and node.target == aten.cat.default:
+            return "concat"
+        return "permute" if is_permute(node) else None
+
+    def is_layer(self, node: fx.Node) -> bool:
+        return as_layer(node) is not None
+
+    def layer(self, node: fx.Node) -> FxLayer | str:
+        layer = as_layer(node)
+        return f"{display(node)} is not a layer" if layer is None else FxLayer(layer, self.writer)
+
+    def rank(self, value: fx.Node) -> int | None:
+        return ndim(value)
+
+    def constant(self, value: fx.Node) -> torch.Tensor | None:
+        found = constant(self.gm, value)
+        return None if found is None else found.detach().to(F64)
+
+    def concat_axis(self, node: fx.Node) -> int:
+        return int(arguments(node)["dim"])
+
+    def source_axis(self, node: fx.Node, axis: int) -> int | None:
+        return map_axis_back(node, axis)
+
+    def exclusive(self, value: fx.Node, use: tuple[fx.Node, int]) -> str | None:
+        reader = use[0]
+        others = [display(u) if u.op != "output" else "the model output" for u in readers(value) if u is not reader]
+        read: list[fx.Node] = []
+        fx.node.map_arg((reader.args, reader.kwargs), lambda n: read.append(n) or n)  # type: ignore[func-returns-value]
+        if not others and read.count(value) > 1:
+            others = ["another input of the same node"]
+        return reason("shared", node=display(value), others=", ".join(others)) if others else None
+
+    def no_weights(self, value: fx.Node, what: str) -> str:
+        return reason("no_weights", what=what, source=display(value))
+
+    def label(self, node: fx.Node) -> str:
+        return display(node)
+
+    def name(self, node: fx.Node) -> str:
+        return display(node)
+
+    def write_param(self, node: fx.Node, slot: int, value: torch.Tensor) -> None:
+        current = cast(fx.Node, node.args[slot])
+        old = constant(self.gm, current)
+        dtype = old.dtype if old is not None else value.dtype
+        names = [a.name for a in node.target._schema.arguments]  # type: ignore[union-attr]
+        self.writer.replace(node, names[slot], current, value.to(dtype))
+
+    def bypass(self, affine: Affine[fx.Node, fx.Node]) -> None:
+        site = cast(FxAffine, affine).site
+        site.output.replace_all_uses_with(site.input)
+        site.erase(self.graph)

@@ -1,0 +1,8 @@
+"""The fold rules, one per module, each written once against :class:`~bnfold.fold.rules.graph.FoldGraph`
+and run on torch FX graphs (:mod:`bnfold.fold.fx_graph`) and ONNX graphs (:mod:`bnfold.fold.onnx.adapter`)
+alike, so that one network gives the same folds whatever format it came in.
+
+Each rule module states its formula in its docstring and has a ``match(graph, affine)`` that finds its
+pattern, checks it (returning the reason as a string when it refuses, ``None`` when the pattern does not
+apply) and returns a :class:`~bnfold.fold.rules.graph.Plan` whose ``rewrite`` edits the graph:
+"""

@@ -1,0 +1,170 @@
+"""The graph interface the fold rules are written against, and what a rule returns.
+
+A rule sees a graph as values (``V``) computed by nodes (``N``): who produces a value, who reads it (a
+*use* is a reading node and the input slot it reads through), what kind of node a node is — a layer with
+weights, or one of the pass-through ops an affine can be moved across (``add``, ``concat``, ``permute``) —
+and how to write a parameter back. Each graph representation implements it in an adapter: torch FX
+(:class:`bnfold.fold.fx_graph.FxGraph`) and ONNX (:class:`bnfold.fold.onnx.adapter.OnnxGraph`).
+
+Tensors cross the interface in float64 and in a canonical layout (a layer's weight has its output
+channels on axis 0, a transposed conv's on axis 1 by groups); the adapter casts a written value back to
+the dtype and layout of the parameter it replaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
+
+import torch
+
+N = TypeVar("N")
+V = TypeVar("V")
+N_co = TypeVar("N_co", covariant=True)
+V_co = TypeVar("V_co", covariant=True)
+
+PassThrough = Literal["add", "concat", "permute"]
+LayerKind = Literal["conv", "conv_transpose", "linear"]
+
+
+class FoldLayer(Protocol):
+    """A conv, transposed conv or linear layer whose weights a fold may rewrite."""
+
+    @property
+    def kind(self) -> LayerKind: ...
+
+    @property
+    def name(self) -> str:
+        """The layer as a record names it: its module path."""
+        ...
+
+    @property
+    def groups(self) -> int: ...
+
+    @property
+    def channels(self) -> int:
+        """Its output channels."""
+        ...
+
+    @property
+    def channel_axis(self) -> int | None:
+        """The axis of its output that holds the channels (None when the rank is unknown)."""
+        ...
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the channels are on the last axis of its output (a linear layer)."""
+        ...
+
+    def weight(self) -> torch.Tensor:
+        """The weight, float64: [C_out, C_in/groups, k...] (conv, linear) or [C_in, C_out/groups, k...]."""
+        ...
+
+    def bias(self) -> torch.Tensor | None:
+        """The bias as the layer adds it, float64, or None when it has none."""
+        ...
+
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Give the layer this weight and (unless None) this bias, both float64 in the layout above."""
+        ...
+
+
+class FoldGraph(Protocol[N, V]):
+    """What a fold rule reads from and writes to a graph."""
+
+    def producer(self, value: V) -> N | None:
+        """The node that computes ``value``; None for a model input or a stored constant."""
+        ...
+
+    def output(self, node: N) -> V:
+        """The (first) value ``node`` computes."""
+        ...
+
+    def inputs(self, node: N) -> list[V]:
+        """The values a pass-through node reads, by slot (a concat's pieces in order)."""
+        ...
+
+    def pass_through(self, node: N) -> PassThrough | None:
+        """Which pass-through op ``node`` is, if it is one a per-channel affine can be moved across."""
+        ...
+
+    def is_layer(self, node: N) -> bool:
+        """Whether ``node`` is a conv, transposed conv or linear layer with weights a fold could rewrite."""
+        ...
+
+    def layer(self, node: N) -> FoldLayer | str:
+        """The layer ``node`` is, or why its weights cannot be rewritten (``is_layer`` holds)."""
+        ...
+
+    def rank(self, value: V) -> int | None: ...
+
+    def constant(self, value: V) -> torch.Tensor | None:
+        """The value of a stored constant, float64, or None for anything computed or fed at run time."""
+        ...
+
+    def concat_axis(self, node: N) -> int:
+        """The axis a concat joins along, as written (possibly negative)."""
+        ...
+
+    def source_axis(self, node: N, axis: int) -> int | None:
+        """For a permute: the axis of its input that becomes ``axis`` of its output (None when unknown)."""
+        ...
+
+    def exclusive(self, value: V, use: tuple[N, int]) -> str | None:
+        """Why ``value`` is read by more than ``use`` (a node and its input slot), or None when it is not."""
+        ...
+
+    def no_weights(self, value: V, what: str) -> str:
+        """The reason that ``value`` (``what`` a rule followed) comes from nothing with weights."""
+        ...
+
+    def label(self, node: N) -> str:
+        """How a reason names ``node``."""
+        ...
+
+    def name(self, node: N) -> str:
+        """How a record names ``node``: the module path it comes from."""
+        ...
+
+    def write_param(self, node: N, slot: int, value: torch.Tensor) -> None:
+        """Make input ``slot`` of ``node`` the constant ``value`` (float64, cast back to the old one's dtype)."""
+        ...
+
+    def bypass(self, affine: Affine[N, V]) -> None:
+        """Remove ``affine``'s nodes; what read its output reads its input (which now computes the same)."""
+        ...
+
+
+class Affine(Protocol[N_co, V_co]):
+    """A per-channel ``output = scale·input + shift`` along ``axis`` of its input, as a rule sees it."""
+
+    @property
+    def input(self) -> V_co: ...
+
+    @property
+    def use(self) -> tuple[N_co, int]:
+        """The node and slot through which the affine reads its input."""
+        ...
+
+    @property
+    def axis(self) -> int: ...
+
+    @property
+    def scale(self) -> torch.Tensor: ...
+
+    @property
+    def shift(self) -> torch.Tensor: ...
+
+
+@dataclass
+class Plan:
+    """A checked fold: how it folds, the layers it folds into, and the rewrite that does it."""
+
+    how: str
+    into: list[str]
+    rewrite: Callable[[], None]
+
+
+Match = Plan | str | None
+"""What a rule's ``match`` returns: a plan, the reason it refuses, or None when its pattern does not apply."""
