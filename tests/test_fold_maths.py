@@ -118,3 +118,15 @@ def test_reasons_read_back_as_their_templates() -> None:
     assert kinds(explain([forward, identity, backward])) == ["no_weights", "identity", "zero_padding"]
     assert kinds(explain([forward, forward])) == ["no_weights"]
     assert kinds("something else") == ["?"] and kinds(None) == []
+
+
+def test_channel_vector_accepts_only_per_channel_constants() -> None:
+    c = torch.arange(4, dtype=torch.float64)
+    assert torch.equal(maths.channel_vector(c.reshape(1, 4, 1, 1), 1, 4, 4), c)
+    assert torch.equal(maths.channel_vector(torch.tensor(2.0), 1, 4, 4), torch.full((4,), 2.0))
+    assert torch.equal(maths.channel_vector(c, 2, 3, 4), c)  # last axis of a rank-3 value
+    assert maths.channel_vector(c.reshape(1, 4, 1, 1).expand(1, 4, 2, 1), 1, 4, 4) is None  # varies along H
+    assert maths.channel_vector(c.reshape(1, 1, 4, 1, 1), 1, 4, 4) is None  # would grow the rank
+    assert maths.channel_vector(torch.zeros(3), 1, 2, 4) is None  # 3 values for 4 channels
+    assert maths.channel_shape(1, 1, 4, 5) == [5, 1, 1]
+    assert maths.channel_shape(0, 2, 3, 5) == [5]

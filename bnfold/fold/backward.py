@@ -13,10 +13,9 @@ from __future__ import annotations
 from torch import fx
 
 from bnfold.fold import maths
-from bnfold.fold.forward import Match, Plan, _bypass
+from bnfold.fold.fx_graph import FxAffine, FxGraph
 from bnfold.fold.graph import (
     Layer,
-    ParameterWriter,
     arguments,
     as_layer,
     aten,
@@ -26,6 +25,7 @@ from bnfold.fold.graph import (
     readers,
 )
 from bnfold.fold.reasons import reason
+from bnfold.fold.rules.graph import Match, Plan
 from bnfold.fold.sites import AffineSite
 
 COPYING_PADS = {"reflect", "replicate", "circular"}
@@ -88,13 +88,15 @@ def _through_pad(pad: fx.Node, axis: int) -> list[Layer] | str:
     return consumers(pad, axis)
 
 
-def match_consumers(site: AffineSite, graph: fx.Graph) -> Match:
+def match_consumers(site: AffineSite, fxg: FxGraph) -> Match:
     found = consumers(site.output)
     if isinstance(found, str):
         return found
     layers = found
 
-    def rewrite(writer: ParameterWriter) -> None:
+    writer = fxg.writer
+
+    def rewrite() -> None:
         for layer in layers:
             weight = writer.gm_tensor(layer.weight)
             bias = writer.gm_tensor(layer.bias) if layer.bias is not None else None
@@ -103,6 +105,6 @@ def match_consumers(site: AffineSite, graph: fx.Graph) -> Match:
             w, b = maths.fold_into_consumer(weight, bias, scale, shift, layer.groups)
             writer.replace(layer.node, "weight", layer.weight, w)
             writer.replace(layer.node, "bias", layer.bias, b)
-        _bypass(site, graph)
+        fxg.bypass(FxAffine(site))
 
     return Plan("backward", [layer.name for layer in layers], rewrite)

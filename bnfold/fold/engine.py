@@ -13,15 +13,24 @@ import torch
 from torch import fx
 
 from bnfold.fold.backward import match_consumers
-from bnfold.fold.forward import Match, Plan, match_branches, match_concat, match_identity, match_producer
+from bnfold.fold.fx_graph import FxAffine, FxGraph
 from bnfold.fold.graph import ParameterWriter, aten, ndim, readers, remove_unused
+from bnfold.fold.identity import match_identity
 from bnfold.fold.reasons import explain, reason
 from bnfold.fold.records import AFFINE, FOLDED, BnRecord
+from bnfold.fold.rules import forward
+from bnfold.fold.rules.graph import Match, Plan
 from bnfold.fold.sites import AffineSite, find_sites
 
-Rule = Callable[[AffineSite, fx.Graph], Match]
+Rule = Callable[[AffineSite, FxGraph], Match]
+
+
+def _forward(site: AffineSite, fxg: FxGraph) -> Match:
+    return forward.match(fxg, FxAffine(site))
+
+
 PHASES: tuple[tuple[Rule, ...], ...] = (
-    (match_concat, match_branches, match_producer),
+    (_forward,),
     (match_identity,),
     (match_consumers,),
 )
@@ -42,11 +51,12 @@ def fold_graph(
     if affine_form not in AFFINE_FORMS:
         raise ValueError(f"affine_form must be one of {AFFINE_FORMS}, not {affine_form!r}")
     sites = find_sites(gm) if sites is None else sites
-    writer = ParameterWriter(gm)
+    fxg = FxGraph(gm)
+    writer = fxg.writer
     reasons: dict[int, list[str]] = {id(s): [] for s in sites}
     pending = [s for s in sites if s.foldable and not _remove_if_unread(s, gm.graph)]
     for rules in PHASES:
-        pending = [s for s in pending if not _try(s, rules, gm.graph, writer, reasons[id(s)])]
+        pending = [s for s in pending if not _try(s, rules, fxg, reasons[id(s)])]
     for site in pending:
         _freeze(site, gm, writer, reasons[id(site)], affine_form)
     remove_unused(gm)
@@ -67,13 +77,11 @@ def _recorded(site: AffineSite) -> bool:
     return site.is_batchnorm_call or site.record.kind != "Mul/Add" or site.record.action == FOLDED
 
 
-def _try(
-    site: AffineSite, rules: tuple[Rule, ...], graph: fx.Graph, writer: ParameterWriter, reasons: list[str]
-) -> bool:
+def _try(site: AffineSite, rules: tuple[Rule, ...], fxg: FxGraph, reasons: list[str]) -> bool:
     for rule in rules:
-        match = rule(site, graph)
+        match = rule(site, fxg)
         if isinstance(match, Plan):
-            match.rewrite(writer)
+            match.rewrite()
             site.record.action, site.record.into, site.record.how = FOLDED, match.into, match.how
             site.record.reason = None
             return True

@@ -139,3 +139,24 @@ def affine_reference(x: Tensor, scale: Tensor, shift: Tensor, axis: int = 1) -> 
     """s·x + t along ``axis``, in float64: the definition the folds must reproduce."""
     x64 = x.to(F64)
     return x64 * _along(scale, axis, x.dim()) + _along(shift, axis, x.dim())
+
+
+def channel_vector(value: Tensor, axis: int, rank: int, channels: int) -> Tensor | None:
+    """The per-channel values of a constant that broadcasts along ``axis`` of a rank-``rank`` tensor only.
+
+    None when it would vary along another axis or grow the tensor's rank or shape.
+    """
+    if value.dim() > rank:
+        return None
+    shape = (1,) * (rank - value.dim()) + tuple(value.shape)
+    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
+        return None
+    return torch.broadcast_to(value.reshape(-1), (channels,)).clone()
+
+
+def channel_shape(ndim: int, axis: int, rank: int, channels: int) -> list[int]:
+    """The shape of a constant of at least ``ndim`` dims holding one value per channel along ``axis``."""
+    dims = max(ndim, rank - axis)
+    shape = [1] * dims
+    shape[dims - (rank - axis)] = channels
+    return shape

@@ -21,7 +21,7 @@ import torch
 
 from bnfold.errors import FoldError
 from bnfold.fold import maths
-from bnfold.fold.onnx._graph import Graph, Use, attribute, label, node_name
+from bnfold.fold.onnx._graph import Graph, Use, attribute, node_name
 from bnfold.fold.onnx._names import module_name
 from bnfold.fold.reasons import reason
 
@@ -72,27 +72,6 @@ def to_numpy(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     return tensor.detach().to(torch.float64).numpy().astype(dtype)
 
 
-def channel_vector(value: np.ndarray, axis: int, rank: int, channels: int) -> np.ndarray | None:
-    """The per-channel values of a constant that broadcasts along ``axis`` of a rank-``rank`` tensor only.
-
-    None when it would vary along another axis or grow the tensor's rank or shape.
-    """
-    if value.ndim > rank:
-        return None
-    shape = (1,) * (rank - value.ndim) + tuple(value.shape)
-    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
-        return None
-    return np.broadcast_to(value.reshape(-1), (channels,))
-
-
-def channel_shape(ndim: int, axis: int, rank: int, channels: int) -> list[int]:
-    """The shape of a constant of at least ``ndim`` dims holding one value per channel along ``axis``."""
-    dims = max(ndim, rank - axis)
-    shape = [1] * dims
-    shape[dims - (rank - axis)] = channels
-    return shape
-
-
 def batchnorm(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | str:
     """The affine of an inference BatchNormalization, or why it is kept as it is."""
     outputs = [name for name in node.output if name]
@@ -139,11 +118,11 @@ def mul_add(graph: Graph, mul: onnx.NodeProto) -> ChannelAffine | None:
     if offset is None or offset[0] != mul.output[0] or geometry is None:
         return None
     axis, rank, channels = geometry
-    scale, shift = (channel_vector(v, axis, rank, channels) for v in (factor, offset[1]))
+    scale, shift = (maths.channel_vector(to_f64(v), axis, rank, channels) for v in (factor, offset[1]))
     if scale is None or shift is None:
         return None
     name = module_name(mul)
-    return ChannelAffine(name, MUL_ADD, [mul, add], data, add.output[0], axis, to_f64(scale), to_f64(shift))
+    return ChannelAffine(name, MUL_ADD, [mul, add], data, add.output[0], axis, scale, shift)
 
 
 def _constant_operand(graph: Graph, node: onnx.NodeProto) -> tuple[str, np.ndarray] | None:
@@ -186,13 +165,3 @@ def _layer_geometry(graph: Graph, layer: onnx.NodeProto) -> tuple[int, int, int]
     if weight.ndim != 2 or rank is None or rank < 2:
         return None
     return rank - 1, rank, weight.shape[1]
-
-
-def describe_blocker(graph: Graph, name: str, what: str = "its input") -> str:
-    """Why the value ``name`` (``what`` the affine reads) has no layer to fold into."""
-    source = graph.producer.get(name)
-    if name in graph.initializers:
-        return reason("no_weights", what=what, source=f"the constant '{name}'")
-    if source is None:
-        return reason("no_weights", what=what, source=f"the model input '{name}'")
-    return reason("no_weights", what=what, source=label(source))

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from bnfold.fold.onnx._affine import ChannelAffine, channel_shape, to_numpy
+from bnfold.fold.maths import channel_shape
+from bnfold.fold.onnx._affine import ChannelAffine, to_numpy
 from bnfold.fold.onnx._graph import Graph
 
 

@@ -21,14 +21,16 @@ from bnfold.fold.onnx._affine import BATCHNORM, MUL_ADD, ChannelAffine, batchnor
 from bnfold.fold.onnx._backward import backward_folds, into_names
 from bnfold.fold.onnx._cleanup import write_back
 from bnfold.fold.onnx._evaluate import evaluate_constants
-from bnfold.fold.onnx._forward import forward_fold
 from bnfold.fold.onnx._freeze import freeze
 from bnfold.fold.onnx._graph import Graph, label
 from bnfold.fold.onnx._identity import identity_fold
 from bnfold.fold.onnx._names import module_name
 from bnfold.fold.onnx._shapes import check_folded, infer_types
+from bnfold.fold.onnx.adapter import OnnxGraph
 from bnfold.fold.reasons import explain, reason
 from bnfold.fold.records import AFFINE, FOLDED, KEPT, Action, BnRecord
+from bnfold.fold.rules import forward
+from bnfold.fold.rules.graph import Plan
 
 
 @dataclass
@@ -125,17 +127,12 @@ def _record(
 
 
 def _fold_forward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
-    fold = forward_fold(graph, affine.input, affine.use, affine.axis, affine.channels)
-    if isinstance(fold, str):
-        affine.reasons.append(fold)
+    plan = forward.match(OnnxGraph(graph), affine)
+    if not isinstance(plan, Plan):
+        affine.reasons.append(plan or reason("nothing_applies"))
         return None
-    into = fold.into()  # named before the rewrite renames the parameters
-    fold.apply(graph, affine.scale, affine.shift)
-    for node in affine.nodes:
-        graph.remove(node)
-    producer = graph.producer[affine.input]
-    graph.set_output(producer, list(producer.output).index(affine.input), affine.output)
-    return _record(affine, FOLDED, into=into, how=fold.how)
+    plan.rewrite()
+    return _record(affine, FOLDED, into=plan.into, how=plan.how)
 
 
 def _fold_identity(graph: Graph, affine: ChannelAffine) -> BnRecord | None:

@@ -5,4 +5,7 @@ alike, so that one network gives the same folds whatever format it came in.
 Each rule module states its formula in its docstring and has a ``match(graph, affine)`` that finds its
 pattern, checks it (returning the reason as a string when it refuses, ``None`` when the pattern does not
 apply) and returns a :class:`~bnfold.fold.rules.graph.Plan` whose ``rewrite`` edits the graph:
+
+* :mod:`.forward`: into the layers that compute the affine's input, through bias adds, branch sums,
+  concatenations and permutes.
 """
