@@ -1,0 +1,159 @@
+"""Saving an ONNX model: one file or its weights in ``<name>.data`` beside it, onnx.checker, what onnxruntime
+creates a session from, and the model as onnxruntime optimizes it."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from bnfold.errors import ExportError, one_line
+
+
+def check(model: onnx.ModelProto | Path) -> None:
+    """onnx.checker on the model (or the saved file: its external data is checked for presence, not read),
+    as an ExportError when it fails."""
+    try:
+        onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model))
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported ONNX model does not pass onnx.checker: {one_line(exc)}") from exc
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held by the model's initializers (protobuf cannot serialise past 2 GB), without serialising
+    anything: ``ByteSize()`` of a model past 2 GB raises."""
+    return sum(_stored_bytes(t) for t in model.graph.initializer)
+
+
+def _stored_bytes(tensor: onnx.TensorProto) -> int:
+    """A tensor's bytes, from its shape and type where they tell (reading ``raw_data`` would copy it)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return next((int(e.value) for e in tensor.external_data if e.key == "length"), 0)
+    if tensor.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except Exception:  # an element type numpy has no match for (4-bit, float8): count it as serialised
+            itemsize = 0
+        if itemsize:
+            return int(itemsize * math.prod(tensor.dims))
+    return int(tensor.ByteSize())
+
+
+EXTERNAL_DATA = ("auto", "always", "never")
+EXTERNAL_DATA_AUTO_BYTES = 1_000_000
+"""``external_data="auto"``: weights from this size on go to a ``.data`` file beside the model. onnxruntime
+creates sessions from such a pair faster; below it one file is simpler and faster (where the two cross over
+is measured in ``benchmarks/PROFILE.md``)."""
+
+
+def external_data_limit() -> int:
+    """:data:`bnfold.export.EXTERNAL_DATA_BYTES`, read from the package at each call: past it, one file
+    cannot hold a model (protobuf's 2 GB limit), and the weights always go beside it."""
+    import bnfold.export
+
+    return int(bnfold.export.EXTERNAL_DATA_BYTES)
+
+
+def external_data_path(model: onnx.ModelProto, path: Path, external_data: str = "auto") -> Path | None:
+    """Where :func:`save` writes ``model``'s weights for ``path``: ``<name>.data`` beside it, or None for one
+    self-contained file. Raises :class:`ExportError` for "never" on a model one file cannot hold."""
+    if external_data not in EXTERNAL_DATA:
+        raise ValueError(f"external_data must be one of {', '.join(EXTERNAL_DATA)}, not {external_data!r}")
+    size, limit = tensor_bytes(model), external_data_limit()
+    if external_data == "never" and size >= limit:
+        raise ExportError(
+            f"the weights ({size / 1e9:.1f} GB) do not fit in one ONNX file (protobuf's 2 GB limit): "
+            "use --external-data auto"
+        )
+    external = (
+        size >= limit or external_data == "always" or (external_data == "auto" and size >= EXTERNAL_DATA_AUTO_BYTES)
+    )
+    return path.with_name(path.name + ".data") if external else None
+
+
+def save(
+    model: onnx.ModelProto,
+    path: Path,
+    final_name: str | None = None,
+    external_data: str = "auto",
+    *,
+    in_place: bool = False,
+) -> None:
+    """Write the model to ``path``, its weights to ``<final_name>.data`` beside it where
+    :func:`external_data_path` says so (``final_name``: the name the file will have once moved into
+    place). An existing ``.data`` file is replaced, never appended to.
+
+    ``model`` is left as it was, at the cost of a copy of it; with ``in_place`` its weights move into the
+    ``.data`` file instead, one tensor at a time, and ``model`` is left holding the graph that refers to them:
+    no second copy of weights past 2 GB. (protobuf frees their memory only with the whole message: replace
+    ``model`` by ``onnx.load(path, load_external_data=False)`` to have it back.)"""
+    target = Path(path).with_name(final_name or Path(path).name)
+    data = external_data_path(model, target, external_data)
+    if data is None:
+        onnx.save_model(model, str(path))
+        return
+    if not in_place:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # marking tensors external rewrites them
+        model = copy
+    mark_external(model, data.name)
+    with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.name}.") as folder:
+        staged = Path(folder) / target.name  # beside a fresh .data: onnx appends to an existing one
+        onnx.save_model(model, str(staged))  # writes each marked tensor to the .data file, then drops it
+        written = Path(folder) / data.name
+        if not written.exists():  # no tensor reached the threshold: the promised file, empty
+            written.touch()
+        os.replace(written, data)
+        os.replace(staged, path)
+
+
+def session_source(model: onnx.ModelProto | Path, folder: Path, *, in_place: bool = False) -> bytes | Path:
+    """What onnxruntime creates a session from: a file as it is; a model protobuf can serialise, as bytes;
+    a larger one saved into ``folder`` with its weights beside it (``in_place``: see :func:`save`)."""
+    if isinstance(model, Path):
+        return model
+    if tensor_bytes(model) < external_data_limit():
+        return bytes(model.SerializeToString())
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / "model.onnx"
+    save(model, path, external_data="always", in_place=in_place)
+    return path
+
+
+def mark_external(model: onnx.ModelProto, location: str, size_threshold: int = 1024) -> None:
+    """Point every initializer of ``size_threshold`` bytes or more at ``location`` (relative to the model's
+    folder), as ``onnx.save_model(save_as_external_data=True)`` does -- without its check for an existing
+    file named ``location`` in the *current* directory, which made a second run in the same folder fail."""
+    from onnx.external_data_helper import _get_initializer_tensors, set_external_data
+
+    for tensor in _get_initializer_tensors(model):
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold:
+            set_external_data(tensor, location)
+
+
+def save_ort_optimized(model: Path, path: Path, threads: int | None = None) -> Path | None:
+    """Write what onnxruntime makes of ``model`` at ``ORT_ENABLE_ALL`` on the CPU provider, so that sessions
+    start from it without optimising again (faster session creation, measured in ``benchmarks/PROFILE.md``).
+    onnxruntime warns that such a file can hold layouts specific to the CPU it was made on.
+
+    When ``model`` keeps its weights in ``<name>.data``, so does the optimized model, in ``<path name>.data``
+    beside ``path`` (returned; None for one file)."""
+    import onnxruntime as ort
+
+    from bnfold.verify.runners import session_options
+
+    options = session_options("all", threads)
+    options.optimized_model_filepath = str(path)
+    data = None
+    if model.with_name(model.name + ".data").exists():
+        data = path.with_name(path.name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data.name)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own error types
+        raise ExportError(f"onnxruntime could not save an optimized model: {one_line(exc)}") from exc
+    return data

@@ -1,0 +1,167 @@
+"""The TorchScript exporter: a folded GraphModule of aten ops exported with its node names and symbolic
+dimensions, a model past protobuf's 2 GB written through a file."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import fx, nn
+from torch.utils import _pytree as pytree
+
+from bnfold.errors import ExportError, one_line
+from bnfold.export.cleanup import tidy
+from bnfold.export.files import external_data_limit
+from bnfold.export.result import DEFAULT_OPSET, TORCHSCRIPT, TORCHSCRIPT_MAX_OPSET, ExportResult, quiet
+
+
+def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset: int | None = None) -> ExportResult:
+    """Export a GraphModule of aten ops with the TorchScript exporter.
+
+    Inputs and outputs keep the graph's node names, as the dynamo exporter names them; every dimension
+    torch.export kept symbolic is dynamic (dimension 0 of the inputs named "batch"), the others fixed.
+    """
+    opset = opset or DEFAULT_OPSET
+    if opset > TORCHSCRIPT_MAX_OPSET:
+        raise ExportError(f"the TorchScript exporter stops at opset {TORCHSCRIPT_MAX_OPSET}, {opset} was asked for")
+    placeholders = [node for node in module.graph.nodes if node.op == "placeholder"]
+    outputs = pytree.tree_leaves(next(n for n in reversed(module.graph.nodes) if n.op == "output").args[0])
+    if not all(isinstance(o, fx.Node) and o.op != "placeholder" for o in outputs) or len(set(outputs)) < len(outputs):
+        raise ExportError("the TorchScript exporter cannot name outputs that are inputs, constants or repeated")
+    names_in, names_out = [n.name for n in placeholders], [n.name for n in outputs]
+    dynamic = _dynamic_axis_names(placeholders, outputs)
+    proto, said = run_torchscript_exporter(
+        module, inputs, opset_version=opset, input_names=names_in, output_names=names_out, dynamic_axes=dynamic or None
+    )
+    return ExportResult(tidy(proto), TORCHSCRIPT, opset, said)
+
+
+def run_torchscript_exporter(
+    module: nn.Module, inputs: tuple[Any, ...], **options: Any
+) -> tuple[onnx.ModelProto, list[str]]:
+    """``torch.onnx.export(module, inputs, dynamo=False, **options)``, quietly: the model and the exporter's
+    warnings. Its failures are an :class:`ExportError`.
+
+    The model is exported into memory; one whose weights protobuf cannot hold in one message (from
+    :data:`~bnfold.export.EXTERNAL_DATA_BYTES` on) goes through a file with external data instead, read back,
+    and a warning says so."""
+    weights = module_bytes(module)
+    if weights >= external_data_limit():
+        with tempfile.TemporaryDirectory(prefix="bnfold-export-") as folder:
+            path = Path(folder) / "model.onnx"
+            said = _torchscript_export(module, inputs, str(path), options)
+            proto = onnx.load(str(path))  # each tensor read from its file, into the one message
+        said.insert(
+            0,
+            f"the TorchScript exporter wrote the model through a file with external data: its "
+            f"weights ({weights / 1e9:.1f} GB) are past what protobuf holds in memory (2 GB)",
+        )
+        return proto, said
+    buffer = io.BytesIO()
+    said = _torchscript_export(module, inputs, buffer, options)
+    proto = onnx.ModelProto()
+    with buffer.getbuffer() as view:  # parsed in place: no second copy of the weights
+        proto.ParseFromString(view)
+    return proto, said
+
+
+@contextlib.contextmanager
+def batch_statistics_symbolic(opset: int | None) -> Any:
+    """While exporting at ``opset``, let the TorchScript exporter write a BatchNorm without running statistics
+    (``track_running_stats=False``) when the batch is dynamic: its own symbolic needs the batch size to
+    compute the batch's statistics and fails without it. Here they are computed over a ``Reshape`` to
+    ``[0, C, -1]`` (0 copies the batch dimension), as the exporter computes them for a fixed batch."""
+    from torch.onnx._internal.torchscript_exporter import registration, symbolic_helper, symbolic_opset9
+
+    name = "aten::batch_norm"
+    group = registration.registry.get_function_group(name)
+    stock = group.get(opset) if group is not None and opset else None
+    if stock is None or opset is None:
+        yield
+        return
+
+    def batch_norm(g: Any, x: Any, weight: Any, bias: Any, mean: Any, var: Any, *rest: Any) -> Any:
+        channels = symbolic_helper._get_tensor_dim_size(x, 1)
+        unknown = symbolic_helper._get_tensor_dim_size(x, 0) is None and channels is not None
+        if unknown and (symbolic_helper._is_none(mean) or symbolic_helper._is_none(var)):
+            rows = g.op("Constant", value_t=torch.tensor([0, channels, -1], dtype=torch.int64))
+            per_channel = g.op("Transpose", symbolic_helper._reshape_helper(g, x, rows), perm_i=[0, 2, 1])
+            axes = g.op("Constant", value_t=torch.tensor([0, 1], dtype=torch.int64))
+            var, mean = symbolic_opset9._var_mean(g, per_channel, axes, False, False)
+        return stock(g, x, weight, bias, mean, var, *rest)
+
+    torch.onnx.register_custom_op_symbolic(name, batch_norm, opset)  # type: ignore[attr-defined,unused-ignore]
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(name, opset)  # type: ignore[attr-defined,unused-ignore]
+
+
+def _torchscript_export(module: nn.Module, inputs: tuple[Any, ...], target: Any, options: dict[str, Any]) -> list[str]:
+    with quiet() as said, torch.no_grad(), batch_statistics_symbolic(options.get("opset_version")):
+        try:
+            torch.onnx.export(module, inputs, target, dynamo=False, **options)
+        except Exception as exc:  # the TorchScript exporter raises many error types
+            raise ExportError(f"the TorchScript exporter failed: {one_line(exc)}") from exc
+    messages: list[str] = said
+    return messages
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of the tensors a module holds: parameters, buffers and, for a GraphModule, the tensor
+    constants its graph reads (each storage counted once)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if isinstance(module, fx.GraphModule):
+        for node in module.graph.nodes:
+            if node.op == "get_attr":
+                value = _attribute(module, node.target)
+                if isinstance(value, torch.Tensor):
+                    tensors.append(value)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.numel()}
+    return sum(storages.values())
+
+
+def _attribute(module: nn.Module, target: Any) -> Any:
+    value: Any = module
+    for part in str(target).split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def _symbolic_dims(node: fx.Node) -> dict[int, str]:
+    """The symbolic dimensions of a node's tensor value: axis -> the symbol's expression."""
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor):
+        return {}
+    return {i: str(d) for i, d in enumerate(value.shape) if isinstance(d, torch.SymInt)}
+
+
+def _traced(module: fx.GraphModule) -> bool:
+    """Whether a GraphModule comes from torch.export (its inputs carry example values with their shapes)."""
+    return any(isinstance(n.meta.get("val"), torch.Tensor) for n in module.graph.nodes if n.op == "placeholder")
+
+
+def graph_dynamic_axes(module: fx.GraphModule) -> tuple[tuple[int, ...], ...]:
+    """For each input of a GraphModule from torch.export, the axes its graph keeps symbolic."""
+    return tuple(tuple(_symbolic_dims(n)) for n in module.graph.nodes if n.op == "placeholder")
+
+
+def _dynamic_axis_names(placeholders: list[fx.Node], outputs: list[fx.Node]) -> dict[str, dict[int, str]]:
+    """``dynamic_axes`` for the TorchScript exporter: one name per symbol, so that inputs and outputs that
+    share a dimension share its name ("batch" for the inputs' dimension 0)."""
+    names: dict[str, str] = {}
+    for node in placeholders:
+        for axis, symbol in _symbolic_dims(node).items():
+            names.setdefault(symbol, "batch" if axis == 0 else f"{node.name}_dim{axis}")
+    axes = {}
+    for node in [*placeholders, *outputs]:
+        symbols = _symbolic_dims(node).items()
+        dims = {axis: names.setdefault(symbol, f"{node.name}_dim{axis}") for axis, symbol in symbols}
+        if dims:
+            axes[node.name] = dims
+    return axes
