@@ -396,9 +396,9 @@ def convert(
 
         for line in summary_lines(result.report):
             click.echo(line)
-        onnx = result.report["onnx"]
-        weights = f" (weights in {onnx['external_data']})" if onnx.get("external_data") else ""
-        optimized = f", {onnx['optimized_path']} (onnxruntime-optimized)" if onnx.get("optimized_path") else ""
+        onnx = result.report.onnx
+        weights = f" (weights in {onnx.external_data})" if onnx.external_data else ""
+        optimized = f", {onnx.optimized_path} (onnxruntime-optimized)" if onnx.optimized_path else ""
         click.echo(f"wrote {result.onnx_path}{weights}{optimized} and {result.report_path} (+ .md, .html)")
     return EXIT_OK if result.passed else EXIT_FAILED
 
@@ -483,7 +483,7 @@ def verify(
     if not quiet:
         for line in parity_lines(result):
             click.echo(line)
-    return EXIT_OK if result["verdict"]["passed"] else EXIT_FAILED
+    return EXIT_OK if result.verdict.passed else EXIT_FAILED
 
 
 @cli.command(short_help="Time ONNX models, A/B interleaved.")

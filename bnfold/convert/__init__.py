@@ -31,13 +31,15 @@ from bnfold.convert.checks import (
 from bnfold.convert.config import BenchConfig, ConvertConfig, ExportConfig, LoadConfig, ParityConfig
 from bnfold.convert.paths import ONNX_LEVEL, Converted, convert_onnx_level, convert_torch
 from bnfold.convert.plan import Targets, output_paths
+from bnfold.convert.sections import fold_section, model_section, onnx_inputs, onnx_section
 from bnfold.errors import InputSpecError, one_line
 from bnfold.export import DEFAULT_OPSET, annotate, check, external_data_path
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.library_logs import captured_logs, caught_warnings
 from bnfold.load import InputSpec, LoadedModel, from_module, load_model, make_inputs
 from bnfold.progress import ProgressCallback, Stages
-from bnfold.report import new_report
+from bnfold.report import Report, new_report
+from bnfold.report.check import overall_verdict
 from bnfold.verify.providers import require_providers
 
 __all__ = [
@@ -55,9 +57,14 @@ __all__ = [
 
 @dataclass
 class ConvertResult:
-    """What ``convert`` produced; truthy when parity passed."""
+    """What ``convert`` produced; truthy when parity passed.
 
-    report: dict[str, Any]
+    ``report`` is the typed :class:`~bnfold.report.Report` written as ``report_path`` (``report.verdict``,
+    ``report.parity.checks``, ...); ``report.to_dict()`` is its JSON data, ``report.to_json()`` its text,
+    and ``report["parity"]["checks"]`` still reads the JSON data as it did when the report was a dict.
+    """
+
+    report: Report
     onnx_path: Path
     report_path: Path | None
     converted: Converted | None = None
@@ -65,7 +72,7 @@ class ConvertResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.report["verdict"]["passed"])
+        return self.report.verdict.passed
 
     @property
     def records(self) -> list[BnRecord]:
@@ -228,28 +235,28 @@ def _convert(run: Run, logs: list[str]) -> ConvertResult:
     loaded, inputs, config, targets = run.loaded, run.inputs, run.config, run.targets
     with run.stages.stage("fold+export", "folding BatchNorms and exporting to ONNX"):
         converted = fold_and_export(loaded, inputs, config)
-        report["model"] = model_section(loaded, inputs, converted.notes, converted.exported.model)
-        report["fold"] = fold_section(converted, config.affine_form)
+        report.model = model_section(loaded, inputs, converted.notes, converted.exported.model)
+        report.fold = fold_section(converted, config.affine_form)
         batches = parity_batches(inputs, config.parity, graph_dims(converted.exported.model))
         saved = _saved(run, converted, report)
     _check_parity(run, converted, batches, report, saved)
     if _export_broke_parity(converted, report, config):
         saved = _export_again(run, converted, report)
         _check_parity(run, converted, batches, report, saved)
-    report["warnings"].extend(converted.exported.warnings)
+    report.warnings.extend(converted.exported.warnings)
     if config.bench:
         _bench(run, converted, report, saved[0])
     with run.stages.stage("reports", f"writing {targets.onnx}" + (" and the reports" if targets.report else "")):
         from bnfold.report.environment import capture_environment
 
-        report["warnings"].extend(w for w in logs if w not in report["warnings"])
-        report["environment"] = capture_environment()
-        report["verdict"] = verdict(report)
+        report.warnings.extend(w for w in logs if w not in report.warnings)
+        report.environment = capture_environment()
+        report.verdict = overall_verdict(report)
         written = _write(saved[0], saved[1], report, targets)
     return ConvertResult(report, targets.onnx, targets.report, converted, written)
 
 
-def _export_again(run: Run, converted: Converted, report: dict[str, Any]) -> Saved:
+def _export_again(run: Run, converted: Converted, report: Report) -> Saved:
     """Export the folded module with the dynamo exporter (the TorchScript exporter's output failed parity)
     and save it in place of the first export."""
     with run.stages.stage(
@@ -266,18 +273,18 @@ def _export_again(run: Run, converted: Converted, report: dict[str, Any]) -> Sav
         return _saved(run, converted, report)
 
 
-def _bench(run: Run, converted: Converted, report: dict[str, Any], folded: Path) -> None:
-    """The latency stage: ``report["latency"]`` and ``report["speedup"]``, the folded model timed from ``folded``."""
+def _bench(run: Run, converted: Converted, report: Report, folded: Path) -> None:
+    """The latency stage: ``report.latency`` and ``report.speedup``, the folded model timed from ``folded``."""
     ignored = ignored_batches(converted, run.inputs, run.config.batches)
     if ignored:
-        report["warnings"].append(ignored)
+        report.warnings.append(ignored)
         run.stages.note(ignored)
     with run.stages.stage("latency", "measuring latency"), caught_warnings() as skipped:
-        report["latency"], report["speedup"] = bench_stage(
+        report.latency, report.speedup = bench_stage(
             run.loaded, converted, run.inputs, run.config.timing, folded, run.stages.steps
         )
     for note in skipped:  # a provider that cannot run the model, or fell back to another
-        report["warnings"].append(note)
+        report.warnings.append(note)
         run.stages.note(note)
 
 
@@ -285,17 +292,17 @@ Saved = tuple[Path, Path | None, Path | None]
 """The staged ONNX file, where its external data will go, the staged ``--save-optimized`` file."""
 
 
-def _saved(run: Run, converted: Converted, report: dict[str, Any]) -> Saved:
-    """Annotate the exported model, save it into its staging folder, check it and fill ``report["onnx"]``."""
+def _saved(run: Run, converted: Converted, report: Report) -> Saved:
+    """Annotate the exported model, save it into its staging folder, check it and fill ``report.onnx``."""
     from bnfold.export import save
 
     targets, external_data = run.targets, run.config.external_data
     annotate(
         converted.exported.model,
-        {"bnfold.version": report["bnfold_version"], "bnfold.fold": _fold_metadata(converted.records)},
+        {"bnfold.version": report.bnfold_version, "bnfold.fold": _fold_metadata(converted.records)},
     )
     data_path = external_data_path(converted.exported.model, targets.onnx, external_data)
-    report["onnx"] = onnx_section(converted, targets.onnx, data_path)
+    report.onnx = onnx_section(converted, targets.onnx, data_path)
     folded = targets.stage(targets.onnx)
     targets.stage(plan.data_file(targets.onnx)).unlink(missing_ok=True)  # an earlier export's
     save(converted.exported.model, folded, external_data=external_data, in_place=True)
@@ -309,12 +316,12 @@ def _saved(run: Run, converted: Converted, report: dict[str, Any]) -> Saved:
         run.stages.note("saving the onnxruntime-optimized model")
         targets.stage(plan.data_file(targets.optimized)).unlink(missing_ok=True)
         save_ort_optimized(folded, optimized, run.config.threads)
-        report["onnx"]["optimized_path"] = str(targets.optimized)
+        report.onnx.optimized_path = str(targets.optimized)
     return folded, data_path, optimized
 
 
-def _check_parity(run: Run, converted: Converted, batches: Batches, report: dict[str, Any], saved: Saved) -> None:
-    """The parity stage: ``report["parity"]`` for the saved model (its inputs and reference outputs saved
+def _check_parity(run: Run, converted: Converted, batches: Batches, report: Report, saved: Saved) -> None:
+    """The parity stage: ``report.parity`` for the saved model (its inputs and reference outputs saved
     into ``--save-inputs`` as they are computed)."""
     config, stages = run.config.parity, run.stages
     writer = None
@@ -326,12 +333,12 @@ def _check_parity(run: Run, converted: Converted, batches: Batches, report: dict
         )
     with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
         settings = parity_settings(batches, config, stages.steps, writer)
-        report["parity"] = verify_stage(run.loaded, converted, settings, config, saved[0], saved[2])
+        report.parity = parity = verify_stage(run.loaded, converted, settings, config, saved[0], saved[2])
     if writer is not None:
-        writer.finish(report["parity"]["reference"])
+        writer.finish(parity.reference)
 
 
-def _export_broke_parity(converted: Converted, report: dict[str, Any], config: ConvertConfig) -> bool:
+def _export_broke_parity(converted: Converted, report: Report, config: ConvertConfig) -> bool:
     """Whether ``exporter="auto"`` should try the dynamo exporter: the folded PyTorch model passed and the
     TorchScript exporter's output of it did not."""
     from bnfold.export import TORCHSCRIPT
@@ -341,8 +348,9 @@ def _export_broke_parity(converted: Converted, report: dict[str, Any], config: C
         config.exporter == "auto"
         and converted.fold_result is not None
         and converted.exported.exporter == TORCHSCRIPT
-        and not report["parity"]["passed"]
-        and report["parity"].get("failed_stage") == EXPORT
+        and report.parity is not None
+        and not report.parity.passed
+        and report.parity.failed_stage == EXPORT
     )
 
 
@@ -380,83 +388,6 @@ def _fold_only(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> list[Bn
     return fold(loaded.exported or loaded.module, inputs).records  # type: ignore[arg-type]
 
 
-def fold_section(converted: Converted, affine_form: str = "batchnorm") -> dict[str, Any]:
-    counts = summarise(converted.records)
-    return {
-        "batchnorm_found": counts["found"],
-        "batchnorm_folded": counts["folded"],
-        "batchnorm_affine": counts["affine"],
-        "batchnorm_kept": counts["kept"],
-        "recalibrated": converted.recalibrated,
-        "affine_form": affine_form,
-        "seconds": round(converted.fold_seconds, 3),
-        "layers": [r.to_json() for r in converted.records],
-    }
-
-
-def model_section(
-    loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], notes: list[str], graph: Any = None
-) -> dict[str, Any]:
-    """The ``model`` block: the input file and its inputs, named and with their dynamic axes as the ONNX
-    ``graph`` written (or read) has them."""
-    declared = onnx_inputs(graph if graph is not None else loaded.onnx_model)
-    entries = []
-    for i, tensor in enumerate(inputs):
-        name, axes = declared[i] if i < len(declared) else (f"input_{i}", [])
-        dtype = str(tensor.dtype).replace("torch.", "")
-        entries.append({"name": name, "shape": list(tensor.shape), "dtype": dtype, "dynamic_axes": axes})
-    return {
-        "path": str(loaded.path) if loaded.path else None,
-        "sha256": loaded.sha256,
-        "format": loaded.format,
-        "inputs": entries,
-        "notes": list(loaded.notes) + notes,
-    }
-
-
-def onnx_inputs(model: Any) -> list[tuple[str, list[int]]]:
-    """Each graph input of an ONNX model (initializers aside): its name and the axes it declares symbolic."""
-    if model is None:
-        return []
-    stored = {init.name for init in model.graph.initializer}
-    return [
-        (value.name, [i for i, d in enumerate(value.type.tensor_type.shape.dim) if not d.HasField("dim_value")])
-        for value in model.graph.input
-        if value.name not in stored
-    ]
-
-
-def onnx_section(converted: Converted, path: Path, external_data: Path | None = None) -> dict[str, Any]:
-    exported = converted.exported
-    return {
-        "path": str(path),
-        "external_data": str(external_data) if external_data else None,
-        "exporter": exported.exporter,
-        "opset": exported.opset,
-        "batchnorm_nodes": exported.batchnorm_nodes(),
-        "nodes": len(exported.model.graph.node),
-        "size_bytes": None,
-        "sha256": None,
-        "external_data_sha256": None,
-        "optimized_path": None,
-    }
-
-
-def verdict(report: dict[str, Any]) -> dict[str, Any]:
-    """The overall verdict: parity decides; the reason says what was gained or what broke. ``max_abs_err``
-    is the headline error (what bnfold made against the fp64 reference), the number every rendering shows."""
-    from bnfold.report.check import headline, parity_failure
-    from bnfold.report.document import as_report
-
-    typed = as_report(report)
-    parity, fold = report["parity"], report["fold"]
-    error = headline(typed).max_abs_err
-    if parity.get("passed"):
-        folded = f"; {fold['batchnorm_folded']}/{fold['batchnorm_found']} BatchNorms folded" if fold else ""
-        return {"passed": True, "reason": "parity passed" + folded, "max_abs_err": error}
-    return {"passed": False, "reason": parity_failure(typed.parity) or "parity failed", "max_abs_err": error}
-
-
 def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:
     counts = summarise(records)
     return {
@@ -466,17 +397,17 @@ def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:
     }
 
 
-def _write(staged: Path, data_path: Path | None, report: dict[str, Any], targets: Targets) -> list[Path]:
+def _write(staged: Path, data_path: Path | None, report: Report, targets: Targets) -> list[Path]:
     """Hash the staged ONNX file (and its external data), stage the reports, and move the set into place."""
     from bnfold.load.loaded import file_sha256
     from bnfold.report import write_report_files
 
-    report["onnx"]["sha256"] = file_sha256(staged)
-    report["onnx"]["size_bytes"] = staged.stat().st_size
+    report.onnx.sha256 = file_sha256(staged)
+    report.onnx.size_bytes = staged.stat().st_size
     if data_path is not None:
         data = targets.stage(data_path)
-        report["onnx"]["external_data_sha256"] = file_sha256(data)
-        report["onnx"]["size_bytes"] += data.stat().st_size
+        report.onnx.external_data_sha256 = file_sha256(data)
+        report.onnx.size_bytes += data.stat().st_size
     if targets.report is not None:
         write_report_files(report, targets.stage(targets.report))
     return targets.commit()

@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from bnfold.bench.timing import LatencyResult
 from bnfold.convert.config import BenchConfig, ParityConfig
 from bnfold.convert.paths import Converted
 from bnfold.errors import InputSpecError
 from bnfold.export import session_source
 from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
+from bnfold.report.document import ParitySection, SpeedupEntry, timed
 from bnfold.verify import Tolerance, select_providers
 from bnfold.verify.chain import ParityChain, parity_chain
 from bnfold.verify.matrix import ParitySettings, ReferenceSink, Steps, cuda_block
@@ -113,8 +115,8 @@ def verify_stage(
     config: ParityConfig,
     folded: Path | None = None,
     optimized: Path | None = None,
-) -> dict[str, Any]:
-    """The parity block of the report, by the path the model took. The folded ONNX model is run from
+) -> ParitySection:
+    """The parity section of the report, by the path the model took. The folded ONNX model is run from
     ``folded`` (its saved file) when given; with ``optimized`` (the ``--save-optimized`` file), that file
     too, run as saved (no further onnxruntime rewrites)."""
     check_output_keys([key for key, _, _ in config.tolerances], [o.name for o in converted.exported.model.graph.output])
@@ -126,8 +128,7 @@ def verify_stage(
     elif loaded.format != "onnx":
         report.notes = chain.notes
         report.cuda = cuda_block(any(c.stage == PROVIDER for c in chain.candidates), chain.notes)
-    parity: dict[str, Any] = report.to_json()
-    return parity
+    return ParitySection.of(report)
 
 
 def _chain(
@@ -179,7 +180,7 @@ def bench_stage(
     config: BenchConfig,
     folded: Path | None = None,
     progress: Steps | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[LatencyResult], list[SpeedupEntry]]:
     """Latency of the original and the folded model (from its saved file ``folded`` when given),
     interleaved, on every provider and batch size; ``progress`` hears of each timing round."""
     from bnfold.bench import bench_onnx, bench_torch, speedups
@@ -207,7 +208,7 @@ def bench_stage(
             batch_sizes=sizes,
             progress=progress,
         )
-    return [r.to_json() for r in results], [s.to_json() for s in speedups(results)]
+    return timed(results, speedups(results))
 
 
 def ignored_batches(converted: Converted, inputs: tuple[torch.Tensor, ...], requested: tuple[int, ...]) -> str | None:

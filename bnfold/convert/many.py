@@ -122,7 +122,7 @@ def _convert_one(model: Path, config: ConvertConfig, sender: Connection) -> None
     warnings.simplefilter("ignore")
     try:
         result = convert(model, config)
-        outcome = (EXIT_OK, "") if result.passed else (EXIT_FAILED, str(result.report["verdict"]["reason"]))
+        outcome = (EXIT_OK, "") if result.passed else (EXIT_FAILED, result.report.verdict.reason)
     except BnfoldError as exc:
         outcome = (EXIT_BAD_INPUT, str(exc))
     except Exception as exc:  # a bug meets one model: that model fails, the batch goes on

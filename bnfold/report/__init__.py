@@ -45,9 +45,9 @@ __all__ = [
 ]
 
 
-def new_report() -> dict[str, Any]:
-    """The report skeleton every command fills in, keys in their documented order."""
-    return Report().to_dict()
+def new_report() -> Report:
+    """The report every command fills in: this bnfold's version, made now, nothing run yet."""
+    return Report()
 
 
 def companion_paths(json_path: Path) -> tuple[Path, Path]:

@@ -17,6 +17,7 @@ from bnfold.report.document import (
     ParitySection,
     Report,
     SpeedupEntry,
+    Verdict,
     as_report,
     validate_report,
 )
@@ -227,6 +228,17 @@ def parity_failure(parity: ParitySection | None) -> str | None:
     return f"parity failed at stage {stage}: {check_name(first)} {_failure_detail(first)}"
 
 
+def overall_verdict(report: Report) -> Verdict:
+    """The overall verdict: parity decides; the reason says what was gained or what broke. ``max_abs_err``
+    is the headline error (what bnfold made against the fp64 reference), the number every rendering shows."""
+    error = headline(report).max_abs_err
+    fold = report.fold
+    if report.parity is not None and report.parity.passed:
+        folded = f"; {fold.batchnorm_folded}/{fold.batchnorm_found} BatchNorms folded" if fold else ""
+        return Verdict(True, "parity passed" + folded, error)
+    return Verdict(False, parity_failure(report.parity) or "parity failed", error)
+
+
 def _parity_problems(report: Report) -> list[str]:
     failure = parity_failure(report.parity)
     return [failure] if failure else []
@@ -301,6 +313,7 @@ __all__ = [
     "check_reports",
     "headline",
     "load_report",
+    "overall_verdict",
     "parity_failure",
     "validate_report",
 ]

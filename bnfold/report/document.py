@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from bnfold.bench.speedup import Speedup
 from bnfold.bench.timing import LatencyResult
 from bnfold.errors import ReportError, one_line
 from bnfold.fold.records import BnRecord
@@ -353,6 +354,15 @@ class Report(Section, Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.to_dict())
+
+
+def timed(
+    results: Sequence[LatencyResult], speedups: Sequence[Speedup]
+) -> tuple[list[LatencyResult], list[SpeedupEntry]]:
+    """The report's ``latency`` and ``speedup`` entries of a timing run, holding what their JSON holds
+    (times rounded, no samples; each speedup with the verdict of its unrounded ratios)."""
+    latency = [LatencyResult.from_json(r.to_json()) for r in results]
+    return latency, [SpeedupEntry.from_dict(s.to_json()) for s in speedups]
 
 
 def as_report(report: Report | Mapping[str, Any]) -> Report:

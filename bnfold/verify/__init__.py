@@ -8,7 +8,7 @@ it, so a failure names the step that broke it; :func:`assert_allclose_report` is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bnfold._entry import make_callable
 from bnfold.verify.chain import ParityChain, Sessions, parity_chain
@@ -22,6 +22,7 @@ from bnfold.verify.tolerance import RULE, Tolerance, Tolerances
 
 if TYPE_CHECKING:
     from bnfold.convert import ConvertConfig
+    from bnfold.report import Report
 
 __all__ = [
     "RULE",
@@ -56,9 +57,10 @@ __all__ = [
 ]
 
 
-def verify_models(original: str | Path, candidate: str | Path, config: ConvertConfig | None = None) -> dict[str, Any]:
+def verify_models(original: str | Path, candidate: str | Path, config: ConvertConfig | None = None) -> Report:
     """``bnfold verify``: check a candidate (an ONNX file, or a PyTorch model file) against the original on
-    the parity matrix; the report as a dict (``report["verdict"]["passed"]``). ``config`` carries the parity
+    the parity matrix; the :class:`~bnfold.report.Report` (``report.verdict.passed``; ``report.to_dict()``
+    is the JSON data, and ``report["verdict"]["passed"]`` still reads it). ``config`` carries the parity
     settings (tolerances, data, providers, ``factory``, ``trust_code``). Also callable as ``bnfold.verify``."""
     from bnfold.convert import ConvertConfig
     from bnfold.verify.pair import verify_and_report

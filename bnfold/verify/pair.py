@@ -23,7 +23,7 @@ from bnfold.load import LoadedModel, load_model
 from bnfold.load.loaded import loaded_source
 from bnfold.outputs import OutputSet
 from bnfold.progress import ProgressCallback, Stages
-from bnfold.report import new_report
+from bnfold.report import OnnxSection, ParitySection, Report, new_report
 from bnfold.verify.chain import ParityChain, parity_chain
 from bnfold.verify.providers import require_providers, select_providers
 from bnfold.verify.report import PROVIDER
@@ -52,19 +52,19 @@ def verify_pair(
     config: ConvertConfig,
     progress: ProgressCallback | None = None,
     outputs: OutputSet | None = None,
-) -> dict[str, Any]:
+) -> Report:
     """A report comparing a candidate model with the original on the parity matrix; what torch and the ONNX
     libraries log meanwhile goes into its ``warnings[]``. ``--save-inputs`` needs ``outputs``, the
     :class:`~bnfold.outputs.OutputSet` its files are staged in (:func:`verify_and_report` makes it)."""
     with captured_logs() as logs:
         report = _verify_pair(Path(original_path), Path(candidate_path), config, Stages(progress), outputs)
-    report["warnings"].extend(w for w in logs if w not in report["warnings"])
+    report.warnings.extend(w for w in logs if w not in report.warnings)
     return report
 
 
 def _verify_pair(
     original_path: Path, candidate_path: Path, config: ConvertConfig, stages: Stages, outputs: OutputSet | None
-) -> dict[str, Any]:
+) -> Report:
     require_providers(config.providers)
     trust_code = config.trust_code
     args = dict(config.model_args)
@@ -93,7 +93,7 @@ def _verify_pair(
         if cuda_used
         else (next((n for n in notes if "CUDA" in n), "CUDA not requested")),
     }
-    return _pair_report(original, candidate, inputs, parity.to_json())
+    return _pair_report(original, candidate, inputs, ParitySection.of(parity))
 
 
 def verify_and_report(
@@ -102,7 +102,7 @@ def verify_and_report(
     config: ConvertConfig,
     report_path: Path | None = None,
     progress: ProgressCallback | None = None,
-) -> dict[str, Any]:
+) -> Report:
     """:func:`verify_pair`, writing the report (JSON, Markdown, HTML) to ``report_path`` when given --
     after checking, before any work, that none of them is a file the run reads or another report."""
     from bnfold.convert import plan
@@ -137,7 +137,7 @@ def _inputs_writer(
         return None
     if outputs is None:
         raise ValueError("--save-inputs needs an OutputSet to stage its files: use verify_and_report")
-    from bnfold.convert import onnx_inputs
+    from bnfold.convert.sections import onnx_inputs
 
     graph = candidate.onnx_model or original.onnx_model
     inputs = [name for name, _ in onnx_inputs(graph)]
@@ -168,32 +168,31 @@ def _check_output_keys(config: ConvertConfig, original: LoadedModel, candidate: 
 
 
 def _pair_report(
-    original: LoadedModel, candidate: LoadedModel, inputs: tuple[torch.Tensor, ...], parity: dict[str, Any]
-) -> dict[str, Any]:
-    from bnfold.convert import model_section, verdict
+    original: LoadedModel, candidate: LoadedModel, inputs: tuple[torch.Tensor, ...], parity: ParitySection
+) -> Report:
+    """The report of a verify run: no fold, the candidate in the ``onnx`` section."""
+    from bnfold.convert.sections import model_section
+    from bnfold.report.check import overall_verdict
     from bnfold.report.environment import capture_environment
 
     report = new_report()
-    report["model"] = model_section(original, inputs, [], candidate.onnx_model or original.onnx_model)
-    report["fold"] = {}
-    report["onnx"] = _candidate_section(candidate)
-    report["parity"] = parity
-    report["environment"] = capture_environment()
-    report["verdict"] = verdict(report)
+    report.model = model_section(original, inputs, [], candidate.onnx_model or original.onnx_model)
+    report.onnx = _candidate_section(candidate)
+    report.parity = parity
+    report.environment = capture_environment()
+    report.verdict = overall_verdict(report)
     return report
 
 
-def _candidate_section(candidate: LoadedModel) -> dict[str, Any]:
-    section: dict[str, Any] = {"path": str(candidate.path), "sha256": candidate.sha256, "format": candidate.format}
+def _candidate_section(candidate: LoadedModel) -> OnnxSection:
+    """The candidate checked: its file, hash and format, and for an ONNX file its opset, nodes and size."""
+    section = OnnxSection(path=str(candidate.path), sha256=candidate.sha256, format=candidate.format)
     if candidate.onnx_model is not None:
         model: onnx.ModelProto = candidate.onnx_model
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-        section.update(
-            batchnorm_nodes=count_ops(model, "BatchNormalization"),
-            nodes=len(model.graph.node),
-            opset=opset,
-            size_bytes=candidate.path.stat().st_size if candidate.path else None,
-        )
+        section.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        section.batchnorm_nodes = count_ops(model, "BatchNormalization")
+        section.nodes = len(model.graph.node)
+        section.size_bytes = candidate.path.stat().st_size if candidate.path else None
     return section
 
 
