@@ -510,17 +510,17 @@ def bench(
     config = ConvertConfig(input_shapes=input_shapes, batches=batches, providers=_providers(providers), threads=threads)
     latency, speedup = bench_files(list(models), config)
     if as_json:
-        click.echo(json.dumps({"latency": latency, "speedup": speedup}, indent=2))
+        entries = {"latency": [row.to_json() for row in latency], "speedup": [item.to_dict() for item in speedup]}
+        click.echo(json.dumps(entries, indent=2))
         return EXIT_OK
     for row in latency:
         click.echo(
-            f"{row['model']:>10} {row['provider']} batch {row['batch']}: p50 {row['p50_ms']:.3f} ms, "
-            f"p90 {row['p90_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, {row['throughput']:.1f} samples/s"
+            f"{row.model:>10} {row.provider} batch {row.batch}: p50 {row.p50_ms:.3f} ms, "
+            f"p90 {row.p90_ms:.3f} ms, p99 {row.p99_ms:.3f} ms, {row.throughput:.1f} samples/s"
         )
-    for row in speedup:
+    for item in speedup:
         click.echo(
-            f"speedup batch {row['batch']}: x{row['speedup_p50']:.2f} "
-            f"(IQR {row['speedup_low']:.2f}-{row['speedup_high']:.2f})"
+            f"speedup batch {item.batch}: x{item.speedup_p50:.2f} (IQR {item.speedup_low:.2f}-{item.speedup_high:.2f})"
         )
     return EXIT_OK
 

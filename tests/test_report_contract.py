@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODELS, ROOT
+from conftest import MODELS, ROOT, run_in_process
 
 import bnfold
 from bnfold.report import Report
@@ -115,13 +115,22 @@ def test_a_verify_report_round_trips(converted: bnfold.ConvertResult, tmp_path: 
 
 
 def test_a_bench_report_round_trips(converted: bnfold.ConvertResult) -> None:
-    """``bnfold bench`` writes the latency and speedup entries of a report: they read into its types and
-    write back the same, as a report holding nothing else does."""
-    latency, speedup = bnfold.bench([converted.onnx_path, converted.onnx_path])
-    report = Report.from_dict({"schema": "bnfold.report/1", "latency": latency, "speedup": speedup})
+    """``bnfold bench --json`` writes the latency and speedup entries of a report: they read into its types
+    and write back the same, as a report holding nothing else does; the text output reads the same entries."""
+    onnx = str(converted.onnx_path)
+    done = run_in_process("bench", onnx, onnx, "--batch", "1,2", "--json")
+    assert done.returncode == 0, done.stderr
+    written = json.loads(done.stdout)
+    latency, speedup = written["latency"], written["speedup"]
+    report = Report.from_dict({"schema": "bnfold.report/1", **written})
     assert report.latency[0].p50_ms == latency[0]["p50_ms"] and report.speedup[0].verdict == speedup[0]["verdict"]
     data = report.to_dict()
     assert data["latency"] == latency and data["speedup"] == speedup
     assert assert_round_trip(report.to_json()) == report
     assert_keys(latency, "latency[]")
     assert_keys(speedup, "speedup[]")
+    text = run_in_process("bench", onnx, onnx, "--batch", "2").stdout.splitlines()
+    assert [line.split()[0] for line in text] == ["original", "folded", "speedup"] and "batch 2: p50 " in text[0]
+    assert re.fullmatch(r"speedup batch 2: x\d+\.\d\d \(IQR \d+\.\d\d-\d+\.\d\d\)", text[2])
+    api_latency, api_speedup = bnfold.bench([converted.onnx_path])
+    assert set(api_latency[0]) == set(latency[0]) and api_latency[0]["model"] == "digits" and api_speedup == []

@@ -52,7 +52,8 @@ def bench_models(
         from bnfold.errors import InputSpecError
 
         raise InputSpecError("give one ONNX model, or two to compare (original first)")
-    return bench_files([Path(m) for m in models], config or ConvertConfig())
+    latency, speedup = bench_files([Path(m) for m in models], config or ConvertConfig())
+    return [row.to_json() for row in latency], [item.to_dict() for item in speedup]
 
 
 make_callable(__name__, bench_models)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bnfold.bench.onnx_latency import bench_onnx
 from bnfold.bench.speedup import speedups
+from bnfold.bench.timing import LatencyResult
 from bnfold.convert.checks import as_numpy
 from bnfold.convert.config import ConvertConfig
 from bnfold.convert.onnx_input import check_loaded_onnx
@@ -17,10 +18,15 @@ from bnfold.load import InputSpec, LoadedModel, make_inputs
 from bnfold.load.loaded import loaded_source
 from bnfold.verify.providers import require_providers, select_providers
 
+if TYPE_CHECKING:
+    from bnfold.report.document import SpeedupEntry
 
-def bench_files(paths: list[Path], config: ConvertConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Latency of one ONNX model, or of two interleaved (the first is the baseline)."""
+
+def bench_files(paths: list[Path], config: ConvertConfig) -> tuple[list[LatencyResult], list[SpeedupEntry]]:
+    """Latency of one ONNX model, or of two interleaved (the first is the baseline), as the report's
+    ``latency`` and ``speedup`` entries."""
     from bnfold.convert import resolve_inputs
+    from bnfold.report.document import timed
 
     require_providers(config.providers)
     loaded = [_onnx_only(p) for p in paths]
@@ -43,7 +49,7 @@ def bench_files(paths: list[Path], config: ConvertConfig) -> tuple[list[dict[str
         raise InputSpecError(f"nothing to time: {'; '.join(skipped)}; pick another provider with --providers")
     for note in skipped:
         warnings.warn(note, RuntimeWarning, stacklevel=2)
-    return [r.to_json() for r in results], [s.to_json() for s in speedups(results)] if len(paths) == 2 else []
+    return timed(results, speedups(results) if len(paths) == 2 else [])
 
 
 def _check_batches(path: Path, model: LoadedModel, batches: tuple[int, ...]) -> None:
