@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,3 +124,19 @@ def test_a_failing_baseline_check_still_draws_the_fp32_noise_row() -> None:
     texts = render_all(data)
     assert "original fp32 (fp32 noise)" in texts["html"]
     assert "original fp32 " in texts["md"].split("Share of elements")[1]
+
+
+def test_a_summary_reads_into_its_rows_and_a_malformed_one_is_a_report_error(tmp_path: Path) -> None:
+    from bnfold.report.aggregate import Summary, SummaryRow
+    from bnfold.report.check import check_reports
+
+    (tmp_path / "a.report.json").write_text(json.dumps(sample_report()))
+    rows = [SummaryRow("m/a.pt2", "passed", 0, "", "a.onnx", "a.report.json", 1.5), SummaryRow("m/b.pt2", reason="bad")]
+    data = Summary(jobs=2, passed=False, counts={"passed": 1, "failed": 0, "error": 1}, models=rows).to_dict()
+    assert Summary.from_dict(json.loads(json.dumps(data))).to_dict() == data
+    (tmp_path / "summary.json").write_text(json.dumps(data))
+    verdict = check_reports([tmp_path / "summary.json"])
+    assert [r.passed for r in verdict.results] == [True, False] and verdict.results[1].reason == "bad"
+    (tmp_path / "summary.json").write_text(json.dumps({**data, "models": [["not", "a", "row"]]}))
+    with pytest.raises(ReportError, match="summary.json: malformed bnfold summary, a field has the wrong type"):
+        check_reports([tmp_path / "summary.json"])

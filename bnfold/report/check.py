@@ -195,9 +195,9 @@ def _expand(path: Path) -> list[tuple[str, Path | None, str]]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return [(str(path), path, "")]  # load_report says what is wrong with it
     if isinstance(data, dict) and str(data.get("schema", "")).startswith("bnfold.summary/"):
-        from bnfold.report.aggregate import report_paths
+        from bnfold.report.aggregate import read_summary, report_paths
 
-        return report_paths(data, path.parent)
+        return report_paths(read_summary(data, str(path)), path.parent)
     return [(str(path), path, "")]
 
 

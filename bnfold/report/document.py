@@ -44,7 +44,8 @@ def bnfold_version() -> str:
         return "unknown"
 
 
-def _now() -> str:
+def now() -> str:
+    """The time a report is made, as it writes it (ISO-8601, UTC, seconds)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -86,7 +87,9 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _list_of(read: Callable[[Mapping[str, Any]], Any]) -> Callable[[Any], list[Any]]:
+def list_of(read: Callable[[Mapping[str, Any]], Any]) -> Callable[[Any], list[Any]]:
+    """A reader of a JSON list whose items ``read`` reads; a TypeError for anything but a list."""
+
     def read_all(items: Any) -> list[Any]:
         if not isinstance(items, list):
             raise TypeError(f"expected a list, got {type(items).__name__}")
@@ -116,7 +119,7 @@ class ModelInput(Section):
 class ModelSection(Section):
     """``model``: the input file, its hash and format, its inputs, and what bnfold changed or chose."""
 
-    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"inputs": _list_of(ModelInput.from_dict)}
+    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"inputs": list_of(ModelInput.from_dict)}
 
     path: str | None = None
     sha256: str | None = None
@@ -130,7 +133,7 @@ class ModelSection(Section):
 class FoldSection(Section):
     """``fold``: BatchNorms found, folded, kept, and one record per BatchNorm (``layers``)."""
 
-    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"layers": _list_of(_record)}
+    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"layers": list_of(_record)}
 
     batchnorm_found: int = 0
     batchnorm_folded: int = 0
@@ -203,8 +206,8 @@ class ParitySection(Section):
 
     READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
         "cuda": CudaInfo.from_dict,
-        "inputs": _list_of(ParityInput.from_dict),
-        "checks": _list_of(ParityCheck.from_json),
+        "inputs": list_of(ParityInput.from_dict),
+        "checks": list_of(ParityCheck.from_json),
     }
 
     passed: bool = False
@@ -293,15 +296,15 @@ class Report(Section, Mapping[str, Any]):
         "fold": _optional(FoldSection.from_dict),
         "onnx": lambda data: OnnxSection.from_dict(_as_mapping(data)),
         "parity": _optional(ParitySection.from_dict),
-        "latency": _list_of(LatencyResult.from_json),
-        "speedup": _list_of(SpeedupEntry.from_dict),
+        "latency": list_of(LatencyResult.from_json),
+        "speedup": list_of(SpeedupEntry.from_dict),
         "environment": lambda data: dict(_as_mapping(data)),
         "verdict": lambda data: Verdict.from_dict(_as_mapping(data)),
     }
 
     schema: str = SCHEMA
     bnfold_version: str = field(default_factory=bnfold_version)
-    created: str = field(default_factory=_now)
+    created: str = field(default_factory=now)
     model: ModelSection = field(default_factory=ModelSection)
     fold: FoldSection | None = None
     onnx: OnnxSection = field(default_factory=OnnxSection)
