@@ -2,7 +2,7 @@
 
 The public face is :func:`fold`. The algebra lives in :mod:`bnfold.fold.maths`, the fold rules shared with
 ONNX inputs in :mod:`bnfold.fold.rules` (run on torch FX graphs through :mod:`bnfold.fold.fx_graph`), the
-rules still specific to FX graphs in :mod:`bnfold.fold.identity` and :mod:`bnfold.fold.backward`, and the
+rule still specific to FX graphs in :mod:`bnfold.fold.backward`, and the
 pass in :mod:`bnfold.fold.engine`.
 """
 

@@ -15,10 +15,9 @@ from torch import fx
 from bnfold.fold.backward import match_consumers
 from bnfold.fold.fx_graph import FxAffine, FxGraph
 from bnfold.fold.graph import ParameterWriter, aten, ndim, readers, remove_unused
-from bnfold.fold.identity import match_identity
 from bnfold.fold.reasons import explain, reason
 from bnfold.fold.records import AFFINE, FOLDED, BnRecord
-from bnfold.fold.rules import forward
+from bnfold.fold.rules import forward, identity
 from bnfold.fold.rules.graph import Match, Plan
 from bnfold.fold.sites import AffineSite, find_sites
 
@@ -29,9 +28,13 @@ def _forward(site: AffineSite, fxg: FxGraph) -> Match:
     return forward.match(fxg, FxAffine(site))
 
 
+def _identity(site: AffineSite, fxg: FxGraph) -> Match:
+    return identity.match(fxg, FxAffine(site))
+
+
 PHASES: tuple[tuple[Rule, ...], ...] = (
     (_forward,),
-    (match_identity,),
+    (_identity,),
     (match_consumers,),
 )
 

@@ -27,7 +27,7 @@ from bnfold.fold.graph import (
     readers,
 )
 from bnfold.fold.reasons import reason
-from bnfold.fold.rules.graph import Affine, LayerKind, PassThrough
+from bnfold.fold.rules.graph import Affine, LayerKind, Pads, PassThrough
 from bnfold.fold.sites import AffineSite
 
 F64 = torch.float64
@@ -65,6 +65,33 @@ class FxLayer:
     def channels_last(self) -> bool:
         return self.kind == "linear"
 
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return self.layer.weight_shape
+
+    @property
+    def strides(self) -> list[int]:
+        stride = self.layer.stride
+        return [int(s) for s in stride] if isinstance(stride, (list, tuple)) else [int(stride)]
+
+    @property
+    def dilations(self) -> list[int]:
+        return self.layer.dilation
+
+    @property
+    def pads(self) -> Pads:
+        padding = self.layer.padding
+        if padding in ("same", "valid"):
+            return cast(Pads, padding)
+        spatial = len(self.weight_shape) - 2
+        amounts = [int(p) for p in padding] if isinstance(padding, (list, tuple)) else [int(padding)]
+        amounts = amounts * spatial if len(amounts) == 1 else amounts
+        return amounts + amounts
+
+    @property
+    def padding_text(self) -> str:
+        return f"padding={self.layer.padding}"
+
     def _tensor(self, node: fx.Node) -> torch.Tensor:
         return self.writer.gm_tensor(node)
 
@@ -95,6 +122,10 @@ class FxAffine:
         return self.site.input
 
     @property
+    def output(self) -> fx.Node:
+        return self.site.output
+
+    @property
     def use(self) -> tuple[fx.Node, int]:
         first = self.site.first
         return first, list(first.args).index(self.site.input)
@@ -106,6 +137,13 @@ class FxAffine:
     @property
     def shift(self) -> torch.Tensor:
         return cast(torch.Tensor, self.site.shift)
+
+
+def _read(node: fx.Node) -> list[fx.Node]:
+    """The nodes ``node`` reads, in argument order, once per argument that names them."""
+    read: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), read.append)
+    return read
 
 
 def _node_args(node: fx.Node) -> list[fx.Node]:
@@ -148,8 +186,22 @@ class FxGraph:
             return "concat"
         return "permute" if is_permute(node) else None
 
-    def is_layer(self, node: fx.Node) -> bool:
-        return as_layer(node) is not None
+    def layer_kind(self, node: fx.Node) -> LayerKind | None:
+        layer = as_layer(node)
+        return None if layer is None else cast(LayerKind, layer.kind)
+
+    def layer_input(self, node: fx.Node) -> fx.Node:
+        return cast(fx.Node, node.args[0])
+
+    def readers(self, value: fx.Node) -> list[tuple[fx.Node, int]]:
+        found = []
+        for user in readers(value):
+            if user.op != "output":
+                found += [(user, slot) for slot, read in enumerate(_read(user)) if read is value]
+        return found
+
+    def is_output(self, value: fx.Node) -> bool:
+        return any(user.op == "output" for user in value.users)
 
     def layer(self, node: fx.Node) -> FxLayer | str:
         layer = as_layer(node)
@@ -171,9 +223,7 @@ class FxGraph:
     def exclusive(self, value: fx.Node, use: tuple[fx.Node, int]) -> str | None:
         reader = use[0]
         others = [display(u) if u.op != "output" else "the model output" for u in readers(value) if u is not reader]
-        read: list[fx.Node] = []
-        fx.node.map_arg((reader.args, reader.kwargs), lambda n: read.append(n) or n)  # type: ignore[func-returns-value]
-        if not others and read.count(value) > 1:
+        if not others and _read(reader).count(value) > 1:
             others = ["another input of the same node"]
         return reason("shared", node=display(value), others=", ".join(others)) if others else None
 
@@ -197,3 +247,10 @@ class FxGraph:
         site = cast(FxAffine, affine).site
         site.output.replace_all_uses_with(site.input)
         site.erase(self.graph)
+
+    def bypass_node(self, node: fx.Node, value: fx.Node) -> None:
+        node.replace_all_uses_with(value)
+        self.graph.erase_node(node)
+
+    def remove(self, affine: Affine[fx.Node, fx.Node]) -> None:
+        cast(FxAffine, affine).site.erase(self.graph)

@@ -23,13 +23,12 @@ from bnfold.fold.onnx._cleanup import write_back
 from bnfold.fold.onnx._evaluate import evaluate_constants
 from bnfold.fold.onnx._freeze import freeze
 from bnfold.fold.onnx._graph import Graph, label
-from bnfold.fold.onnx._identity import identity_fold
 from bnfold.fold.onnx._names import module_name
 from bnfold.fold.onnx._shapes import check_folded, infer_types
 from bnfold.fold.onnx.adapter import OnnxGraph
 from bnfold.fold.reasons import explain, reason
 from bnfold.fold.records import AFFINE, FOLDED, KEPT, Action, BnRecord
-from bnfold.fold.rules import forward
+from bnfold.fold.rules import forward, identity
 from bnfold.fold.rules.graph import Plan
 
 
@@ -136,15 +135,13 @@ def _fold_forward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
 
 
 def _fold_identity(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
-    fold = identity_fold(graph, affine)
-    if fold is None:
+    plan = identity.match(OnnxGraph(graph), affine)
+    if isinstance(plan, str):
+        affine.reasons.append(plan)
+    if not isinstance(plan, Plan):
         return None
-    if isinstance(fold, str):
-        affine.reasons.append(fold)
-        return None
-    into = fold.into()
-    fold.apply(graph, affine)
-    return _record(affine, FOLDED, into=into, how="identity")
+    plan.rewrite()
+    return _record(affine, FOLDED, into=plan.into, how=plan.how)
 
 
 def _removed(graph: Graph, affine: ChannelAffine) -> BnRecord | None:

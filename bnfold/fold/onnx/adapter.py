@@ -22,7 +22,7 @@ from bnfold.fold.onnx._graph import Graph, Use, attribute, label, set_attribute
 from bnfold.fold.onnx._layers import append_bias, check_groups, gemm_bias, optional_constant, param_name
 from bnfold.fold.onnx._names import module_name
 from bnfold.fold.reasons import reason
-from bnfold.fold.rules.graph import Affine, LayerKind, PassThrough
+from bnfold.fold.rules.graph import Affine, LayerKind, Pads, PassThrough
 
 LAYERS: dict[str, LayerKind] = {"Conv": "conv", "ConvTranspose": "conv_transpose", "Gemm": "linear", "MatMul": "linear"}
 PASSES: dict[str, PassThrough] = {"Add": "add", "Concat": "concat", "Transpose": "permute"}
@@ -30,6 +30,11 @@ PASSES: dict[str, PassThrough] = {"Add": "add", "Concat": "concat", "Transpose":
 
 def _standard(node: onnx.NodeProto) -> bool:
     return node.domain in ("", "ai.onnx")
+
+
+def _auto_pad(node: onnx.NodeProto) -> str:
+    auto_pad = attribute(node, "auto_pad", b"NOTSET")
+    return auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
 
 
 @dataclass
@@ -76,6 +81,37 @@ class OnnxLayer:
     @property
     def channels_last(self) -> bool:
         return self.node.op_type == "MatMul"
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        shape = tuple(int(d) for d in self.stored_weight.shape)
+        return shape[::-1] if self._rows_transposed else shape
+
+    @property
+    def strides(self) -> list[int]:
+        return [int(s) for s in attribute(self.node, "strides", [1] * self._spatial)]
+
+    @property
+    def dilations(self) -> list[int]:
+        return [int(d) for d in attribute(self.node, "dilations", [1] * self._spatial)]
+
+    @property
+    def pads(self) -> Pads:
+        auto_pad = _auto_pad(self.node)
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            return "same"
+        if auto_pad == "VALID":
+            return "valid"
+        return [int(p) for p in attribute(self.node, "pads", [0] * 2 * self._spatial)]
+
+    @property
+    def padding_text(self) -> str:
+        auto_pad = _auto_pad(self.node)
+        return f"auto_pad={auto_pad}" if auto_pad != "NOTSET" else f"pads={list(attribute(self.node, 'pads', []))}"
+
+    @property
+    def _spatial(self) -> int:
+        return max(self.stored_weight.ndim - 2, 0) if self.kind != "linear" else 0
 
     @property
     def _rows_transposed(self) -> bool:
@@ -126,8 +162,17 @@ class OnnxGraph:
     def pass_through(self, node: onnx.NodeProto) -> PassThrough | None:
         return PASSES.get(node.op_type) if _standard(node) else None
 
-    def is_layer(self, node: onnx.NodeProto) -> bool:
-        return _standard(node) and node.op_type in LAYERS
+    def layer_kind(self, node: onnx.NodeProto) -> LayerKind | None:
+        return LAYERS.get(node.op_type) if _standard(node) else None
+
+    def layer_input(self, node: onnx.NodeProto) -> str:
+        return str(node.input[0])
+
+    def readers(self, value: str) -> list[Use]:
+        return self.graph.readers(value)
+
+    def is_output(self, value: str) -> bool:
+        return value in self.graph.outputs
 
     def layer(self, node: onnx.NodeProto) -> OnnxLayer | str:
         weight, missing = optional_constant(self.graph, node, 1)
@@ -183,8 +228,19 @@ class OnnxGraph:
         self.graph.write_param(node, slot, to_numpy(value, dtype), f"{name}_folded")
 
     def bypass(self, affine: Affine[onnx.NodeProto, str]) -> None:
-        found = cast(ChannelAffine, affine)
-        for node in found.nodes:
+        self.remove(affine)
+        self._rename(affine.input, affine.output)
+
+    def bypass_node(self, node: onnx.NodeProto, value: str) -> None:
+        total = node.output[0]
+        self.graph.remove(node)
+        self._rename(value, total)
+
+    def remove(self, affine: Affine[onnx.NodeProto, str]) -> None:
+        for node in cast(ChannelAffine, affine).nodes:
             self.graph.remove(node)
-        producer = self.graph.producer[found.input]
-        self.graph.set_output(producer, list(producer.output).index(found.input), found.output)
+
+    def _rename(self, value: str, name: str) -> None:
+        """The node computing ``value`` computes it under ``name`` (the name the removed nodes' readers read)."""
+        producer = self.graph.producer[value]
+        self.graph.set_output(producer, list(producer.output).index(value), name)

@@ -8,4 +8,5 @@ apply) and returns a :class:`~bnfold.fold.rules.graph.Plan` whose ``rewrite`` ed
 
 * :mod:`.forward`: into the layers that compute the affine's input, through bias adds, branch sums,
   concatenations and permutes.
+* :mod:`.identity`: a RepVGG identity branch ``conv(x) + bn(x)`` into the conv beside it.
 """

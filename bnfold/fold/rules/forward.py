@@ -52,7 +52,7 @@ class _Walk(Generic[N, V]):
         g = self.graph
         node = g.producer(value)
         op = None if node is None else g.pass_through(node)
-        if node is None or (op is None and not g.is_layer(node)):
+        if node is None or (op is None and g.layer_kind(node) is None):
             return g.no_weights(value, what)
         shared = g.exclusive(value, use)
         if shared is not None:

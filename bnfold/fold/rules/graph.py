@@ -26,6 +26,8 @@ V_co = TypeVar("V_co", covariant=True)
 
 PassThrough = Literal["add", "concat", "permute"]
 LayerKind = Literal["conv", "conv_transpose", "linear"]
+Pads = list[int] | Literal["same", "valid"]
+"""A conv's zero padding: amounts per spatial axis (all the starts, then all the ends), or as computed."""
 
 
 class FoldLayer(Protocol):
@@ -55,6 +57,31 @@ class FoldLayer(Protocol):
     @property
     def channels_last(self) -> bool:
         """Whether the channels are on the last axis of its output (a linear layer)."""
+        ...
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The shape of the weight in the layout :meth:`weight` gives it."""
+        ...
+
+    @property
+    def strides(self) -> list[int]:
+        """A conv's strides per spatial axis (``[]`` for a linear layer)."""
+        ...
+
+    @property
+    def dilations(self) -> list[int]:
+        """A conv's dilations per spatial axis."""
+        ...
+
+    @property
+    def pads(self) -> Pads:
+        """A conv's zero padding."""
+        ...
+
+    @property
+    def padding_text(self) -> str:
+        """The padding as the model states it, for a reason (``padding=[1, 1]``, ``auto_pad=SAME_UPPER``)."""
         ...
 
     def weight(self) -> torch.Tensor:
@@ -89,12 +116,24 @@ class FoldGraph(Protocol[N, V]):
         """Which pass-through op ``node`` is, if it is one a per-channel affine can be moved across."""
         ...
 
-    def is_layer(self, node: N) -> bool:
+    def layer_kind(self, node: N) -> LayerKind | None:
         """Whether ``node`` is a conv, transposed conv or linear layer with weights a fold could rewrite."""
         ...
 
     def layer(self, node: N) -> FoldLayer | str:
-        """The layer ``node`` is, or why its weights cannot be rewritten (``is_layer`` holds)."""
+        """The layer ``node`` is, or why its weights cannot be rewritten (``layer_kind`` is not None)."""
+        ...
+
+    def layer_input(self, node: N) -> V:
+        """The data input of a layer."""
+        ...
+
+    def readers(self, value: V) -> list[tuple[N, int]]:
+        """The nodes that read ``value``, each with the input slot it reads it through."""
+        ...
+
+    def is_output(self, value: V) -> bool:
+        """Whether ``value`` is a model output."""
         ...
 
     def rank(self, value: V) -> int | None: ...
@@ -135,12 +174,23 @@ class FoldGraph(Protocol[N, V]):
         """Remove ``affine``'s nodes; what read its output reads its input (which now computes the same)."""
         ...
 
+    def bypass_node(self, node: N, value: V) -> None:
+        """Remove ``node``; what read its output reads ``value`` (which now computes the same)."""
+        ...
+
+    def remove(self, affine: Affine[N, V]) -> None:
+        """Remove ``affine``'s nodes, whose output nothing reads any more."""
+        ...
+
 
 class Affine(Protocol[N_co, V_co]):
     """A per-channel ``output = scale·input + shift`` along ``axis`` of its input, as a rule sees it."""
 
     @property
     def input(self) -> V_co: ...
+
+    @property
+    def output(self) -> V_co: ...
 
     @property
     def use(self) -> tuple[N_co, int]:
@@ -157,13 +207,16 @@ class Affine(Protocol[N_co, V_co]):
     def shift(self) -> torch.Tensor: ...
 
 
+Rewrite = Callable[[], None]
+
+
 @dataclass
 class Plan:
     """A checked fold: how it folds, the layers it folds into, and the rewrite that does it."""
 
     how: str
     into: list[str]
-    rewrite: Callable[[], None]
+    rewrite: Rewrite
 
 
 Match = Plan | str | None
