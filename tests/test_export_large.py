@@ -17,7 +17,6 @@ import pytest
 from conftest import MODELS, run_cli
 
 from bnfold import ConvertConfig, convert, export
-from bnfold.verify import runners
 
 PAST_THE_LIMIT = "through a file with external data"
 
@@ -45,9 +44,8 @@ def assert_report_describes_the_files(report: dict, onnx_path: Path) -> None:
 
 @pytest.fixture
 def limits_lowered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every model is "past 2 GB": exported through a file, saved with external data, reference cast as read."""
+    """Every model is "past 2 GB": exported through a file, saved with external data."""
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1)
-    monkeypatch.setattr(runners, "CAST_AS_READ_BYTES", 1)
 
 
 @pytest.mark.parametrize("exporter", ["auto", "dynamo"])

@@ -151,26 +151,86 @@ class ReadsWeights(nn.Module):
         return self.last(y) + y @ self.first.weight.t()
 
 
-@pytest.mark.parametrize("as_program", [False, True])
-def test_fp64_runner_casts_weights_as_read_and_matches_a_converted_copy(
-    as_program: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from bnfold.verify import runners
+class ReusesModules(nn.Module):
+    """A conv and a BatchNorm called twice, a residual sum, a buffer read in forward."""
 
-    monkeypatch.setattr(runners, "CAST_AS_READ_BYTES", 1)  # as for a model past 1 GiB
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4), nn.BatchNorm1d(4))
+        self.register_buffer("shift", torch.linspace(-1.0, 1.0, 3).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        y = self.bn(self.conv(y)) + x + self.shift
+        return self.head(y)
+
+
+def randomised(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with BatchNorm statistics and affine parameters away from their defaults."""
+    generator = torch.Generator().manual_seed(7)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator))
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator))
+    return model.eval()
+
+
+CASES = {
+    "weights read through ties and views": (ReadsWeights, (5, 6)),
+    "reused modules, buffers, BN": (ReusesModules, (2, 3, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("as_program", [False, True], ids=["eager", "torch.export"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_fp64_reference_casts_weights_as_read_and_equals_a_plain_fp64_copy(case: str, as_program: bool) -> None:
+    """At any size: no float64 copy of the model is made, the caller's module is untouched, and the outputs
+    equal those of an independent reference (``copy.deepcopy(model).double()``) bit for bit."""
+    import copy
+
+    build, shape = CASES[case]
     torch.manual_seed(0)
-    model = ReadsWeights().eval()
-    model.bn.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(5, 6).numpy()
+    model = randomised(build())
+    x = torch.randn(*shape).numpy()
     module = torch.export.export(model, (torch.from_numpy(x),)).module() if as_program else model
     before = {k: (v.dtype, v.data_ptr()) for k, v in module.state_dict().items()}
     runner = torch_runner(module, torch.float64)
     assert runner.module is module and runner.weights is not None  # no copy of the model is made
-    streamed = runner((x,))
-    copied = torch_runner(runners.converted_copy(module, torch.float64), torch.float64)((x,))
-    assert streamed[0].dtype == np.float64
-    np.testing.assert_array_equal(streamed[0], copied[0])
+    first, second = runner((x,)), runner((x * 0.5,))
+    assert runner.module is module and runner.weights is not None  # nothing made it fall back on a copy
+    independent = copy.deepcopy(model).double()
+    with torch.inference_mode():
+        expected = [independent(torch.from_numpy(v).double()).numpy() for v in (x, x * 0.5)]
+    assert first[0].dtype == np.float64
+    np.testing.assert_array_equal(first[0], expected[0])
+    np.testing.assert_array_equal(second[0], expected[1])
     assert {k: (v.dtype, v.data_ptr()) for k, v in module.state_dict().items()} == before
+
+
+def test_the_reference_holds_one_layer_in_float64_at_a_time() -> None:
+    """The largest float64 tensor alive while the reference runs is one layer's weight, not the model's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestFloat64(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            for t in torch.utils._pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                    self.largest = max(self.largest, t.untyped_storage().nbytes())
+            return out
+
+    model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(8)]).eval()
+    runner = torch_runner(model, torch.float64)
+    with LargestFloat64() as seen:
+        runner((np.ones((2, 64), np.float32),))
+    assert 64 * 64 * 8 <= seen.largest < 2 * 64 * 64 * 8
 
 
 class ReadsADtype(nn.Module):
@@ -182,7 +242,59 @@ class ReadsADtype(nn.Module):
         return self.layer(x.to(self.layer.weight.dtype))
 
 
-def test_a_small_eager_model_runs_on_a_converted_copy_so_it_sees_float64_weights() -> None:
-    runner = torch_runner(ReadsADtype().eval(), torch.float64)
+class CastsToAWeightsDtype(nn.Module):
+    """Casts its input to a child's weight dtype, then only promotes: no error, so only the guard tells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x) * x.to(self.layer.weight.dtype)
+
+
+@pytest.mark.parametrize("build", [ReadsADtype, CastsToAWeightsDtype])
+def test_an_eager_model_that_casts_to_a_weights_dtype_is_run_again_on_a_float64_copy(build: type) -> None:
+    import copy
+
+    model = build().eval()
+    runner = torch_runner(model, torch.float64)
+    x = (np.arange(6, dtype=np.float32).reshape(2, 3) / 3.0).astype(np.float32)
+    out = runner((x,))
     assert runner.weights is None and runner.module.layer.weight.dtype == torch.float64
-    assert runner((np.ones((2, 3), np.float32),))[0].dtype == np.float64
+    assert model.layer.weight.dtype == torch.float32
+    with torch.inference_mode():
+        expected = copy.deepcopy(model).double()(torch.from_numpy(x).double()).numpy()
+    np.testing.assert_array_equal(out[0], expected)
+    np.testing.assert_array_equal(runner((x,))[0], expected)  # later calls run on the copy
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "tabular_mlp"])
+def test_parity_of_the_shipped_models_is_the_same_with_a_float64_copy_as_reference(
+    name: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parity block of ``convert`` is unchanged, number for number, when the reference runs on a
+    float64 copy of the model instead of casting its weights as read."""
+    from conftest import MODELS
+
+    from bnfold import ConvertConfig, convert
+    from bnfold.verify import runners
+
+    def parity(folder: str) -> list[dict[str, object]]:
+        config = ConvertConfig(output=tmp_path / folder / f"{name}.onnx", bench=False, write_reports=False)  # type: ignore[operator]
+        (tmp_path / folder).mkdir()  # type: ignore[operator]
+        checks: list[dict[str, object]] = convert(MODELS / f"{name}.pt2", config).report["parity"]["checks"]
+        return checks
+
+    streamed = parity("streamed")
+    with monkeypatch.context() as patch:
+        original = runners.TorchRunner.__init__
+
+        def on_a_copy(self: runners.TorchRunner, module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+            original(self, module, dtype)
+            if self.weights is not None:
+                self.module, self.weights = runners.converted_copy(module, dtype), None
+
+        patch.setattr(runners.TorchRunner, "__init__", on_a_copy)
+        copied = parity("copied")
+    assert streamed == copied and any(c["reference"] == "original fp64 (torch)" for c in streamed)

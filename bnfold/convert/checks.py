@@ -21,6 +21,7 @@ from bnfold.verify import Tolerance, select_providers
 from bnfold.verify.chain import ParityChain, parity_chain
 from bnfold.verify.matrix import ParitySettings, ReferenceSink, Steps, cuda_block
 from bnfold.verify.report import PROVIDER
+from bnfold.verify.runners import return_freed_memory
 from bnfold.verify.tolerance import check_output_keys
 
 Batches = list[tuple[str, tuple[np.ndarray, ...]]]
@@ -120,6 +121,7 @@ def verify_stage(
     ``folded`` (its saved file) when given; with ``optimized`` (the ``--save-optimized`` file), that file
     too, run as saved (no further onnxruntime rewrites)."""
     check_output_keys([key for key, _, _ in config.tolerances], [o.name for o in converted.exported.model.graph.output])
+    return_freed_memory()  # what export and save freed, before parity builds its runners beside it
     with tempfile.TemporaryDirectory(prefix="bnfold-") as folder:
         chain = _chain(loaded.format, converted, config, folded, optimized, Path(folder))
         report = chain.run(settings, _output_names(loaded.format, chain))

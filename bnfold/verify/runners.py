@@ -42,11 +42,14 @@ _ORT_DTYPES: dict[str, Any] = {
 class TorchRunner:
     """Runs a module under ``torch.inference_mode`` with its floating inputs cast to ``dtype``.
 
-    For any dtype other than the module's own, the module computes as if converted with ``.to(dtype)``:
-    a graph whose dtypes are fixed (a torch.export module) and any model from :data:`CAST_AS_READ_BYTES` of
-    weights on have each floating parameter and buffer cast as an operator reads it (:class:`WeightsAs`),
-    so no converted copy of the whole model is held; other models run on a converted deep copy (Python code
-    that reads a weight's dtype then sees ``dtype``). The caller's module is never changed.
+    For any dtype other than the module's own, the module computes as if converted with ``.to(dtype)``, at
+    any size: each floating parameter and buffer is cast as an operator reads it (:class:`WeightsAs`), so
+    one layer's weights in ``dtype`` are held at a time, never a converted copy of the model. Python code
+    in an eager module can still see the weights' own dtype (``x.to(self.layer.weight.dtype)``); a call in
+    which an operator turns a ``dtype`` value into a less precise one is therefore run again on a converted
+    copy, kept for the calls after it (:func:`converted_copy`), so the numbers are those of ``.to(dtype)``
+    either way. A TorchScript module, whose operators Python cannot follow, runs on the copy from the start.
+    The caller's module is never changed.
     """
 
     def __init__(self, module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
@@ -54,15 +57,24 @@ class TorchRunner:
         self.module = module
         self.weights: WeightsAs | None = None
         if module_dtype(module) not in (dtype, None):
-            if casts_as_read(module):
-                self.weights = WeightsAs(module, dtype)
-            else:
+            if isinstance(module, torch.jit.ScriptModule):
                 self.module = converted_copy(module, dtype)
+            else:
+                self.weights = WeightsAs(module, dtype, guard=not fixed_dtypes(module))
 
     def __call__(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         tensors = tuple(self._tensor(x) for x in inputs)
-        with torch.inference_mode(), self.weights.mode() if self.weights else contextlib.nullcontext():
-            out = self.module(*tensors)
+        mode = self.weights.mode() if self.weights else None
+        try:
+            with torch.inference_mode(), mode if mode is not None else contextlib.nullcontext():
+                out = self.module(*tensors)
+        except Exception:
+            if mode is None or not mode.demoted:
+                raise
+        if mode is not None and mode.demoted:  # Python code read a weight's own dtype: see the docstring
+            self.module, self.weights = converted_copy(self.module, self.dtype), None
+            with torch.inference_mode():
+                out = self.module(*tensors)
         return [_to_numpy(t) for t in flatten_outputs(out)]
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
@@ -72,8 +84,7 @@ class TorchRunner:
 
 def converted_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A deep copy of ``module`` in ``dtype``. The floating parameters and buffers are converted straight
-    into the copy, so no full-size copy in the old dtype is ever made (for an fp64 reference that is a third
-    less memory at the peak)."""
+    into the copy, so no full-size copy in the old dtype is ever made."""
     memo: dict[int, Any] = {}
     for tensor in (*module.parameters(), *module.buffers()):
         if tensor.is_floating_point() and id(tensor) not in memo:
@@ -82,36 +93,26 @@ def converted_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(module, memo).to(dtype)
 
 
-CAST_AS_READ_BYTES = 1 << 30
-"""Weights from this size on (1 GiB: a float64 copy of 2 GiB) are cast as read, whatever the model."""
-
-
-def casts_as_read(module: nn.Module) -> bool:
-    """Whether :class:`TorchRunner` casts ``module``'s weights as read rather than copying it: a graph whose
-    dtypes are fixed (no ``getattr`` at run time, as in a torch.export module), or a large model. Not a
-    TorchScript module, whose operators Python cannot follow."""
-    if isinstance(module, torch.jit.ScriptModule):
-        return False
-    if isinstance(module, fx.GraphModule) and not any(
+def fixed_dtypes(module: nn.Module) -> bool:
+    """Whether ``module`` is a graph whose dtypes are fixed (a GraphModule that reads no attribute at run
+    time, as a torch.export module): no Python code of it can read a weight's dtype, so a cast it makes is
+    the same on a converted copy."""
+    return isinstance(module, fx.GraphModule) and not any(
         n.op == "call_function" and n.target is getattr for n in module.graph.nodes
-    ):
-        return True
-    weights = {
-        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-        for t in (*module.parameters(), *module.buffers())
-        if t.is_floating_point() and t.numel()
-    }
-    return sum(weights.values()) >= CAST_AS_READ_BYTES
+    )
 
 
 class WeightsAs:
     """A module's floating parameters and buffers, to be read in ``dtype``: inside :meth:`mode`, every
     operator gets such a tensor (or a view of it) cast to ``dtype``, and the cast is freed with the
     operator's result. Computing a model in float64 so holds one layer's float64 weights at a time, not a
-    float64 copy of the model, and gives the same numbers as ``module.to(torch.float64)``."""
+    float64 copy of the model, and gives the same numbers as ``module.to(torch.float64)`` as long as no
+    Python code casts a value to a weight's dtype; with ``guard``, the mode records whether an operator
+    turned a ``dtype`` tensor into a less precise floating one (``mode().demoted``)."""
 
-    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+    def __init__(self, module: nn.Module, dtype: torch.dtype, guard: bool = False) -> None:
         self.dtype = dtype
+        self.guard = guard
         self.storages = {
             t.untyped_storage().data_ptr()
             for t in (*module.parameters(), *module.buffers())
@@ -128,7 +129,7 @@ class WeightsAs:
             return tensor.to(self.dtype)
         return tensor
 
-    def mode(self) -> TorchDispatchMode:
+    def mode(self) -> _CastingMode:
         return _CastingMode(self)
 
 
@@ -136,11 +137,24 @@ class _CastingMode(TorchDispatchMode):  # type: ignore[no-untyped-call,unused-ig
     def __init__(self, weights: WeightsAs) -> None:
         super().__init__()  # type: ignore[no-untyped-call,unused-ignore]
         self.weights = weights
+        self.demoted = False
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if not func.is_view:  # a view of a weight stays one: the operator reading it casts it
             args, kwargs = pytree.tree_map_only(torch.Tensor, self.weights.cast, (args, kwargs or {}))
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if self.weights.guard and not self.demoted:
+            self.demoted = _demotes(self.weights.dtype, (args, kwargs), out)
+        return out
+
+
+def _demotes(dtype: torch.dtype, inputs: Any, out: Any) -> bool:
+    """Whether an operator given a floating tensor in ``dtype`` returned a floating tensor less precise."""
+    precision = torch.finfo(dtype).eps
+    floating = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not any(torch.finfo(t.dtype).eps > precision for t in floating):
+        return False
+    return any(isinstance(t, torch.Tensor) and t.dtype == dtype for t in pytree.tree_leaves(inputs))
 
 
 def torch_runner(module: nn.Module, dtype: torch.dtype = torch.float32) -> TorchRunner:
