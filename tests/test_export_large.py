@@ -114,3 +114,60 @@ def test_a_model_of_2_1_gb_converts_with_parity(tmp_path: Path) -> None:
     assert PAST_THE_LIMIT in report["warnings"][0]
     assert report["onnx"]["size_bytes"] > 2**31
     assert_report_describes_the_files(report, onnx_path)
+
+
+@pytest.fixture
+def exporter_writes_files(limits_lowered: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TorchScript exporter writes each weight into a file of its own, as it does past 2 GB."""
+    from bnfold.export import torchscript
+
+    real = torchscript._torchscript_export
+
+    def per_tensor_files(module: object, inputs: object, target: object, options: dict) -> list[str]:
+        said = real(module, inputs, target, options)  # type: ignore[arg-type]
+        if isinstance(target, str):
+            model = onnx.load(target)
+            onnx.save_model(model, target, save_as_external_data=True, all_tensors_to_one_file=False)
+        return said
+
+    monkeypatch.setattr(torchscript, "_torchscript_export", per_tensor_files)
+
+
+def test_past_the_limit_the_exported_weights_stay_in_the_exporters_files(exporter_writes_files: None) -> None:
+    import torch
+    from torch import nn
+
+    module = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval())
+    result = export.export_torchscript(module, (torch.randn(2, 64),))
+    assert result.files is not None
+    external = [t for t in result.model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) == 2 and not any(t.HasField("raw_data") for t in external)
+    folder = Path(result.files.name)
+    locations = {e.value for t in external for e in t.external_data if e.key == "location"}
+    assert all(Path(location).parent == folder.resolve() for location in locations)
+    result.release_files()
+    assert not folder.exists()
+
+
+def test_past_the_limit_convert_moves_the_exporters_files_into_its_data_file(
+    exporter_writes_files: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights go from the exporter's files into ``OUTPUT.data`` without being read into a model."""
+    from onnx import external_data_helper
+
+    read_back: list[object] = []
+    real = external_data_helper.load_external_data_for_model
+    monkeypatch.setattr(
+        external_data_helper,
+        "load_external_data_for_model",
+        lambda model, base: read_back.append(base) or real(model, base),
+    )
+    onnx_path = tmp_path / "digits.onnx"
+    result = convert(MODELS / "digits_cnn.pt2", ConvertConfig(output=onnx_path, bench=False))
+    assert result.passed, result.report["verdict"]
+    assert read_back == []
+    assert_report_describes_the_files(result.report, onnx_path)
+    assert result.converted is not None and result.converted.exported.files is None
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"digits.onnx.data"}

@@ -308,6 +308,7 @@ def _saved(run: Run, converted: Converted, report: Report) -> Saved:
     save(converted.exported.model, folded, external_data=external_data, in_place=True)
     if data_path is not None:  # the weights moved to disk; protobuf frees their memory with the message only
         converted.exported.model = onnx.load(str(folded), load_external_data=False)
+    converted.exported.release_files()
     check(folded)
     optimized = targets.staged(targets.optimized)
     if optimized is not None and targets.optimized is not None:

@@ -92,18 +92,23 @@ def save(
     ``model`` by ``onnx.load(path, load_external_data=False)`` to have it back.)"""
     target = Path(path).with_name(final_name or Path(path).name)
     data = external_data_path(model, target, external_data)
-    if data is None:
-        onnx.save_model(model, str(path))
-        return
     if not in_place:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)  # marking tensors external rewrites them
         model = copy
-    mark_external(model, data.name)
+    if data is None:
+        if _external_tensors(model):  # weights left in an exporter's files: into the one file
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, "")
+        onnx.save_model(model, str(path))
+        return
     with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.name}.") as folder:
         staged = Path(folder) / target.name  # beside a fresh .data: onnx appends to an existing one
-        onnx.save_model(model, str(staged))  # writes each marked tensor to the .data file, then drops it
         written = Path(folder) / data.name
+        copy_external_tensors(model, written)
+        mark_external(model, data.name)
+        onnx.save_model(model, str(staged))  # writes each marked tensor to the .data file, then drops it
         if not written.exists():  # no tensor reached the threshold: the promised file, empty
             written.touch()
         os.replace(written, data)
@@ -121,6 +126,62 @@ def session_source(model: onnx.ModelProto | Path, folder: Path, *, in_place: boo
     path = Path(folder) / "model.onnx"
     save(model, path, external_data="always", in_place=in_place)
     return path
+
+
+def point_at_files(model: onnx.ModelProto, folder: Path) -> None:
+    """Make every external tensor of ``model`` (its locations relative to ``folder``) name its file by
+    absolute path, with its offset and length, so that :func:`save` can copy it from anywhere."""
+    from onnx.external_data_helper import ExternalDataInfo
+
+    for tensor in _external_tensors(model):
+        info = ExternalDataInfo(tensor)
+        source = folder / info.location
+        offset = info.offset or 0
+        length = info.length if info.length is not None else source.stat().st_size - offset
+        _point(tensor, str(source.resolve()), offset, length)
+
+
+def _point(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Set where an external tensor's bytes are (``onnx``'s own helper wants the bytes in hand)."""
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    from onnx.external_data_helper import _get_all_tensors
+
+    return [t for t in _get_all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+COPY_CHUNK = 1 << 24
+
+
+def copy_external_tensors(model: onnx.ModelProto, data: Path) -> None:
+    """Append the bytes of every tensor whose data lies in another file (named by absolute path, as
+    :func:`point_at_files` leaves them) to ``data``, a chunk at a time, and point the tensor there: weights
+    the exporter wrote are moved into the output's ``.data`` file without passing through the model."""
+    from onnx.external_data_helper import ExternalDataInfo
+
+    with data.open("ab") as out:
+        for tensor in _external_tensors(model):
+            info = ExternalDataInfo(tensor)
+            if not Path(info.location).is_absolute():
+                continue
+            out.write(b"\0" * (-out.tell() % 4096))  # page-aligned, as onnxruntime maps tensors best
+            start = info.offset or 0
+            length = info.length if info.length is not None else Path(info.location).stat().st_size - start
+            offset, remaining = out.tell(), length
+            with open(info.location, "rb") as source:
+                source.seek(start)
+                while remaining:
+                    chunk = source.read(min(COPY_CHUNK, remaining))
+                    if not chunk:
+                        raise ExportError(f"the exporter's file {info.location} ends before its tensor {tensor.name}")
+                    out.write(chunk)
+                    remaining -= len(chunk)
+            _point(tensor, data.name, offset, length)
 
 
 def mark_external(model: onnx.ModelProto, location: str, size_threshold: int = 1024) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,17 @@ class ExportResult:
     exporter: str
     opset: int
     warnings: list[str] = field(default_factory=list)
+    files: tempfile.TemporaryDirectory[str] | None = None
+    """Past protobuf's 2 GB, the folder the TorchScript exporter wrote the weights into: until
+    :func:`~bnfold.export.save` writes them beside the output, ``model``'s large initializers point at these
+    files (by absolute path) instead of holding the weights, so the process never reads back what it has
+    just written."""
+
+    def release_files(self) -> None:
+        """Remove the exporter's files (once ``model`` no longer points at them)."""
+        if self.files is not None:
+            self.files.cleanup()
+            self.files = None
 
     def batchnorm_nodes(self) -> int:
         return count_ops(self.model, "BatchNormalization")

@@ -16,7 +16,7 @@ from torch.utils import _pytree as pytree
 
 from bnfold.errors import ExportError, one_line
 from bnfold.export.cleanup import tidy
-from bnfold.export.files import external_data_limit
+from bnfold.export.files import external_data_limit, point_at_files
 from bnfold.export.result import DEFAULT_OPSET, TORCHSCRIPT, TORCHSCRIPT_MAX_OPSET, ExportResult, quiet
 
 
@@ -35,10 +35,9 @@ def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset
         raise ExportError("the TorchScript exporter cannot name outputs that are inputs, constants or repeated")
     names_in, names_out = [n.name for n in placeholders], [n.name for n in outputs]
     dynamic = _dynamic_axis_names(placeholders, outputs)
-    proto, said = run_torchscript_exporter(
-        module, inputs, opset_version=opset, input_names=names_in, output_names=names_out, dynamic_axes=dynamic or None
-    )
-    return ExportResult(tidy(proto), TORCHSCRIPT, opset, said)
+    options = dict(opset_version=opset, input_names=names_in, output_names=names_out, dynamic_axes=dynamic or None)
+    proto, said, files = _exported(module, inputs, options, keep_files=True)
+    return ExportResult(tidy(proto), TORCHSCRIPT, opset, said, files)
 
 
 def run_torchscript_exporter(
@@ -50,24 +49,41 @@ def run_torchscript_exporter(
     The model is exported into memory; one whose weights protobuf cannot hold in one message (from
     :data:`~bnfold.export.EXTERNAL_DATA_BYTES` on) goes through a file with external data instead, read back,
     and a warning says so."""
-    weights = module_bytes(module)
-    if weights >= external_data_limit():
-        with tempfile.TemporaryDirectory(prefix="bnfold-export-") as folder:
-            path = Path(folder) / "model.onnx"
-            said = _torchscript_export(module, inputs, str(path), options)
-            proto = onnx.load(str(path))  # each tensor read from its file, into the one message
-        said.insert(
-            0,
-            f"the TorchScript exporter wrote the model through a file with external data: its "
-            f"weights ({weights / 1e9:.1f} GB) are past what protobuf holds in memory (2 GB)",
-        )
-        return proto, said
-    buffer = io.BytesIO()
-    said = _torchscript_export(module, inputs, buffer, options)
-    proto = onnx.ModelProto()
-    with buffer.getbuffer() as view:  # parsed in place: no second copy of the weights
-        proto.ParseFromString(view)
+    proto, said, _ = _exported(module, inputs, options, keep_files=False)
     return proto, said
+
+
+def _exported(
+    module: nn.Module, inputs: tuple[Any, ...], options: dict[str, Any], keep_files: bool
+) -> tuple[onnx.ModelProto, list[str], tempfile.TemporaryDirectory[str] | None]:
+    """:func:`run_torchscript_exporter`; with ``keep_files``, a model past protobuf's limit is not read
+    back: its weights stay in the exporter's files, in the folder returned (see ``ExportResult.files``)."""
+    weights = module_bytes(module)
+    if weights < external_data_limit():
+        buffer = io.BytesIO()
+        said = _torchscript_export(module, inputs, buffer, options)
+        proto = onnx.ModelProto()
+        with buffer.getbuffer() as view:  # parsed in place: no second copy of the weights
+            proto.ParseFromString(view)
+        return proto, said, None
+    files = tempfile.TemporaryDirectory(prefix="bnfold-export-")
+    try:
+        path = Path(files.name) / "model.onnx"
+        said = _torchscript_export(module, inputs, str(path), options)
+        proto = onnx.load(str(path), load_external_data=not keep_files)  # without: only the graph is read
+        if keep_files:
+            point_at_files(proto, Path(files.name))
+    except BaseException:
+        files.cleanup()
+        raise
+    if not keep_files:
+        files.cleanup()
+    said.insert(
+        0,
+        f"the TorchScript exporter wrote the model through a file with external data: its "
+        f"weights ({weights / 1e9:.1f} GB) are past what protobuf holds in memory (2 GB)",
+    )
+    return proto, said, files if keep_files else None
 
 
 @contextlib.contextmanager
