@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import MODELS
 from torch import nn
 
 from bnfold.verify.chain import CANDIDATE, OPTIMIZED, ORIGINAL_ORT, UNFOLDED, ParityChain, parity_chain
@@ -69,3 +71,36 @@ def test_candidate_module_is_checked_at_fold() -> None:
     chain = parity_chain(MODULE, folded=MODULE, candidate=True, lazy=False)
     assert rows(chain) == [(ORIGINAL, BASELINE, None), (CANDIDATE, FOLD, ORIGINAL)]
     assert chain.reference_name == REFERENCE
+
+
+def test_convert_lets_the_folded_module_go_before_the_onnxruntime_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With latency off, the folded PyTorch module is released once its parity outputs are in, before any
+    onnxruntime session is built; the parity results are those of a run that keeps it, and reading
+    ``folded`` afterwards folds the model again."""
+    from bnfold import ConvertConfig, convert
+    from bnfold.convert import checks
+    from bnfold.convert.paths import Converted
+    from bnfold.verify import chain as chain_module
+
+    events: list[str] = []
+    real_session, real_release = chain_module.ort_runner, Converted.release_folded
+    monkeypatch.setattr(chain_module, "ort_runner", lambda *a, **k: events.append("session") or real_session(*a, **k))
+    monkeypatch.setattr(
+        Converted, "release_folded", lambda self: events.append("folded released") or real_release(self)
+    )
+
+    def parity(name: str) -> tuple[list[dict[str, object]], Converted]:
+        result = convert(MODELS / "digits_cnn.pt2", ConvertConfig(output=tmp_path / f"{name}.onnx", bench=False))
+        assert result.passed and result.converted is not None
+        return result.report["parity"]["checks"], result.converted
+
+    released, converted = parity("released")
+    assert events.index("folded released") < events.index("session")
+    assert converted._folded is None and isinstance(converted.folded, torch.nn.Module)
+    with monkeypatch.context() as patch:
+        patch.setattr(checks, "_release_after_its_run", lambda chain, converted: None)
+        kept, converted = parity("kept")
+    assert converted._folded is not None
+    assert released == kept

@@ -347,7 +347,7 @@ def _export_broke_parity(converted: Converted, report: Report, config: ConvertCo
 
     return (
         config.exporter == "auto"
-        and converted.fold_result is not None
+        and converted.refold is not None
         and converted.exported.exporter == TORCHSCRIPT
         and report.parity is not None
         and not report.parity.passed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +20,9 @@ from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
 from bnfold.report.document import ParitySection, SpeedupEntry, timed
 from bnfold.verify import Tolerance, select_providers
 from bnfold.verify.chain import ParityChain, parity_chain
-from bnfold.verify.matrix import ParitySettings, ReferenceSink, Steps, cuda_block
+from bnfold.verify.matrix import FOLDED, ParitySettings, ReferenceSink, Steps, cuda_block
 from bnfold.verify.report import PROVIDER
-from bnfold.verify.runners import return_freed_memory
+from bnfold.verify.runners import LazyRunner, return_freed_memory, torch_runner
 from bnfold.verify.tolerance import check_output_keys
 
 Batches = list[tuple[str, tuple[np.ndarray, ...]]]
@@ -157,7 +158,7 @@ def _chain(
             converted.original, onnx, unfolded=unfolded or onnx, optimized=optimized, threads=config.threads
         )
     providers = select_providers(",".join(config.providers))
-    return parity_chain(
+    chain = parity_chain(
         converted.original,
         onnx,
         folded=converted.folded,
@@ -165,6 +166,19 @@ def _chain(
         providers=providers,
         threads=config.threads,
     )
+    if converted.release_after_parity:  # latency off: let the folded module go once its outputs are in
+        _release_after_its_run(chain, converted)
+    return chain
+
+
+def _release_after_its_run(chain: ParityChain, converted: Converted) -> None:
+    """Build the folded module's runner when its turn comes, and release the module after its runs: the
+    onnxruntime sessions then do not run beside it (the original stays, for the reference and a second
+    parity run; reading ``converted.folded`` folds again if something needs the module)."""
+    for index, candidate in enumerate(chain.candidates):
+        if candidate.name == FOLDED:
+            runner = LazyRunner(lambda: torch_runner(converted.folded), on_release=converted.release_folded)
+            chain.candidates[index] = dataclasses.replace(candidate, runner=runner)
 
 
 def _output_names(model_format: str, chain: ParityChain) -> Callable[[], Any] | None:

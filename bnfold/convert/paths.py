@@ -28,7 +28,7 @@ from bnfold.export import (
     remove_unused_initializers,
     run_torchscript_exporter,
 )
-from bnfold.fold import FoldResult, fold
+from bnfold.fold import fold
 from bnfold.fold.capture import eval_mode
 from bnfold.fold.records import BnRecord
 from bnfold.load import InputSpec, LoadedModel, load_data
@@ -47,11 +47,31 @@ class Converted:
     notes: list[str]
     fold_seconds: float
     original: Any  # an nn.Module; for an ONNX input, its file (or the model, when it was given in memory)
-    folded: Any
+    _folded: Any  # the folded PyTorch module (None for the ONNX path), read as ``folded``
     recalibrated: bool = False
-    fold_result: FoldResult | None = None
+    refold: Callable[[], nn.Module] | None = None
+    """Folds the model again (PyTorch models): makes ``folded`` anew once :meth:`release_folded` dropped it."""
+    release_after_parity: bool = False
+    """Whether parity lets the folded module go once its outputs are in (nothing after parity runs it)."""
     original_onnx: Callable[[], onnx.ModelProto | Path] | None = None  # the unfolded model: a new one, or its file
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def folded(self) -> Any:
+        """The folded PyTorch module, folded again if it was released."""
+        if self._folded is None and self.refold is not None:
+            self._folded = self.refold()
+        return self._folded
+
+    @folded.setter
+    def folded(self, module: Any) -> None:
+        self._folded = module
+
+    def release_folded(self) -> None:
+        """Drop the folded PyTorch module (weights the size of the model's) once parity has its outputs, so
+        that the onnxruntime sessions after it do not stack on it; reading ``folded`` folds again."""
+        if self.refold is not None:
+            self._folded = None
 
 
 def calibration_batches(path: Path, count: int, batch: int = 64) -> list[tuple[torch.Tensor, ...]]:
@@ -86,6 +106,9 @@ def convert_torch(
     def original_onnx() -> onnx.ModelProto:
         return export_module(source, inputs, opset=opset).model
 
+    def refold() -> nn.Module:
+        return fold(source, inputs, calibration=calibration, affine_form=config.affine_form, dynamic_axes=axes).module
+
     return Converted(
         exported,
         folded.records,
@@ -94,7 +117,8 @@ def convert_torch(
         original,
         folded.module,
         folded.recalibrated,
-        folded,
+        refold,
+        not config.bench,
         original_onnx,
     )
 

@@ -214,10 +214,12 @@ def ort_runner(
 
 class LazyRunner:
     """A runner built on its first call and dropped by :meth:`release`, so that a parity run holds one
-    heavy model at a time (an fp64 copy, an onnxruntime session). ``output_names`` outlives the release."""
+    heavy model at a time (an onnxruntime session, a model the caller lets go of). ``output_names``
+    outlives the release; ``on_release`` is called by it (to drop what the runner was built from)."""
 
-    def __init__(self, build: Callable[[], Runner]) -> None:
+    def __init__(self, build: Callable[[], Runner], on_release: Callable[[], None] | None = None) -> None:
         self.build = build
+        self.on_release = on_release
         self._runner: Runner | None = None
         self._names: list[str] | None = None
 
@@ -238,6 +240,8 @@ class LazyRunner:
     def release(self) -> None:
         if self._runner is not None:
             self._runner = None
+            if self.on_release is not None:
+                self.on_release()
             return_freed_memory()
 
 
