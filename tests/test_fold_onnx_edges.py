@@ -17,8 +17,12 @@ from onnx import helper as oh
 
 from bnfold.fold.onnx import OnnxFoldResult, fold_onnx
 from bnfold.fold.onnx.testing import assert_numerically_equal, bn_node, bn_params, bn_ref, make_model
+from bnfold.verify import Tolerance
 
 F32 = np.float32
+
+
+EXACT = Tolerance(atol=1e-5, rtol=1e-4)  # a fold computed in float64 and cast back
 
 
 def ops(model: onnx.ModelProto) -> list[str]:
@@ -38,14 +42,13 @@ def fold_and_check(
     expected: list[np.ndarray],
     actions: list[str],
     expect_ops: list[str],
-    rtol: float = 1e-4,
-    atol: float = 1e-5,
+    tolerance: Tolerance = EXACT,
 ) -> OnnxFoldResult:
     result = fold_onnx(model, "muladd")
     assert [r.action for r in result.records] == actions, [r.describe() for r in result.records]
     assert ops(result.model) == expect_ops
     onnx.checker.check_model(result.model, full_check=True)
-    assert_numerically_equal(result.model, feeds, expected, rtol, atol)
+    assert_numerically_equal(result.model, feeds, expected, tolerance.rtol, tolerance.atol)
     return result
 
 
@@ -273,7 +276,9 @@ def test_float16_parameters_stay_float16() -> None:
     model = make_model(nodes, {"x": [1, 3, 6, 6]}, ["y"], inits, elem_type=TensorProto.FLOAT16)
     x = gen.standard_normal((1, 3, 6, 6)).astype(np.float16)
     expected = bn_ref(conv(x, inits["W"], inits["B"]), inits, "bn")
-    result = fold_and_check(model, {"x": x}, [expected], ["folded"], ["Conv"], rtol=2e-2, atol=2e-2)
+    result = fold_and_check(
+        model, {"x": x}, [expected], ["folded"], ["Conv"], tolerance=Tolerance(atol=2e-2, rtol=2e-2)
+    )
     assert {t.data_type for t in result.model.graph.initializer} == {TensorProto.FLOAT16}
 
 

@@ -16,9 +16,13 @@ from onnx import helper as oh
 
 from bnfold.fold.onnx import OnnxFoldResult, fold_onnx
 from bnfold.fold.onnx.testing import assert_numerically_equal, bn_node, bn_params, bn_ref, make_model
+from bnfold.verify import Tolerance
 
 F32 = np.float32
 RNG_SEED = 7
+
+
+EXACT = Tolerance(atol=1e-5, rtol=1e-4)  # a fold computed in float64 and cast back
 
 
 def rng(seed: int = RNG_SEED) -> np.random.Generator:
@@ -39,8 +43,7 @@ def check(
     expected: list[np.ndarray],
     folded: int,
     expect_ops: list[str],
-    rtol: float = 1e-4,
-    atol: float = 1e-5,
+    tolerance: Tolerance = EXACT,
 ) -> OnnxFoldResult:
     onnx.checker.check_model(model, full_check=True)
     result = fold_onnx(model, "muladd")
@@ -49,7 +52,7 @@ def check(
     assert [v.name for v in result.model.graph.input] == [v.name for v in model.graph.input]
     assert [v.name for v in result.model.graph.output] == [v.name for v in model.graph.output]
     onnx.checker.check_model(result.model, full_check=True)
-    assert_numerically_equal(result.model, feeds, expected, rtol, atol)
+    assert_numerically_equal(result.model, feeds, expected, tolerance.rtol, tolerance.atol)
     return result
 
 
