@@ -59,6 +59,7 @@ class Section:
     @classmethod
     def from_dict(cls: type[S], data: Mapping[str, Any]) -> S:
         """The section of a report read from JSON; absent keys take their defaults."""
+        data = _as_mapping(data)
         names = [f.name for f in fields(cls) if f.name != "extra"]  # type: ignore[arg-type]
         values = {name: cls.READERS.get(name, _same)(data[name]) for name in names if name in data}
         values["extra"] = {key: value for key, value in data.items() if key not in names}
@@ -282,7 +283,7 @@ def _as_mapping(data: Any) -> Mapping[str, Any]:
     return data
 
 
-@dataclass(eq=True)
+@dataclass
 class Report(Section, Mapping[str, Any]):
     """One report of the ``bnfold.report/1`` contract: ``convert``'s, or ``bnfold verify``'s (``fold`` None).
 
@@ -292,14 +293,14 @@ class Report(Section, Mapping[str, Any]):
     """
 
     READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
-        "model": lambda data: ModelSection.from_dict(_as_mapping(data)),
+        "model": ModelSection.from_dict,
         "fold": _optional(FoldSection.from_dict),
-        "onnx": lambda data: OnnxSection.from_dict(_as_mapping(data)),
+        "onnx": OnnxSection.from_dict,
         "parity": _optional(ParitySection.from_dict),
         "latency": list_of(LatencyResult.from_json),
         "speedup": list_of(SpeedupEntry.from_dict),
         "environment": lambda data: dict(_as_mapping(data)),
-        "verdict": lambda data: Verdict.from_dict(_as_mapping(data)),
+        "verdict": Verdict.from_dict,
     }
 
     schema: str = SCHEMA

@@ -6,6 +6,7 @@ Every string from the report is escaped, so a layer name cannot break a table or
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -378,8 +379,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def num(value: Any) -> str:
-    """An error or tolerance as ``2.1e-06``; "n/a" when missing."""
-    return "n/a" if value is None or value != value else f"{float(value):.1e}"
+    """An error or tolerance as ``2.1e-06``; "n/a" when missing (None, or NaN: a tolerance an older report's
+    check did not record)."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.1e}"
 
 
 def pct(value: Any) -> str:
