@@ -10,6 +10,7 @@ import torch
 from bnfold.convert.paths import Converted
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.load import LoadedModel
+from bnfold.onnx_passes import merged_convs
 from bnfold.report.document import FoldSection, ModelInput, ModelSection, OnnxSection
 
 
@@ -70,4 +71,5 @@ def onnx_section(converted: Converted, path: Path, external_data: Path | None = 
         opset=exported.opset,
         batchnorm_nodes=exported.batchnorm_nodes(),
         nodes=len(exported.model.graph.node),
+        extra={"merged_convs": merged_convs(exported.model)},
     )

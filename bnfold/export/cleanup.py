@@ -47,7 +47,7 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxscript.optimizer._constant_folding import FoldConstantsPass
 
     from bnfold.fold.onnx._evaluate import DEFAULT_OUTPUT_LIMIT, small_fill
-    from bnfold.onnx_passes import FoldShapeArithmetic
+    from bnfold.onnx_passes import FoldShapeArithmetic, MergeParallelConvs
 
     work = ir.serde.deserialize_model(model)
     subgraphs = any(
@@ -63,6 +63,7 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
         # onnx_ir renames an outer value a subgraph returns through an Identity: not with subgraphs
         *([] if subgraphs else [common.IdentityEliminationPass()]),
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        MergeParallelConvs(),
         common.DeduplicateInitializersPass(size_limit=SHARED_INITIALIZER_ELEMENTS),
         common.CommonSubexpressionEliminationPass(),
         common.RemoveUnusedNodesPass(),
