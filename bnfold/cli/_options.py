@@ -146,51 +146,53 @@ quiet_option = click.option(
 )
 
 
+PARITY_OPTIONS = [
+    click.option(
+        "--atol",
+        type=float,
+        callback=_tolerance,
+        help="Absolute tolerance for parity [default: by dtype, 1e-4 for float32].",
+    ),
+    click.option(
+        "--rtol",
+        type=float,
+        callback=_tolerance,
+        help="Relative tolerance for parity [default: by dtype, 1e-3 for float32].",
+    ),
+    click.option(
+        "--tolerance",
+        "tolerances",
+        multiple=True,
+        callback=_tolerances,
+        metavar="OUTPUT=ATOL,RTOL",
+        help="Tolerance for one output (by name or index); repeatable.",
+    ),
+    click.option(
+        "--data",
+        type=click.Path(path_type=Path),
+        help="Extra parity inputs from .npz (one array per input; labels 'y' ignored).",
+    ),
+    click.option(
+        "--save-inputs",
+        type=click.Path(path_type=Path),
+        metavar="DIR",
+        help="Write the parity inputs (DIR/inputs_<k>.npz, usable as --data) and the reference outputs "
+        "(DIR/reference_<k>.npz) with DIR/index.json; DIR is created when missing.",
+    ),
+    click.option(
+        "--random-batches",
+        type=click.IntRange(0, 100),
+        default=1,
+        show_default=True,
+        help="Seeded random batches checked besides the example (and --data).",
+    ),
+]
+"""--atol, --rtol, --tolerance, --data, --save-inputs and --random-batches, in the order --help lists them."""
+
+
 def parity_options(command: Any) -> Any:
     """--atol, --rtol, --tolerance, --data, --save-inputs and --random-batches: the parity settings convert and
     verify share."""
-    for option in reversed(
-        [
-            click.option(
-                "--atol",
-                type=float,
-                callback=_tolerance,
-                help="Absolute tolerance for parity [default: by dtype, 1e-4 for float32].",
-            ),
-            click.option(
-                "--rtol",
-                type=float,
-                callback=_tolerance,
-                help="Relative tolerance for parity [default: by dtype, 1e-3 for float32].",
-            ),
-            click.option(
-                "--tolerance",
-                "tolerances",
-                multiple=True,
-                callback=_tolerances,
-                metavar="OUTPUT=ATOL,RTOL",
-                help="Tolerance for one output (by name or index); repeatable.",
-            ),
-            click.option(
-                "--data",
-                type=click.Path(path_type=Path),
-                help="Extra parity inputs from .npz (one array per input; labels 'y' ignored).",
-            ),
-            click.option(
-                "--save-inputs",
-                type=click.Path(path_type=Path),
-                metavar="DIR",
-                help="Write the parity inputs (DIR/inputs_<k>.npz, usable as --data) and the reference outputs "
-                "(DIR/reference_<k>.npz) with DIR/index.json; DIR is created when missing.",
-            ),
-            click.option(
-                "--random-batches",
-                type=click.IntRange(0, 100),
-                default=1,
-                show_default=True,
-                help="Seeded random batches checked besides the example (and --data).",
-            ),
-        ]
-    ):
+    for option in reversed(PARITY_OPTIONS):
         command = option(command)
     return command

@@ -1,0 +1,67 @@
+"""The example inputs a run folds, exports and checks with: ``--input-shape`` wins over the ones stored with
+the model, checked against an ONNX graph's declared inputs and against what bnfold makes inputs of."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from bnfold.convert.config import ConvertConfig
+from bnfold.errors import InputSpecError, one_line
+from bnfold.load import InputSpec, LoadedModel, make_inputs
+
+
+def resolve_inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Tensor, ...]:
+    """The example inputs: ``--input-shape`` wins over the ones stored with the model."""
+    stored = loaded.example_inputs
+    if config.input_shapes and loaded.onnx_model is not None:
+        check_onnx_shapes(loaded.onnx_model, config.input_shapes)
+    if config.input_shapes:
+        check_shape_sizes(config.input_shapes)
+        same_count = stored is not None and len(stored) == len(config.input_shapes)
+        dtypes = tuple(t.dtype for t in stored) if same_count else (torch.float32,) * len(config.input_shapes)  # type: ignore[union-attr]
+        try:
+            return make_inputs(InputSpec(config.input_shapes, dtypes), seed=0)
+        except (MemoryError, RuntimeError, OverflowError) as exc:  # torch's allocator: RuntimeError
+            raise InputSpecError(
+                f"cannot make inputs of shape {InputSpec(config.input_shapes, dtypes).describe()} "
+                f"({one_line(exc)}): give a smaller --input-shape"
+            ) from exc
+    if stored:
+        return tuple(stored)
+    raise InputSpecError(
+        f"{loaded.path or 'the model'} stores no example inputs: give the input shape, e.g. --input-shape 1,3,224,224"
+    )
+
+
+MAX_INPUT_ELEMENTS = 1 << 28
+"""``--input-shape`` up to this many elements per input (1 GiB of float32): bnfold makes several batches of
+that shape and runs the model on each, so a larger one is a typo, not a model input."""
+
+
+def check_shape_sizes(shapes: tuple[tuple[int, ...], ...]) -> None:
+    """Each ``--input-shape`` is small enough to allocate (and to count in 64 bits)."""
+    for shape in shapes:
+        elements = math.prod(shape)
+        if elements > MAX_INPUT_ELEMENTS:
+            given = "x".join(map(str, shape))
+            raise InputSpecError(
+                f"--input-shape {given}: {elements:.3g} elements, more than bnfold makes inputs of "
+                f"({MAX_INPUT_ELEMENTS:.3g}); give the shape of one real batch"
+            )
+
+
+def check_onnx_shapes(model: Any, shapes: tuple[tuple[int, ...], ...]) -> None:
+    """``--input-shape`` against an ONNX graph's declared inputs: count, rank and fixed sizes."""
+    stored = {t.name for t in model.graph.initializer}
+    declared = [v for v in model.graph.input if v.name not in stored]
+    if len(declared) != len(shapes):
+        raise InputSpecError(f"the model takes {len(declared)} input(s), --input-shape gave {len(shapes)}")
+    for value, shape in zip(declared, shapes, strict=True):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        expected = "x".join(str(d) if d is not None else "?" for d in dims)
+        if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
+            given = "x".join(map(str, shape))
+            raise InputSpecError(f"--input-shape {given} does not fit input '{value.name}' of shape {expected}")
