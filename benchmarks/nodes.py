@@ -9,7 +9,9 @@ dynamic as bnfold's output. bnfold's output is made from each input format a use
 ``torch.export`` program (``.pt2``: fold on the aten graph, then export), a TorchScript archive (exported
 unfolded by the TorchScript exporter, folded on the ONNX graph) and an ONNX file (the dynamo exporter
 without its optimizer: every BatchNormalization still there). "extra" lists the nodes bnfold's output
-holds beyond the twin's, by op type; a BN that cannot fold stays as one frozen node and is listed.
+holds beyond the twin's, by op type, and "instead of" the twin's nodes it does not hold (an op written
+another way, e.g. a Flatten for a Reshape, or the convolution branches of a RepVGG block merged into one);
+a BN that cannot fold stays as one frozen node and is listed.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ def extra(ours: Counter[str], twin: Counter[str]) -> str:
     return ", ".join(f"{op} {n}" for op, n in sorted(more.items())) or "none"
 
 
+def row(name: str, fmt: str, ours: Counter[str], twin: Counter[str]) -> str:
+    counts = f"{sum(ours.values())} | {sum(twin.values())}"
+    return f"| {name} | {fmt} | {counts} | {extra(ours, twin)} | {extra(twin, ours)} |"
+
+
 def measure(name: str) -> list[str]:
     model = build(name, shallow=True)
     inputs = (torch.randn(2, 3, 64, 64),)
@@ -68,7 +75,7 @@ def measure(name: str) -> list[str]:
     for fmt in FORMATS:
         with torch.no_grad():
             ours = ops(bnfold_output(model, inputs, fmt))
-        rows.append(f"| {name} | {fmt} | {sum(ours.values())} | {sum(twin.values())} | {extra(ours, twin)} |")
+        rows.append(row(name, fmt, ours, twin))
         print(rows[-1], flush=True)
     return rows
 
@@ -78,7 +85,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join([*ARCHITECTURES, *BLOCKS]))
     parser.add_argument("--write", action="store_true", help="record the table in benchmarks/RESULTS.md")
     args = parser.parse_args()
-    header = ["| model | input | nodes | BN-free twin | extra nodes |", "|---|---|---|---|---|"]
+    header = ["| model | input | nodes | BN-free twin | extra nodes | instead of |", "|---|---|---|---|---|---|"]
     print("\n".join(header))
     rows = [row for name in args.models.split(",") for row in measure(name)]
     if args.write:
