@@ -90,40 +90,54 @@ def parity_chain(
     :class:`Sessions` (``providers``, ``threads``, ``lazy``) as keywords.
     """
     made = Sessions(**sessions)
-    providers, threads, lazy = made.providers, made.threads, made.lazy
-
-    precision = Precision.of(original)
-
-    def session(model: str | Path | bytes, optimization: Optimization) -> Runner:
-        build = partial(ort_runner, precision.cpu_source(model), (CPU,), optimization, threads)
-        return LazyRunner(build) if lazy else build()
-
-    def torch_candidate(name: str, module: nn.Module, stage: str) -> Candidate:
-        runner = torch_runner(module, precision.dtype)
-        return Candidate(precision.named(name), runner, stage, _last(candidates), precision.name)
-
-    onnx_original = not isinstance(original, nn.Module)
-    candidates: list[Candidate] = []
+    chain = _Builder(Precision.of(original), made)
     if isinstance(original, nn.Module):
-        candidates.append(torch_candidate(ORIGINAL, original, BASELINE))
+        chain.add_torch(ORIGINAL, original, BASELINE)
     if folded is not None:
-        candidates.append(torch_candidate(CANDIDATE if candidate else FOLDED, folded, FOLD))
+        chain.add_torch(CANDIDATE if candidate else FOLDED, folded, FOLD)
     if unfolded is not None:
-        candidates.append(Candidate(UNFOLDED, session(unfolded, "disabled"), EXPORT, _last(candidates), precision.name))
+        chain.add(UNFOLDED, chain.session(unfolded, "disabled"), EXPORT)
     notes: list[str] = []
     if onnx is not None:
+        onnx_original = not isinstance(original, nn.Module)
         fold_here = not candidate and (onnx_original or unfolded is not None)
         prefix = "folded " if onnx_original and not candidate else ""
+        notes = chain.add_onnx(onnx, prefix, FOLD if fold_here else EXPORT, optimized)
+    notes += [WIDENED_NOTE] if chain.precision.widen else []
+    return ParityChain(*_reference(original, made.lazy, chain.precision), chain.candidates, notes)
+
+
+@dataclass
+class _Builder:
+    """A chain being built: its candidates so far, each checked against the one before it unless told."""
+
+    precision: Precision
+    sessions: Sessions
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def session(self, model: str | Path | bytes, optimization: Optimization) -> Runner:
+        """An onnxruntime CPU session, built now or when first run (``lazy``)."""
+        source = self.precision.cpu_source(model)
+        build = partial(ort_runner, source, (CPU,), optimization, self.sessions.threads)
+        return LazyRunner(build) if self.sessions.lazy else build()
+
+    def add(self, name: str, runner: Runner, stage: str, against: str | None = None) -> None:
+        against = against if against is not None else _last(self.candidates)
+        self.candidates.append(Candidate(name, runner, stage, against, self.precision.name))
+
+    def add_torch(self, name: str, module: nn.Module, stage: str) -> None:
+        self.add(self.precision.named(name), torch_runner(module, self.precision.dtype), stage)
+
+    def add_onnx(self, onnx: str | Path | bytes, prefix: str, stage: str, optimized: Path | None) -> list[str]:
+        """The ONNX model without and with onnxruntime's rewrites, CUDA, the ``--save-optimized`` file; the
+        provider notes."""
         off, full = prefix + ORT_OFF, prefix + ORT_ALL
-        stage = FOLD if fold_here else EXPORT
-        candidates.append(Candidate(off, session(onnx, "disabled"), stage, _last(candidates), precision.name))
-        candidates.append(Candidate(full, session(onnx, "all"), ORT_OPTIMIZATION, off, precision.name))
-        notes = _add_cuda(candidates, onnx, providers, threads)
+        self.add(off, self.session(onnx, "disabled"), stage)
+        self.add(full, self.session(onnx, "all"), ORT_OPTIMIZATION, off)
+        notes = _add_cuda(self.candidates, onnx, self.sessions.providers, self.sessions.threads)
         if optimized is not None:
-            optimized_run = session(optimized, "disabled")
-            candidates.append(Candidate(OPTIMIZED, optimized_run, ORT_OPTIMIZATION, off, precision.name))
-    notes += [WIDENED_NOTE] if precision.widen else []
-    return ParityChain(*_reference(original, lazy, precision), candidates, notes)
+            self.add(OPTIMIZED, self.session(optimized, "disabled"), ORT_OPTIMIZATION, off)
+        return notes
 
 
 _SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16"}
