@@ -12,12 +12,11 @@ from collections.abc import Callable
 import torch
 from torch import fx
 
-from bnfold.fold.backward import match_consumers
 from bnfold.fold.fx_graph import FxAffine, FxGraph
 from bnfold.fold.graph import ParameterWriter, aten, ndim, readers, remove_unused
 from bnfold.fold.reasons import explain, reason
 from bnfold.fold.records import AFFINE, FOLDED, BnRecord
-from bnfold.fold.rules import forward, identity
+from bnfold.fold.rules import backward, forward, identity
 from bnfold.fold.rules.graph import Match, Plan
 from bnfold.fold.sites import AffineSite, find_sites
 
@@ -32,10 +31,14 @@ def _identity(site: AffineSite, fxg: FxGraph) -> Match:
     return identity.match(fxg, FxAffine(site))
 
 
+def _backward(site: AffineSite, fxg: FxGraph) -> Match:
+    return backward.match(fxg, FxAffine(site))
+
+
 PHASES: tuple[tuple[Rule, ...], ...] = (
     (_forward,),
     (_identity,),
-    (match_consumers,),
+    (_backward,),
 )
 
 

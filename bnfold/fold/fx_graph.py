@@ -23,14 +23,16 @@ from bnfold.fold.graph import (
     display,
     is_permute,
     map_axis_back,
+    map_axis_forward,
     ndim,
     readers,
 )
 from bnfold.fold.reasons import reason
-from bnfold.fold.rules.graph import Affine, LayerKind, Pads, PassThrough
+from bnfold.fold.rules.graph import Affine, LayerKind, Pads, PadView, PassThrough
 from bnfold.fold.sites import AffineSite
 
 F64 = torch.float64
+COPYING_PADS = ("reflect", "replicate", "circular")
 
 
 @dataclass
@@ -64,6 +66,14 @@ class FxLayer:
     @property
     def channels_last(self) -> bool:
         return self.kind == "linear"
+
+    @property
+    def input_channel_axis(self) -> int | None:
+        return self.layer.input_channel_axis()
+
+    @property
+    def weight_scale(self) -> float:
+        return 1.0
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -220,6 +230,20 @@ class FxGraph:
     def source_axis(self, node: fx.Node, axis: int) -> int | None:
         return map_axis_back(node, axis)
 
+    def target_axis(self, node: fx.Node, axis: int) -> int | None:
+        return map_axis_forward(node, axis)
+
+    def pad(self, node: fx.Node) -> PadView | None:
+        if node.op != "call_function" or node.target != aten.pad.default:
+            return None
+        args = arguments(node)
+        mode, amounts, rank = str(args.get("mode") or "constant"), [int(p) for p in args["pad"]], ndim(node)
+        padded = None
+        if rank is not None:  # (start, end) pairs from the last axis backwards
+            pairs = range(len(amounts) // 2)
+            padded = [rank - 1 - i for i in pairs if amounts[2 * i] or amounts[2 * i + 1]]
+        return PadView(mode, mode in COPYING_PADS, padded)
+
     def exclusive(self, value: fx.Node, use: tuple[fx.Node, int]) -> str | None:
         reader = use[0]
         others = [display(u) if u.op != "output" else "the model output" for u in readers(value) if u is not reader]
@@ -247,6 +271,9 @@ class FxGraph:
         site = cast(FxAffine, affine).site
         site.output.replace_all_uses_with(site.input)
         site.erase(self.graph)
+
+    def reroute(self, affine: Affine[fx.Node, fx.Node]) -> None:
+        self.bypass(affine)
 
     def bypass_node(self, node: fx.Node, value: fx.Node) -> None:
         node.replace_all_uses_with(value)

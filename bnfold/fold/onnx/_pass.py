@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import onnx
 
 from bnfold.fold.onnx._affine import BATCHNORM, MUL_ADD, ChannelAffine, batchnorm, mul_add
-from bnfold.fold.onnx._backward import backward_folds, into_names
 from bnfold.fold.onnx._cleanup import write_back
 from bnfold.fold.onnx._evaluate import evaluate_constants
 from bnfold.fold.onnx._freeze import freeze
@@ -28,7 +27,7 @@ from bnfold.fold.onnx._shapes import check_folded, infer_types
 from bnfold.fold.onnx.adapter import OnnxGraph
 from bnfold.fold.reasons import explain, reason
 from bnfold.fold.records import AFFINE, FOLDED, KEPT, Action, BnRecord
-from bnfold.fold.rules import forward, identity
+from bnfold.fold.rules import backward, forward, identity
 from bnfold.fold.rules.graph import Plan
 
 
@@ -156,17 +155,12 @@ def _fold_backward(graph: Graph, affine: ChannelAffine) -> BnRecord | None:
     removed = _removed(graph, affine)
     if removed is not None:
         return removed
-    folds = backward_folds(graph, affine)
-    if isinstance(folds, str):
-        affine.reasons.append(folds)
+    plan = backward.match(OnnxGraph(graph), affine)
+    if not isinstance(plan, Plan):
+        affine.reasons.append(plan or reason("nothing_applies"))
         return None
-    into = into_names(folds)
-    for fold in folds:
-        fold.apply(graph, affine.scale, affine.shift)
-    for node, slot in graph.readers(affine.output):
-        graph.set_input(node, slot, affine.input)
-    _remove(graph, affine)
-    return _record(affine, FOLDED, into=into, how="backward")
+    plan.rewrite()
+    return _record(affine, FOLDED, into=plan.into, how=plan.how)
 
 
 def _remove(graph: Graph, affine: ChannelAffine) -> None:

@@ -22,10 +22,11 @@ from bnfold.fold.onnx._graph import Graph, Use, attribute, label, set_attribute
 from bnfold.fold.onnx._layers import append_bias, check_groups, gemm_bias, optional_constant, param_name
 from bnfold.fold.onnx._names import module_name
 from bnfold.fold.reasons import reason
-from bnfold.fold.rules.graph import Affine, LayerKind, Pads, PassThrough
+from bnfold.fold.rules.graph import Affine, LayerKind, Pads, PadView, PassThrough
 
 LAYERS: dict[str, LayerKind] = {"Conv": "conv", "ConvTranspose": "conv_transpose", "Gemm": "linear", "MatMul": "linear"}
 PASSES: dict[str, PassThrough] = {"Add": "add", "Concat": "concat", "Transpose": "permute"}
+COPYING_PADS = ("reflect", "edge", "wrap")
 
 
 def _standard(node: onnx.NodeProto) -> bool:
@@ -81,6 +82,19 @@ class OnnxLayer:
     @property
     def channels_last(self) -> bool:
         return self.node.op_type == "MatMul"
+
+    @property
+    def input_channel_axis(self) -> int | None:
+        if self.node.op_type == "Gemm":
+            return None if attribute(self.node, "transA", 0) else 1
+        if self.node.op_type != "MatMul":
+            return 1
+        rank = self.graph.rank(self.node.input[0])
+        return None if rank is None else rank - 1
+
+    @property
+    def weight_scale(self) -> float:
+        return float(attribute(self.node, "alpha", 1.0)) if self.node.op_type == "Gemm" else 1.0
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -204,6 +218,29 @@ class OnnxGraph:
             return None
         return int(list(perm)[axis]) if perm is not None else rank - 1 - axis
 
+    def target_axis(self, node: onnx.NodeProto, axis: int) -> int | None:
+        perm = attribute(node, "perm")
+        rank = self.graph.rank(node.output[0]) if perm is None else len(perm)
+        if rank is None:
+            return None
+        return [int(p) for p in perm].index(axis) if perm is not None else rank - 1 - axis
+
+    def pad(self, node: onnx.NodeProto) -> PadView | None:
+        if node.op_type != "Pad" or not _standard(node):
+            return None
+        mode = attribute(node, "mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        inputs = list(node.input) + [""] * 4
+        amounts = self.graph.constant(inputs[1]) if inputs[1] else None
+        axes = self.graph.constant(inputs[3]) if inputs[3] else None
+        rank = self.graph.rank(inputs[0])
+        if amounts is None or rank is None or (inputs[3] and axes is None):
+            return PadView(mode, mode in COPYING_PADS, None)
+        padded = [int(a) % rank for a in axes] if axes is not None else list(range(rank))
+        half = len(padded)
+        moved = [axis for i, axis in enumerate(padded) if amounts[i] or amounts[half + i]]
+        return PadView(mode, mode in COPYING_PADS, moved)
+
     def exclusive(self, value: str, use: Use) -> str | None:
         return self.graph.exclusive(value, use)
 
@@ -230,6 +267,11 @@ class OnnxGraph:
     def bypass(self, affine: Affine[onnx.NodeProto, str]) -> None:
         self.remove(affine)
         self._rename(affine.input, affine.output)
+
+    def reroute(self, affine: Affine[onnx.NodeProto, str]) -> None:
+        for node, slot in self.graph.readers(affine.output):
+            self.graph.set_input(node, slot, affine.input)
+        self.remove(affine)
 
     def bypass_node(self, node: onnx.NodeProto, value: str) -> None:
         total = node.output[0]

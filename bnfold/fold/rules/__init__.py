@@ -9,4 +9,6 @@ apply) and returns a :class:`~bnfold.fold.rules.graph.Plan` whose ``rewrite`` ed
 * :mod:`.forward`: into the layers that compute the affine's input, through bias adds, branch sums,
   concatenations and permutes.
 * :mod:`.identity`: a RepVGG identity branch ``conv(x) + bn(x)`` into the conv beside it.
+* :mod:`.backward`: into every layer that reads the affine's output, through permutes and pads that copy
+  values.
 """

@@ -60,6 +60,16 @@ class FoldLayer(Protocol):
         ...
 
     @property
+    def input_channel_axis(self) -> int | None:
+        """The axis of its data input whose channels it reads (None when unknown or when it reads none)."""
+        ...
+
+    @property
+    def weight_scale(self) -> float:
+        """What the layer multiplies its input-weight product by (a Gemm's α; 1 for every other layer)."""
+        ...
+
+    @property
     def weight_shape(self) -> tuple[int, ...]:
         """The shape of the weight in the layout :meth:`weight` gives it."""
         ...
@@ -95,6 +105,16 @@ class FoldLayer(Protocol):
     def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Give the layer this weight and (unless None) this bias, both float64 in the layout above."""
         ...
+
+
+@dataclass(frozen=True)
+class PadView:
+    """A pad node: its mode as written, whether it copies values (reflect, replicate, circular) rather than
+    writing a constant, and the axes it pads by a non-zero amount (None when not known)."""
+
+    mode: str
+    copies: bool
+    padded_axes: list[int] | None
 
 
 class FoldGraph(Protocol[N, V]):
@@ -150,6 +170,14 @@ class FoldGraph(Protocol[N, V]):
         """For a permute: the axis of its input that becomes ``axis`` of its output (None when unknown)."""
         ...
 
+    def target_axis(self, node: N, axis: int) -> int | None:
+        """For a permute: the axis of its output that ``axis`` of its input becomes (None when unknown)."""
+        ...
+
+    def pad(self, node: N) -> PadView | None:
+        """``node`` as a pad, or None when it is not one."""
+        ...
+
     def exclusive(self, value: V, use: tuple[N, int]) -> str | None:
         """Why ``value`` is read by more than ``use`` (a node and its input slot), or None when it is not."""
         ...
@@ -171,7 +199,12 @@ class FoldGraph(Protocol[N, V]):
         ...
 
     def bypass(self, affine: Affine[N, V]) -> None:
-        """Remove ``affine``'s nodes; what read its output reads its input (which now computes the same)."""
+        """Remove ``affine``'s nodes; the node computing its input now computes its output (a forward fold)."""
+        ...
+
+    def reroute(self, affine: Affine[N, V]) -> None:
+        """Remove ``affine``'s nodes; what read its output reads its input (a backward fold: the readers now
+        compute the same from it)."""
         ...
 
     def bypass_node(self, node: N, value: V) -> None:
