@@ -34,8 +34,8 @@ RULE = "|a - b| <= atol + rtol * |b| (b = reference); NaN fails"
 NOISE_FACTOR = 4.0
 NOISE_RULE = (
     f"{RULE}; with default tolerances a check also passes when max |a - b| <= {NOISE_FACTOR:g} x the original "
-    "fp32 model's own max abs error against the fp64 reference on that output (noise_bound; a float16 or "
-    "bfloat16 model's own error in its dtype)"
+    "model's own max abs error (in fp32; a float16 or bfloat16 model in its own dtype) against the fp64 "
+    "reference on that output (noise_bound)"
 )
 
 _DEFAULTS: dict[str, tuple[float, float]] = {
