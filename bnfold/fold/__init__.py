@@ -1,8 +1,8 @@
 """Folding: every BatchNorm ends folded into a neighbouring layer, as a frozen affine, or kept with a reason.
 
 The public face is :func:`fold`. The algebra lives in :mod:`bnfold.fold.maths`, the fold rules shared with
-ONNX inputs in :mod:`bnfold.fold.rules` (run on torch FX graphs through :mod:`bnfold.fold.fx_graph`), and
-the pass in :mod:`bnfold.fold.engine`.
+ONNX inputs in :mod:`bnfold.fold.rules` (run on torch FX graphs through :mod:`bnfold.fold.fx_graph`), their
+schedule in :mod:`bnfold.fold.sweeps`, and the pass over a GraphModule in :mod:`bnfold.fold.engine`.
 """
 
 from __future__ import annotations

@@ -281,3 +281,48 @@ class FxGraph:
 
     def remove(self, affine: Affine[fx.Node, fx.Node]) -> None:
         cast(FxAffine, affine).site.erase(self.graph)
+
+    def freeze(self, affine: Affine[fx.Node, fx.Node], form: str) -> str | None:
+        site = cast(FxAffine, affine).site
+        if not site.is_batchnorm_call:
+            return None
+        x = site.input
+        dtype = x.meta["val"].dtype if "val" in x.meta else torch.float32
+        scale, shift = affine.scale.to(dtype), affine.shift.to(dtype)
+        if form == "batchnorm":
+            frozen = _frozen_batchnorm(self.writer, site, scale, shift)
+        else:
+            frozen = _frozen_muladd(self.writer, site, scale, shift)
+        frozen.meta["val"] = site.output.meta.get("val", x.meta.get("val"))
+        frozen.meta["nn_module_stack"] = site.output.meta.get("nn_module_stack", {})
+        site.output.replace_all_uses_with(frozen)
+        site.erase(self.graph)
+        return None
+
+
+def _frozen_batchnorm(writer: ParameterWriter, site: AffineSite, scale: torch.Tensor, shift: torch.Tensor) -> fx.Node:
+    """``batch_norm(x, s, t, mean=0, var=1, eps=0)``: exactly ``x·s + t``, as one inference BatchNorm."""
+    args = [
+        writer.new_attribute(site.output, value, name)
+        for value, name in (
+            (scale, "scale"),
+            (shift, "shift"),
+            (torch.zeros_like(scale), "mean"),
+            (torch.ones_like(scale), "var"),
+        )
+    ]
+    graph = writer.gm.graph
+    with graph.inserting_before(site.output):
+        return graph.call_function(aten.batch_norm.default, (site.input, *args, False, 0.0, 0.0, False))
+
+
+def _frozen_muladd(writer: ParameterWriter, site: AffineSite, scale: torch.Tensor, shift: torch.Tensor) -> fx.Node:
+    """``x·s + t`` as a Mul and an Add, the constants shaped to broadcast over axis 1."""
+    view = [-1] + [1] * ((ndim(site.input) or 2) - 2)
+    s_node = writer.new_attribute(site.output, scale.reshape(view), "scale")
+    t_node = writer.new_attribute(site.output, shift.reshape(view), "shift")
+    graph = writer.gm.graph
+    with graph.inserting_before(site.output):
+        scaled = graph.call_function(aten.mul.Tensor, (site.input, s_node))
+        scaled.meta["val"] = site.input.meta.get("val")
+        return graph.call_function(aten.add.Tensor, (scaled, t_node))

@@ -13,7 +13,7 @@ Anything that looks like a BN but is not such an affine comes back as a reason t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -42,7 +42,6 @@ class ChannelAffine:
     axis: int
     scale: torch.Tensor
     shift: torch.Tensor
-    reasons: list[str] = field(default_factory=list)
 
     @property
     def channels(self) -> int:

@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 import torch
 
-from bnfold.fold.onnx._affine import ChannelAffine, to_f64, to_numpy
+from bnfold.fold.onnx._affine import MUL_ADD, ChannelAffine, to_f64, to_numpy
+from bnfold.fold.onnx._freeze import freeze
 from bnfold.fold.onnx._graph import Graph, Use, attribute, label, set_attribute
 from bnfold.fold.onnx._layers import append_bias, check_groups, gemm_bias, optional_constant, param_name
 from bnfold.fold.onnx._names import module_name
@@ -281,6 +282,10 @@ class OnnxGraph:
     def remove(self, affine: Affine[onnx.NodeProto, str]) -> None:
         for node in cast(ChannelAffine, affine).nodes:
             self.graph.remove(node)
+
+    def freeze(self, affine: Affine[onnx.NodeProto, str], form: str) -> str | None:
+        found = cast(ChannelAffine, affine)
+        return None if found.kind == MUL_ADD else freeze(self.graph, found, form)
 
     def _rename(self, value: str, name: str) -> None:
         """The node computing ``value`` computes it under ``name`` (the name the removed nodes' readers read)."""

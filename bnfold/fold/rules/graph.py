@@ -215,6 +215,12 @@ class FoldGraph(Protocol[N, V]):
         """Remove ``affine``'s nodes, whose output nothing reads any more."""
         ...
 
+    def freeze(self, affine: Affine[N, V], form: str) -> str | None:
+        """Keep ``affine`` as a frozen ``x·s + t`` in ``form`` ("batchnorm": an inference BatchNorm with mean 0,
+        variance 1, epsilon 0; "muladd": a Mul and an Add); returns why it cannot, or None. An affine that
+        already is a constant Mul/Add stays as it is."""
+        ...
+
 
 class Affine(Protocol[N_co, V_co]):
     """A per-channel ``output = scale·input + shift`` along ``axis`` of its input, as a rule sees it."""
