@@ -174,15 +174,12 @@ def _kept(node: fx.Node, args: dict[str, object], reason: str) -> AffineSite:
 def per_channel(value: torch.Tensor | None, like: fx.Node) -> torch.Tensor | None:
     """``value`` as a length-C fp64 vector when it broadcasts along axis 1 of ``like`` only, else None."""
     dims, dims_shape = ndim(like), shape(like)
-    if value is None or dims is None or dims < 2 or value.dim() > dims or not value.is_floating_point():
+    if value is None or dims is None or dims < 2 or not value.is_floating_point():
         return None
     channels = dims_shape[1] if dims_shape else None
     if not isinstance(channels, int):
         return None
-    full = [1] * (dims - value.dim()) + list(value.shape)
-    if any(size != 1 for axis, size in enumerate(full) if axis != 1) or full[1] not in (1, channels):
-        return None
-    return value.detach().to(torch.float64).reshape(-1).expand(channels).clone()
+    return maths.channel_vector(value.detach().to(torch.float64), 1, dims, channels)
 
 
 def _operands(node: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, torch.Tensor | None] | None:
