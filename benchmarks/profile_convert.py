@@ -2,10 +2,13 @@
 
     python benchmarks/profile_convert.py                  # ResNet-50 at 224x224
     python benchmarks/profile_convert.py --model densenet121 --resolution 160 --cprofile 30
+    python benchmarks/profile_convert.py --model wide_mlp --sections stages   # the 2.4 GB model, from its archive
 
-1. Stages: ``bnfold.convert(model, ConvertConfig(bench=False))`` with its stage functions wrapped by timers
-   that also read the process's RSS, after the same warm-up as ``wall.py``; then the export of the original
-   model that ``convert`` adds when latency is measured (``bench=True``).
+1. Stages: ``bnfold.convert(model, ConvertConfig(bench=False))`` with its stage functions (and every parity
+   runner's build and runs) wrapped by timers, the process's RSS sampled every 20 ms in a thread (the peak
+   of each stage), after the same warm-up as ``wall.py``; then the export of the original model that
+   ``convert`` adds when latency is measured (``bench=True``). The shipped and large models are given as
+   their ``.pt2`` archives, as ``wall.py`` gives them.
 2. Inside the folded model's dynamo export: torch.export, decompositions, translation, ONNX optimisation
    (cProfile cumulative times, inflated by the profiler; read them as shares).
 3. The TorchScript exporter (``dynamo=False``) on the folded GraphModule: does it work, how fast, and is
@@ -24,6 +27,7 @@ import pstats
 import resource
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,12 +58,36 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class StageTimer:
-    """Wraps functions in their modules' namespaces; records each call's time and RSS after it."""
+class RssSampler:
+    """Samples the process's RSS every ``interval`` seconds in a thread: the peak of any stretch of a run."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval, self.samples = interval, [(time.perf_counter(), rss_mb())]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append((time.perf_counter(), rss_mb()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, start: float, end: float) -> float:
+        inside = [rss for t, rss in self.samples if start <= t <= end]
+        return max(inside, default=rss_mb())
+
+
+class StageTimer:
+    """Wraps functions in their modules' namespaces; records each call's time, the RSS after it and the
+    peak RSS sampled while it ran."""
+
+    def __init__(self, sampler: RssSampler | None = None) -> None:
         self.stages: list[Stage] = []
         self.depth = 0
+        self.sampler = sampler
 
     def wrap(self, function: Callable[..., Any], label: Callable[..., str] | str) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -70,7 +98,9 @@ class StageTimer:
                 return function(*args, **kwargs)
             finally:
                 self.depth -= 1
-                self.stages.append((depth, name, start, time.perf_counter() - start, rss_mb(), peak_mb()))
+                end = time.perf_counter()
+                peak = self.sampler.peak(start, end) if self.sampler else peak_mb()
+                self.stages.append((depth, name, start, end - start, rss_mb(), peak))
 
         return timed
 
@@ -117,17 +147,20 @@ class TimedRunner:
 def runner_label(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     if kind == "torch":
         dtype = args[1] if len(args) > 1 else kwargs.get("dtype", torch.float32)
-        module = "folded GraphModule" if isinstance(args[0], torch.fx.GraphModule) else "original module"
-        return f"torch {module} {str(dtype).replace('torch.', '')}"
+        return f"torch {str(dtype).replace('torch.', '')} ({type(args[0]).__name__})"
     optimization = args[2] if len(args) > 2 else kwargs.get("optimization", "all")
     return f"onnxruntime optimizations {optimization}"
 
 
 def stage_targets() -> list[tuple[str, str, Callable[..., str] | str]]:
     import bnfold.convert.checks  # noqa: F401
+    import bnfold.export  # noqa: F401
+    import bnfold.load.loaded  # noqa: F401
+    import bnfold.report  # noqa: F401
     import bnfold.verify.matrix  # noqa: F401
 
     return [
+        ("bnfold.convert", "_as_loaded", "load"),
         ("bnfold.convert", "fold_and_export", "fold + export"),
         ("bnfold.convert.paths", "fold", "fold (bnfold.fold)"),
         ("bnfold.fold", "capture", "trace: torch.export of the original"),
@@ -135,32 +168,48 @@ def stage_targets() -> list[tuple[str, str, Callable[..., str] | str]]:
         ("bnfold.fold", "fold_constants", "fold_constants"),
         ("bnfold.fold", "find_sites", "find_sites"),
         ("bnfold.fold", "fold_graph", "fold_graph (graph rewrite)"),
+        ("bnfold.fold", "plain_module", "plain_module (recompile)"),
         ("bnfold.convert.paths", "export_folded", "export of the folded GraphModule (export_folded)"),
-        ("bnfold.convert", "annotate", "annotate metadata"),
+        ("bnfold.export", "_torchscript_export", "torch.onnx.export (TorchScript)"),
+        ("bnfold.export", "tidy", "tidy (onnx_ir passes)"),
+        ("bnfold.convert", "_saved", "annotate, save, check"),
+        ("bnfold.export", "save", "save into the staging folder"),
         ("bnfold.convert", "check", "onnx.checker"),
         ("bnfold.convert", "verify_stage", "parity (verify_stage)"),
+        ("bnfold.verify.matrix", "_run_reference", "fp64 reference, every batch"),
+        ("bnfold.verify.matrix", "_run_all", "a candidate, every batch"),
+        ("bnfold.verify.matrix", "_release", "release"),
         ("bnfold.convert", "_write", "write ONNX file and reports"),
+        ("bnfold.load.loaded", "file_sha256", "sha256 of a file"),
+        ("bnfold.report", "write_report_files", "reports (JSON, Markdown, HTML)"),
     ]
 
 
-def profile_stages(subject: Subject, folder: Path) -> tuple[list[Stage], float, Any]:
-    """One ``convert`` with its stages timed; returns the stages, the total and the result."""
-    import bnfold.verify.matrix as matrix
+def profile_stages(subject: Subject, folder: Path, original_export: bool = True) -> tuple[list[Stage], float, Any]:
+    """One ``convert`` with its stages timed and the RSS sampled; returns the stages, the total and the
+    result. The shipped and large models are given as their archives (as ``wall.py`` does)."""
+    import bnfold.verify.chain as chain
 
-    timer = StageTimer()
-    model, inputs = subject.module(), subject.inputs()
+    sampler = RssSampler()
+    timer = StageTimer(sampler)
+    archive = subject.shipped or subject.large
+    source, inputs = subject.convert_source(), None if archive else subject.inputs()
     config = ConvertConfig(output=folder / "bnfold.onnx", bench=False, write_reports=True)
-    saved = matrix.torch_runner, matrix.ort_runner
-    matrix.torch_runner = timer.runner_factory(matrix.torch_runner, "torch")
-    matrix.ort_runner = timer.runner_factory(matrix.ort_runner, "ort")
+    saved = chain.torch_runner, chain.ort_runner
+    chain.torch_runner = timer.runner_factory(chain.torch_runner, "torch")
+    chain.ort_runner = timer.runner_factory(chain.ort_runner, "ort")
     try:
         with timer.patched(stage_targets()):
             start = time.perf_counter()
-            result = convert(model, config, example_inputs=inputs)
+            result = convert(source, config, example_inputs=inputs)
             total = time.perf_counter() - start
     finally:
-        matrix.torch_runner, matrix.ort_runner = saved
+        chain.torch_runner, chain.ort_runner = saved
+        sampler.stop()
+    print(f"peak RSS sampled during convert: {sampler.peak(start, start + total):.0f} MB")
     converted = result.converted
+    if not original_export:
+        return timer.stages, total, result
     if converted is None or converted.original_onnx is None:
         raise RuntimeError("convert kept no way to export the original model")
     original = timer.wrap(converted.original_onnx, "(bench=True only) dynamo export of the original, for latency")()
@@ -173,6 +222,7 @@ def print_stages(stages: list[Stage], total: float) -> None:
     convert total; RSS and peak RSS after the stage's last call."""
     print(f"\n## convert stages (total {total:.2f} s, bench off)\n")
     print(f"{'stage':<76} {'seconds':>8} {'share':>6} {'RSS MB':>7} {'peak MB':>8}")
+    print("(RSS after the stage's last call; peak: the highest RSS sampled during its calls)")
     groups: dict[tuple[int, str], list[Stage]] = {}
     for stage in sorted(stages, key=lambda s: (s[2], s[0])):
         groups.setdefault((stage[0], stage[1]), []).append(stage)
@@ -418,10 +468,17 @@ def main() -> None:
     print(f"# bnfold convert profile: {subject.describe()}, {measure.THREADS} thread(s)")
     with tempfile.TemporaryDirectory(prefix="bnfold-profile-") as tmp:
         folder = Path(tmp)
-        stages, total, result = profile_stages(subject, folder)
+        if subject.large:
+            subject.build_archive()
+        try:
+            stages, total, result = profile_stages(subject, folder, original_export=not subject.large)
+        finally:
+            if subject.large:
+                subject.archive.unlink(missing_ok=True)
         if "stages" in sections:
             print_stages(stages, total)
-        run_sections(sections, subject, result.converted.folded, folder, args.repeats)
+        if not subject.large:  # the other sections would hold several copies of a large model
+            run_sections(sections, subject, result.converted.folded, folder, args.repeats)
 
 
 def run_sections(sections: set[str], subject: Subject, folded: Any, folder: Path, repeats: int) -> None:
