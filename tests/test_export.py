@@ -93,3 +93,26 @@ def test_external_data_path_follows_size_and_mode(floats: int, mode: str, split:
     model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [weights]))
     path = export.external_data_path(model, tmp_path / "m.onnx", mode)
     assert path == (tmp_path / "m.onnx.data" if split else None)
+
+
+def test_tidy_lets_go_of_the_weights_it_was_given() -> None:
+    """Rewrite rules keep the last graph they matched in; the weights of the model tidied are not kept
+    with it (for a large model, a whole copy of them held through parity)."""
+    import gc
+
+    import onnx_ir as ir
+
+    layer = nn.Linear(32, 16)
+    weight = onnx.numpy_helper.from_array(layer.weight.detach().numpy(), "tidy_probe_weight")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gemm", ["x", "tidy_probe_weight"], ["y"], transB=1)],
+        "probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 32])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 16])],
+        [weight],
+    )
+    tidied = export.tidy(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
+    assert [t.name for t in tidied.graph.initializer] == ["tidy_probe_weight"]
+    gc.collect()
+    held = [t for t in gc.get_objects() if isinstance(t, ir.TensorProtoTensor) and t.name == "tidy_probe_weight"]
+    assert held == []

@@ -74,6 +74,8 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     with quiet():
         passes(work)
     tidied = ir.serde.serialize_model(work)
+    for value in work.graph.initializers.values():  # rewrite rules keep the last graph they matched in: not
+        value.const_value = None  # the weights with it (they wrap the tensors of ``model``)
     remove_unused_initializers(tidied)
     produced = {name for node in tidied.graph.node for name in node.output}
     kept = [info for info in tidied.graph.value_info if info.name in produced]
