@@ -5,6 +5,7 @@ Sessions are built when first run, so placeholder ONNX bytes do here (no candida
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytest
@@ -85,11 +86,20 @@ def test_convert_lets_the_folded_module_go_before_the_onnxruntime_sessions(
     from bnfold.verify import chain as chain_module
 
     events: list[str] = []
+    folded: list[weakref.ref[torch.nn.Module]] = []
     real_session, real_release = chain_module.ort_runner, Converted.release_folded
-    monkeypatch.setattr(chain_module, "ort_runner", lambda *a, **k: events.append("session") or real_session(*a, **k))
-    monkeypatch.setattr(
-        Converted, "release_folded", lambda self: events.append("folded released") or real_release(self)
-    )
+
+    def session(*args: object, **kwargs: object) -> object:
+        events.append("session" + (" beside the folded module" if folded and folded[0]() is not None else ""))
+        return real_session(*args, **kwargs)  # type: ignore[arg-type]
+
+    def release(self: Converted) -> None:
+        folded.append(weakref.ref(self._folded))
+        events.append("folded released")
+        real_release(self)
+
+    monkeypatch.setattr(chain_module, "ort_runner", session)
+    monkeypatch.setattr(Converted, "release_folded", release)
 
     def parity(name: str) -> tuple[list[dict[str, object]], Converted]:
         result = convert(MODELS / "digits_cnn.pt2", ConvertConfig(output=tmp_path / f"{name}.onnx", bench=False))
@@ -97,7 +107,8 @@ def test_convert_lets_the_folded_module_go_before_the_onnxruntime_sessions(
         return result.report["parity"]["checks"], result.converted
 
     released, converted = parity("released")
-    assert events.index("folded released") < events.index("session")
+    assert events.index("folded released") < events.index("session")  # and no session was built beside it
+    assert all(event in ("folded released", "session") for event in events)
     assert converted._folded is None and isinstance(converted.folded, torch.nn.Module)
     with monkeypatch.context() as patch:
         patch.setattr(checks, "_release_after_its_run", lambda chain, converted: None)
