@@ -195,3 +195,35 @@ def test_torchscript_exporter_writes_batch_statistics_with_a_dynamic_batch(opset
 
     group = registration.registry.get_function_group("aten::batch_norm")
     assert group is not None and not group._functions.overridden(opset)  # torch's own symbolic is back
+
+
+class FlattenBySize(nn.Module):
+    """``x.view(x.size(0), -1)``, as much published code flattens: the size comes from the dynamic batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4 * 4 * 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        return self.fc(y.view(y.size(0), -1))
+
+
+def test_sizes_from_a_dynamic_batch_are_never_written_as_the_examples() -> None:
+    """The TorchScript exporter would trace ``y.size(0)`` as the example's batch, a constant: it refuses,
+    and ``auto`` exports with dynamo, whose graph runs at any batch like the fp64 original."""
+    model, x = FlattenBySize().eval(), torch.randn(2, 3, 6, 6)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    folded = bnfold.fold(program, (x,)).module
+    with pytest.raises(ExportError, match="size computed from a dynamic dimension"):
+        export.export_folded(folded, (x,), exporter="torchscript")
+    result = export.export_folded(folded, (x,))
+    assert result.exporter == export.DYNAMO and "dynamic dimension" in result.warnings[0]
+    session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        xs = torch.randn(batch, 3, 6, 6, generator=torch.Generator().manual_seed(batch))
+        (got,) = session.run(None, {session.get_inputs()[0].name: xs.numpy()})
+        with torch.no_grad():
+            expected = model.double()(xs.double())
+        model.float()
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)

@@ -48,14 +48,7 @@ def test_channel_shuffle_leaves_no_shape_arithmetic(fmt: str) -> None:
     assert_equals_reference(graph, model, [torch.randn(2, 8, 4, 4)])
 
 
-BAKED_BATCH = pytest.mark.xfail(
-    reason="the TorchScript exporter, exporting a folded torch.export graph, writes view(n, ...) with the "
-    "example's batch as a constant although the input's batch is declared dynamic",
-    strict=True,
-)
-
-
-@pytest.mark.parametrize("fmt", [pytest.param(".pt2", marks=BAKED_BATCH), "TorchScript", "ONNX"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_channel_shuffle_runs_at_another_batch(fmt: str) -> None:
     model, graph = _shuffle_graph(fmt)
     assert_equals_reference(graph, model, [torch.randn(5, 8, 4, 4, generator=torch.Generator().manual_seed(2))])

@@ -33,6 +33,12 @@ def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset
     outputs = pytree.tree_leaves(next(n for n in reversed(module.graph.nodes) if n.op == "output").args[0])
     if not all(isinstance(o, fx.Node) and o.op != "placeholder" for o in outputs) or len(set(outputs)) < len(outputs):
         raise ExportError("the TorchScript exporter cannot name outputs that are inputs, constants or repeated")
+    computed = _computes_with_symbolic_sizes(module)
+    if computed is not None:
+        raise ExportError(
+            f"{computed.name} takes a size computed from a dynamic dimension, which the TorchScript exporter "
+            "would write as the example's size"
+        )
     names_in, names_out = [n.name for n in placeholders], [n.name for n in outputs]
     dynamic = _dynamic_axis_names(placeholders, outputs)
     options = dict(opset_version=opset, input_names=names_in, output_names=names_out, dynamic_axes=dynamic or None)
@@ -155,6 +161,20 @@ def _symbolic_dims(node: fx.Node) -> dict[int, str]:
     if not isinstance(value, torch.Tensor):
         return {}
     return {i: str(d) for i, d in enumerate(value.shape) if isinstance(d, torch.SymInt)}
+
+
+SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
+
+
+def _computes_with_symbolic_sizes(module: fx.GraphModule) -> fx.Node | None:
+    """The first node whose arguments hold a symbolic size (``view(x, [s0, 2, ...])`` with s0 a dynamic
+    batch): tracing passes the example's size there, a constant in the graph. None when no node does."""
+    symbolic = {n for n in module.graph.nodes if isinstance(n.meta.get("val"), SYMBOLIC)}
+    for node in module.graph.nodes:
+        if node.op in ("call_function", "call_method") and not isinstance(node.meta.get("val"), SYMBOLIC):
+            if any(arg in symbolic for arg in pytree.tree_leaves((node.args, node.kwargs))):
+                return node
+    return None
 
 
 def _traced(module: fx.GraphModule) -> bool:
