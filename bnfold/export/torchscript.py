@@ -170,6 +170,7 @@ def _computes_with_symbolic_sizes(module: fx.GraphModule) -> fx.Node | None:
     """The first node whose arguments hold a symbolic size (``view(x, [s0, 2, ...])`` with s0 a dynamic
     batch): tracing passes the example's size there, a constant in the graph. None when no node does."""
     symbolic = {n for n in module.graph.nodes if isinstance(n.meta.get("val"), SYMBOLIC)}
+    node: fx.Node
     for node in module.graph.nodes:
         if node.op in ("call_function", "call_method") and not isinstance(node.meta.get("val"), SYMBOLIC):
             if any(arg in symbolic for arg in pytree.tree_leaves((node.args, node.kwargs))):
