@@ -25,6 +25,8 @@ from bnfold.fold import FoldResult, fold
 from bnfold.fold.eager import overload_of
 from bnfold.fold.graph import BATCHNORMS, constant
 from bnfold.fold.sites import per_channel
+from bnfold.verify import Tolerance, assert_allclose_report
+from bnfold.verify.runners import flatten_outputs
 
 RTOL, ATOL = 1e-4, 1e-5
 aten = torch.ops.aten
@@ -63,13 +65,14 @@ def reference(model: nn.Module, inputs: Sequence[torch.Tensor]) -> object:
 
 
 def assert_matches(actual: object, expected: object, rtol: float = RTOL, atol: float = ATOL) -> None:
-    """fp32 outputs against fp64 ones (tuples element-wise)."""
-    if isinstance(expected, (tuple, list)):
-        assert isinstance(actual, (tuple, list)) and len(actual) == len(expected)
-        for a, e in zip(actual, expected, strict=True):
-            assert_matches(a, e, rtol, atol)
-        return
-    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol)  # type: ignore[union-attr]
+    """fp32 outputs against fp64 ones (nested tuples, lists and dicts in order), by verify's own rule
+    (:func:`bnfold.verify.assert_allclose_report`, the reference on the right)."""
+    got, want = flatten_outputs(actual), flatten_outputs(expected)
+    assert len(got) == len(want), f"{len(got)} outputs, expected {len(want)}"
+    for a, e in zip(got, want, strict=True):
+        assert a.shape == e.shape, f"shape {tuple(a.shape)}, expected {tuple(e.shape)}"
+    as_f64 = [t.detach().double().numpy() for t in got]
+    assert_allclose_report(as_f64, [t.detach().double().numpy() for t in want], Tolerance(atol=atol, rtol=rtol))
 
 
 def aten_batchnorms(gm: fx.GraphModule) -> int:

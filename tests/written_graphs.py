@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from fold_models import assert_matches
 from torch import nn
 
 from bnfold.convert.paths import torchscript_to_onnx
@@ -52,8 +53,4 @@ def assert_equals_reference(model: onnx.ModelProto, original: nn.Module, inputs:
     with torch.no_grad():
         expected = twin(*(x.double() for x in inputs))
     original.float()
-    expected = expected if isinstance(expected, (tuple, list)) else (expected,)
-    actual = run(model, inputs)
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected, strict=True):
-        torch.testing.assert_close(torch.from_numpy(a).double(), e, rtol=1e-4, atol=1e-5)
+    assert_matches([torch.from_numpy(a) for a in run(model, inputs)], expected)
