@@ -15,7 +15,7 @@ from bnfold.bench.cpu import cpu_model, default_threads, logical_cores, physical
 from bnfold.bench.inputs import InputSource
 from bnfold.bench.onnx_latency import bench_onnx, binding_device
 from bnfold.bench.speedup import Speedup, speedups
-from bnfold.bench.timing import LatencyResult, Rounds, interleave
+from bnfold.bench.timing import LatencyResult, Rounds, RoundsKeywords, interleave
 from bnfold.bench.torch_latency import bench_torch
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ __all__ = [
     "InputSource",
     "LatencyResult",
     "Rounds",
+    "RoundsKeywords",
     "Speedup",
     "bench_models",
     "bench_onnx",

@@ -12,15 +12,15 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, NotImplemented
+from typing_extensions import Unpack
 
 from bnfold.bench.cpu import default_threads
 from bnfold.bench.inputs import InputSource, batches_of
-from bnfold.bench.timing import LatencyResult, Rounds, interleave
+from bnfold.bench.timing import LatencyResult, RoundsKeywords, interleave
 from bnfold.errors import one_line
 from bnfold.verify.runners import OrtRunner
 
@@ -62,18 +62,17 @@ def bench_onnx(
     threads: int | None = None,
     batch_sizes: Sequence[int] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-    **rounds: Any,
+    **rounds: Unpack[RoundsKeywords],
 ) -> list[LatencyResult]:
     """Time each ONNX model (e.g. ``{"original": ..., "folded": ...}``) on each provider and batch size.
 
     ``threads`` defaults to one per physical core. Sessions use full graph optimisation, as deployed. A
     provider onnxruntime silently replaces (e.g. CUDA on a machine without a GPU) is skipped with a
     warning rather than reported under the wrong name. ``progress`` hears of each timing round:
-    (``"onnxruntime CPU batch 8"``, rounds done, rounds expected). ``rounds`` is how long each is timed: a
-    :class:`~bnfold.bench.timing.Rounds` as ``rounds=``, or its fields (``warmup``, ``min_runs``,
-    ``min_seconds``, ``max_runs``) as keywords.
+    (``"onnxruntime CPU batch 8"``, rounds done, rounds expected). ``rounds`` is how long each is timed:
+    the fields of :class:`~bnfold.bench.timing.Rounds` (``warmup``, ``min_runs``, ``min_seconds``,
+    ``max_runs``) as keywords.
     """
-    plan = Rounds.given(**rounds)
     threads = threads or default_threads()
     per_batch = batches_of(inputs, batch_sizes)
     results: list[LatencyResult] = []
@@ -84,7 +83,7 @@ def bench_onnx(
         for batch, arrays in per_batch.items():
             calls = {name: timed_call(runner, arrays, provider) for name, runner in sessions.items()}
             samples = interleave(
-                calls, plan, on_round=rounds_of(progress, f"{BACKEND} {_short(provider)} batch {batch}")
+                calls, on_round=rounds_of(progress, f"{BACKEND} {_short(provider)} batch {batch}"), **rounds
             )
             results += [
                 dataclasses.replace(

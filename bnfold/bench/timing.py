@@ -11,9 +11,10 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
+from typing_extensions import Unpack
 
 Clock = Callable[[], float]
 
@@ -28,13 +29,6 @@ class Rounds:
     min_seconds: float = 1.0
     max_runs: int | None = None
 
-    @classmethod
-    def given(cls, rounds: Rounds | None = None, **schedule: Any) -> Rounds:
-        """``rounds``, or the rounds its keywords (``warmup``, ``min_runs``, ``min_seconds``, ``max_runs``) name."""
-        if rounds is not None and schedule:
-            raise TypeError(f"give rounds or {', '.join(schedule)}, not both")
-        return rounds if rounds is not None else cls(**schedule)
-
     def expected(self, rounds: int, elapsed: float) -> int:
         """How many timed rounds will run in all, judged from ``rounds`` done in ``elapsed`` seconds."""
         by_time = math.ceil(rounds * self.min_seconds / elapsed) if elapsed > 0 else rounds
@@ -42,22 +36,30 @@ class Rounds:
         return min(expected, self.max_runs) if self.max_runs is not None else expected
 
 
+class RoundsKeywords(TypedDict, total=False):
+    """The fields of :class:`Rounds` as keywords, how every timing function is told how long to time:
+    ``interleave(calls, warmup=2, min_runs=5)``, ``bench_onnx(models, inputs, min_seconds=0.5)``."""
+
+    warmup: int
+    min_runs: int
+    min_seconds: float
+    max_runs: int | None
+
+
 def interleave(
     calls: Mapping[str, Callable[[], object]],
-    rounds: Rounds | None = None,
     clock: Clock = time.perf_counter,
     on_round: Callable[[int, int], None] | None = None,
-    **schedule: Any,
+    **rounds: Unpack[RoundsKeywords],
 ) -> dict[str, list[float]]:
-    """Time every call round robin for ``rounds`` (or the :class:`Rounds` the keywords ``warmup``,
-    ``min_runs``, ``min_seconds``, ``max_runs`` name); returns each call's per-iteration times in
-    milliseconds.
+    """Time every call round robin for the :class:`Rounds` its keywords name (``warmup``, ``min_runs``,
+    ``min_seconds``, ``max_runs``); returns each call's per-iteration times in milliseconds.
 
     Round ``i`` starts with call ``i mod n``. ``on_round(done, expected)`` is called after each timed round
     (outside the timed region) with the rounds done and the rounds expected in all, as the pace so far
     predicts.
     """
-    plan = Rounds.given(rounds, **schedule)
+    plan = Rounds(**rounds)
     names = list(calls)
     if not names:
         return {}

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from bnfold.bench.cpu import default_threads
 from bnfold.bench.inputs import InputSource, batches_of
 from bnfold.bench.onnx_latency import rounds_of
-from bnfold.bench.timing import LatencyResult, Rounds, interleave
+from bnfold.bench.timing import LatencyResult, RoundsKeywords, interleave
 from bnfold.verify.runners import module_dtype
 
 BACKEND = "torch"
@@ -44,7 +44,7 @@ def bench_torch(
     threads: int | None = None,
     batch_sizes: Sequence[int] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-    **rounds: Any,
+    **rounds: Unpack[RoundsKeywords],
 ) -> list[LatencyResult]:
     """Time each module (e.g. ``{"original": ..., "folded": ...}``) per batch size on the CPU.
 
@@ -53,7 +53,6 @@ def bench_torch(
     ``progress`` hears of each timing round (``"torch eager batch 8"``, rounds done, rounds expected).
     ``rounds``: how long each is timed, as in :func:`~bnfold.bench.bench_onnx`.
     """
-    plan = Rounds.given(**rounds)
     threads = threads or default_threads()
     per_batch = batches_of(inputs, batch_sizes)
     previous = torch.get_num_threads()
@@ -62,7 +61,7 @@ def bench_torch(
         results: list[LatencyResult] = []
         for batch, arrays in per_batch.items():
             calls = {name: eager_call(module, arrays) for name, module in modules.items()}
-            samples = interleave(calls, plan, on_round=rounds_of(progress, f"{BACKEND} {PROVIDER} batch {batch}"))
+            samples = interleave(calls, on_round=rounds_of(progress, f"{BACKEND} {PROVIDER} batch {batch}"), **rounds)
             results += [
                 LatencyResult.of(
                     samples[name], backend=BACKEND, provider=PROVIDER, model=name, batch=batch, threads=threads
