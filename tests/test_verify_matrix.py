@@ -11,7 +11,7 @@ import torch
 from test_verify_runners import linear_onnx
 from torch import nn
 
-from bnfold.verify import Candidate, ParityReport, Tolerance, run_parity, verify_parity
+from bnfold.verify import Candidate, ParityReport, ParitySettings, Tolerance, run_parity, verify_parity
 from bnfold.verify.providers import CUDA_MISSING
 
 CHECK_KEYS = {
@@ -173,7 +173,7 @@ def test_ort_optimization_and_provider_stages_are_attributed() -> None:
         Candidate("ort all", off, "ort-optimization", "ort off"),
         Candidate("cuda", off, "provider", "ort all"),
     ]
-    report = run_parity(exact, candidates, x)
+    report = run_parity(exact, candidates, ParitySettings(x))
     assert report.failed_stage == "ort-optimization"
     assert [c.passed for c in report.checks if c.stage == "provider"] == [False, True]
 
@@ -186,7 +186,7 @@ def test_a_candidate_that_raises_fails_with_the_reason_quoted() -> None:
     report = run_parity(
         ok,
         [Candidate("original fp32", ok, "baseline"), Candidate("ort", broken, "export", "original fp32")],
-        batches(),
+        ParitySettings(batches()),
     )
     assert report.failed_stage == "export"
     assert all("could not run: RuntimeError: Non-zero status" in (c.error or "") for c in report.failures)
@@ -237,7 +237,7 @@ def test_cuda_listed_but_falling_back_to_cpu_is_left_out(monkeypatch: pytest.Mon
 
 def test_without_a_baseline_candidate_there_is_no_error_ratio() -> None:
     exact = lambda inputs: [inputs[0].astype(np.float64)]  # noqa: E731
-    report = run_parity(exact, [Candidate("folded ort", exact, "fold")], batches())
+    report = run_parity(exact, [Candidate("folded ort", exact, "fold")], ParitySettings(batches()))
     (check,) = report.checks
     assert check.baseline_max_abs_err is None and check.error_ratio is None and check.passed
 
@@ -265,7 +265,7 @@ def test_lazy_runners_are_built_one_at_a_time_and_keep_their_output_names() -> N
     report = run_parity(
         reference,
         [Candidate("first", first, "fold"), Candidate("second", second, "export")],
-        batches,
+        ParitySettings(batches),
         output_names=lambda: second.output_names,
     )
     assert log == [
@@ -291,7 +291,7 @@ def test_a_candidate_that_cannot_be_built_fails_its_checks_with_the_reason() -> 
     report = run_parity(
         LazyRunner(lambda: torch_runner_fp64(model)),
         [Candidate("onnx", broken, "export")],
-        [("a", (np.ones((2, 3), np.float32),))],
+        ParitySettings([("a", (np.ones((2, 3), np.float32),))]),
         output_names=lambda: broken.output_names,
     )
     assert not report.passed

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import bnfold
-from bnfold.verify import Candidate, Tolerance, run_parity
+from bnfold.verify import Candidate, ParitySettings, Tolerance, run_parity
 from bnfold.verify.matrix import FOLDED, ORIGINAL
 from bnfold.verify.report import BASELINE, FOLD
 from bnfold.verify.runners import torch_runner
@@ -37,7 +37,9 @@ def _parity(original: nn.Module, folded: nn.Module, tolerance: Tolerance | None 
         Candidate(ORIGINAL, torch_runner(original), BASELINE),
         Candidate(FOLDED, torch_runner(folded), FOLD, ORIGINAL),
     ]
-    return run_parity(torch_runner(original, torch.float64), candidates, [("random", (x.numpy(),))], tolerance)
+    return run_parity(
+        torch_runner(original, torch.float64), candidates, ParitySettings([("random", (x.numpy(),))], tolerance)
+    )
 
 
 @pytest.fixture(scope="module")

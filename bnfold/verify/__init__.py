@@ -11,9 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bnfold._entry import make_callable
-from bnfold.verify.chain import ParityChain, Sessions, parity_chain
+from bnfold.verify.chain import ParityChain, SessionKeywords, Sessions, parity_chain
 from bnfold.verify.compare import Comparison, assert_allclose_report, compare_outputs
-from bnfold.verify.matrix import Candidate, ParitySettings, run_parity, standard_candidates, verify_parity
+from bnfold.verify.matrix import (
+    Candidate,
+    ParityKeywords,
+    ParitySettings,
+    run_parity,
+    standard_candidates,
+    verify_parity,
+)
 from bnfold.verify.metrics import OutputMetrics
 from bnfold.verify.providers import ProviderSelection, available_providers, select_providers
 from bnfold.verify.report import STAGES, ParityCheck, ParityReport
@@ -34,10 +41,12 @@ __all__ = [
     "ParityChain",
     "ParityCheck",
     "ParityReport",
+    "ParityKeywords",
     "ParitySettings",
     "LazyRunner",
     "ProviderSelection",
     "Runner",
+    "SessionKeywords",
     "Sessions",
     "Tolerance",
     "Tolerances",

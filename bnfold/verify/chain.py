@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from bnfold.verify.matrix import (
     FOLDED,
@@ -70,6 +71,14 @@ class Sessions:
     lazy: bool = True
 
 
+class SessionKeywords(TypedDict, total=False):
+    """The fields of :class:`Sessions` as keywords (:func:`parity_chain`)."""
+
+    providers: ProviderSelection | None
+    threads: int | None
+    lazy: bool
+
+
 def parity_chain(
     original: Model,
     onnx: str | Path | bytes | None = None,
@@ -78,7 +87,7 @@ def parity_chain(
     unfolded: str | Path | bytes | None = None,
     optimized: Path | None = None,
     candidate: bool = False,
-    **sessions: Any,
+    **sessions: Unpack[SessionKeywords],
 ) -> ParityChain:
     """The chain baseline -> fold -> export -> ort-optimization -> provider from the artifacts given.
 

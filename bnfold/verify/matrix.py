@@ -24,11 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from bnfold.errors import one_line
 from bnfold.verify.metrics import ErrorAccumulator
@@ -85,42 +86,54 @@ class ParitySettings:
     on_reference: ReferenceSink | None = None
     per_batch: bool = False
 
-    @classmethod
-    def given(cls, batches: Sequence[Batch] | ParitySettings, **fields: Any) -> ParitySettings:
-        """Settings given whole, or built from the batches and the other fields as keywords."""
-        if not isinstance(batches, ParitySettings):
-            return cls(batches, **fields)
-        if any(value is not None for value in fields.values()):
-            raise TypeError(f"give ParitySettings or {', '.join(fields)}, not both")
-        return batches
+
+class ParityKeywords(TypedDict, total=False):
+    """The fields of :class:`ParitySettings` but the batches, as keywords (:func:`verify_parity`)."""
+
+    tolerance: Tolerance | None
+    per_output: Mapping[OutputKey, Tolerance] | None
+    progress: Steps | None
+    on_reference: ReferenceSink | None
+    per_batch: bool
 
 
 def run_parity(
     reference: Runner,
     candidates: Sequence[Candidate],
-    batches: Sequence[Batch] | ParitySettings,
-    tolerance: Tolerance | None = None,
+    settings: ParitySettings,
     output_names: OutputNames = None,
     reference_name: str = REFERENCE,
-    **settings: Any,
 ) -> ParityReport:
-    """Run the reference and every candidate on every batch and compare them.
+    """Run the reference and every candidate on every batch of ``settings`` and compare them.
 
-    ``batches`` is a :class:`ParitySettings`, or the batches with its other fields as keywords
-    (``tolerance``, ``per_output``, ``per_batch``, ``progress``, ``on_reference``). The tolerance (default:
-    by each candidate's dtype) applies to every output unless ``per_output`` overrides it by output name or
-    index; ``output_names`` may be a callable, asked once every runner has run. A candidate whose runner
-    raises fails all its checks with the error quoted; the reference raising propagates. Runners with a
-    ``release()`` (:class:`~bnfold.verify.runners.LazyRunner`) are released as soon as their outputs are in.
-    ``progress`` hears of each model run on a batch; ``on_reference`` gets the reference outputs of each
-    batch (to save them, e.g.) without their being kept any longer.
+    The tolerance of ``settings`` (default: by each candidate's dtype) applies to every output unless its
+    ``per_output`` overrides it by output name or index; ``output_names`` may be a callable, asked once every
+    runner has run. A candidate whose runner raises fails all its checks with the error quoted; the
+    reference raising propagates. Runners with a ``release()`` (:class:`~bnfold.verify.runners.LazyRunner`)
+    are released as soon as their outputs are in. ``progress`` hears of each model run on a batch;
+    ``on_reference`` gets the reference outputs of each batch (to save them, e.g.) without their being kept
+    any longer.
     """
-    given = ParitySettings.given(batches, tolerance=tolerance, **settings)
-    batches, tolerance, per_output, per_batch = given.batches, given.tolerance, given.per_output, given.per_batch
-    if not batches:
+    if not settings.batches:
         raise ValueError("run_parity needs at least one input batch")
-    counter = _Counter(given.progress, (1 + len(candidates)) * len(batches))
-    outputs = {reference_name: _run_reference(reference, batches, counter, given.on_reference)}
+    outputs, errors = _run_every(reference, candidates, settings, reference_name)
+    names = _names(output_names) if callable(output_names) else output_names
+    matrix = _Matrix(outputs, errors, [name for name, _ in settings.batches], reference_name, names)
+    checks = _checks(matrix, candidates, settings, reference_name)
+    tolerance = settings.tolerance
+    default = tolerance or Tolerance.for_dtype(_first_dtype(candidates))
+    inputs = [{"source": name, "batch": _batch_size(arrays)} for name, arrays in settings.batches]
+    return ParityReport(reference_name, default, checks, inputs, rule=NOISE_RULE if tolerance is None else RULE)
+
+
+def _run_every(
+    reference: Runner, candidates: Sequence[Candidate], settings: ParitySettings, reference_name: str
+) -> tuple[dict[str, list[list[np.ndarray]]], dict[str, str]]:
+    """The outputs of the reference and of every candidate on every batch, each runner released as soon as
+    its outputs are in; why each candidate that could not run did not."""
+    batches = settings.batches
+    counter = _Counter(settings.progress, (1 + len(candidates)) * len(batches))
+    outputs = {reference_name: _run_reference(reference, batches, counter, settings.on_reference)}
     _release(reference)
     errors: dict[str, str] = {}
     for cand in candidates:
@@ -128,21 +141,25 @@ def run_parity(
         _release(cand.runner)
         if error:
             errors[cand.name] = error
-    names = _names(output_names) if callable(output_names) else output_names
-    matrix = _Matrix(outputs, errors, [name for name, _ in batches], reference_name, names)
-    default = tolerance or Tolerance.for_dtype(_first_dtype(candidates))
+    return outputs, errors
+
+
+def _checks(
+    matrix: _Matrix, candidates: Sequence[Candidate], settings: ParitySettings, reference_name: str
+) -> list[ParityCheck]:
+    """Every candidate against the reference and against the stage before it; the baseline's errors filled
+    in and, under default tolerances, the noise rule applied."""
     baseline = _baseline(candidates)
     checks = []
     for cand in candidates:
-        tolerances = Tolerances(tolerance or Tolerance.for_dtype(cand.dtype), per_output)
-        checks += matrix.compare(cand, reference_name, tolerances, per_batch, baseline)
+        tolerances = Tolerances(settings.tolerance or Tolerance.for_dtype(cand.dtype), settings.per_output)
+        checks += matrix.compare(cand, reference_name, tolerances, settings.per_batch, baseline)
         if cand.compare_against:
-            checks += matrix.compare(cand, cand.compare_against, tolerances, per_batch, baseline)
+            checks += matrix.compare(cand, cand.compare_against, tolerances, settings.per_batch, baseline)
     _fill_baseline_errors(checks, baseline, reference_name)
-    if tolerance is None:
-        _apply_noise_rule(checks, baseline, reference_name, per_output or {})
-    inputs = [{"source": name, "batch": _batch_size(arrays)} for name, arrays in batches]
-    return ParityReport(reference_name, default, checks, inputs, rule=NOISE_RULE if tolerance is None else RULE)
+    if settings.tolerance is None:
+        _apply_noise_rule(checks, baseline, reference_name, settings.per_output or {})
+    return checks
 
 
 class _Counter:
@@ -335,13 +352,14 @@ def verify_parity(
     original: nn.Module,
     folded: nn.Module,
     onnx_model: str | Path | bytes,
-    batches: Sequence[Batch] | ParitySettings,
+    batches: Sequence[Batch],
     providers: str | Sequence[str] | ProviderSelection = "auto",
     threads: int | None = None,
-    **settings: Any,
+    **settings: Unpack[ParityKeywords],
 ) -> ParityReport:
     """The whole standard matrix in one call: fp64 reference, candidates, checks, provider notes.
-    ``batches`` and ``settings`` are as in :func:`run_parity`.
+    ``batches`` and the keywords ``settings`` (``tolerance``, ``per_output``, ``per_batch``, ``progress``,
+    ``on_reference``) are the :class:`ParitySettings` it runs on (see :func:`run_parity`).
 
     One heavy model is alive at a time: the fp64 copy of the original, then each onnxruntime session."""
     selection = providers if isinstance(providers, ProviderSelection) else select_providers(providers)
@@ -350,7 +368,7 @@ def verify_parity(
     report = run_parity(
         reference,
         candidates,
-        ParitySettings.given(batches, **settings),
+        ParitySettings(batches, **settings),
         output_names=lambda: candidates[2].runner.output_names,  # type: ignore[attr-defined]
     )
     report.notes = notes
