@@ -16,7 +16,7 @@ import pytest
 import torch
 from fold_registry import REGISTRY, Entry
 
-from bnfold.convert import inspect_model
+from bnfold.convert import ConvertConfig, inspect_model
 from bnfold.export import quiet
 from bnfold.fold.reasons import kinds
 from bnfold.fold.records import BnRecord, summarise
@@ -50,7 +50,7 @@ def records(entry: Entry, fmt: str, folder: Path) -> list[BnRecord]:
     if key not in _records:
         path, inputs = _write(entry, fmt, folder)
         shapes = tuple(tuple(x.shape) for x in inputs) if fmt == "torchscript" else ()
-        _records[key] = inspect_model(path, input_shapes=shapes, trust_code=fmt == "torchscript")
+        _records[key] = inspect_model(path, ConvertConfig(input_shapes=shapes, trust_code=fmt == "torchscript"))
     return _records[key]
 
 

@@ -8,7 +8,6 @@ parity and latency glue in :mod:`.checks`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,16 +306,11 @@ def inspect_model(
     config: ConvertConfig | None = None,
     *,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
-    **options: Any,
 ) -> list[BnRecord]:
     """Every BatchNorm of the model and its fate, without writing anything (``bnfold inspect``). How the
-    model is read is ``config``, or its fields as keywords: ``input_shapes``, ``factory`` (or ``model``),
-    ``model_args`` (a mapping, or name-value pairs), ``trust_code`` (or ``trust_pickle``)."""
-    if config is None:
-        args = options.pop("model_args", ())
-        config = ConvertConfig(model_args=tuple(args.items() if isinstance(args, Mapping) else args), **options)
-    elif options:
-        raise TypeError(f"give a config or {', '.join(options)}, not both")
+    model is read is ``config``, as for :func:`convert`: ``input_shapes``, ``model`` and ``model_args`` (the
+    code that builds a state_dict's module), ``trust_code``; ``example_inputs`` feed an ``nn.Module``."""
+    config = config or ConvertConfig()
     loaded = _as_loaded(model, example_inputs, config)
     inputs = resolve_inputs(loaded, config) if loaded.format != "onnx" else ()
     if loaded.format == "onnx":

@@ -1,4 +1,4 @@
-"""``ConvertConfig``: every option of ``bnfold convert`` (and ``verify``, ``bench``), under the option's name.
+"""``ConvertConfig``: every option of ``bnfold convert`` (and ``verify``, ``bench``, ``inspect``), under its name.
 
 A field is named as its option, dashes as underscores (``--random-batches`` is ``random_batches``,
 ``--model`` is ``model``, ``--bench/--no-bench`` is ``bench``); a repeatable option has a plural field
