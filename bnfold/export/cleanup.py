@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from bnfold.errors import ExportError
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
 
 def count_ops(model: onnx.ModelProto, op_type: str) -> int:
@@ -38,10 +41,26 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     initializers shared (the TorchScript exporter writes two per Clip, and onnxruntime creates sessions
     slower for them: ``benchmarks/PROFILE.md``).
 
-    The passes are listed one by one: onnxscript's default rewrite rules would fuse BatchNorms into convs
-    and pads into convs behind the fold's back, removing BNs whose records say they were kept. Nothing that
-    reads a graph input is evaluated, so an initializer a caller can feed stays live.
+    Nothing that reads a graph input is evaluated, so an initializer a caller can feed stays live.
     """
+    import onnx_ir as ir
+
+    from bnfold.export.result import quiet
+
+    work = ir.serde.deserialize_model(model)
+    with quiet():
+        _tidy_passes(_has_subgraphs(model))(work)
+    tidied = ir.serde.serialize_model(work)
+    for value in work.graph.initializers.values():  # rewrite rules keep the last graph they matched in: not
+        value.const_value = None  # the weights with it (they wrap the tensors of ``model``)
+    remove_unused_initializers(tidied)
+    _drop_stale_value_info(tidied)
+    return tidied
+
+
+def _tidy_passes(subgraphs: bool) -> ir.passes.Sequential:
+    """:func:`tidy`'s passes, listed one by one: onnxscript's default rewrite rules would fuse BatchNorms into
+    convs and pads into convs behind the fold's back, removing BNs whose records say they were kept."""
     import onnx_ir as ir
     import onnx_ir.passes.common as common
     from onnxscript.optimizer._constant_folding import FoldConstantsPass
@@ -49,13 +68,7 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     from bnfold.fold.onnx._evaluate import DEFAULT_OUTPUT_LIMIT, small_fill
     from bnfold.onnx_passes import FoldShapeArithmetic, MergeParallelConvs
 
-    work = ir.serde.deserialize_model(model)
-    subgraphs = any(
-        attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-        for node in model.graph.node
-        for attr in node.attribute
-    )
-    passes = ir.passes.Sequential(
+    return ir.passes.Sequential(
         FoldShapeArithmetic(),
         FoldConstantsPass(
             shape_inference=True, input_size_limit=8192, output_size_limit=DEFAULT_OUTPUT_LIMIT, should_fold=small_fill
@@ -69,19 +82,22 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
         common.RemoveUnusedNodesPass(),
         common.RemoveUnusedOpsetsPass(),
     )
-    from bnfold.export.result import quiet
 
-    with quiet():
-        passes(work)
-    tidied = ir.serde.serialize_model(work)
-    for value in work.graph.initializers.values():  # rewrite rules keep the last graph they matched in: not
-        value.const_value = None  # the weights with it (they wrap the tensors of ``model``)
-    remove_unused_initializers(tidied)
-    produced = {name for node in tidied.graph.node for name in node.output}
-    kept = [info for info in tidied.graph.value_info if info.name in produced]
-    del tidied.graph.value_info[:]
-    tidied.graph.value_info.extend(kept)
-    return tidied
+
+def _has_subgraphs(model: onnx.ModelProto) -> bool:
+    return any(
+        attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for node in model.graph.node
+        for attr in node.attribute
+    )
+
+
+def _drop_stale_value_info(model: onnx.ModelProto) -> None:
+    """Keep the shape annotations of values a node still produces."""
+    produced = {name for node in model.graph.node for name in node.output}
+    kept = [info for info in model.graph.value_info if info.name in produced]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
 
 
 def name_batch_dimension(model: onnx.ModelProto, name: str = "batch") -> None:
