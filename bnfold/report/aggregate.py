@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 from bnfold.errors import ReportError, one_line
 from bnfold.report.check import headline
-from bnfold.report.document import Report, Section, bnfold_version, list_of, now
+from bnfold.report.document import Report, bnfold_version, now
 from bnfold.report.markdown import esc, num, ratio_text, table
+from bnfold.report.section import Section, list_of
 from bnfold.verify.report import BASELINE
 
 SUMMARY_SCHEMA = "bnfold.summary/1"

@@ -20,21 +20,19 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib import metadata
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from bnfold.bench.speedup import Speedup
 from bnfold.bench.timing import LatencyResult
 from bnfold.errors import ReportError, one_line
 from bnfold.fold.records import BnRecord
+from bnfold.report.section import Section, as_mapping, jsonable, list_of, optional
 from bnfold.verify.report import ParityCheck, ParityReport
 
 SCHEMA = "bnfold.report/1"
 SCHEMA_NAME = "bnfold.report"
 SUPPORTED_MAJOR = 1
 REQUIRED = ("fold", "onnx", "parity", "verdict")
-
-S = TypeVar("S", bound="Section")
 
 
 def bnfold_version() -> str:
@@ -47,56 +45,6 @@ def bnfold_version() -> str:
 def now() -> str:
     """The time a report is made, as it writes it (ISO-8601, UTC, seconds)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-class Section:
-    """A flat JSON object as a dataclass: one field per key, in written order; ``extra`` keeps the keys the
-    class does not know. ``READERS`` turns a nested value (a list of records, a sub-object) into its type."""
-
-    READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
-    extra: dict[str, Any]
-
-    @classmethod
-    def from_dict(cls: type[S], data: Mapping[str, Any]) -> S:
-        """The section of a report read from JSON; absent keys take their defaults."""
-        data = _as_mapping(data)
-        names = [f.name for f in fields(cls) if f.name != "extra"]  # type: ignore[arg-type]
-        values = {name: cls.READERS.get(name, _same)(data[name]) for name in names if name in data}
-        values["extra"] = {key: value for key, value in data.items() if key not in names}
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The section as the report writes it."""
-        out = {f.name: plain(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}  # type: ignore[arg-type]
-        return {**out, **self.extra}
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-def plain(value: Any) -> Any:
-    """A report value as JSON data: sections and records by their own ``to_dict``/``to_json``, lists item by item."""
-    if isinstance(value, Section):
-        return value.to_dict()
-    if isinstance(value, (BnRecord, ParityCheck, LatencyResult)):
-        return value.to_json()
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    return value
-
-
-def list_of(read: Callable[[Mapping[str, Any]], Any]) -> Callable[[Any], list[Any]]:
-    """A reader of a JSON list whose items ``read`` reads; a TypeError for anything but a list."""
-
-    def read_all(items: Any) -> list[Any]:
-        if not isinstance(items, list):
-            raise TypeError(f"expected a list, got {type(items).__name__}")
-        return [read(item) for item in items]
-
-    return read_all
 
 
 def _record(data: Mapping[str, Any]) -> BnRecord:
@@ -272,17 +220,6 @@ class Verdict(Section):
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def _optional(read: Callable[[Mapping[str, Any]], Any]) -> Callable[[Any], Any]:
-    """An object section that may be empty (``{}``: not part of this run) as None."""
-    return lambda data: read(data) if _as_mapping(data) else None
-
-
-def _as_mapping(data: Any) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise TypeError(f"expected an object, got {type(data).__name__}")
-    return data
-
-
 @dataclass
 class Report(Section, Mapping[str, Any]):
     """One report of the ``bnfold.report/1`` contract: ``convert``'s, or ``bnfold verify``'s (``fold`` None).
@@ -294,12 +231,12 @@ class Report(Section, Mapping[str, Any]):
 
     READERS: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
         "model": ModelSection.from_dict,
-        "fold": _optional(FoldSection.from_dict),
+        "fold": optional(FoldSection.from_dict),
         "onnx": OnnxSection.from_dict,
-        "parity": _optional(ParitySection.from_dict),
+        "parity": optional(ParitySection.from_dict),
         "latency": list_of(LatencyResult.from_json),
         "speedup": list_of(SpeedupEntry.from_dict),
-        "environment": lambda data: dict(_as_mapping(data)),
+        "environment": lambda data: dict(as_mapping(data)),
         "verdict": Verdict.from_dict,
     }
 
@@ -326,7 +263,7 @@ class Report(Section, Mapping[str, Any]):
 
     def to_json(self) -> str:
         """The text of ``REPORT.json``."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=_jsonable) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=jsonable) + "\n"
 
     @classmethod
     def from_json(cls, text: str, where: str = "report") -> Report:
@@ -390,13 +327,3 @@ def validate_report(data: Any, where: str = "report") -> None:
     missing = [key for key in REQUIRED if not isinstance(data.get(key), dict)]
     if missing:
         raise ReportError(f"{where}: incomplete bnfold report (no {', '.join(missing)} section)")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
