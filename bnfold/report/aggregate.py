@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 from bnfold.errors import ReportError, one_line
 from bnfold.report.check import headline
 from bnfold.report.document import Report, bnfold_version, now
-from bnfold.report.markdown import esc, num, ratio_text, table
+from bnfold.report.figures import num, ratio_text
+from bnfold.report.markdown import esc, table
 from bnfold.report.section import Section, list_of
 from bnfold.verify.report import BASELINE
 
@@ -151,7 +152,7 @@ def render_summary_markdown(data: Summary) -> str:
 
 
 def render_summary_html(data: Summary) -> str:
-    from bnfold.report.html import CSS
+    from bnfold.report.html_blocks import CSS
 
     tone = "pass" if data.passed else "fail"
     verdict, _, counts = _headline(data).partition(": ")

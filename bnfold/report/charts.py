@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bnfold.report.document import SpeedupEntry, noise_label
-from bnfold.report.markdown import LatencyGroup, ms, num, ratio_text, times
+from bnfold.report.figures import LatencyGroup, ms, num, ratio_text, times
 from bnfold.verify.report import BASELINE, ParityCheck
 
 ORIGINAL_COLOUR = "#8c959f"

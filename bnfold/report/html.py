@@ -10,7 +10,6 @@ when parity failed), warnings and the environment. Every string from the report 
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
@@ -20,7 +19,7 @@ from bnfold.fold.records import BnRecord
 from bnfold.report.charts import histogram_chart, latency_chart
 from bnfold.report.check import headline, parity_failure
 from bnfold.report.document import FoldSection, ParitySection, Report, SpeedupEntry, as_report
-from bnfold.report.markdown import (
+from bnfold.report.figures import (
     error_figure,
     histogram_groups,
     latency_groups,
@@ -37,52 +36,10 @@ from bnfold.report.markdown import (
     times,
     worst_top1,
 )
+from bnfold.report.html_blocks import CSS, cell_num, esc, esc_name, section, table
 from bnfold.verify.report import ParityCheck
 
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2328;
-background:#f6f8fa}
-.wrap{max-width:1100px;margin:0 auto;padding:0 20px}main{padding-bottom:40px}
-.verdict{color:#fff;padding:16px 0 18px}.verdict h1{margin:0;font-size:32px}
-.verdict p{margin:4px 0 0}.verdict .why{font-size:17px;font-weight:600;overflow-wrap:anywhere}
-.pass{background:#1a7f37}.fail{background:#cf222e}
-.figures{display:grid;grid-template-columns:repeat(auto-fit,minmax(175px,1fr));gap:12px;margin:18px 0 10px}
-.figure{background:#fff;border:1px solid #d0d7de;border-top:5px solid #8c959f;border-radius:8px;
-padding:10px 16px 12px}
-.figure.good{border-top-color:#1a7f37}.figure.bad{border-top-color:#cf222e}
-.figure.warn{border-top-color:#bf8700}
-.big{font-size:32px;font-weight:700;font-variant-numeric:tabular-nums;white-space:nowrap}
-.good .big,.good.tag{color:#116329}.bad .big,.bad.tag{color:#a40e26}.warn .big,.warn.tag{color:#7d4e00}
-.label{font-weight:600}.sub,.note,.files{color:#57606a}.sub{font-size:13px;margin-top:2px}
-.tag{display:inline-block;padding:0 8px;border-radius:10px;font-size:13px;font-weight:600;white-space:nowrap}
-.good.tag{background:#dafbe1}.bad.tag{background:#ffebe9}.warn.tag{background:#fff8c5}
-section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:2px 18px 14px;margin:16px 0}
-h2{font-size:20px;margin:14px 0 8px}.scroll{overflow-x:auto}
-table{border-collapse:collapse;width:100%;font-size:14px}
-th,td{text-align:left;padding:5px 7px;border-bottom:1px solid #eaeef2;vertical-align:top}
-th{background:#f6f8fa;white-space:nowrap}th.n,td.n{text-align:right;white-space:nowrap;
-font-variant-numeric:tabular-nums}.nowrap{white-space:nowrap}tr.failed td{background:#fff5f5}
-code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;overflow-wrap:anywhere}
-svg{max-width:100%;height:auto}svg text{font:13px system-ui,sans-serif;fill:#1f2328}
-svg .faster{fill:#116329}svg .slower{fill:#a40e26}svg text.axis{font-size:12px;fill:#57606a}
-.chart{margin:8px 0 16px}h3{font-size:16px;margin:14px 0 4px}
-details summary{cursor:pointer;font-weight:600;margin:2px 0 8px}td code{overflow-wrap:break-word}
-.env{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:6px 20px;margin:0}
-.env div{min-width:0}.env dt{color:#57606a;font-size:13px}.env dd{margin:0;overflow-wrap:anywhere}
-.env .wide{grid-column:1/-1}
-"""
-
 TONES = {"faster": "good", "slower": "bad", "unchanged": None}
-
-
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def esc_name(value: Any) -> str:
-    """A module path escaped, free to wrap after each dot (``features.<wbr>denseblock4.<wbr>...``) rather
-    than in the middle of a word or not at all."""
-    return esc(value).replace(".", ".<wbr>")
 
 
 def render_html(report: Report | Mapping[str, Any]) -> str:
@@ -217,7 +174,7 @@ def _files(report: Report) -> str:
 
 def _batchnorms(fold: FoldSection | None) -> str:
     if fold is None:
-        return _section(
+        return section(
             "BatchNorms", '<p class="note">Not folded in this run: the report compares two given models.</p>'
         )
     rows = [
@@ -226,7 +183,7 @@ def _batchnorms(fold: FoldSection | None) -> str:
             esc(layer.kind),
             _action(layer),
             esc_name(_detail(layer)),
-            _cell_num(layer.channels),
+            cell_num(layer.channels),
         ]
         for layer in fold.layers
     ]
@@ -237,12 +194,12 @@ def _batchnorms(fold: FoldSection | None) -> str:
     if fold.recalibrated:
         counts += " Statistics were recalibrated."
     header = ["BatchNorm", "kind", "result", "into / reason", "channels"]
-    table = _table(header, rows, numeric={4})
+    listing = table(header, rows, numeric={4})
     if fold.layers:  # closed when there is nothing to look into: every BatchNorm folded
         every = all(layer.action == "folded" for layer in fold.layers)
         summary = f"Each BatchNorm, where it went ({len(fold.layers)})"
-        table = f"<details{'' if every else ' open'}><summary>{esc(summary)}</summary>{table}</details>"
-    return _section("BatchNorms", f'<p class="note">{esc(counts)}</p>' + table)
+        listing = f"<details{'' if every else ' open'}><summary>{esc(summary)}</summary>{listing}</details>"
+    return section("BatchNorms", f'<p class="note">{esc(counts)}</p>' + listing)
 
 
 def _detail(layer: BnRecord) -> str:
@@ -261,13 +218,13 @@ def _action(layer: BnRecord) -> str:
 
 def _latency(latency: Sequence[LatencyResult], speedup: Sequence[SpeedupEntry]) -> str:
     if not latency:
-        return _section("Latency", '<p class="note">Not measured.</p>')
+        return section("Latency", '<p class="note">Not measured.</p>')
     groups = latency_groups(latency, speedup)
     rows = [
         [
             esc(g.backend),
             esc(g.provider),
-            _cell_num(g.batch),
+            cell_num(g.batch),
             esc(ms(g.original)),
             esc(ms(g.folded)),
             esc(ratio_text(g.speedup.speedup_p50 if g.speedup else None)),
@@ -276,14 +233,14 @@ def _latency(latency: Sequence[LatencyResult], speedup: Sequence[SpeedupEntry]) 
         for g in groups
     ]
     header = ["backend", "provider", "batch", "original p50", "folded p50", "speedup", "paired IQR"]
-    table = _table(header, rows, numeric={2, 3, 4, 5, 6})
+    listing = table(header, rows, numeric={2, 3, 4, 5, 6})
     threads = ", ".join(sorted({str(r.threads) for r in latency}))
     chart, axis = latency_chart(groups)
     note = (
         f'<p class="note">Original and folded timed interleaved, {esc(threads)} thread(s). Every bar '
         f"is on one time scale ({esc(axis.describe())}).</p>"
     )
-    return _section("Latency", chart + note + table)
+    return section("Latency", chart + note + listing)
 
 
 def _parity(parity: ParitySection | None) -> str:
@@ -310,7 +267,7 @@ def _parity(parity: ParitySection | None) -> str:
         header.pop(4)
         rows = [row[:4] + row[5:] for row in rows]
     first = len(header) - 7
-    table = _table(
+    listing = table(
         header,
         rows,
         numeric=set(range(first, len(header))),
@@ -318,7 +275,7 @@ def _parity(parity: ParitySection | None) -> str:
     )
     notes = "".join(f'<p class="note">{esc(note)}</p>' for note in parity_notes(parity))
     verdict = "passed" if parity.passed else f"FAILED at stage {parity.failed_stage}"
-    return _section(f"Parity: {verdict}", _parity_intro(parity, outputs) + _histograms(parity) + table + notes)
+    return section(f"Parity: {verdict}", _parity_intro(parity, outputs) + _histograms(parity) + listing + notes)
 
 
 def _histograms(parity: ParitySection) -> str:
@@ -376,7 +333,7 @@ def _parity_row(check: ParityCheck) -> list[str]:
 def _warnings(warnings: Sequence[str]) -> str:
     if not warnings:
         return ""
-    return _section("Warnings", "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>")
+    return section("Warnings", "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>")
 
 
 def _environment(report: Report) -> str:
@@ -388,37 +345,4 @@ def _environment(report: Report) -> str:
     for key, sha in (("model sha256", report.model.sha256), ("ONNX sha256", report.onnx.sha256)):
         if sha:
             cells.append(f'<div class="wide"><dt>{key}</dt><dd><code>{esc(sha)}</code></dd></div>')
-    return _section("Environment", '<dl class="env">' + "".join(cells) + "</dl>")
-
-
-def _section(title: str, content: str) -> str:
-    return f"<section><h2>{esc(title)}</h2>\n{content}\n</section>"
-
-
-def _table(
-    header: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    numeric: set[int] | None = None,
-    row_classes: Sequence[str] | None = None,
-) -> str:
-    """A table that scrolls sideways on a narrow screen; cells must already be escaped HTML.
-
-    Columns in ``numeric`` are right-aligned and never wrap."""
-    numeric = numeric or set()
-
-    def cls(i: int) -> str:
-        return ' class="n"' if i in numeric else ""
-
-    head = "<tr>" + "".join(f"<th{cls(i)}>{h}</th>" for i, h in enumerate(header)) + "</tr>"
-    classes = row_classes or [""] * len(rows)
-    body = "".join(
-        (f'<tr class="{c}">' if c else "<tr>")
-        + "".join(f"<td{cls(i)}>{cell}</td>" for i, cell in enumerate(row))
-        + "</tr>"
-        for row, c in zip(rows, classes, strict=True)
-    )
-    return f'<div class="scroll"><table><thead>{head}</thead><tbody>{body}</tbody></table></div>'
-
-
-def _cell_num(value: Any) -> str:
-    return "" if value is None else esc(value)
+    return section("Environment", '<dl class="env">' + "".join(cells) + "</dl>")
