@@ -33,6 +33,7 @@ from bnfold.fold.capture import eval_mode
 from bnfold.fold.records import BnRecord
 from bnfold.load import InputSpec, LoadedModel, load_data
 from bnfold.load.inputs import dynamic_axes
+from bnfold.verify.runners import drop_tensors
 
 ONNX_LEVEL = ("onnx", "torchscript")
 Batches = list[tuple[str, tuple[Any, ...]]]
@@ -70,8 +71,10 @@ class Converted:
     def release_folded(self) -> None:
         """Drop the folded PyTorch module (weights the size of the model's) once parity has its outputs, so
         that the onnxruntime sessions after it do not stack on it; reading ``folded`` folds again."""
-        if self.refold is not None:
-            self._folded = None
+        if self.refold is not None and self._folded is not None:
+            module, self._folded = self._folded, None
+            original = self.original if isinstance(self.original, nn.Module) else None
+            drop_tensors(module, keep=original)  # ours, unreachable now: its weights go without the collector
 
 
 def calibration_batches(path: Path, count: int, batch: int = 64) -> list[tuple[torch.Tensor, ...]]:
