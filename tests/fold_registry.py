@@ -61,6 +61,22 @@ class IdentityAtInput(nn.Module):
         return self.conv(x) + self.bn(x)
 
 
+class SharedChannelScale(nn.Module):
+    """conv → BN (which folds), then a per-channel Mul and Add that cannot fold (their input is also read by
+    the sum): the Mul/Add stays in the model as written, and is no BatchNorm left behind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        gen = torch.Generator().manual_seed(27)
+        self.register_buffer("scale", torch.randn(4, 1, 1, generator=gen))
+        self.register_buffer("shift", torch.randn(4, 1, 1, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        return torch.relu(y * self.scale + self.shift) + y
+
+
 class ConcatBatchAxis(nn.Module):
     """Two convs concatenated along the height axis, then one BN over the channels."""
 
@@ -131,6 +147,7 @@ def _entries() -> list[Entry]:
         ("functional_bn", lambda: (FunctionalBN().eval(), (image(2, 3),))),
         ("frozen_bn", lambda: (nn.Sequential(nn.Conv2d(3, 4, 3), FrozenBatchNorm2d(4)).eval(), (image(2, 3),))),
         ("channel_scale", lambda: (ChannelScale().eval(), (image(2, 3),))),
+        ("channel_scale_shared", lambda: (randomise(SharedChannelScale(), seed=27), (image(2, 3),))),
         # backward into the consumer
         ("bn_conv_unpadded", lambda: (_seq(nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3), seed=14), (image(2, 4),))),
         (

@@ -54,8 +54,8 @@ def records(entry: Entry, fmt: str, folder: Path) -> list[BnRecord]:
     return _records[key]
 
 
-def folds(found: list[BnRecord]) -> dict[str, tuple[str, str | None, list[str], list[str]]]:
-    return {r.name: (r.action, r.how, r.into, kinds(r.reason)) for r in found}
+def folds(found: list[BnRecord]) -> dict[str, tuple[str, str, str | None, list[str], list[str]]]:
+    return {r.name: (r.op, r.action, r.how, r.into, kinds(r.reason)) for r in found}
 
 
 def _cases() -> list[object]:

@@ -15,10 +15,12 @@ from fold_models import (
     assert_matches,
     aten_batchnorms,
     check_fold,
+    constant_affines,
     image,
     randomise,
     reference,
 )
+from fold_registry import SharedChannelScale
 from torch import nn
 
 from bnfold.fold import fold
@@ -153,3 +155,16 @@ def test_plain_signatures_skip_pytree_and_structured_ones_keep_it(model: nn.Modu
         assert isinstance(got, dict) and got.keys() == expected.keys()
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-5)
+
+
+def test_a_mul_add_that_cannot_fold_is_listed_as_written_and_not_counted() -> None:
+    """Recorded as the ONNX inputs record it; '1/1 BatchNorms folded', not '1/2': it is no BN left behind."""
+    model = randomise(SharedChannelScale(), seed=27)
+    result = check_fold(model, [image(2, 3)], folded=1, found=1, exact=False)
+    assert [(r.name, r.op, r.action) for r in result.records] == [
+        ("bn", "batchnorm", "folded"),
+        ("mul", "muladd", "affine"),
+    ]
+    assert result.records[1].describe().startswith("mul → Mul/Add left as written: cannot fold forward: ")
+    assert result.counts == {"found": 1, "folded": 1, "affine": 0, "kept": 0}
+    assert constant_affines(result.module) == 2 and aten_batchnorms(result.module) == 0  # its Mul and its Add

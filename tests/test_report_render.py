@@ -133,3 +133,15 @@ def test_renderers_accept_a_report_without_optional_sections() -> None:
         report.pop(key)
     assert render_markdown(report).startswith("# ✅")
     parse(render_html(report))
+
+
+def test_a_mul_add_left_as_written_is_listed_as_the_models_own_op() -> None:
+    """Not a kept BatchNorm: neither renderer tags it as one, and the HTML table stays closed."""
+    report = sample_report()
+    report["fold"]["layers"][3].update(kind="Mul/Add", op="muladd", reason="its output feeds relu")
+    report["fold"].update(batchnorm_found=3, batchnorm_affine=0, batchnorm_kept=0)
+    markdown, document = render_markdown(report), render_html(report)
+    assert f"| {esc(BN_NAMES[3])} | Mul/Add | Mul/Add, left as written | its output feeds relu |" in markdown
+    assert "frozen affine |" not in markdown and "BatchNorms: 3 found, 3 folded" in markdown
+    assert '<span class="tag">Mul/Add, left as written</span>' in document and "frozen affine</span>" not in document
+    assert "<details><summary>Each BatchNorm" in document

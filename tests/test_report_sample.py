@@ -93,6 +93,7 @@ def sample_report() -> dict[str, Any]:
             "reason": None,
             "channels": 16,
             "max_stat_change": None,
+            "op": "batchnorm",
         }
         for n in BN_NAMES[:3]
     ]
@@ -106,6 +107,7 @@ def sample_report() -> dict[str, Any]:
             "reason": "input feeds two consumers",
             "channels": 10,
             "max_stat_change": None,
+            "op": "batchnorm",
         }
     )
     return copy.deepcopy(

@@ -21,6 +21,7 @@ from bnfold.cli._options import model_option, shape_option, trust_option
 def inspect(model_path: Path, as_json: bool, **options: Any) -> int:
     """Print every BatchNorm of MODEL and its fate, without exporting."""
     from bnfold.convert import ConvertConfig, inspect_model
+    from bnfold.fold.records import summarise
 
     records = inspect_model(model_path, ConvertConfig(**options))
     if as_json:
@@ -28,8 +29,8 @@ def inspect(model_path: Path, as_json: bool, **options: Any) -> int:
     else:
         for record in records:
             click.echo(record.describe())
-        folded = sum(r.action == "folded" for r in records)
-        click.echo(f"{folded}/{len(records)} BatchNorms fold")
+        counts = summarise(records)
+        click.echo(f"{counts['folded']}/{counts['found']} BatchNorms fold")
     return EXIT_OK
 
 

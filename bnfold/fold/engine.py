@@ -10,7 +10,7 @@ from torch import fx
 
 from bnfold.fold.fx_graph import FxAffine, FxGraph
 from bnfold.fold.graph import remove_unused
-from bnfold.fold.records import FOLDED, BnRecord
+from bnfold.fold.records import BnRecord
 from bnfold.fold.sites import AffineSite, find_sites
 from bnfold.fold.sweeps import AFFINE_FORMS, fold_affines
 
@@ -38,9 +38,4 @@ def fold_graph(
             outcome.reason,
         )
     remove_unused(gm)
-    return [s.record for s in sites if _recorded(s)]
-
-
-def _recorded(site: AffineSite) -> bool:
-    """A plain Mul/Add after a layer is only reported when it folded; anything from a BN always is."""
-    return site.is_batchnorm_call or site.record.kind != "Mul/Add" or site.record.action == FOLDED
+    return [s.record for s in sites]

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Action = Literal["folded", "affine", "kept"]
+Op = Literal["batchnorm", "muladd"]
 
 FOLDED: Action = "folded"
 AFFINE: Action = "affine"
@@ -19,6 +20,11 @@ class BnRecord:
     ``action``: "folded" (absorbed into ``into``), "affine" (kept as a frozen per-channel Mul/Add) or
     "kept" (left as it is, e.g. it normalises with batch statistics). ``how`` names the fold ("forward",
     "backward", "branches", "concat", "identity") and ``reason`` says why a BN was not folded.
+
+    ``op``: what the graph computes: "batchnorm" (a BatchNorm call or node) or "muladd" (a multiply and/or add
+    of per-channel constants right after a layer: a FrozenBatchNorm2d, a hand-written affine). A Mul/Add that
+    does not fold is part of the model as written, not a BatchNorm left behind: it stays as it was, and
+    :func:`summarise` does not count it.
     """
 
     name: str
@@ -29,6 +35,12 @@ class BnRecord:
     reason: str | None = None
     channels: int | None = None
     max_stat_change: float | None = None
+    op: Op = "batchnorm"
+
+    @property
+    def as_written(self) -> bool:
+        """A Mul/Add of the model that did not fold: it stays as written, and is no BatchNorm left behind."""
+        return self.op == "muladd" and self.action != FOLDED
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,12 +51,16 @@ class BnRecord:
             return f"{self.name} → removed: {self.reason}"
         if self.action == FOLDED:
             return f"{self.name} → folded into {', '.join(self.into)} ({self.how})"
+        if self.as_written:
+            return f"{self.name} → Mul/Add left as written: {self.reason}"
         what = "kept as affine" if self.action == AFFINE else "kept as is"
         return f"{self.name} → {what}: {self.reason}"
 
 
 def summarise(records: list[BnRecord]) -> dict[str, int]:
-    """Counts for the report and the terminal summary."""
+    """Counts for the report and the terminal summary: BatchNorms, and the Mul/Adds that folded (a Mul/Add that
+    stays as written is listed, not counted)."""
+    records = [r for r in records if not r.as_written]
     return {
         "found": len(records),
         "folded": sum(r.action == FOLDED for r in records),

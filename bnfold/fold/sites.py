@@ -215,7 +215,10 @@ def constant_affine_site(gm: fx.GraphModule, node: fx.Node) -> AffineSite | None
     if "Norm" not in kind and not _after_layer(x):
         return None
     record = BnRecord(
-        name=module_path(node) or node.name, kind=kind if "Norm" in kind else "Mul/Add", channels=channels
+        name=module_path(node) or node.name,
+        kind=kind if "Norm" in kind else "Mul/Add",
+        channels=channels,
+        op="muladd",
     )
     return AffineSite(record, node, nodes[0], nodes, scale, shift, is_batchnorm_call=False)
 

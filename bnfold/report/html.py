@@ -196,7 +196,7 @@ def _batchnorms(fold: FoldSection | None) -> str:
     header = ["BatchNorm", "kind", "result", "into / reason", "channels"]
     listing = table(header, rows, numeric={4})
     if fold.layers:  # closed when there is nothing to look into: every BatchNorm folded
-        every = all(layer.action == "folded" for layer in fold.layers)
+        every = all(layer.action == "folded" or layer.as_written for layer in fold.layers)
         summary = f"Each BatchNorm, where it went ({len(fold.layers)})"
         listing = f"<details{'' if every else ' open'}><summary>{esc(summary)}</summary>{listing}</details>"
     return section("BatchNorms", f'<p class="note">{esc(counts)}</p>' + listing)
@@ -211,6 +211,8 @@ def _detail(layer: BnRecord) -> str:
 def _action(layer: BnRecord) -> str:
     if layer.action == "folded":
         return f'<span class="good tag">folded, {esc(layer.how)}</span>'
+    if layer.as_written:
+        return '<span class="tag">Mul/Add, left as written</span>'
     if layer.action == "affine":
         return '<span class="warn tag">frozen affine</span>'
     return '<span class="bad tag">kept</span>'

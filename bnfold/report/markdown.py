@@ -126,6 +126,8 @@ def _batchnorms(fold: FoldSection | None) -> str:
 def _action(layer: BnRecord) -> str:
     if layer.action == "folded":
         return f"✅ folded ({esc(layer.how or '')})"
+    if layer.as_written:
+        return "Mul/Add, left as written"
     return "⚠️ frozen affine" if layer.action == "affine" else "❌ kept"
 
 

@@ -27,7 +27,8 @@ def summary_lines(report: Report | Mapping[str, Any]) -> list[str]:
             )
         for layer in fold.layers:
             if layer.action != "folded":
-                fate = "frozen affine" if layer.action == "affine" else "kept as is"
+                fate = {"affine": "frozen affine", "kept": "kept as is"}[layer.action]
+                fate = "Mul/Add left as written" if layer.as_written else fate
                 lines.append(f"  {layer.name}: {fate}: {layer.reason}")
     lines.append(_parity_line(report))
     lines.extend(_agreement_lines(report.parity))

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from bnfold.fold.onnx._affine import BATCHNORM, ChannelAffine, batchnorm, mul_add
+from bnfold.fold.onnx._affine import BATCHNORM, MUL_ADD, ChannelAffine, batchnorm, mul_add
 from bnfold.fold.onnx._cleanup import write_back
 from bnfold.fold.onnx._evaluate import evaluate_constants
 from bnfold.fold.onnx._graph import Graph, label
 from bnfold.fold.onnx._names import module_name
 from bnfold.fold.onnx._shapes import check_folded, infer_types
 from bnfold.fold.onnx.adapter import OnnxGraph
-from bnfold.fold.records import KEPT, BnRecord
+from bnfold.fold.records import KEPT, BnRecord, Op
 from bnfold.fold.sweeps import Outcome, fold_affines
 
 
@@ -83,8 +83,16 @@ def _recognise(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | BnRecord |
 
 
 def _record(affine: ChannelAffine, outcome: Outcome) -> BnRecord:
+    op: Op = "muladd" if affine.kind == MUL_ADD else "batchnorm"
     return BnRecord(
-        affine.name, affine.kind, outcome.action, outcome.into, outcome.how, outcome.reason, channels=affine.channels
+        affine.name,
+        affine.kind,
+        outcome.action,
+        outcome.into,
+        outcome.how,
+        outcome.reason,
+        channels=affine.channels,
+        op=op,
     )
 
 
