@@ -37,6 +37,7 @@ from bnfold.report.figures import (
     worst_top1,
 )
 from bnfold.report.html_blocks import CSS, cell_num, esc, esc_name, section, table
+from bnfold.report.merged import merged_html
 from bnfold.verify.report import ParityCheck
 
 TONES = {"faster": "good", "slower": "bad", "unchanged": None}
@@ -48,6 +49,7 @@ def render_html(report: Report | Mapping[str, Any]) -> str:
     title = f"bnfold: {'PASS' if report.verdict.passed else 'FAIL'} — {_file_name(report.model.path)}"
     sections = [
         _batchnorms(report.fold),
+        merged_html(report.onnx),
         _latency(report.latency, report.speedup),
         _parity(report.parity),
     ]

@@ -33,6 +33,7 @@ from bnfold.report.figures import (
     spread_text,
     times,
 )
+from bnfold.report.merged import merged_markdown
 from bnfold.verify.report import ParityCheck
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
@@ -51,6 +52,7 @@ def render_markdown(report: Report | Mapping[str, Any]) -> str:
         _verdict(report),
         _figures(report),
         _batchnorms(report.fold),
+        merged_markdown(report.onnx, esc),
         _latency(report.latency, report.speedup),
         _parity(report.parity),
         _warnings(report.warnings),
