@@ -77,6 +77,44 @@ class SharedChannelScale(nn.Module):
         return torch.relu(y * self.scale + self.shift) + y
 
 
+class ChannelGain(nn.Module):
+    """conv, then a per-channel constant Mul alone (a layer scale, as in ConvNeXt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("gain", torch.randn(4, 1, 1, generator=torch.Generator().manual_seed(28)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * self.gain
+
+
+class ChannelOffset(nn.Module):
+    """conv, then the Add of a per-channel constant alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("offset", torch.randn(4, 1, 1, generator=torch.Generator().manual_seed(30)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.offset
+
+
+class LinearScale(nn.Module):
+    """Linear on (N, L, C), then a per-feature constant Mul and Add along the last axis (a layer scale)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(5, 6)
+        gen = torch.Generator().manual_seed(29)
+        self.register_buffer("scale", torch.randn(6, generator=gen))
+        self.register_buffer("shift", torch.randn(6, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.scale + self.shift
+
+
 class ConcatBatchAxis(nn.Module):
     """Two convs concatenated along the height axis, then one BN over the channels."""
 
@@ -148,6 +186,9 @@ def _entries() -> list[Entry]:
         ("frozen_bn", lambda: (nn.Sequential(nn.Conv2d(3, 4, 3), FrozenBatchNorm2d(4)).eval(), (image(2, 3),))),
         ("channel_scale", lambda: (ChannelScale().eval(), (image(2, 3),))),
         ("channel_scale_shared", lambda: (randomise(SharedChannelScale(), seed=27), (image(2, 3),))),
+        ("channel_gain", lambda: (randomise(ChannelGain(), seed=28), (image(2, 3),))),
+        ("linear_feature_scale", lambda: (randomise(LinearScale(), seed=29), (randn(2, 7, 5),))),
+        ("channel_offset", lambda: (randomise(ChannelOffset(), seed=30), (image(2, 3),))),
         # backward into the consumer
         ("bn_conv_unpadded", lambda: (_seq(nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3), seed=14), (image(2, 4),))),
         (
@@ -162,6 +203,10 @@ def _entries() -> list[Entry]:
             lambda: (_seq(nn.BatchNorm1d(5), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2), seed=16), (randn(6, 5),)),
         ),
         ("bn_two_heads", lambda: (randomise(TwoHeads(), seed=17), (image(2, 3),))),
+        (
+            "frozen_bn_after_relu",
+            lambda: (nn.Sequential(nn.ReLU(), FrozenBatchNorm2d(3), nn.Conv2d(3, 4, 3)).eval(), (image(2, 3),)),
+        ),
         # must not fold
         ("shared_output", lambda: (randomise(SharedOutput(), seed=18), (image(2, 3),))),
         ("bn_relu_conv", lambda: (randomise(BnReluConv(), seed=19), (image(2, 3),))),

@@ -23,7 +23,18 @@ from bnfold.fold.records import BnRecord, summarise
 
 FORMATS = ("torchscript", "onnx-torchscript", "onnx-dynamo")
 
-KNOWN: dict[tuple[str, str], str] = {}
+KNOWN: dict[tuple[str, str], str] = {
+    **{
+        ("frozen_bn_after_relu", fmt): "from ONNX a Mul/Add is recognised only right after a layer: an ONNX graph "
+        "does not name the module class (FrozenBatchNorm2d) that wrote it"
+        for fmt in FORMATS
+    },
+    **{
+        ("channel_offset", fmt): "from ONNX an Add alone is not recognised as a per-channel affine: the exporters "
+        "write a linear layer's own bias as an Add after its MatMul"
+        for fmt in FORMATS
+    },
+}
 
 _records: dict[tuple[str, str], list[BnRecord]] = {}
 

@@ -86,8 +86,8 @@ class ScaledInPlace(nn.Module):
 
 
 def test_in_place_per_channel_mul_add_folds() -> None:
-    result = check_fold(ScaledInPlace().eval(), [image(2, 3)], folded=1)
-    assert result.records[0].into == ["conv"]
+    result = check_fold(ScaledInPlace().eval(), [image(2, 3)], folded=0, found=0)  # a Mul/Add, not a BN
+    assert (result.records[0].op, result.records[0].action, result.records[0].into) == ("muladd", "folded", ["conv"])
 
 
 class ObservedWrite(nn.Module):

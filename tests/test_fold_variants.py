@@ -17,10 +17,11 @@ from fold_models import (
     check_fold,
     constant_affines,
     image,
+    randn,
     randomise,
     reference,
 )
-from fold_registry import SharedChannelScale
+from fold_registry import ChannelGain, LinearScale, SharedChannelScale
 from torch import nn
 
 from bnfold.fold import fold
@@ -38,9 +39,15 @@ def test_functional_batch_norm_on_buffers(aten_call: bool) -> None:
 
 def test_frozen_batchnorm_is_constant_folded_then_folded() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), FrozenBatchNorm2d(4)).eval()
-    result = check_fold(model, [image(2, 3)], folded=1, onnx_export=True)
+    result = check_fold(model, [image(2, 3)], folded=0, found=0, onnx_export=True)  # a Mul/Add, not a BN call
     record = result.records[0]
-    assert (record.name, record.kind, record.into) == ("1", "FrozenBatchNorm2d", ["0"])
+    assert (record.name, record.kind, record.op, record.action, record.into) == (
+        "1",
+        "FrozenBatchNorm2d",
+        "muladd",
+        "folded",
+        ["0"],
+    )
     assert any("as constants" in note for note in result.notes)
 
 
@@ -57,8 +64,9 @@ def test_materialised_lazy_batchnorm() -> None:
 
 
 def test_per_channel_mul_add_after_conv() -> None:
-    result = check_fold(ChannelScale().eval(), [image(2, 3)], folded=1, onnx_export=True)
-    assert result.records[0].kind == "Mul/Add" and result.records[0].into == ["conv"]
+    result = check_fold(ChannelScale().eval(), [image(2, 3)], folded=0, found=0, onnx_export=True)
+    record = result.records[0]
+    assert (record.kind, record.op, record.action, record.into) == ("Mul/Add", "muladd", "folded", ["conv"])
 
 
 def test_bn_subclass_keeps_its_activation() -> None:
@@ -72,8 +80,11 @@ def test_bn_subclass_keeps_its_activation() -> None:
 
 def test_bn_subclass_gain_folds_too() -> None:
     model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), BNThenGain(4)), seed=53)
-    result = check_fold(model, [image(2, 3)], folded=2, found=2, onnx_export=True)
-    assert [(r.name, r.into) for r in result.records] == [("1", ["0"]), ("1 (mul)", ["0"])]
+    result = check_fold(model, [image(2, 3)], folded=1, found=1, onnx_export=True)  # the gain is a Mul
+    assert [(r.name, r.op, r.action, r.into) for r in result.records] == [
+        ("1", "batchnorm", "folded", ["0"]),
+        ("1 (mul)", "muladd", "folded", ["0"]),
+    ]
 
 
 def test_bn_subclass_keeps_what_follows_the_normalisation() -> None:
@@ -168,3 +179,14 @@ def test_a_mul_add_that_cannot_fold_is_listed_as_written_and_not_counted() -> No
     assert result.records[1].describe().startswith("mul → Mul/Add left as written: cannot fold forward: ")
     assert result.counts == {"found": 1, "folded": 1, "affine": 0, "kept": 0}
     assert constant_affines(result.module) == 2 and aten_batchnorms(result.module) == 0  # its Mul and its Add
+
+
+@pytest.mark.parametrize(
+    ("model", "x"), [(ChannelGain(), image(2, 3)), (LinearScale(), randn(2, 7, 5))], ids=["gain", "linear"]
+)
+def test_a_layer_scale_folds_into_its_layer(model: nn.Module, x: torch.Tensor) -> None:
+    """A Mul alone after a conv, and a Mul/Add along a linear layer's features (its last axis)."""
+    result = check_fold(randomise(model, seed=55), [x], folded=0, found=0, onnx_export=True)  # no BatchNorm
+    assert [(r.op, r.action, r.how) for r in result.records] == [("muladd", "folded", "forward")]
+    calls = [overload_of(n.target) for n in result.module.graph.nodes if n.op == "call_function"]
+    assert aten.mul.Tensor not in calls and aten.add.Tensor not in calls, calls

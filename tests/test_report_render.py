@@ -10,6 +10,7 @@ from test_report_sample import BN_NAMES, failing_report, sample_report
 
 from bnfold.report.html import render_html
 from bnfold.report.markdown import esc, render_markdown
+from bnfold.report.summary import summary_lines
 
 VOID = {"meta", "br", "hr", "img", "input", "link", "wbr", "col", "source"}
 SVG_LEAVES = {"rect"}
@@ -145,3 +146,6 @@ def test_a_mul_add_left_as_written_is_listed_as_the_models_own_op() -> None:
     assert "frozen affine |" not in markdown and "BatchNorms: 3 found, 3 folded" in markdown
     assert '<span class="tag">Mul/Add, left as written</span>' in document and "frozen affine</span>" not in document
     assert "<details><summary>Each BatchNorm" in document
+    assert markdown.count("0 of 1 per-channel Mul/Adds folded into their layers") == 1
+    assert document.count("0 of 1 per-channel Mul/Adds folded into their layers.") == 1
+    assert "  0 of 1 per-channel Mul/Adds folded into their layers" in summary_lines(report)

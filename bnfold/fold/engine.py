@@ -28,7 +28,7 @@ def fold_graph(
     """
     sites = find_sites(gm) if sites is None else sites
     foldable = [site for site in sites if site.foldable]
-    outcomes = fold_affines(FxGraph(gm), [FxAffine(site) for site in foldable], affine_form)
+    outcomes = fold_affines(FxGraph(gm), [FxAffine(site, site.axis) for site in foldable], affine_form)
     for site, outcome in zip(foldable, outcomes, strict=True):
         record = site.record
         record.action, record.how, record.into, record.reason = (

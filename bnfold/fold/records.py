@@ -58,12 +58,22 @@ class BnRecord:
 
 
 def summarise(records: list[BnRecord]) -> dict[str, int]:
-    """Counts for the report and the terminal summary: BatchNorms, and the Mul/Adds that folded (a Mul/Add that
-    stays as written is listed, not counted)."""
-    records = [r for r in records if not r.as_written]
+    """The BatchNorm counts for the report and the terminal summary. Only BatchNorm calls and nodes count: a
+    per-channel Mul/Add (``op`` "muladd") is listed, never counted, whether it folds or not, since from an ONNX
+    file a FrozenBatchNorm2d cannot be told from a layer scale."""
+    records = [r for r in records if r.op == "batchnorm"]
     return {
         "found": len(records),
         "folded": sum(r.action == FOLDED for r in records),
         "affine": sum(r.action == AFFINE for r in records),
         "kept": sum(r.action != FOLDED for r in records),
     }
+
+
+def muladd_summary(records: list[BnRecord]) -> str | None:
+    """``2 of 3 per-channel Mul/Adds folded into their layers``; None when the model has none."""
+    muladds = [r for r in records if r.op == "muladd"]
+    if not muladds:
+        return None
+    folded = sum(r.action == FOLDED for r in muladds)
+    return f"{folded} of {len(muladds)} per-channel Mul/Adds folded into their layers"

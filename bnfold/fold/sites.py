@@ -33,7 +33,7 @@ from bnfold.fold.records import KEPT, BnRecord
 
 @dataclass
 class AffineSite:
-    """One per-channel affine ``output = scale · input + shift`` (axis 1) found in the graph."""
+    """One per-channel affine ``output = scale · input + shift`` (along ``axis``) found in the graph."""
 
     record: BnRecord
     first: fx.Node  # the call that reads the input: the BN, or the Mul/Add
@@ -43,6 +43,7 @@ class AffineSite:
     shift: torch.Tensor | None = None
     statistics: tuple[str, str] | None = None  # running_mean, running_var attribute names
     is_batchnorm_call: bool = True
+    axis: int = 1
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -171,23 +172,30 @@ def _kept(node: fx.Node, args: dict[str, object], reason: str) -> AffineSite:
     return AffineSite(record, node, node, [node])
 
 
-def per_channel(value: torch.Tensor | None, like: fx.Node) -> torch.Tensor | None:
-    """``value`` as a length-C fp64 vector when it broadcasts along axis 1 of ``like`` only, else None."""
+def per_channel(value: torch.Tensor | None, like: fx.Node, axis: int = 1) -> torch.Tensor | None:
+    """``value`` as a length-C fp64 vector when it broadcasts along ``axis`` of ``like`` only, else None."""
     dims, dims_shape = ndim(like), shape(like)
     if value is None or dims is None or dims < 2 or not value.is_floating_point():
         return None
-    channels = dims_shape[1] if dims_shape else None
+    channels = dims_shape[axis] if dims_shape else None
     if not isinstance(channels, int):
         return None
-    return maths.channel_vector(value.detach().to(torch.float64), 1, dims, channels)
+    return maths.channel_vector(value.detach().to(torch.float64), axis, dims, channels)
 
 
-def _operands(node: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, torch.Tensor | None] | None:
-    a, b = node.args[0], node.args[1]
-    if isinstance(a, fx.Node) and constant(gm, b) is not None and a.op != "get_attr":
-        return a, per_channel(constant(gm, b), a)
-    if isinstance(b, fx.Node) and constant(gm, a) is not None and b.op != "get_attr":
-        return b, per_channel(constant(gm, a), b)
+def channel_axis(x: fx.Node) -> int:
+    """The axis of ``x`` whose channels a constant Mul/Add scales: a linear layer's features (its last axis),
+    else axis 1."""
+    layer, dims = as_layer(x), ndim(x)
+    return dims - 1 if layer is not None and layer.kind == "linear" and dims is not None and dims > 2 else 1
+
+
+def _operands(node: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, torch.Tensor] | None:
+    """(the computed operand, the stored constant) of a binary node."""
+    for x, c in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+        value = constant(gm, c)
+        if isinstance(x, fx.Node) and value is not None and x.op != "get_attr":
+            return x, value
     return None
 
 
@@ -198,7 +206,8 @@ def constant_affine_site(gm: fx.GraphModule, node: fx.Node) -> AffineSite | None
     found = _operands(node, gm)
     if found is None:
         return None
-    x, factor = found
+    x, axis = found[0], channel_axis(found[0])
+    factor = per_channel(found[1], x, axis)
     if factor is None:
         return None
     channels = factor.numel()
@@ -208,7 +217,7 @@ def constant_affine_site(gm: fx.GraphModule, node: fx.Node) -> AffineSite | None
         shift = factor
     else:
         scale = factor
-        follow = _single_constant_add(node, gm)
+        follow = _single_constant_add(node, gm, axis)
         if follow is not None:
             nodes, shift = [follow[0], node], follow[1]
     kind = module_kind(node, "Mul/Add")
@@ -220,17 +229,16 @@ def constant_affine_site(gm: fx.GraphModule, node: fx.Node) -> AffineSite | None
         channels=channels,
         op="muladd",
     )
-    return AffineSite(record, node, nodes[0], nodes, scale, shift, is_batchnorm_call=False)
+    return AffineSite(record, node, nodes[0], nodes, scale, shift, is_batchnorm_call=False, axis=axis)
 
 
-def _single_constant_add(node: fx.Node, gm: fx.GraphModule) -> tuple[fx.Node, torch.Tensor] | None:
+def _single_constant_add(node: fx.Node, gm: fx.GraphModule, axis: int) -> tuple[fx.Node, torch.Tensor] | None:
     users = list(node.users)
     if len(users) != 1 or users[0].target != aten.add.Tensor or users[0].kwargs.get("alpha", 1) != 1:
         return None
     found = _operands(users[0], gm)
-    if found is None or found[0] is not node or found[1] is None:
-        return None
-    return users[0], found[1]
+    shift = per_channel(found[1], node, axis) if found is not None and found[0] is node else None
+    return None if shift is None else (users[0], shift)
 
 
 def _after_layer(x: fx.Node) -> bool:

@@ -15,7 +15,7 @@ from pathlib import PurePath
 from typing import Any
 
 from bnfold.bench.timing import LatencyResult
-from bnfold.fold.records import BnRecord
+from bnfold.fold.records import BnRecord, muladd_summary
 from bnfold.report.charts import histogram_chart, latency_chart
 from bnfold.report.check import headline, parity_failure
 from bnfold.report.document import FoldSection, ParitySection, Report, SpeedupEntry, as_report
@@ -195,6 +195,8 @@ def _batchnorms(fold: FoldSection | None) -> str:
     )
     if fold.recalibrated:
         counts += " Statistics were recalibrated."
+    muladds = muladd_summary(fold.layers)
+    counts += f" {muladds}." if muladds else ""
     header = ["BatchNorm", "kind", "result", "into / reason", "channels"]
     listing = table(header, rows, numeric={4})
     if fold.layers:  # closed when there is nothing to look into: every BatchNorm folded

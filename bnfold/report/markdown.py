@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bnfold.bench.timing import LatencyResult
-from bnfold.fold.records import BnRecord
+from bnfold.fold.records import BnRecord, muladd_summary
 from bnfold.report.check import headline, parity_failure
 from bnfold.report.document import FoldSection, ParitySection, Report, SpeedupEntry, as_report
 from bnfold.report.figures import (
@@ -112,6 +112,8 @@ def _batchnorms(fold: FoldSection | None) -> str:
     )
     if fold.recalibrated:
         title += " (statistics recalibrated)"
+    muladds = muladd_summary(fold.layers)
+    title += f"; {muladds}" if muladds else ""
     rows = [
         [
             esc(layer.name),

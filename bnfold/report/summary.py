@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bnfold.fold.records import muladd_summary
 from bnfold.report.check import headline, parity_failure
 from bnfold.report.document import ParitySection, Report, as_report
 
@@ -20,6 +21,8 @@ def summary_lines(report: Report | Mapping[str, Any]) -> list[str]:
             f"{fold.batchnorm_affine} frozen affine, {fold.kept_as_is} kept as is; "
             f"{onnx.batchnorm_nodes} BatchNormalization nodes in {onnx.path}"
         )
+        muladds = muladd_summary(fold.layers)
+        lines += [f"  {muladds}"] if muladds else []
         if fold.batchnorm_affine and fold.affine_form == "batchnorm":
             lines.append(
                 "  frozen affines are written as BatchNormalization with mean 0, var 1 (ONNX Runtime runs that "

@@ -4,9 +4,10 @@ Two patterns are recognised:
 
 * ``BatchNormalization`` in inference form (one output, ``training_mode=0``, spatial): channel axis 1,
   ``s = γ / √(σ² + ε)``, ``t = β − μ·s`` from :func:`bnfold.fold.maths.batchnorm_affine`;
-* ``Mul`` by a per-channel constant then ``Add`` of a per-channel constant, right after a layer with
-  constant weights (what a frozen BN, e.g. torchvision's ``FrozenBatchNorm2d``, exports to): ``s`` and
-  ``t`` are the two constants broadcast to one value per channel.
+* ``Mul`` by a per-channel constant, and the ``Add`` of a per-channel constant that follows it if any, right
+  after a layer with constant weights (what a frozen BN, e.g. torchvision's ``FrozenBatchNorm2d``, exports
+  to, or a layer scale): ``s`` and ``t`` are the two constants broadcast to one value per channel (t = 0
+  without the Add).
 
 Anything that looks like a BN but is not such an affine comes back as a reason to keep it.
 """
@@ -102,26 +103,40 @@ def batchnorm(graph: Graph, node: onnx.NodeProto) -> ChannelAffine | str:
 
 
 def mul_add(graph: Graph, mul: onnx.NodeProto) -> ChannelAffine | None:
-    """The affine of ``Add(Mul(layer(x), a), b)`` with per-channel constants, or None if not that."""
+    """The affine of ``Mul(layer(x), a)``, with the ``Add`` of ``b`` that follows it if any, for per-channel
+    constants ``a`` and ``b``; None if not that."""
     if mul.op_type != "Mul" or len(mul.input) != 2 or mul.domain not in ("", "ai.onnx"):
         return None
     found = _constant_operand(graph, mul)
-    readers = graph.readers(mul.output[0])
-    if found is None or len(readers) != 1 or mul.output[0] in graph.outputs:
+    layer = _weighted_layer(graph, found[0]) if found is not None else None
+    geometry = _layer_geometry(graph, layer) if layer is not None else None
+    if found is None or geometry is None:
         return None
     data, factor = found
-    add = readers[0][0]
-    offset = _constant_operand(graph, add) if add.op_type == "Add" else None
-    layer = _weighted_layer(graph, data)
-    geometry = _layer_geometry(graph, layer) if layer is not None else None
-    if offset is None or offset[0] != mul.output[0] or geometry is None:
-        return None
     axis, rank, channels = geometry
-    scale, shift = (maths.channel_vector(to_f64(v), axis, rank, channels) for v in (factor, offset[1]))
-    if scale is None or shift is None:
+    scale = maths.channel_vector(to_f64(factor), axis, rank, channels)
+    if scale is None:
         return None
-    name = module_name(mul)
-    return ChannelAffine(name, MUL_ADD, [mul, add], data, add.output[0], axis, scale, shift)
+    nodes, shift = [mul], torch.zeros(channels, dtype=torch.float64)
+    offset = _offset(graph, mul, geometry)
+    if offset is not None:
+        nodes, shift = [mul, offset[0]], offset[1]
+    return ChannelAffine(module_name(mul), MUL_ADD, nodes, data, nodes[-1].output[0], axis, scale, shift)
+
+
+def _offset(
+    graph: Graph, mul: onnx.NodeProto, geometry: tuple[int, int, int]
+) -> tuple[onnx.NodeProto, torch.Tensor] | None:
+    """The ``Add`` of a per-channel constant that alone reads the output of ``mul``, and that constant."""
+    readers = graph.readers(mul.output[0])
+    if len(readers) != 1 or mul.output[0] in graph.outputs or readers[0][0].op_type != "Add":
+        return None
+    add = readers[0][0]
+    found = _constant_operand(graph, add)
+    if found is None or found[0] != mul.output[0] or add.domain not in ("", "ai.onnx"):
+        return None
+    shift = maths.channel_vector(to_f64(found[1]), *geometry)
+    return None if shift is None else (add, shift)
 
 
 def _constant_operand(graph: Graph, node: onnx.NodeProto) -> tuple[str, np.ndarray] | None:
