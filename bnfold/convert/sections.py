@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from bnfold.convert.paths import Converted
+from bnfold.export.passes import merged_convs
 from bnfold.fold.records import BnRecord, summarise
 from bnfold.load import LoadedModel
-from bnfold.onnx_passes import merged_convs
 from bnfold.report.document import FoldSection, ModelInput, ModelSection, OnnxSection
 
 

@@ -65,8 +65,8 @@ def _tidy_passes(subgraphs: bool) -> ir.passes.Sequential:
     import onnx_ir.passes.common as common
     from onnxscript.optimizer._constant_folding import FoldConstantsPass
 
+    from bnfold.export.passes import FoldShapeArithmetic, MergeParallelConvs
     from bnfold.fold.onnx._evaluate import DEFAULT_OUTPUT_LIMIT, small_fill
-    from bnfold.onnx_passes import FoldShapeArithmetic, MergeParallelConvs
 
     return ir.passes.Sequential(
         FoldShapeArithmetic(),

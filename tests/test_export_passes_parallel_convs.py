@@ -22,7 +22,7 @@ from written_graphs import FORMATS, assert_equals_reference, ops, run, written
 
 import bnfold
 from bnfold.export import tidy
-from bnfold.onnx_passes import merged_convs
+from bnfold.export.passes import merged_convs
 
 BLOCKS = {
     "repvgg": (lambda: randomise(RepVGGBlock(), seed=91), ["conv1", "conv3"]),

@@ -3,7 +3,7 @@
 After folding, a RepVGG block is ``Conv3x3(x) + Conv1x1(x)`` (its identity branch already inside the 3x3),
 a MobileOne block k over-parameterised 3x3 branches and a 1x1 branch summed, an ACNet block a 3x3, a 1x3
 and a 3x1. Their authors reparameterise each block into one convolution; this pass does the same on the
-written graph, exactly (the maths is in :mod:`bnfold.onnx_passes.conv_kernels`).
+written graph, exactly (the maths is in :mod:`bnfold.export.passes.conv_kernels`).
 
 A sum is a tree of ``Add`` nodes whose inner values have no other reader and are not graph outputs; its
 leaves are summed. Convolution leaves merge when each one's output is read by the sum only, they read the
@@ -23,7 +23,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from bnfold.onnx_passes.conv_kernels import ConvShape, Placement, explicit_pads, merged_kernel, placement, summed_bias
+from bnfold.export.passes.conv_kernels import ConvShape, Placement, explicit_pads, merged_kernel, placement, summed_bias
 
 METADATA_KEY = "bnfold.merged_convs"
 _FLOATS = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}

@@ -22,8 +22,8 @@ from onnxscript.optimizer._constant_folding import FoldConstantsPass
 from onnxscript.rewriter import MatchResult, RewritePass, RewriteRuleClassBase
 from onnxscript.rewriter.rules.common import materialize_reshape_shape_rule
 
+from bnfold.export.passes.slices import SlicesToSplit
 from bnfold.fold.onnx._evaluate import DEFAULT_OUTPUT_LIMIT, small_fill
-from bnfold.onnx_passes.slices import SlicesToSplit
 
 ROUNDS = 8
 """Rounds of inference, folding and rewriting at most: a chain of channel shuffles needs about one per block
