@@ -73,14 +73,7 @@ def fold(
     :func:`bnfold.fold.engine.fold_graph`).
     """
     start = time.perf_counter()
-    notes: list[str] = []
-    if isinstance(model, torch.export.ExportedProgram):
-        program = model
-    else:
-        if example_inputs is None:
-            raise InputSpecError("fold() needs example_inputs to trace an nn.Module")
-        axes = None if dynamic_axes is None else tuple(tuple(a) for a in dynamic_axes)
-        program, notes = capture(model, tuple(example_inputs), dynamic_batch, axes)
+    program, notes = _program(model, example_inputs, dynamic_batch, dynamic_axes)
     gm = graph_module(program)
     functionalise_arithmetic(gm)
     folded_constants = fold_constants(gm)
@@ -95,6 +88,21 @@ def fold(
     unboxed_calls(gm.graph)
     gm = plain_module(gm)  # recompiles
     return FoldResult(gm, records, notes, time.perf_counter() - start, program, calibration is not None, recalibrated)
+
+
+def _program(
+    model: nn.Module | torch.export.ExportedProgram,
+    example_inputs: Sequence[Any] | None,
+    dynamic_batch: bool,
+    dynamic_axes: Sequence[Sequence[int]] | None,
+) -> tuple[torch.export.ExportedProgram, list[str]]:
+    """The program to fold: ``model`` itself, or a module traced with its example inputs, and the notes."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return model, []
+    if example_inputs is None:
+        raise InputSpecError("fold() needs example_inputs to trace an nn.Module")
+    axes = None if dynamic_axes is None else tuple(tuple(a) for a in dynamic_axes)
+    return capture(model, tuple(example_inputs), dynamic_batch, axes)
 
 
 make_callable(__name__, fold)  # bnfold.fold(model, inputs) calls fold(); bnfold.fold.maths stays reachable
