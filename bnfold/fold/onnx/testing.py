@@ -31,17 +31,14 @@ def assert_numerically_equal(
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> None:
-    """Raise ``AssertionError`` unless every output of ``model`` matches ``expected`` within tolerance."""
-    actual = run_onnx(model, feeds)
-    assert len(actual) == len(expected), f"{len(actual)} outputs, expected {len(expected)}"
-    for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
-        np.testing.assert_allclose(
-            got.astype(np.float64),
-            np.asarray(want, np.float64),
-            rtol=rtol,
-            atol=atol,
-            err_msg=f"output {index} of the folded model",
-        )
+    """Raise ``AssertionError`` unless every output of ``model`` matches ``expected`` by verify's own rule
+    (:func:`bnfold.verify.assert_allclose_report`, ``expected`` the reference)."""
+    from bnfold.verify.compare import assert_allclose_report
+    from bnfold.verify.tolerance import Tolerance
+
+    actual = [out.astype(np.float64) for out in run_onnx(model, feeds)]
+    reference = [np.asarray(want, np.float64) for want in expected]
+    assert_allclose_report(actual, reference, Tolerance(atol=atol, rtol=rtol))
 
 
 def make_model(
