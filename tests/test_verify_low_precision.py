@@ -67,6 +67,8 @@ def test_low_precision_parity_runs_in_the_models_dtype(
     assert f"original {short} alone" in "\n".join(summary_lines(report))
     assert f"original {short} ({short} noise)" in render_html(report)
     assert f"the original {short} model's own" in render_markdown(report)
+    assert f"× {short} error" in render_markdown(report) and f"× {short} err" in render_html(report)
+    assert f"{short} arithmetic itself" in render_html(report) and "fp32" not in render_html(report).split("<svg")[1]
 
 
 def _bfloat16_file(tmp_path: Path) -> tuple[Path, Path]:

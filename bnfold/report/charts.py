@@ -158,6 +158,7 @@ def histogram_chart(checks: Sequence[ParityCheck], baseline: ParityCheck | None)
     parts += _hist_axis(edges, top, bottom)
     parts += _atol_line(rows, edges, top, bottom)
     ghost = _shares(_histogram(baseline)) if baseline is not None else None
+    precision = str(baseline.candidate).removeprefix("original ") if baseline is not None else "fp32"
     for i, row in enumerate(rows):
         y = top + i * HIST_ROW_H
         is_baseline = row is baseline
@@ -167,7 +168,7 @@ def histogram_chart(checks: Sequence[ParityCheck], baseline: ParityCheck | None)
         parts += _hist_bars(_shares(_histogram(row)), y, tallest, colour, "fill")
         if ghost and not is_baseline:
             parts += _hist_bars(ghost, y, tallest, "#57606a", "outline")
-        parts.append(_text(HIST_LABEL_W + plot_w + 12, y + HIST_ROW_H / 2 + 5, _row_note(row)))
+        parts.append(_text(HIST_LABEL_W + plot_w + 12, y + HIST_ROW_H / 2 + 5, _row_note(row, precision)))
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -268,9 +269,9 @@ def _hist_legend(x: int, rows: Sequence[ParityCheck]) -> str:
     return legend
 
 
-def _row_note(check: ParityCheck) -> str:
+def _row_note(check: ParityCheck, precision: str) -> str:
     text = f"max {num(check.max_abs_err)}"
     ratio = check.error_ratio
     if ratio is not None and check.stage != BASELINE:
-        text += f" ({times(ratio)} fp32)"
+        text += f" ({times(ratio)} {esc(precision)})"
     return text

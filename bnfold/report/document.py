@@ -186,6 +186,11 @@ class ParitySection(Section):
         dtype ("original bf16")."""
         return next((str(c.candidate) for c in self.checks if c.stage == "baseline"), "original fp32")
 
+    @property
+    def precision(self) -> str:
+        """What the baseline computed in, as its name says it: "fp32", "bf16" or "fp16"."""
+        return self.baseline_name.removeprefix("original ")
+
 
 def noise_label(baseline: str) -> str:
     """The baseline named as the yardstick of rounding noise: "original fp32 (fp32 noise)",

@@ -261,7 +261,7 @@ def _parity(parity: ParitySection | None) -> str:
         "vs",
         "output",
         "abs err",
-        "× fp32 err",
+        f"× {esc(parity.precision)} err",
         "rel err",
         "mismatch",
         "cosine",
@@ -291,7 +291,7 @@ def _histograms(parity: ParitySection) -> str:
         return ""
     scale = (
         " The dashed outline is the original model's own: a candidate whose bars sit where the "
-        "outline sits adds no more error than fp32 arithmetic itself."
+        f"outline sits adds no more error than {esc(parity.precision)} arithmetic itself."
         if groups[0].baseline is not None
         else ""
     )

@@ -158,7 +158,7 @@ def _parity(parity: ParitySection | None) -> str:
         "vs",
         "output",
         "max abs err",
-        "× fp32 error",
+        f"× {esc(parity.precision)} error",
         "max rel err",
         "mismatch",
         "cosine",
