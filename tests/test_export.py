@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,38 @@ def test_large_models_are_saved_with_external_data_under_the_final_name(
         rtol=0,
         atol=0,
     )
+
+
+def _exporter_tensor(folder: Path, name: str, values: np.ndarray) -> onnx.TensorProto:
+    """A float32 initializer whose bytes are in the file ``folder / name``, as an exporter leaves it."""
+    (folder / name).write_bytes(values.tobytes())
+    tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=list(values.shape))
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value=name)
+    return tensor
+
+
+def test_save_returns_the_sha256_of_the_data_file_it_wrote(tmp_path: Path) -> None:
+    """The hash of ``.data`` is taken as the bytes are written: the same as hashing the file afterwards, with
+    weights copied from an exporter's files (the padding between them included) and weights onnx appends
+    from the message."""
+    from bnfold.export.files import point_at_files
+
+    values = {"w": np.arange(1001, dtype=np.float32), "u": np.arange(300, dtype=np.float32), "v": np.full(700, 2.5)}
+    copied = [_exporter_tensor(tmp_path, name, values[name]) for name in ("w", "u")]
+    in_message = onnx.numpy_helper.from_array(values["v"].astype(np.float32), "v")
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [*copied, in_message]))
+    point_at_files(model, tmp_path)
+    path = tmp_path / "m.onnx"
+    digest = export.save(model, path, external_data="always", in_place=True)
+    data = tmp_path / "m.onnx.data"
+    assert digest == hashlib.sha256(data.read_bytes()).hexdigest()
+    offsets = [int(next(e.value for e in t.external_data if e.key == "offset")) for t in model.graph.initializer]
+    assert offsets[:2] == [0, 4096] and offsets[2] >= 4096 + 1200  # padded copies, then what onnx appended
+    loaded = onnx.load(str(path))
+    for tensor in loaded.graph.initializer:
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(tensor), values[tensor.name])
+    assert export.save(loaded, tmp_path / "one.onnx", external_data="never") is None
 
 
 def test_count_ops_sees_batchnorm_nodes() -> None:

@@ -251,7 +251,9 @@ def _saved(run: Run, converted: Converted, report: Report) -> Saved:
     report.onnx = onnx_section(converted, targets.onnx, data_path)
     folded = targets.stage(targets.onnx)
     targets.stage(plan.data_file(targets.onnx)).unlink(missing_ok=True)  # an earlier export's
-    save(converted.exported.model, folded, external_data=external_data, in_place=True)
+    report.onnx.external_data_sha256 = save(
+        converted.exported.model, folded, external_data=external_data, in_place=True
+    )
     if data_path is not None:  # the weights moved to disk; protobuf frees their memory with the message only
         converted.exported.model = onnx.load(str(folded), load_external_data=False)
     converted.exported.release_files()
@@ -340,16 +342,15 @@ def _fold_metadata(records: list[BnRecord]) -> dict[str, Any]:
 
 
 def _write(staged: Path, data_path: Path | None, report: Report, targets: Targets) -> list[Path]:
-    """Hash the staged ONNX file (and its external data), stage the reports, and move the set into place."""
+    """Hash the staged ONNX file (its external data was hashed as it was written), stage the reports, and move
+    the set into place."""
     from bnfold.load.loaded import file_sha256
     from bnfold.report import write_report_files
 
     report.onnx.sha256 = file_sha256(staged)
     report.onnx.size_bytes = staged.stat().st_size
     if data_path is not None:
-        data = targets.stage(data_path)
-        report.onnx.external_data_sha256 = file_sha256(data)
-        report.onnx.size_bytes += data.stat().st_size
+        report.onnx.size_bytes += targets.stage(data_path).stat().st_size
     if targets.report is not None:
         write_report_files(report, targets.stage(targets.report))
     return targets.commit()

@@ -3,10 +3,12 @@ creates a session from, and the model as onnxruntime optimizes it."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import onnx
 
@@ -81,10 +83,11 @@ def save(
     external_data: str = "auto",
     *,
     in_place: bool = False,
-) -> None:
+) -> str | None:
     """Write the model to ``path``, its weights to ``<final_name>.data`` beside it where
     :func:`external_data_path` says so (``final_name``: the name the file will have once moved into
-    place). An existing ``.data`` file is replaced, never appended to.
+    place). An existing ``.data`` file is replaced, never appended to. Returns the SHA-256 (hex) of the
+    ``.data`` file, hashed as it is written (None for one file): the weights are not read back to hash them.
 
     ``model`` is left as it was, at the cost of a copy of it; with ``in_place`` its weights move into the
     ``.data`` file instead, one tensor at a time, and ``model`` is left holding the graph that refers to them:
@@ -102,17 +105,28 @@ def save(
 
             load_external_data_for_model(model, "")
         onnx.save_model(model, str(path))
-        return
+        return None
     with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.name}.") as folder:
         staged = Path(folder) / target.name  # beside a fresh .data: onnx appends to an existing one
         written = Path(folder) / data.name
-        copy_external_tensors(model, written)
+        digest = hashlib.sha256()
+        hashed = copy_external_tensors(model, written, digest)
         mark_external(model, data.name)
-        onnx.save_model(model, str(staged))  # writes each marked tensor to the .data file, then drops it
+        onnx.save_model(model, str(staged))  # appends each marked tensor to the .data file, then drops it
         if not written.exists():  # no tensor reached the threshold: the promised file, empty
             written.touch()
+        _hash_from(written, hashed, digest)  # what onnx appended after the copied bytes
         os.replace(written, data)
         os.replace(staged, path)
+    return digest.hexdigest()
+
+
+def _hash_from(path: Path, offset: int, digest: Any) -> None:
+    """Add the bytes of ``path`` from ``offset`` to its end to ``digest``."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        for block in iter(lambda: handle.read(COPY_CHUNK), b""):
+            digest.update(block)
 
 
 def session_source(model: onnx.ModelProto | Path, folder: Path, *, in_place: bool = False) -> bytes | Path:
@@ -158,10 +172,13 @@ def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 COPY_CHUNK = 1 << 24
 
 
-def copy_external_tensors(model: onnx.ModelProto, data: Path) -> None:
+def copy_external_tensors(model: onnx.ModelProto, data: Path, digest: Any = None) -> int:
     """Append the bytes of every tensor whose data lies in another file (named by absolute path, as
     :func:`point_at_files` leaves them) to ``data``, a chunk at a time, and point the tensor there: weights
-    the exporter wrote are moved into the output's ``.data`` file without passing through the model."""
+    the exporter wrote are moved into the output's ``.data`` file without passing through the model.
+
+    ``digest`` (a ``hashlib`` hash, given for a new ``data`` file) is fed every byte written, padding
+    included. Returns the size of ``data`` afterwards."""
     from onnx.external_data_helper import ExternalDataInfo
 
     with data.open("ab") as out:
@@ -169,7 +186,7 @@ def copy_external_tensors(model: onnx.ModelProto, data: Path) -> None:
             info = ExternalDataInfo(tensor)
             if not Path(info.location).is_absolute():
                 continue
-            out.write(b"\0" * (-out.tell() % 4096))  # page-aligned, as onnxruntime maps tensors best
+            _write(out, b"\0" * (-out.tell() % 4096), digest)  # page-aligned, as onnxruntime maps tensors best
             start = info.offset or 0
             length = info.length if info.length is not None else Path(info.location).stat().st_size - start
             offset, remaining = out.tell(), length
@@ -179,9 +196,16 @@ def copy_external_tensors(model: onnx.ModelProto, data: Path) -> None:
                     chunk = source.read(min(COPY_CHUNK, remaining))
                     if not chunk:
                         raise ExportError(f"the exporter's file {info.location} ends before its tensor {tensor.name}")
-                    out.write(chunk)
+                    _write(out, chunk, digest)
                     remaining -= len(chunk)
             _point(tensor, data.name, offset, length)
+        return out.tell()
+
+
+def _write(out: BinaryIO, chunk: bytes, digest: Any) -> None:
+    out.write(chunk)
+    if digest is not None:
+        digest.update(chunk)
 
 
 def mark_external(model: onnx.ModelProto, location: str, size_threshold: int = 1024) -> None:
