@@ -7,6 +7,7 @@ import hashlib
 import math
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -181,12 +182,12 @@ def copy_external_tensors(model: onnx.ModelProto, data: Path, digest: Any = None
     included. Returns the size of ``data`` afterwards."""
     from onnx.external_data_helper import ExternalDataInfo
 
-    with data.open("ab") as out:
+    with data.open("ab") as file, _HashingWriter(file, digest) as out:
         for tensor in _external_tensors(model):
             info = ExternalDataInfo(tensor)
             if not Path(info.location).is_absolute():
                 continue
-            _write(out, b"\0" * (-out.tell() % 4096), digest)  # page-aligned, as onnxruntime maps tensors best
+            out.write(b"\0" * (-out.tell() % 4096))  # page-aligned, as onnxruntime maps tensors best
             start = info.offset or 0
             length = info.length if info.length is not None else Path(info.location).stat().st_size - start
             offset, remaining = out.tell(), length
@@ -196,16 +197,45 @@ def copy_external_tensors(model: onnx.ModelProto, data: Path, digest: Any = None
                     chunk = source.read(min(COPY_CHUNK, remaining))
                     if not chunk:
                         raise ExportError(f"the exporter's file {info.location} ends before its tensor {tensor.name}")
-                    _write(out, chunk, digest)
+                    out.write(chunk)
                     remaining -= len(chunk)
             _point(tensor, data.name, offset, length)
         return out.tell()
 
 
-def _write(out: BinaryIO, chunk: bytes, digest: Any) -> None:
-    out.write(chunk)
-    if digest is not None:
-        digest.update(chunk)
+class _HashingWriter:
+    """Writes to ``file`` and feeds each chunk to ``digest`` (if any) in a thread of its own, one chunk at a
+    time and in order: hashing a chunk (``hashlib`` lets go of the GIL) overlaps reading and writing the next
+    one, so the hash costs the copy next to no time."""
+
+    def __init__(self, file: BinaryIO, digest: Any) -> None:
+        self.file, self.digest = file, digest
+        self.pool = ThreadPoolExecutor(1) if digest is not None else None
+        self.pending: Future[None] | None = None
+
+    def write(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        if self.pool is not None:
+            self._wait()
+            self.pending = self.pool.submit(self.digest.update, chunk)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    def __enter__(self) -> _HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
 
 
 def mark_external(model: onnx.ModelProto, location: str, size_threshold: int = 1024) -> None:
