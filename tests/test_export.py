@@ -149,3 +149,16 @@ def test_tidy_lets_go_of_the_weights_it_was_given() -> None:
     gc.collect()
     held = [t for t in gc.get_objects() if isinstance(t, ir.TensorProtoTensor) and t.name == "tidy_probe_weight"]
     assert held == []
+
+
+def test_save_stops_on_an_exporter_file_cut_short(tmp_path: Path) -> None:
+    from bnfold.errors import ExportError
+    from bnfold.export.files import point_at_files
+
+    tensor = _exporter_tensor(tmp_path, "w", np.arange(1000, dtype=np.float32))
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [tensor]))
+    point_at_files(model, tmp_path)
+    (tmp_path / "w").write_bytes(b"\0" * 100)  # shorter than the length it was pointed at
+    with pytest.raises(ExportError, match="ends before its tensor w"):
+        export.save(model, tmp_path / "m.onnx", external_data="always", in_place=True)
+    assert not (tmp_path / "m.onnx.data").exists()
