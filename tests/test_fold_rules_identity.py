@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import onnx
 import torch
 from fold_models import assert_matches, aten_batchnorms, image, randomise, reference
@@ -15,7 +14,7 @@ from torch import nn
 from bnfold.export import quiet
 from bnfold.fold import fold
 from bnfold.fold.onnx import fold_onnx
-from bnfold.fold.onnx.testing import run_onnx
+from bnfold.fold.onnx.testing import assert_numerically_equal
 from bnfold.fold.reasons import kinds
 
 
@@ -48,8 +47,7 @@ def _onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto
 
 def _check_onnx(model: onnx.ModelProto, inputs: tuple[torch.Tensor, ...], expected: torch.Tensor) -> None:
     feeds = {i.name: x.numpy() for i, x in zip(model.graph.input, inputs, strict=False)}
-    (actual,) = run_onnx(model, feeds)
-    np.testing.assert_allclose(actual.astype(np.float64), expected.numpy(), rtol=1e-4, atol=1e-5)
+    assert_numerically_equal(model, feeds, [expected.numpy()])
 
 
 def test_identity_beside_a_nested_sum_folds_alike_from_fx_and_onnx() -> None:
