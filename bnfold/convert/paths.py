@@ -101,7 +101,7 @@ def convert_torch(
         raise ExportError(f"{loaded.path}: holds no runnable PyTorch model")
     axes = dynamic_axes(config.dynamic, inputs) if config.dynamic is not None else None
     folded = fold(source, inputs, calibration=calibration, affine_form=config.affine_form, dynamic_axes=axes)
-    exported = export_folded(folded.module, inputs, exporter=config.exporter, opset=opset)
+    exported = export_folded(folded.module, inputs, exporter=config.exporter, opset=opset, weights_file=True)
     original = folded.reference or (program.module() if program is not None else source)
     if folded.reference is not None:
         folded.notes.append("parity reference: the original model with the re-estimated statistics, unfolded")

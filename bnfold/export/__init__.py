@@ -141,16 +141,22 @@ def export_module(
 
 
 def export_folded(
-    module: fx.GraphModule, inputs: tuple[Any, ...], *, exporter: str = "auto", opset: int | None = None
+    module: fx.GraphModule,
+    inputs: tuple[Any, ...],
+    *,
+    exporter: str = "auto",
+    opset: int | None = None,
+    weights_file: bool = False,
 ) -> ExportResult:
     """Export a folded GraphModule with ``exporter`` ("auto", "torchscript" or "dynamo", see the module
-    docstring). With "auto", why the TorchScript exporter was not used is the result's first warning."""
+    docstring). With "auto", why the TorchScript exporter was not used is the result's first warning.
+    ``weights_file``: see :func:`export_torchscript` (the dynamo exporter keeps the weights in the model)."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
     if exporter == "dynamo":
         return _tidied(export_module(module, inputs, opset=opset, optimize=False))
     try:
-        return export_torchscript(module, inputs, opset=opset)
+        return export_torchscript(module, inputs, opset=opset, weights_file=weights_file)
     except ExportError as exc:
         if exporter == "torchscript":
             raise

@@ -101,10 +101,7 @@ def save(
         copy.CopyFrom(model)  # marking tensors external rewrites them
         model = copy
     if data is None:
-        if _external_tensors(model):  # weights left in an exporter's files: into the one file
-            from onnx.external_data_helper import load_external_data_for_model
-
-            load_external_data_for_model(model, "")
+        read_external_tensors(model)  # weights left in an exporter's files: into the one file
         onnx.save_model(model, str(path))
         return None
     with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.name}.") as folder:
@@ -154,6 +151,23 @@ def point_at_files(model: onnx.ModelProto, folder: Path) -> None:
         offset = info.offset or 0
         length = info.length if info.length is not None else source.stat().st_size - offset
         _point(tensor, str(source.resolve()), offset, length)
+
+
+def read_external_tensors(model: onnx.ModelProto) -> None:
+    """Read every tensor whose data lies in a file named by absolute path (as :func:`point_at_files` leaves
+    them) into the model. (onnx's own loader refuses absolute locations, rightly for a file from elsewhere;
+    these are the files the export itself wrote.)"""
+    from onnx.external_data_helper import ExternalDataInfo
+
+    for tensor in _external_tensors(model):
+        info = ExternalDataInfo(tensor)
+        if not Path(info.location).is_absolute():
+            continue
+        with open(info.location, "rb") as source:
+            source.seek(info.offset or 0)
+            tensor.raw_data = source.read(info.length) if info.length is not None else source.read()
+        del tensor.external_data[:]
+        tensor.ClearField("data_location")
 
 
 def _point(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:

@@ -33,10 +33,10 @@ class ExportResult:
     opset: int
     warnings: list[str] = field(default_factory=list)
     files: tempfile.TemporaryDirectory[str] | None = None
-    """Past protobuf's 2 GB, the folder the TorchScript exporter wrote the weights into: until
-    :func:`~bnfold.export.save` writes them beside the output, ``model``'s large initializers point at these
-    files (by absolute path) instead of holding the weights, so the process never reads back what it has
-    just written."""
+    """The folder the weights were written into (``export_folded(..., weights_file=True)``, or the TorchScript
+    exporter's own files past protobuf's 2 GB): until :func:`~bnfold.export.save` writes them beside the
+    output, ``model``'s large initializers point at these files (by absolute path) instead of holding the
+    weights, so the process never reads back what it has just written."""
 
     def release_files(self) -> None:
         """Remove the exporter's files (once ``model`` no longer points at them)."""

@@ -18,13 +18,20 @@ from bnfold.errors import ExportError, one_line
 from bnfold.export.cleanup import tidy
 from bnfold.export.files import external_data_limit, point_at_files
 from bnfold.export.result import DEFAULT_OPSET, TORCHSCRIPT, TORCHSCRIPT_MAX_OPSET, ExportResult, quiet
+from bnfold.export.weights_file import export_with_weights_file
 
 
-def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset: int | None = None) -> ExportResult:
+def export_torchscript(
+    module: fx.GraphModule, inputs: tuple[Any, ...], *, opset: int | None = None, weights_file: bool = False
+) -> ExportResult:
     """Export a GraphModule of aten ops with the TorchScript exporter.
 
     Inputs and outputs keep the graph's node names, as the dynamo exporter names them; every dimension
     torch.export kept symbolic is dynamic (dimension 0 of the inputs named "batch"), the others fixed.
+
+    With ``weights_file``, the weights are written once from the module's tensors into a temporary file
+    (``ExportResult.files``) that the model's initializers point at, never into the model: no copy of them
+    in memory (:mod:`.weights_file`); :func:`~bnfold.export.save` copies them beside the output.
     """
     opset = opset or DEFAULT_OPSET
     if opset > TORCHSCRIPT_MAX_OPSET:
@@ -42,7 +49,8 @@ def export_torchscript(module: fx.GraphModule, inputs: tuple[Any, ...], *, opset
     names_in, names_out = [n.name for n in placeholders], [n.name for n in outputs]
     dynamic = _dynamic_axis_names(placeholders, outputs)
     options = dict(opset_version=opset, input_names=names_in, output_names=names_out, dynamic_axes=dynamic or None)
-    proto, said, files = _exported(module, inputs, options, keep_files=True)
+    exported = export_with_weights_file(module, inputs, options, _torchscript_export) if weights_file else None
+    proto, said, files = exported or _exported(module, inputs, options, keep_files=True)
     return ExportResult(tidy(proto), TORCHSCRIPT, opset, said, files)
 
 

@@ -1,0 +1,132 @@
+"""The TorchScript exporter without its copies of the weights: the graph exported alone
+(``export_params=False``), the tensors the exporter would have stored taken from the module as it hands
+them over, and written once, straight from their memory, into one file beside the graph.
+
+With ``export_params=True`` the exporter holds the weights three times over for a moment (its C++ message,
+the serialised string and the Python bytes of it) and then parses them into a fourth: on ResNet-50 that
+was the peak of ``convert`` (``benchmarks/PROFILE.md`` section 7). Here the graph's initializers point at
+the file (by absolute path, as :func:`~bnfold.export.files.save` expects of an exporter's files) and the
+weights are never serialised into a message at all.
+
+The tensors are those of the exporter's own parameter dictionary, after its constant folding, which it
+builds in ``_model_to_graph``: the only place they can be had is that function's result, so it is wrapped
+for the duration of one export. Where the exporter is not laid out that way (another torch), or a stored
+value is missing from what it handed over, :func:`export_with_weights_file` returns None and the caller
+exports as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import onnx
+import torch
+
+INLINE_BYTES = 1024
+"""Tensors smaller than this stay in the graph (as ``save`` leaves them): shapes, Clip bounds, scalars."""
+
+Exported = tuple[onnx.ModelProto, list[str], tempfile.TemporaryDirectory[str]]
+
+
+def export_with_weights_file(
+    module: torch.nn.Module, inputs: tuple[Any, ...], options: dict[str, Any], export: Any
+) -> Exported | None:
+    """``export(module, inputs, target, options)`` (the quiet TorchScript export) without parameters; the
+    model with its weights in a file of the folder returned, the exporter's warnings. None where the
+    exporter's parameters could not be had (see the module docstring)."""
+    buffer = io.BytesIO()
+    with exporter_parameters() as parameters:
+        if parameters is None:
+            return None
+        said: list[str] = export(module, inputs, buffer, {**options, "export_params": False})
+    model = onnx.ModelProto()
+    with buffer.getbuffer() as view:
+        model.ParseFromString(view)
+    fed = set(options.get("input_names") or ())
+    stored = [value for value in model.graph.input if value.name not in fed]
+    if not all(_matches(value, parameters.get(value.name)) for value in stored):
+        return None
+    folder = tempfile.TemporaryDirectory(prefix="bnfold-export-")
+    try:
+        _store(model, stored, parameters, Path(folder.name).resolve() / "weights.bin")
+    except BaseException:
+        folder.cleanup()
+        raise
+    return model, said, folder
+
+
+@contextlib.contextmanager
+def exporter_parameters() -> Iterator[dict[str, torch.Tensor] | None]:
+    """While one TorchScript export runs inside, the tensors it stores, by the names its graph gives them
+    (filled once the exporter has built its graph). None when this torch's exporter is laid out otherwise."""
+    try:
+        from torch.onnx._internal.torchscript_exporter import utils
+    except ImportError:
+        yield None
+        return
+    stock = getattr(utils, "_model_to_graph", None)
+    if stock is None:
+        yield None
+        return
+    parameters: dict[str, torch.Tensor] = {}
+
+    def model_to_graph(*args: Any, **kwargs: Any) -> Any:
+        graph, named, outputs = stock(*args, **kwargs)
+        parameters.update(named)
+        return graph, named, outputs
+
+    utils._model_to_graph = model_to_graph
+    try:
+        yield parameters
+    finally:
+        utils._model_to_graph = stock
+
+
+def _matches(value: onnx.ValueInfoProto, tensor: torch.Tensor | None) -> bool:
+    """Whether ``tensor`` is what the graph input ``value`` declares: its shape and its bytes per element."""
+    if not isinstance(tensor, torch.Tensor):
+        return False
+    declared = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in declared.shape.dim]
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(declared.elem_type).itemsize
+    except Exception:  # an element type numpy has no match for (4-bit, float8): export as usual
+        return False
+    return dims == list(tensor.shape) and itemsize == tensor.element_size()
+
+
+def _store(
+    model: onnx.ModelProto, stored: list[onnx.ValueInfoProto], parameters: dict[str, torch.Tensor], path: Path
+) -> None:
+    """Turn the graph inputs ``stored`` into initializers, their bytes written into ``path`` (small ones
+    kept in the graph), in the order the exporter lists them."""
+    names = {value.name for value in stored}
+    with path.open("wb") as file:
+        for value in stored:
+            tensor = onnx.TensorProto(name=value.name, data_type=value.type.tensor_type.elem_type)
+            tensor.dims.extend(parameters[value.name].shape)
+            _write(tensor, parameters[value.name], file, path)
+            model.graph.initializer.append(tensor)
+    kept = [value for value in model.graph.input if value.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+
+
+def _write(tensor: onnx.TensorProto, value: torch.Tensor, file: BinaryIO, path: Path) -> None:
+    """Fill ``tensor`` with the bytes of ``value`` (little-endian, as ONNX stores them): in the graph when
+    small, else appended to ``file`` at ``path`` and pointed at."""
+    data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    if data.nbytes < INLINE_BYTES:
+        tensor.raw_data = data.tobytes()
+        return
+    offset = file.tell()
+    file.write(data.data)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, entry in (("location", str(path)), ("offset", str(offset)), ("length", str(data.nbytes))):
+        item = tensor.external_data.add()
+        item.key, item.value = key, entry
