@@ -74,7 +74,7 @@ def test_candidate_module_is_checked_at_fold() -> None:
     assert chain.reference_name == REFERENCE
 
 
-def test_convert_lets_the_folded_module_go_before_the_onnxruntime_sessions(
+def test_convert_lets_the_folded_module_go_before_the_reference_and_the_onnxruntime_sessions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With latency off, the folded PyTorch module is released once its parity outputs are in, before any
@@ -93,6 +93,13 @@ def test_convert_lets_the_folded_module_go_before_the_onnxruntime_sessions(
         events.append("session" + (" beside the folded weights" if any(w() is not None for w in folded) else ""))
         return real_session(*args, **kwargs)  # type: ignore[arg-type]
 
+    real_torch_runner = chain_module.torch_runner
+
+    def runner(module: torch.nn.Module, dtype: torch.dtype = torch.float32) -> object:
+        if dtype == torch.float64:
+            events.append("reference")
+        return real_torch_runner(module, dtype)
+
     def release(self: Converted) -> None:
         original = {t.data_ptr() for t in self.original.state_dict().values()}
         tensors = [t for t in self._folded.state_dict().values() if t.data_ptr() not in original]
@@ -103,6 +110,7 @@ def test_convert_lets_the_folded_module_go_before_the_onnxruntime_sessions(
 
     monkeypatch.setattr(chain_module, "ort_runner", session)
     monkeypatch.setattr(Converted, "release_folded", release)
+    monkeypatch.setattr(chain_module, "torch_runner", runner)
 
     def parity(name: str) -> tuple[list[dict[str, object]], Converted]:
         result = convert(MODELS / "digits_cnn.pt2", ConvertConfig(output=tmp_path / f"{name}.onnx", bench=False))
@@ -110,8 +118,9 @@ def test_convert_lets_the_folded_module_go_before_the_onnxruntime_sessions(
         return result.report["parity"]["checks"], result.converted
 
     released, converted = parity("released")
-    assert events.index("folded released") < events.index("session")  # and no session was built beside it
-    assert folded and all(event in ("folded released", "session") for event in events)
+    # the folded module runs first: neither the float64 reference nor a session is built beside it
+    assert events.index("folded released") < events.index("reference") < events.index("session")
+    assert folded and all(event in ("folded released", "reference", "session") for event in events)
     assert converted._folded is None and isinstance(converted.folded, torch.nn.Module)
     with monkeypatch.context() as patch:
         patch.setattr(checks, "_release_after_its_run", lambda chain, converted: None)

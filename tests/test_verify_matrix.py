@@ -283,6 +283,25 @@ def test_lazy_runners_are_built_one_at_a_time_and_keep_their_output_names() -> N
     assert reference._runner is None and first._runner is None and second._runner is None
 
 
+def test_a_candidate_run_before_the_reference_is_released_first_and_checked_the_same() -> None:
+    from bnfold.verify import LazyRunner
+
+    log: list[str] = []
+    batches = [("a", (np.ones((2, 3), np.float32),)), ("b", (np.arange(6, dtype=np.float32).reshape(2, 3),))]
+
+    def parity(first: bool) -> list[object]:
+        reference = LazyRunner(lambda: Counting(log, "reference"))
+        early = LazyRunner(lambda: Counting(log, "early"), on_release=lambda: log.append("early released"))
+        late = LazyRunner(lambda: Counting(log, "late"))
+        candidates = [Candidate("late", late, "export"), Candidate("early", early, "fold", before_reference=first)]
+        report = run_parity(reference, candidates, ParitySettings(batches))
+        return [(c.candidate, c.stage, c.max_abs_err, c.passed) for c in report.checks]
+
+    assert parity(first=True) == parity(first=False)
+    assert log[:4] == ["build early", "run early", "run early", "early released"]
+    assert log[4:10] == ["build reference", "run reference", "run reference", "build late", "run late", "run late"]
+
+
 def test_a_candidate_that_cannot_be_built_fails_its_checks_with_the_reason() -> None:
     from bnfold.verify import LazyRunner, ort_runner
 

@@ -172,13 +172,13 @@ def _chain(
 
 
 def _release_after_its_run(chain: ParityChain, converted: Converted) -> None:
-    """Build the folded module's runner when its turn comes, and release the module after its runs: the
-    onnxruntime sessions then do not run beside it (the original stays, for the reference and a second
-    parity run; reading ``converted.folded`` folds again if something needs the module)."""
+    """Run the folded module first, and release it after its runs: the float64 reference and the onnxruntime
+    sessions then do not run beside it (the original stays, for the reference and a second parity run;
+    reading ``converted.folded`` folds again if something needs the module)."""
     for index, candidate in enumerate(chain.candidates):
         if candidate.name == FOLDED:
             runner = LazyRunner(lambda: torch_runner(converted.folded), on_release=converted.release_folded)
-            chain.candidates[index] = dataclasses.replace(candidate, runner=runner)
+            chain.candidates[index] = dataclasses.replace(candidate, runner=runner, before_reference=True)
 
 
 def _output_names(model_format: str, chain: ParityChain) -> Callable[[], Any] | None:

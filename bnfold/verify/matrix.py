@@ -65,6 +65,8 @@ class Candidate:
     stage: str
     compare_against: str | None = None
     dtype: str = "float32"
+    before_reference: bool = False
+    """Run (and released) before the reference: a runner whose model the reference should not run beside."""
 
 
 Steps = Callable[[str, int, int], None]
@@ -133,15 +135,24 @@ def _run_every(
     its outputs are in; why each candidate that could not run did not."""
     batches = settings.batches
     counter = _Counter(settings.progress, (1 + len(candidates)) * len(batches))
+    ran: dict[str, tuple[list[list[np.ndarray]], str | None]] = {}
+    for cand in [c for c in candidates if c.before_reference]:
+        ran[cand.name] = _run_and_release(cand.runner, batches, counter)
     outputs = {reference_name: _run_reference(reference, batches, counter, settings.on_reference)}
     _release(reference)
-    errors: dict[str, str] = {}
-    for cand in candidates:
-        outputs[cand.name], error = _run_all(cand.runner, batches, counter)
-        _release(cand.runner)
-        if error:
-            errors[cand.name] = error
+    for cand in [c for c in candidates if not c.before_reference]:
+        ran[cand.name] = _run_and_release(cand.runner, batches, counter)
+    outputs.update({cand.name: ran[cand.name][0] for cand in candidates})
+    errors = {name: error for name, (_, error) in ran.items() if error}
     return outputs, errors
+
+
+def _run_and_release(
+    runner: Runner, batches: Sequence[Batch], counter: _Counter
+) -> tuple[list[list[np.ndarray]], str | None]:
+    results = _run_all(runner, batches, counter)
+    _release(runner)
+    return results
 
 
 def _checks(
