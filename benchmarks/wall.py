@@ -13,6 +13,7 @@ carries it over fork and exec, so a child started by a large parent reports at l
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from pathlib import Path
@@ -74,11 +75,19 @@ def weights_mb(model: torch.nn.Module | torch.export.ExportedProgram) -> float:
 
 
 def warm_up() -> None:
-    """A first export of a one-conv model, so the exporter's one-time set-up is done before timing."""
+    """The one-time set-up of the libraries either side runs, done before timing: a one-conv model exported
+    with both of torch's exporters (each builds its operator registry on its first call) and run in an
+    onnxruntime session (its environment, kernel registry and thread pools)."""
+    import onnxruntime as ort
+
     from bnfold.export import quiet
 
+    conv, x, buffer = torch.nn.Conv2d(1, 1, 1), torch.randn(1, 1, 2, 2), io.BytesIO()
     with quiet():
-        torch.onnx.export(torch.nn.Conv2d(1, 1, 1), (torch.randn(1, 1, 2, 2),), dynamo=True, verbose=False)
+        torch.onnx.export(conv, (x,), dynamo=True, verbose=False)
+        torch.onnx.export(conv, (x,), buffer, dynamo=False)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    session.run(None, {session.get_inputs()[0].name: x.numpy()})
 
 
 def peak_rss_mb() -> float:
