@@ -152,3 +152,114 @@ def test_convert_never_has_the_exporter_write_the_weights(monkeypatch: pytest.Mo
     monkeypatch.setattr(torch.onnx, "export", spied)
     result = bnfold.convert(MODELS / "digits_cnn.pt2", bnfold.ConvertConfig(output=tmp_path / "d.onnx", bench=False))
     assert result.passed and calls == [False]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _values(path: Path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_save_moves_the_weights_file_into_place_with_its_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnfold.export import files
+
+    model, inputs = mixed()
+    result = export.export_folded(bnfold.fold(model, inputs).module, inputs, weights_file=tmp_path)
+    assert result.weights is not None and Path(result.files.name).parent == tmp_path  # type: ignore[union-attr]
+    written = result.weights.path
+    monkeypatch.setattr(files, "copy_external_tensors", lambda *args: pytest.fail("copied, not moved"))
+    path = tmp_path / "moved.onnx"
+    digest = export.save(result.model, path, external_data="always", in_place=True, weights=result.weights)
+    data = path.with_name("moved.onnx.data")
+    assert not written.exists() and digest == _sha256(data)
+    monkeypatch.undo()
+    expected = tmp_path / "expected.onnx"
+    export.save(exported(model, inputs, aside=False).model, expected, external_data="always")
+    assert _values(path).keys() == _values(expected).keys()
+    assert all(np.array_equal(_values(path)[k], v) for k, v in _values(expected).items())
+    offsets = [int(e.value) for t in result.model.graph.initializer for e in t.external_data if e.key == "offset"]
+    assert offsets and all(offset % files.PAGE == 0 for offset in offsets)
+
+
+def test_save_copies_the_weights_file_when_a_pass_left_bytes_no_tensor_reads(tmp_path: Path) -> None:
+    model, inputs = mixed()
+    result = export.export_folded(bnfold.fold(model, inputs).module, inputs, weights_file=tmp_path)
+    assert result.weights is not None
+    external = [t for t in result.model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    dropped = external[0]  # as a merge pass drops a weight it replaced by one of its own
+    result.model.graph.initializer.remove(dropped)
+    kept = onnx.TensorProto()
+    kept.CopyFrom(dropped)
+    kept.name = "stand_in"
+    kept.ClearField("external_data")
+    kept.data_location = onnx.TensorProto.DEFAULT
+    kept.raw_data = b"\0" * (4 * int(np.prod(kept.dims)))
+    result.model.graph.initializer.append(kept)
+    path = tmp_path / "copied.onnx"
+    digest = export.save(result.model, path, external_data="always", in_place=True, weights=result.weights)
+    assert result.weights.path.exists()  # left where it was: copied from
+    assert digest == _sha256(path.with_name("copied.onnx.data"))
+    assert {t.name for t in onnx.load(str(path)).graph.initializer} == {t.name for t in result.model.graph.initializer}
+
+
+def test_save_of_a_model_it_must_leave_as_it_was_never_moves_the_file(tmp_path: Path) -> None:
+    model, inputs = mixed()
+    result = export.export_folded(bnfold.fold(model, inputs).module, inputs, weights_file=tmp_path)
+    assert result.weights is not None
+    export.save(result.model, tmp_path / "a.onnx", external_data="always", weights=result.weights)
+    assert result.weights.path.exists()
+    export.save(result.model, tmp_path / "b.onnx", external_data="always", in_place=True, weights=result.weights)
+    assert not result.weights.path.exists()
+    assert _sha256(tmp_path / "a.onnx.data") == _sha256(tmp_path / "b.onnx.data")
+
+
+def test_convert_moves_the_weights_it_exported_beside_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnfold.export import files
+
+    copied: list[object] = []
+    real = files.copy_external_tensors
+    monkeypatch.setattr(files, "copy_external_tensors", lambda *args: copied.append(args) or real(*args))
+    torch.manual_seed(0)
+    model = randomise(nn.Sequential(nn.Linear(512, 1024), nn.BatchNorm1d(1024), nn.ReLU(), nn.Linear(1024, 8))).eval()
+    path = tmp_path / "wide.onnx"
+    config = bnfold.ConvertConfig(output=path, bench=False)
+    result = bnfold.convert(model, config, example_inputs=(torch.randn(4, 512),))
+    assert result.passed and copied == []
+    data = path.with_name("wide.onnx.data")
+    assert result.report["onnx"]["external_data_sha256"] == _sha256(data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["wide.onnx", "wide.onnx.data", "wide.report.json", "wide.report.md", "wide.report.html"]
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 512)
+    with torch.no_grad():
+        expected = model.double()(x.double()).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], expected, atol=1e-4)
+
+
+def test_save_copies_when_a_tensor_lies_in_another_file(tmp_path: Path) -> None:
+    from bnfold.export import files
+
+    model, inputs = mixed()
+    result = export.export_folded(bnfold.fold(model, inputs).module, inputs, weights_file=tmp_path)
+    assert result.weights is not None
+    tensor = next(t for t in result.model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    info = {e.key: e.value for e in tensor.external_data}
+    with result.weights.path.open("rb") as source:
+        source.seek(int(info["offset"]))
+        elsewhere = tmp_path / "elsewhere.bin"
+        elsewhere.write_bytes(source.read(int(info["length"])))
+    files._point(tensor, str(elsewhere), 0, int(info["length"]))
+    path = tmp_path / "copied.onnx"
+    export.save(result.model, path, external_data="always", in_place=True, weights=result.weights)
+    assert result.weights.path.exists()
+    expected = tmp_path / "expected.onnx"
+    export.save(exported(model, inputs, aside=False).model, expected, external_data="always")
+    assert all(np.array_equal(_values(path)[k], v) for k, v in _values(expected).items())

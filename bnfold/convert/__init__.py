@@ -95,8 +95,11 @@ def _as_loaded(model: str | Path | nn.Module | LoadedModel, example_inputs: Any,
     )
 
 
-def fold_and_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], config: ConvertConfig) -> Converted:
-    """The fold (and export) by the path the model's format takes; the model written has the opset asked for."""
+def fold_and_export(
+    loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], config: ConvertConfig, scratch: Path | None = None
+) -> Converted:
+    """The fold (and export) by the path the model's format takes; the model written has the opset asked for.
+    ``scratch``: a folder beside the output for the exported weights (see :func:`export_folded`)."""
     opset = config.opset or DEFAULT_OPSET
     if loaded.format in ONNX_LEVEL:
         if config.recalibrate is not None:
@@ -106,7 +109,7 @@ def fold_and_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], confi
             )
         converted = convert_onnx_level(loaded, inputs, opset, config)
     else:
-        converted = convert_torch(loaded, inputs, opset, config)
+        converted = convert_torch(loaded, inputs, opset, config, scratch)
     check_opset(converted.exported, config.opset)
     if config.input_names or config.output_names:
         from bnfold.export import rename_io
@@ -180,7 +183,7 @@ def _convert(run: Run, logs: list[str]) -> ConvertResult:
     report = new_report()
     loaded, inputs, config, targets = run.loaded, run.inputs, run.config, run.targets
     with run.stages.stage("fold+export", "folding BatchNorms and exporting to ONNX"):
-        converted = fold_and_export(loaded, inputs, config)
+        converted = fold_and_export(loaded, inputs, config, targets.stage(targets.onnx).parent)
         report.model = model_section(loaded, inputs, converted.notes, converted.exported.model)
         report.fold = fold_section(converted, config.affine_form)
         batches = parity_batches(inputs, config.parity, graph_dims(converted.exported.model))
@@ -252,7 +255,7 @@ def _saved(run: Run, converted: Converted, report: Report) -> Saved:
     folded = targets.stage(targets.onnx)
     targets.stage(plan.data_file(targets.onnx)).unlink(missing_ok=True)  # an earlier export's
     report.onnx.external_data_sha256 = save(
-        converted.exported.model, folded, external_data=external_data, in_place=True
+        converted.exported.model, folded, external_data=external_data, in_place=True, weights=converted.exported.weights
     )
     if data_path is not None:  # the weights moved to disk; protobuf frees their memory with the message only
         converted.exported.model = onnx.load(str(folded), load_external_data=False)

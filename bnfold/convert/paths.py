@@ -85,13 +85,18 @@ def calibration_batches(path: Path, count: int, batch: int = 64) -> list[tuple[t
 
 
 def convert_torch(
-    loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], opset: int, config: ConvertConfig
+    loaded: LoadedModel,
+    inputs: tuple[torch.Tensor, ...],
+    opset: int,
+    config: ConvertConfig,
+    scratch: Path | None = None,
 ) -> Converted:
     """Fold on the aten graph, then export the folded GraphModule.
 
     A torch.export archive is folded as stored, its dynamic dimensions kept, unless ``--input-shape`` or
     ``--dynamic`` asks for another trace; any other model is traced with ``config.dynamic`` (by default
-    the batch) dynamic."""
+    the batch) dynamic. The exported weights are written into a temporary folder in ``scratch`` (by default
+    the system's)."""
     recalibrate = config.recalibrate
     calibration = calibration_batches(recalibrate, len(inputs)) if recalibrate else None
     retrace = bool(config.input_shapes) or config.dynamic is not None
@@ -101,7 +106,7 @@ def convert_torch(
         raise ExportError(f"{loaded.path}: holds no runnable PyTorch model")
     axes = dynamic_axes(config.dynamic, inputs) if config.dynamic is not None else None
     folded = fold(source, inputs, calibration=calibration, affine_form=config.affine_form, dynamic_axes=axes)
-    exported = export_folded(folded.module, inputs, exporter=config.exporter, opset=opset, weights_file=True)
+    exported = export_folded(folded.module, inputs, exporter=config.exporter, opset=opset, weights_file=scratch or True)
     original = folded.reference or (program.module() if program is not None else source)
     if folded.reference is not None:
         folded.notes.append("parity reference: the original model with the re-estimated statistics, unfolded")

@@ -15,6 +15,7 @@ The package: the dynamo exporter and ``auto``'s choice here, the TorchScript exp
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -146,7 +147,7 @@ def export_folded(
     *,
     exporter: str = "auto",
     opset: int | None = None,
-    weights_file: bool = False,
+    weights_file: bool | Path = False,
 ) -> ExportResult:
     """Export a folded GraphModule with ``exporter`` ("auto", "torchscript" or "dynamo", see the module
     docstring). With "auto", why the TorchScript exporter was not used is the result's first warning.

@@ -48,14 +48,26 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     from bnfold.export.result import quiet
 
     work = ir.serde.deserialize_model(model)
+    on_disk = [v.const_value for v in work.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
     with quiet():
         _tidy_passes(_has_subgraphs(model))(work)
     tidied = ir.serde.serialize_model(work)
     for value in work.graph.initializers.values():  # rewrite rules keep the last graph they matched in: not
         value.const_value = None  # the weights with it (they wrap the tensors of ``model``)
+    for tensor in on_disk:  # nor the weights file, mapped whole by every tensor a pass read
+        _unmap(tensor)
     remove_unused_initializers(tidied)
     _drop_stale_value_info(tidied)
     return tidied
+
+
+def _unmap(tensor: ir.ExternalTensor) -> None:
+    """Close the memory map through which a pass read an external tensor (it maps the whole file, and the
+    pages it touched stay resident while it is open); read again, it maps the file again."""
+    try:
+        tensor.release()
+    except BufferError:  # an array still views the map: it goes when that array does
+        pass
 
 
 def _tidy_passes(subgraphs: bool) -> ir.passes.Sequential:

@@ -8,6 +8,7 @@ import math
 import os
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -84,6 +85,7 @@ def save(
     external_data: str = "auto",
     *,
     in_place: bool = False,
+    weights: WrittenWeights | None = None,
 ) -> str | None:
     """Write the model to ``path``, its weights to ``<final_name>.data`` beside it where
     :func:`external_data_path` says so (``final_name``: the name the file will have once moved into
@@ -93,7 +95,9 @@ def save(
     ``model`` is left as it was, at the cost of a copy of it; with ``in_place`` its weights move into the
     ``.data`` file instead, one tensor at a time, and ``model`` is left holding the graph that refers to them:
     no second copy of weights past 2 GB. (protobuf frees their memory only with the whole message: replace
-    ``model`` by ``onnx.load(path, load_external_data=False)`` to have it back.)"""
+    ``model`` by ``onnx.load(path, load_external_data=False)`` to have it back.) With ``in_place``, a file of
+    ``weights`` the model's tensors point into exactly as the ``.data`` file would hold them is moved into
+    place rather than copied (its hash already known)."""
     target = Path(path).with_name(final_name or Path(path).name)
     data = external_data_path(model, target, external_data)
     if not in_place:
@@ -107,8 +111,12 @@ def save(
     with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.name}.") as folder:
         staged = Path(folder) / target.name  # beside a fresh .data: onnx appends to an existing one
         written = Path(folder) / data.name
-        digest = hashlib.sha256()
-        hashed = copy_external_tensors(model, written, digest)
+        digest: Any
+        if in_place and weights is not None and move_weights(model, weights, written):
+            digest, hashed = weights.digest.copy(), weights.size
+        else:
+            digest = hashlib.sha256()
+            hashed = copy_external_tensors(model, written, digest)
         mark_external(model, data.name)
         onnx.save_model(model, str(staged))  # appends each marked tensor to the .data file, then drops it
         if not written.exists():  # no tensor reached the threshold: the promised file, empty
@@ -116,7 +124,34 @@ def save(
         _hash_from(written, hashed, digest)  # what onnx appended after the copied bytes
         os.replace(written, data)
         os.replace(staged, path)
-    return digest.hexdigest()
+    return str(digest.hexdigest())
+
+
+def move_weights(model: onnx.ModelProto, weights: WrittenWeights, data: Path) -> bool:
+    """Move ``weights`` to ``data`` and point the model's tensors at it, when they are laid out in it as
+    :func:`copy_external_tensors` would copy them (no bytes no tensor reads, such as a weight a pass
+    replaced) and ``data`` is on the same file system. Returns whether it did (if not, nothing changed)."""
+    from onnx.external_data_helper import ExternalDataInfo
+
+    tensors, end = _external_tensors(model), 0
+    for tensor in tensors:
+        info = ExternalDataInfo(tensor)
+        start = end + (-end % PAGE)
+        if Path(info.location) != weights.path or (info.offset or 0) != start or info.length is None:
+            return False
+        end = start + info.length
+    if not tensors or end != weights.size:
+        return False
+    try:
+        if weights.path.stat().st_size != end:
+            return False
+        os.replace(weights.path, data)
+    except OSError:  # another file system: copy instead
+        return False
+    for tensor in tensors:
+        info = ExternalDataInfo(tensor)
+        _point(tensor, data.name, info.offset or 0, info.length or 0)
+    return True
 
 
 def _hash_from(path: Path, offset: int, digest: Any) -> None:
@@ -185,6 +220,19 @@ def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 
 
 COPY_CHUNK = 1 << 24
+PAGE = 4096
+"""Every tensor of a ``.data`` file starts on a page boundary, as onnxruntime maps tensors best."""
+
+
+@dataclass
+class WrittenWeights:
+    """A file of weights written for a model whose tensors point into it, laid out as :func:`save` lays out
+    a ``.data`` file (each tensor page-aligned, in the order the model lists them), with the SHA-256
+    state of its bytes (a ``hashlib`` object): ``save`` can move it into place instead of copying it."""
+
+    path: Path
+    digest: Any
+    size: int
 
 
 def copy_external_tensors(model: onnx.ModelProto, data: Path, digest: Any = None) -> int:
@@ -196,12 +244,12 @@ def copy_external_tensors(model: onnx.ModelProto, data: Path, digest: Any = None
     included. Returns the size of ``data`` afterwards."""
     from onnx.external_data_helper import ExternalDataInfo
 
-    with data.open("ab") as file, _HashingWriter(file, digest) as out:
+    with data.open("ab") as file, HashingWriter(file, digest) as out:
         for tensor in _external_tensors(model):
             info = ExternalDataInfo(tensor)
             if not Path(info.location).is_absolute():
                 continue
-            out.write(b"\0" * (-out.tell() % 4096))  # page-aligned, as onnxruntime maps tensors best
+            out.write(b"\0" * (-out.tell() % PAGE))
             start = info.offset or 0
             length = info.length if info.length is not None else Path(info.location).stat().st_size - start
             offset, remaining = out.tell(), length
@@ -217,7 +265,7 @@ def copy_external_tensors(model: onnx.ModelProto, data: Path, digest: Any = None
         return out.tell()
 
 
-class _HashingWriter:
+class HashingWriter:
     """Writes to ``file`` and feeds each chunk to ``digest`` (if any) in a thread of its own, one chunk at a
     time and in order: hashing a chunk (``hashlib`` lets go of the GIL) overlaps reading and writing the next
     one, so the hash costs the copy next to no time."""
@@ -227,7 +275,7 @@ class _HashingWriter:
         self.pool = ThreadPoolExecutor(1) if digest is not None else None
         self.pending: Future[None] | None = None
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         self.file.write(chunk)
         if self.pool is not None:
             self._wait()
@@ -241,7 +289,7 @@ class _HashingWriter:
             self.pending.result()
             self.pending = None
 
-    def __enter__(self) -> _HashingWriter:
+    def __enter__(self) -> HashingWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

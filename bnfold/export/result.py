@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 
 from bnfold.export.cleanup import count_ops
+from bnfold.export.files import WrittenWeights
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("auto", "torchscript", "dynamo")
@@ -38,11 +39,16 @@ class ExportResult:
     output, ``model``'s large initializers point at these files (by absolute path) instead of holding the
     weights, so the process never reads back what it has just written."""
 
+    weights: WrittenWeights | None = None
+    """The file in ``files`` the weights were written into by ``export_folded(..., weights_file=...)``, with
+    its layout and hash: :func:`~bnfold.export.save` moves it into place when it can."""
+
     def release_files(self) -> None:
         """Remove the exporter's files (once ``model`` no longer points at them)."""
         if self.files is not None:
             self.files.cleanup()
             self.files = None
+        self.weights = None
 
     def batchnorm_nodes(self) -> int:
         return count_ops(self.model, "BatchNormalization")

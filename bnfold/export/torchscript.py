@@ -22,7 +22,7 @@ from bnfold.export.weights_file import export_with_weights_file
 
 
 def export_torchscript(
-    module: fx.GraphModule, inputs: tuple[Any, ...], *, opset: int | None = None, weights_file: bool = False
+    module: fx.GraphModule, inputs: tuple[Any, ...], *, opset: int | None = None, weights_file: bool | Path = False
 ) -> ExportResult:
     """Export a GraphModule of aten ops with the TorchScript exporter.
 
@@ -31,7 +31,9 @@ def export_torchscript(
 
     With ``weights_file``, the weights are written once from the module's tensors into a temporary file
     (``ExportResult.files``) that the model's initializers point at, never into the model: no copy of them
-    in memory (:mod:`.weights_file`); :func:`~bnfold.export.save` copies them beside the output.
+    in memory (:mod:`.weights_file`); :func:`~bnfold.export.save` copies them beside the output, or moves
+    the file there when nothing changed them and it is on the same file system (a ``weights_file`` folder
+    beside the output: the temporary folder is made in it).
     """
     opset = opset or DEFAULT_OPSET
     if opset > TORCHSCRIPT_MAX_OPSET:
@@ -49,9 +51,13 @@ def export_torchscript(
     names_in, names_out = [n.name for n in placeholders], [n.name for n in outputs]
     dynamic = _dynamic_axis_names(placeholders, outputs)
     options = dict(opset_version=opset, input_names=names_in, output_names=names_out, dynamic_axes=dynamic or None)
-    exported = export_with_weights_file(module, inputs, options, _torchscript_export) if weights_file else None
-    proto, said, files = exported or _exported(module, inputs, options, keep_files=True)
-    return ExportResult(tidy(proto), TORCHSCRIPT, opset, said, files)
+    if weights_file is not False:
+        within = weights_file if isinstance(weights_file, Path) else None
+        exported = export_with_weights_file(module, inputs, options, _torchscript_export, within)
+        if exported is not None:
+            return ExportResult(tidy(exported[0]), TORCHSCRIPT, opset, *exported[1:])
+    proto, said, kept = _exported(module, inputs, options, keep_files=True)
+    return ExportResult(tidy(proto), TORCHSCRIPT, opset, said, kept)
 
 
 def run_torchscript_exporter(

@@ -18,27 +18,34 @@ exports as usual.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import onnx
 import torch
 
+from bnfold.export.files import PAGE, HashingWriter, WrittenWeights
+
 INLINE_BYTES = 1024
 """Tensors smaller than this stay in the graph (as ``save`` leaves them): shapes, Clip bounds, scalars."""
 
-Exported = tuple[onnx.ModelProto, list[str], tempfile.TemporaryDirectory[str]]
+Exported = tuple[onnx.ModelProto, list[str], tempfile.TemporaryDirectory[str], WrittenWeights]
 
 
 def export_with_weights_file(
-    module: torch.nn.Module, inputs: tuple[Any, ...], options: dict[str, Any], export: Any
+    module: torch.nn.Module, inputs: tuple[Any, ...], options: dict[str, Any], export: Any, within: Path | None = None
 ) -> Exported | None:
     """``export(module, inputs, target, options)`` (the quiet TorchScript export) without parameters; the
-    model with its weights in a file of the folder returned, the exporter's warnings. None where the
-    exporter's parameters could not be had (see the module docstring)."""
+    model, the exporter's warnings, and the temporary folder (made in ``within``, by default the system's)
+    holding the file of its weights. None where the exporter's parameters could not be had (see the module
+    docstring).
+
+    The file is laid out as :func:`~bnfold.export.save` lays out a ``.data`` file, and hashed as it is
+    written: made beside the output, it can be moved into place instead of copied."""
     buffer = io.BytesIO()
     with exporter_parameters() as parameters:
         if parameters is None:
@@ -51,13 +58,13 @@ def export_with_weights_file(
     stored = [value for value in model.graph.input if value.name not in fed]
     if not all(_matches(value, parameters.get(value.name)) for value in stored):
         return None
-    folder = tempfile.TemporaryDirectory(prefix="bnfold-export-")
+    folder = tempfile.TemporaryDirectory(prefix=".bnfold-export-", dir=within)
     try:
-        _store(model, stored, parameters, Path(folder.name).resolve() / "weights.bin")
+        written = _store(model, stored, parameters, Path(folder.name).resolve() / "weights.bin")
     except BaseException:
         folder.cleanup()
         raise
-    return model, said, folder
+    return model, said, folder, written
 
 
 @contextlib.contextmanager
@@ -102,30 +109,34 @@ def _matches(value: onnx.ValueInfoProto, tensor: torch.Tensor | None) -> bool:
 
 def _store(
     model: onnx.ModelProto, stored: list[onnx.ValueInfoProto], parameters: dict[str, torch.Tensor], path: Path
-) -> None:
+) -> WrittenWeights:
     """Turn the graph inputs ``stored`` into initializers, their bytes written into ``path`` (small ones
     kept in the graph), in the order the exporter lists them."""
     names = {value.name for value in stored}
-    with path.open("wb") as file:
+    digest = hashlib.sha256()
+    with path.open("wb") as file, HashingWriter(file, digest) as out:
         for value in stored:
             tensor = onnx.TensorProto(name=value.name, data_type=value.type.tensor_type.elem_type)
             tensor.dims.extend(parameters[value.name].shape)
-            _write(tensor, parameters[value.name], file, path)
+            _write(tensor, parameters[value.name], out, path)
             model.graph.initializer.append(tensor)
+        size = out.tell()
     kept = [value for value in model.graph.input if value.name not in names]
     del model.graph.input[:]
     model.graph.input.extend(kept)
+    return WrittenWeights(path, digest, size)
 
 
-def _write(tensor: onnx.TensorProto, value: torch.Tensor, file: BinaryIO, path: Path) -> None:
+def _write(tensor: onnx.TensorProto, value: torch.Tensor, out: HashingWriter, path: Path) -> None:
     """Fill ``tensor`` with the bytes of ``value`` (little-endian, as ONNX stores them): in the graph when
-    small, else appended to ``file`` at ``path`` and pointed at."""
+    small, else appended to ``out`` (writing ``path``) on a page boundary and pointed at."""
     data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
     if data.nbytes < INLINE_BYTES:
         tensor.raw_data = data.tobytes()
         return
-    offset = file.tell()
-    file.write(data.data)
+    out.write(b"\0" * (-out.tell() % PAGE))
+    offset = out.tell()
+    out.write(data.data)
     tensor.data_location = onnx.TensorProto.EXTERNAL
     for key, entry in (("location", str(path)), ("offset", str(offset)), ("length", str(data.nbytes))):
         item = tensor.external_data.add()
