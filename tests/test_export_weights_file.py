@@ -263,3 +263,31 @@ def test_save_copies_when_a_tensor_lies_in_another_file(tmp_path: Path) -> None:
     expected = tmp_path / "expected.onnx"
     export.save(exported(model, inputs, aside=False).model, expected, external_data="always")
     assert all(np.array_equal(_values(path)[k], v) for k, v in _values(expected).items())
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory maps (Linux)")
+@pytest.mark.parametrize("unmapped", [True, False])
+def test_no_memory_map_of_the_weights_file_outlives_the_export(unmapped: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clean-up passes read weights through memory maps of the whole file; its pages would stay resident
+    to the end of ``convert`` (``unmapped=False`` is the control: the maps are there without the release)."""
+    from bnfold.export import cleanup
+
+    if not unmapped:
+        monkeypatch.setattr(cleanup, "_unmap", lambda tensor: None)
+    torch.manual_seed(0)
+    model = randomise(_TwoBranches()).eval()  # a RepVGG pair: the merge pass reads both kernels
+    inputs = (torch.randn(2, 8, 6, 6),)
+    result = export.export_folded(bnfold.fold(model, inputs).module, inputs, weights_file=True)
+    assert result.weights is not None and result.model.graph.node[0].op_type == "Conv"
+    mapped = str(result.weights.path) in Path("/proc/self/maps").read_text()
+    assert mapped is not unmapped
+
+
+class _TwoBranches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 64, 3, padding=1), nn.Conv2d(8, 64, 1)
+        self.bn_a, self.bn_b = nn.BatchNorm2d(64), nn.BatchNorm2d(64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn_a(self.a(x)) + self.bn_b(self.b(x)))
