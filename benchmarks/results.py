@@ -182,8 +182,10 @@ METHOD = """\
   (TorchScript, the dynamo exporter as fallback), opset 18, saved with the same external-data rule.
 - **P3, memory.** Each side in {processes} fresh processes (`benchmarks/wall.py`), alternating which runs
   first. Both first pay the same one-time costs, outside the timing: the same imports (the lazily imported
-  torch.export / torch.onnx internals included) and one export of a one-layer model (the exporter builds
-  its operator registry on its first call, ~3 s). Then both build the same model and one call is timed:
+  torch.export / torch.onnx internals included), one export of a one-layer model with each of torch's two
+  exporters (each builds its operator registry on its first call, the dynamo exporter's ~3 s) and one
+  onnxruntime session of it (the runtime's environment and thread pools). Then both build the same model
+  and one call is timed:
   `bnfold.convert(model, ConvertConfig(bench=False, write_reports=True))` against
   `torch.onnx.export(model, args, path, dynamo=True)` (for the shipped models, loading the `.pt2` archive
   is inside both timings). Ratio of medians. Peak RSS is the process's `VmHWM` at exit, imports included,

@@ -3,8 +3,9 @@
     python benchmarks/wall.py convert resnet50 --resolution 224 --out /tmp/x.onnx
 
 Both jobs first pay the same one-time costs of a process, which are in neither side's time: they import
-the same libraries (the lazily imported torch.export and torch.onnx internals included, ~3.5 s here) and
-export a one-layer model (torch.onnx builds its operator registry on the first export, ~3 s). Then they
+the same libraries (the lazily imported torch.export and torch.onnx internals included, ~3.5 s here),
+export a one-layer model with both of torch's exporters (each builds its operator registry on its first
+export, the dynamo exporter's ~3 s) and run it in onnxruntime once (see :func:`warm_up`). Then they
 build the same model, with one intra-op thread, time one call, and print one JSON line with the
 process's peak RSS, imports included: ``VmHWM`` from ``/proc/self/status``. (Not ``ru_maxrss``: Linux
 carries it over fork and exec, so a child started by a large parent reports at least the parent's RSS.)
