@@ -291,3 +291,26 @@ class _TwoBranches(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.bn_a(self.a(x)) + self.bn_b(self.b(x)))
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_the_exporters_shape_inference_is_not_given_the_weights(lean: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lean=False`` is the control: exported as usual, the exporter hands every weight to shape inference."""
+    names = ("_jit_pass_onnx_graph_shape_type_inference", "_jit_pass_onnx_node_shape_type_inference")
+    stock = {name: getattr(torch._C, name) for name in names}
+    given: list[int] = []
+
+    def spy(function: object) -> object:
+        def inference(target: object, params: dict[str, object], opset: int) -> object:
+            floating = [v for v in params.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+            given.append(max((v.numel() for v in floating), default=0))
+            return function(target, params, opset)  # type: ignore[operator]
+
+        return inference
+
+    for name, function in stock.items():
+        monkeypatch.setattr(torch._C, name, spy(function))
+    model, inputs = mixed()
+    exported(model, inputs, aside=lean)
+    assert given and (max(given) <= weights_file.SHAPE_VALUE_ELEMENTS) is lean
+    assert all(getattr(torch._C, name) is not function for name, function in stock.items())  # the spies, back
