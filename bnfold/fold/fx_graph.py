@@ -114,10 +114,10 @@ class FxLayer:
 
     def write(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         dtype = self._tensor(self.layer.weight).dtype
-        node = self.layer.node
-        self.writer.replace(node, "weight", self.layer.weight, weight.to(dtype))
+        node = self.layer.node  # a float64 value cast to another dtype is a tensor of its own: not copied again
+        self.writer.replace(node, "weight", self.layer.weight, weight.to(dtype), owned=weight.dtype != dtype)
         if bias is not None:
-            self.writer.replace(node, "bias", self.layer.bias, bias.to(dtype))
+            self.writer.replace(node, "bias", self.layer.bias, bias.to(dtype), owned=bias.dtype != dtype)
 
 
 @dataclass

@@ -90,16 +90,18 @@ def readers(node: fx.Node) -> list[fx.Node]:
     return [u for u in node.users if not (u.op == "call_module" and u.target == "_guards_fn")]
 
 
-def set_tensor(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
+def set_tensor(gm: fx.GraphModule, target: str, value: torch.Tensor, owned: bool = False) -> None:
     """Point the attribute ``target`` at a copy of ``value`` (a Parameter stays a Parameter); the tensor it
-    held before is not modified, so a caller still holding it keeps its values."""
+    held before is not modified, so a caller still holding it keeps its values. ``owned``: ``value`` was
+    made for this and nothing else holds it, so it is taken as it is (no copy of a large weight)."""
     owner_path, _, leaf = target.rpartition(".")
     owner = gm.get_submodule(owner_path) if owner_path else gm
     old = getattr(owner, leaf)
+    value = value.detach() if owned else value.detach().clone()
     if isinstance(old, nn.Parameter):
-        setattr(owner, leaf, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
+        setattr(owner, leaf, nn.Parameter(value, requires_grad=old.requires_grad))
     else:
-        setattr(owner, leaf, value.detach().clone())
+        setattr(owner, leaf, value)
 
 
 def attribute_uses(gm: fx.GraphModule, target: str) -> int:
@@ -236,21 +238,23 @@ class ParameterWriter:
     def gm_tensor(self, node: fx.Node) -> torch.Tensor:
         return fetch(self.gm, str(node.target))
 
-    def replace(self, user: fx.Node, arg_name: str, current: fx.Node | None, value: torch.Tensor) -> None:
-        """Give ``user`` the tensor ``value`` for its argument ``arg_name``."""
+    def replace(
+        self, user: fx.Node, arg_name: str, current: fx.Node | None, value: torch.Tensor, owned: bool = False
+    ) -> None:
+        """Give ``user`` the tensor ``value`` for its argument ``arg_name`` (``owned``: see :func:`set_tensor`)."""
         if current is not None and current.op == "get_attr" and self._exclusive(current, user):
-            set_tensor(self.gm, str(current.target), value)
+            set_tensor(self.gm, str(current.target), value, owned)
             return
-        set_argument(user, arg_name, self.new_attribute(user, value, hint=arg_name))
+        set_argument(user, arg_name, self.new_attribute(user, value, hint=arg_name, owned=owned))
 
-    def new_attribute(self, before: fx.Node, value: torch.Tensor, hint: str) -> fx.Node:
+    def new_attribute(self, before: fx.Node, value: torch.Tensor, hint: str, owned: bool = False) -> fx.Node:
         """A fresh buffer on the module and a get_attr node reading it, inserted before ``before``."""
         self._count += 1
         name = f"_bnfold_{hint}_{self._count}"
         while hasattr(self.gm, name):
             self._count += 1
             name = f"_bnfold_{hint}_{self._count}"
-        self.gm.register_buffer(name, value.detach().clone())
+        self.gm.register_buffer(name, value.detach() if owned else value.detach().clone())
         with self.gm.graph.inserting_before(before):
             return self.gm.graph.get_attr(name)
 
