@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -263,3 +264,21 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def out_of_space_said(output: Path | None = None) -> Iterator[None]:
+    """A file system that fills up while outputs are written (an ONNX file, its weights, a report) is the
+    user's to fix, not a bug: an :class:`~bnfold.errors.OutputError` saying so, in one line, naming the
+    folder of ``output`` (or the file being written)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        where = output.parent if output is not None else Path(exc.filename).parent if exc.filename else None
+        place = f"the file system of {where.resolve()}" if where is not None else "the file system written to"
+        raise OutputError(
+            f"{place} ran out of space while the outputs were written ({exc.strerror}): "
+            "free some space there or write the outputs elsewhere"
+        ) from exc

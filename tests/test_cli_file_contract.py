@@ -207,3 +207,54 @@ def test_data_is_byte_identical_after_a_run(work: Path, capfd: pytest.CaptureFix
     assert run_main("convert", "digits.pt2", "--data", "heldout.npz", "--recalibrate", "heldout.npz", *FAST) in (0, 1)
     assert (file_sha256(work / "heldout.npz"), file_sha256(work / "digits.pt2")) == before
     assert np.load(work / "heldout.npz")  # still a readable archive
+
+
+def _full_disk(*args: object, **kwargs: object) -> None:
+    import errno
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_disk_that_fills_up_while_the_weights_are_written_is_one_line_and_leaves_nothing(
+    work: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnfold.export import files
+
+    before = snapshot(work)
+    monkeypatch.setattr(files.HashingWriter, "write", _full_disk)
+    code = run_main("convert", "digits.pt2", "-o", "out.onnx", *FAST)
+    assert_refused(code, capfd, "ran out of space", str(work.resolve()), "write the outputs elsewhere")
+    assert snapshot(work) == before  # no output, no staging folder, the input untouched
+
+
+def test_a_disk_that_fills_up_while_a_report_is_written_is_one_line(
+    work: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run_main("convert", "digits.pt2", "-o", "out.onnx", *FAST) == 0
+    capfd.readouterr()
+    before = snapshot(work)
+    write_text = Path.write_text
+
+    def fills_up_at_the_markdown(path: Path, *args: object, **kwargs: object) -> int:
+        if path.suffix == ".md":  # the JSON report is written: the set is half done
+            _full_disk()
+        return write_text(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", fills_up_at_the_markdown)
+    code = run_main("verify", "digits.pt2", "out.onnx", "--report", "verify.json", "-q")
+    assert_refused(code, capfd, "ran out of space")
+    assert snapshot(work) == before
+
+
+def test_only_a_full_file_system_is_said_as_one_line() -> None:
+    """The control: an error that is not about space is not turned into a user's error."""
+    import errno
+
+    from bnfold.errors import OutputError
+    from bnfold.outputs import out_of_space_said
+
+    with pytest.raises(OutputError, match="ran out of space"), out_of_space_said(Path("x/model.onnx")):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    with pytest.raises(OSError, match="Input/output error") as raised, out_of_space_said(Path("x/model.onnx")):
+        raise OSError(errno.EIO, "Input/output error")
+    assert not isinstance(raised.value, OutputError)

@@ -118,8 +118,11 @@ def _one_line(text: str) -> str:
 
 
 def _run(args: list[str], debug: bool) -> int:
+    from bnfold.outputs import out_of_space_said
+
     try:
-        code: Any = cli.main(args=args, prog_name="bnfold", standalone_mode=False)
+        with out_of_space_said():
+            code: Any = cli.main(args=args, prog_name="bnfold", standalone_mode=False)
     except Interrupted as exc:
         click.echo(f"Interrupted ({exc}).", err=True)
         return 128 + exc.signum

@@ -147,7 +147,7 @@ def convert(
     :class:`bnfold.progress.ProgressEvent` as each stage starts, advances and ends. What torch and the ONNX
     libraries log meanwhile goes into the report's ``warnings[]``, not to the terminal.
     """
-    from bnfold.outputs import OutputSet, check_plan
+    from bnfold.outputs import OutputSet, check_plan, out_of_space_said
 
     config = config or ConvertConfig()
     stages = Stages(progress)
@@ -162,7 +162,8 @@ def convert(
                 loaded = _as_loaded(model, example_inputs, config)
                 inputs = resolve_inputs(loaded, config)
             run = Run(loaded, inputs, config, dataclasses.replace(targets, outputs=outputs), stages)
-            return _convert(run, logs)
+            with out_of_space_said(targets.onnx):
+                return _convert(run, logs)
 
 
 @dataclass(frozen=True)
