@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import io
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ import onnx
 import torch
 
 from bnfold.export.files import PAGE, HashingWriter, WrittenWeights
+
+EXPORTING = threading.Lock()
+"""Held through one export with the exporter's functions wrapped, so that two threads never wrap and restore
+them out of order (the TorchScript exporter runs one export at a time per process anyway)."""
 
 INLINE_BYTES = 1024
 """Tensors smaller than this stay in the graph (as ``save`` leaves them): shapes, Clip bounds, scalars."""
@@ -50,7 +55,7 @@ def export_with_weights_file(
     The file is laid out as :func:`~bnfold.export.save` lays out a ``.data`` file, and hashed as it is
     written: made beside the output, it can be moved into place instead of copied."""
     buffer = io.BytesIO()
-    with exporter_parameters() as parameters, shape_inference_without_weights():
+    with EXPORTING, exporter_parameters() as parameters, shape_inference_without_weights():
         if parameters is None:
             return None
         said: list[str] = export(module, inputs, buffer, {**options, "export_params": False})
