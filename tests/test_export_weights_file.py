@@ -314,3 +314,24 @@ def test_the_exporters_shape_inference_is_not_given_the_weights(lean: bool, monk
     exported(model, inputs, aside=lean)
     assert given and (max(given) <= weights_file.SHAPE_VALUE_ELEMENTS) is lean
     assert all(getattr(torch._C, name) is not function for name, function in stock.items())  # the spies, back
+
+
+def test_a_kernel_the_clean_up_merged_goes_to_the_weights_file_not_into_the_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = randomise(_TwoBranches()).eval()
+    inputs = (torch.randn(2, 8, 6, 6),)
+    result = export.export_folded(bnfold.fold(model, inputs).module, inputs, weights_file=tmp_path)
+    assert result.weights is not None
+    (conv,) = [n for n in result.model.graph.node if n.op_type == "Conv"]  # the two branches, merged
+    kernel = next(t for t in result.model.graph.initializer if t.name == conv.input[1])
+    assert kernel.data_location == onnx.TensorProto.EXTERNAL and not kernel.HasField("raw_data")
+    assert {e.value for e in kernel.external_data if e.key == "location"} == {str(result.weights.path)}
+    assert result.weights.size == result.weights.path.stat().st_size
+    path = tmp_path / "merged.onnx"
+    digest = export.save(result.model, path, external_data="always", in_place=True, weights=result.weights)
+    assert digest == _sha256(path.with_name("merged.onnx.data"))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 8, 6, 6)
+    with torch.no_grad():
+        expected = model.double()(x.double()).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], expected, atol=1e-5)

@@ -14,6 +14,8 @@ from bnfold.errors import ExportError
 if TYPE_CHECKING:
     import onnx_ir as ir
 
+    from bnfold.export.files import WrittenWeights
+
 
 def count_ops(model: onnx.ModelProto, op_type: str) -> int:
     """How many nodes of ``op_type`` the graph (and its subgraphs) holds."""
@@ -34,14 +36,16 @@ def count_ops(model: onnx.ModelProto, op_type: str) -> int:
 SHARED_INITIALIZER_ELEMENTS = 64  # equal initializers up to this size are shared; larger ones are weights
 
 
-def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
+def tidy(model: onnx.ModelProto, weights: WrittenWeights | None = None) -> onnx.ModelProto:
     """The graph without the arithmetic an exporter leaves behind, as a new ModelProto: constant subgraphs
     evaluated (shape arithmetic too, where shape inference knows the shapes), Identity nodes, repeated
     computations and dead nodes removed, Constant nodes lifted into initializers and equal small
     initializers shared (the TorchScript exporter writes two per Clip, and onnxruntime creates sessions
     slower for them: ``benchmarks/PROFILE.md``).
 
-    Nothing that reads a graph input is evaluated, so an initializer a caller can feed stays live.
+    Nothing that reads a graph input is evaluated, so an initializer a caller can feed stays live. With
+    ``weights`` (the file the model's weights were written into), the weights the passes made (a merged
+    kernel) are appended to it too, not serialised into the message.
     """
     import onnx_ir as ir
 
@@ -51,6 +55,8 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     on_disk = [v.const_value for v in work.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
     with quiet():
         _tidy_passes(_has_subgraphs(model))(work)
+    if weights is not None:
+        _append_made_weights(work.graph, weights)
     tidied = ir.serde.serialize_model(work)
     for value in work.graph.initializers.values():  # rewrite rules keep the last graph they matched in: not
         value.const_value = None  # the weights with it (they wrap the tensors of ``model``)
@@ -59,6 +65,38 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     remove_unused_initializers(tidied)
     _drop_stale_value_info(tidied)
     return tidied
+
+
+def _append_made_weights(graph: ir.Graph, weights: WrittenWeights) -> None:
+    """Append every initializer held in memory from ``INLINE_BYTES`` on to the weights file (page-aligned,
+    hashed as written, as the export wrote the others) and point it there."""
+    import onnx_ir as ir
+
+    from bnfold.export.files import PAGE, HashingWriter
+    from bnfold.export.weights_file import INLINE_BYTES
+
+    made = [v for v in graph.initializers.values() if _in_memory(v.const_value, INLINE_BYTES)]
+    if not made:
+        return
+    with weights.path.open("ab") as file, HashingWriter(file, weights.digest) as out:
+        for value in made:
+            tensor = value.const_value
+            assert tensor is not None
+            data = tensor.tobytes()
+            out.write(b"\0" * (-out.tell() % PAGE))
+            offset = out.tell()
+            out.write(data)
+            location = str(weights.path)
+            value.const_value = ir.ExternalTensor(
+                location, offset, len(data), tensor.dtype, shape=ir.Shape(tensor.shape.numpy()), name=value.name or ""
+            )
+        weights.size = out.tell()
+
+
+def _in_memory(tensor: Any, size: int) -> bool:
+    import onnx_ir as ir
+
+    return tensor is not None and not isinstance(tensor, ir.ExternalTensor) and tensor.nbytes >= size
 
 
 def _unmap(tensor: ir.ExternalTensor) -> None:

@@ -55,7 +55,7 @@ def export_torchscript(
         within = weights_file if isinstance(weights_file, Path) else None
         exported = export_with_weights_file(module, inputs, options, _torchscript_export, within)
         if exported is not None:
-            return ExportResult(tidy(exported[0]), TORCHSCRIPT, opset, *exported[1:])
+            return ExportResult(tidy(exported[0], exported[3]), TORCHSCRIPT, opset, *exported[1:])
     proto, said, kept = _exported(module, inputs, options, keep_files=True)
     return ExportResult(tidy(proto), TORCHSCRIPT, opset, said, kept)
 
