@@ -7,6 +7,7 @@ their medians, wall time and memory in fresh processes (``wall.py``).
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import subprocess
@@ -121,16 +122,23 @@ def eager_latency(
 
 
 def alternate(jobs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Run each job once untimed, then ``repeats`` timed rounds, the order flipping every round (seconds)."""
+    """Run each job once untimed, then ``repeats`` timed rounds, the order flipping every round (seconds).
+    As ``timeit`` does, the garbage collector is paused during each timed call (after a full collection
+    before it): a collection of what one job left would otherwise land in whichever job runs next."""
     for job in jobs.values():
         job()
     names = list(jobs)
     times: dict[str, list[float]] = {name: [] for name in jobs}
     for i in range(repeats):
         for name in names if i % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            jobs[name]()
-            times[name].append(time.perf_counter() - start)
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.perf_counter()
+                jobs[name]()
+                times[name].append(time.perf_counter() - start)
+            finally:
+                gc.enable()
     return times
 
 

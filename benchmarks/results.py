@@ -197,12 +197,15 @@ METHOD = """\
   measures P3 and memory only, as for the shipped models (the archive is the input of both sides).
 - **P4t.** `bnfold.fold(module, inputs)` (torch.export tracing included) against the torch.export trace it
   starts from (`bnfold.fold.capture.capture`), one untimed call each, then {repeats} timed calls each,
-  alternating; ratio of medians: what bnfold's own work adds to a trace any exact fold of an arbitrary model
-  needs. The former P4 (against `torch.fx.experimental.optimization.fuse`, a Python-level symbolic trace
-  that cannot see through arbitrary models) is still measured and kept in `results.json`, for scale, with
-  no target (see `PROFILE.md`).
+  alternating, with the garbage collector run before each timed call and paused during it, as `timeit`
+  does (a collection of what one call left would land in the next); ratio of medians: what bnfold's own
+  work adds to a trace any exact fold of an arbitrary model needs. The former P4 (against
+  `torch.fx.experimental.optimization.fuse`, a Python-level symbolic trace that cannot see through
+  arbitrary models) is still measured and kept in `results.json`, for scale, with no target (see
+  `PROFILE.md`).
 - **P5.** onnxruntime `InferenceSession` creation (`ORT_ENABLE_ALL`, from the file) of bnfold's output
-  against the plain dynamo export of the original model (the one P3 timed), {sessions} alternating each.
+  against the plain dynamo export of the original model (the one P3 timed), {sessions} alternating each
+  (collected and timed as P4t).
 """
 
 
