@@ -127,8 +127,10 @@ def shape_inference_without_weights() -> Iterator[None]:
 
 
 def _without_weights(function: Any) -> Any:
-    def inference(target: Any, params: dict[str, Any], opset: int) -> Any:
-        return function(target, {k: v for k, v in params.items() if not _is_weight(v)}, opset)
+    def inference(target: Any, params: Any, *rest: Any) -> Any:
+        if isinstance(params, dict):
+            params = {k: v for k, v in params.items() if not _is_weight(v)}
+        return function(target, params, *rest)
 
     return inference
 
