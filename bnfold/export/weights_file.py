@@ -14,8 +14,8 @@ The exporter's ONNX shape inference is given the stored values a shape can depen
 The tensors are those of the exporter's own parameter dictionary, after its constant folding, which it
 builds in ``_model_to_graph``: the only place they can be had is that function's result, so it is wrapped
 for the duration of one export. Where the exporter is not laid out that way (another torch), or a stored
-value is missing from what it handed over, :func:`export_with_weights_file` returns None and the caller
-exports as usual.
+value is missing from what it handed over (or on a big-endian machine), :func:`export_with_weights_file`
+returns None and the caller exports as usual.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -54,6 +55,8 @@ def export_with_weights_file(
 
     The file is laid out as :func:`~bnfold.export.save` lays out a ``.data`` file, and hashed as it is
     written: made beside the output, it can be moved into place instead of copied."""
+    if sys.byteorder != "little":  # the tensors' bytes are written as they lie in memory; ONNX's are little-endian
+        return None
     buffer = io.BytesIO()
     with EXPORTING, exporter_parameters() as parameters, shape_inference_without_weights():
         if parameters is None:
