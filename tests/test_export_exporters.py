@@ -4,7 +4,14 @@ Numbers are checked against the unfolded module in float64, at batch sizes other
 
 from __future__ import annotations
 
+import copy
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -136,7 +143,6 @@ def test_constants_become_initializers_and_still_compute_the_same() -> None:
 
 
 def test_equal_small_initializers_are_shared_and_large_ones_kept() -> None:
-    import onnx
     from onnx import helper, numpy_helper
 
     bound = np.array(6.0, np.float32)
@@ -227,3 +233,73 @@ def test_sizes_from_a_dynamic_batch_are_never_written_as_the_examples() -> None:
             expected = model.double()(xs.double())
         model.float()
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def batch_statistics_net() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A BN without running statistics whose output is the model's own."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    nn.init.uniform_(model[1].weight, 0.5, 1.5)
+    return model, (torch.randn(4, 3, 6, 6),)
+
+
+def assert_computes_batch_statistics(model: nn.Module, exported: export.ExportResult) -> None:
+    """Each batch normalised with its own statistics, like the fp64 original, at any batch size."""
+    onnx.checker.check_model(exported.model)
+    wide = copy.deepcopy(model).double()
+    for batch in (2, 5):
+        x = torch.randn(batch, 3, 6, 6)
+        with torch.no_grad():
+            expected = wide(x.double()).numpy()
+        np.testing.assert_allclose(run(exported, x.numpy()), expected, rtol=1e-4, atol=1e-4)
+
+
+FIRST_EXPORT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import bnfold, test_export_exporters as t
+from bnfold import export
+model, inputs = t.batch_statistics_net()
+exported = export.export_folded(bnfold.fold(model, inputs).module, inputs, exporter="torchscript")
+t.assert_computes_batch_statistics(model, exported)
+"""
+
+
+def test_the_first_export_of_a_process_writes_batch_statistics_at_the_opset_asked_for() -> None:
+    """Before a process's first export, torch's exporter knows only opset 9's BatchNorm (five outputs, which
+    the schema of later opsets refuses): the symbolic bnfold puts in front of it must take the opset's."""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_EXPORT, str(Path(__file__).parent)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("weights_file", [False, True])
+def test_a_model_the_torchscript_exporter_writes_against_the_schema_is_exported_with_dynamo(
+    weights_file: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the TorchScript exporter writes that onnx.checker refuses (here its BatchNormalization given
+    the two extra outputs of opset 9's): asked for by name it says so in one line, its weights file removed;
+    "auto" exports with dynamo instead."""
+    from bnfold.export import torchscript
+
+    real = torchscript.tidy
+
+    def against_the_schema(model: onnx.ModelProto, *args: object) -> onnx.ModelProto:
+        model = real(model, *args)
+        for node in model.graph.node:
+            if node.op_type == "BatchNormalization":
+                node.output.extend(["saved_mean", "saved_var"][: 5 - len(node.output)])
+        return model
+
+    monkeypatch.setattr(torchscript, "tidy", against_the_schema)
+    model, inputs = batch_statistics_net()
+    folded = bnfold.fold(model, inputs)
+    files_before = set(Path(tempfile.gettempdir()).glob(".bnfold-export-*"))
+    with pytest.raises(ExportError, match=r"onnx\.checker refuses: .*BatchNormalization") as refused:
+        export.export_folded(folded.module, inputs, exporter="torchscript", weights_file=weights_file)
+    assert "\n" not in str(refused.value)
+    assert set(Path(tempfile.gettempdir()).glob(".bnfold-export-*")) == files_before
+    exported = export.export_folded(folded.module, inputs, weights_file=weights_file)
+    assert exported.exporter == export.DYNAMO and "onnx.checker refuses" in exported.warnings[0]
+    assert_computes_batch_statistics(model, exported)

@@ -19,6 +19,7 @@ from bnfold.export.cleanup import tidy
 from bnfold.export.files import external_data_limit, point_at_files
 from bnfold.export.result import DEFAULT_OPSET, TORCHSCRIPT, TORCHSCRIPT_MAX_OPSET, ExportResult, quiet
 from bnfold.export.weights_file import export_with_weights_file
+from bnfold.fold.onnx._shapes import skeleton
 
 
 def export_torchscript(
@@ -55,9 +56,22 @@ def export_torchscript(
         within = weights_file if isinstance(weights_file, Path) else None
         exported = export_with_weights_file(module, inputs, options, _torchscript_export, within)
         if exported is not None:
-            return ExportResult(tidy(exported[0], exported[3]), TORCHSCRIPT, opset, *exported[1:])
+            return _checked(ExportResult(tidy(exported[0], exported[3]), TORCHSCRIPT, opset, *exported[1:]))
     proto, said, kept = _exported(module, inputs, options, keep_files=True)
-    return ExportResult(tidy(proto), TORCHSCRIPT, opset, said, kept)
+    return _checked(ExportResult(tidy(proto), TORCHSCRIPT, opset, said, kept))
+
+
+def _checked(result: ExportResult) -> ExportResult:
+    """``result`` once its graph passes onnx.checker (on its skeleton: no weight is serialised), else an
+    ExportError, its files removed: the TorchScript exporter writes some graphs the ONNX schema does not
+    allow (a batch-statistics BatchNormalization that is a model output gets five outputs), and
+    ``export_folded``'s "auto" then takes the dynamo exporter."""
+    try:
+        onnx.checker.check_model(skeleton(result.model))
+    except onnx.checker.ValidationError as exc:
+        result.release_files()
+        raise ExportError(f"the TorchScript exporter wrote a model onnx.checker refuses: {one_line(exc)}") from exc
+    return result
 
 
 def run_torchscript_exporter(
@@ -112,8 +126,10 @@ def batch_statistics_symbolic(opset: int | None) -> Any:
     (``track_running_stats=False``) when the batch is dynamic: its own symbolic needs the batch size to
     compute the batch's statistics and fails without it. Here they are computed over a ``Reshape`` to
     ``[0, C, -1]`` (0 copies the batch dimension), as the exporter computes them for a fixed batch."""
-    from torch.onnx._internal.torchscript_exporter import registration, symbolic_helper, symbolic_opset9
+    from torch.onnx._internal.torchscript_exporter import registration, symbolic_helper, symbolic_opset9, utils
 
+    # Before a process's first export only opset 9's symbolic is registered (it writes five outputs)
+    getattr(utils, "_trigger_symbolic_function_registration", lambda: None)()
     name = "aten::batch_norm"
     group = registration.registry.get_function_group(name)
     stock = group.get(opset) if group is not None and opset else None
