@@ -204,6 +204,14 @@ def _entries() -> list[Entry]:
         ),
         ("bn_two_heads", lambda: (randomise(TwoHeads(), seed=17), (image(2, 3),))),
         (
+            "bn_dropout_linear",  # a classifier head: the dropout is the identity at inference
+            lambda: (_seq(nn.BatchNorm1d(6), nn.Dropout(0.3), nn.Linear(6, 3), seed=31), (randn(5, 6),)),
+        ),
+        (
+            "bn_dropout2d_conv",
+            lambda: (_seq(nn.BatchNorm2d(4), nn.Dropout2d(0.2), nn.Conv2d(4, 5, 3), seed=32), (image(2, 4),)),
+        ),
+        (
             "frozen_bn_after_relu",
             lambda: (nn.Sequential(nn.ReLU(), FrozenBatchNorm2d(3), nn.Conv2d(3, 4, 3)).eval(), (image(2, 3),)),
         ),

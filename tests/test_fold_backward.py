@@ -42,6 +42,20 @@ def test_bn_then_linear(bias: bool) -> None:
     assert result.records[0].into == ["1"]
 
 
+@pytest.mark.parametrize("dropout", [nn.Dropout(0.3), nn.Dropout(0.3, inplace=True), nn.AlphaDropout(0.1)])
+def test_a_dropout_between_bn_and_linear_is_looked_through_at_inference(dropout: nn.Module) -> None:
+    """BatchNorm1d -> Dropout -> Linear, a common classifier head: at inference the dropout is the identity."""
+    model = randomise(nn.Sequential(nn.BatchNorm1d(5), dropout, nn.Linear(5, 3)), seed=47)
+    result = check_fold(model, [randn(6, 5)], folded=1, onnx_export=True)
+    assert result.records[0].how == "backward" and result.records[0].into == ["2"]
+
+
+def test_a_dropout2d_between_bn_and_conv_is_looked_through_at_inference() -> None:
+    model = randomise(nn.Sequential(nn.BatchNorm2d(4), nn.Dropout2d(0.2), nn.Conv2d(4, 6, 3)), seed=48)
+    result = check_fold(model, [image(2, 4)], folded=1, onnx_export=True)
+    assert result.records[0].into == ["2"]
+
+
 def test_bn_feeding_two_convs_folds_into_both() -> None:
     class TwoHeads(nn.Module):
         def __init__(self) -> None:

@@ -102,6 +102,31 @@ def test_batchnorm_then_gemm(trans_b: int, alpha: float, beta: float, c_shape: t
     assert (result.records[0].how, result.records[0].into) == ("backward", ["fc"])
 
 
+@pytest.mark.parametrize("training_mode", [None, False, True])
+def test_a_dropout_between_batchnorm_and_gemm_is_looked_through_at_inference(training_mode: bool | None) -> None:
+    """BatchNormalization -> Dropout -> Gemm, as other producers write a classifier head: a Dropout that is not
+    training is the identity, and the BN folds through it; one in training mode is random, and the BN stays."""
+    inits = gemm_setup(1, (5,)) | bn_params("bn", 6, rng(1))
+    dropout_inputs = ["h"]
+    if training_mode is not None:
+        inits |= {"ratio": np.array(0.3, F32), "training": np.array(training_mode)}
+        dropout_inputs += ["ratio", "training"]
+    nodes = [
+        bn_node("bn", "a", "h"),
+        oh.make_node("Dropout", dropout_inputs, ["d"], name="drop"),
+        oh.make_node("Gemm", ["d", "B", "C"], ["y"], name="fc", transB=1),
+    ]
+    model = make_model(nodes, {"a": [4, 6]}, ["y"], inits)
+    if training_mode:
+        result = fold_onnx(model)
+        assert [r.action for r in result.records] == ["affine"] and "Dropout" in ops(result.model)
+        return
+    a = rng(2).standard_normal((4, 6)).astype(F32)
+    expected = gemm_ref(bn_ref(a.astype(np.float64), inits, "bn"), inits, 1, 1.0, 1.0)
+    result = check(model, {"a": a}, [expected], 1, ["Gemm"])
+    assert (result.records[0].how, result.records[0].into) == ("backward", ["fc"])
+
+
 # ---- MatMul --------------------------------------------------------------------------------------
 MATMUL_BIAS = {"none": None, "vector": (7,), "row": (1, 7), "scalar": ()}
 

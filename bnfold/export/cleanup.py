@@ -54,7 +54,7 @@ def tidy(model: onnx.ModelProto, weights: WrittenWeights | None = None) -> onnx.
     work = ir.serde.deserialize_model(model)
     on_disk = [v.const_value for v in work.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
     with quiet():
-        _tidy_passes(_has_subgraphs(model))(work)
+        _tidy_passes(has_subgraphs(model))(work)
     if weights is not None:
         _append_made_weights(work.graph, weights)
     tidied = ir.serde.serialize_model(work)
@@ -134,7 +134,7 @@ def _tidy_passes(subgraphs: bool) -> ir.passes.Sequential:
     )
 
 
-def _has_subgraphs(model: onnx.ModelProto) -> bool:
+def has_subgraphs(model: onnx.ModelProto) -> bool:
     return any(
         attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
         for node in model.graph.node

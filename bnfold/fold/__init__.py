@@ -22,6 +22,7 @@ from bnfold.fold.capture import capture, graph_module, plain_module
 from bnfold.fold.constants import fold_constants
 from bnfold.fold.eager import unboxed_calls
 from bnfold.fold.engine import fold_graph
+from bnfold.fold.graph import drop_inference_dropouts
 from bnfold.fold.inplace import functionalise_arithmetic
 from bnfold.fold.recalibrate import recalibrate
 from bnfold.fold.records import BnRecord, summarise
@@ -75,6 +76,7 @@ def fold(
     start = time.perf_counter()
     program, notes = _program(model, example_inputs, dynamic_batch, dynamic_axes)
     gm = graph_module(program)
+    drop_inference_dropouts(gm)
     functionalise_arithmetic(gm)
     folded_constants = fold_constants(gm)
     if folded_constants:

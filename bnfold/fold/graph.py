@@ -32,6 +32,13 @@ BATCHNORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training
 # Ops that move or copy data without touching values: an affine passes through them, its axis remapped.
 PERMUTES = {aten.permute.default, aten.transpose.int, aten.clone.default, aten.contiguous.default, aten.alias.default}
 
+# Dropouts, each the identity when its ``train`` argument is False (a model traced in eval mode).
+DROPOUTS = {
+    getattr(aten, name).default
+    for kind in ("dropout", "alpha_dropout", "feature_dropout", "feature_alpha_dropout")
+    for name in (kind, f"{kind}_")
+}
+
 
 def arguments(node: fx.Node) -> dict[str, Any]:
     """The call's arguments by schema name, defaults filled in."""
@@ -83,6 +90,19 @@ def constant(gm: fx.GraphModule, value: Any) -> torch.Tensor | None:
         found = fetch(gm, str(value.target))
         return found if isinstance(found, torch.Tensor) else None
     return None
+
+
+def drop_inference_dropouts(gm: fx.GraphModule) -> int:
+    """Remove, in place, every dropout that runs with ``train=False``: it returns its input as it is (the
+    in-place ones write nothing), and would otherwise stand between a BN and the layer it folds into
+    (``BatchNorm1d -> Dropout -> Linear``, a common classifier head). Returns how many were removed."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in DROPOUTS and arguments(node)["train"] is False:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            count += 1
+    return count
 
 
 def readers(node: fx.Node) -> list[fx.Node]:

@@ -11,8 +11,10 @@ onnxscript leaves every ``ConstantOfShape`` alone (a constant fill can be huge);
 too, since the TorchScript exporter builds a reflect Pad's amounts with one.
 
 Never evaluated: anything that reads a graph input, including an initializer that is also a graph input (a
-caller may feed it), control-flow and non-deterministic ops. Nothing is removed here: the nodes left without
-readers are dropped when the folded graph is written back, after a BatchNorm nothing reads was recorded.
+caller may feed it), control-flow and non-deterministic ops. Nothing else is removed here but Identity nodes
+(a Dropout at inference becomes one), which would stand between a BN and the layer it folds into (not in a
+graph with subgraphs, whose values onnx_ir would rename): the nodes left without readers are dropped when the
+folded graph is written back, after a BatchNorm nothing reads was recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnx_ir.passes.common as common
 from onnxscript import optimizer
 
 DEFAULT_OUTPUT_LIMIT = 512 * 512  # onnxscript's own default for the largest value it stores
@@ -43,6 +46,10 @@ def evaluate_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         output_size_limit=max(largest, DEFAULT_OUTPUT_LIMIT),
         should_fold=small_fill,
     )
+    from bnfold.export.cleanup import has_subgraphs
+
+    if not has_subgraphs(model):
+        common.IdentityEliminationPass()(work)
     return ir.serde.serialize_model(work)
 
 

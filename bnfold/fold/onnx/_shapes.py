@@ -15,7 +15,8 @@ SMALL = 1024  # initializers up to this many elements stay: shape inference may 
 
 
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` without the data of its large initializers (declared as graph inputs)."""
+    """A copy of ``model`` without the data of its large initializers, nor of those kept in a file (each
+    declared as a graph input instead)."""
     source = model.graph
     skel = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name)
     skel.opset_import.extend(model.opset_import)
@@ -29,7 +30,7 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.sparse_initializer.extend(source.sparse_initializer)
     declared = {v.name for v in source.input}
     for tensor in source.initializer:
-        if _elements(tensor) <= SMALL:
+        if _elements(tensor) <= SMALL and tensor.data_location != onnx.TensorProto.EXTERNAL:
             graph.initializer.append(tensor)
         elif tensor.name not in declared:
             graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
