@@ -109,6 +109,14 @@ def test_statistics_problem_names_the_defect(mean: list[float], var: list[float]
     assert maths.statistics_problem(torch.zeros(2), torch.ones(2), 1e-5) is None
 
 
+def test_a_zero_variance_with_a_zero_eps_divides_by_zero() -> None:
+    mean, var = torch.zeros(3), torch.tensor([1.0, 0.0, 2.0])
+    assert maths.statistics_problem(mean, var, 1e-5) is None
+    assert (
+        maths.statistics_problem(mean, var, 0.0) == "running_var + eps is 0 in 1 of 3 channels (the BN divides by zero)"
+    )
+
+
 def test_reasons_read_back_as_their_templates() -> None:
     from bnfold.fold.reasons import explain, kinds, reason
 

@@ -61,8 +61,9 @@ def statistics_problem(running_mean: Tensor, running_var: Tensor, eps: float) ->
         return "running_var holds NaN or Inf"
     if (running_var < 0).any():
         return "running_var has negative entries"
-    if ((running_var.to(F64) + eps) <= 0).all() and running_var.numel() > 0:
-        return "running_var + eps is not positive"
+    zero = int(((running_var.to(F64) + eps) <= 0).sum())
+    if zero:
+        return f"running_var + eps is 0 in {zero} of {running_var.numel()} channels (the BN divides by zero)"
     return None
 
 
