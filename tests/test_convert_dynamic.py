@@ -166,3 +166,27 @@ def test_the_shipped_archive_runs_at_batch_one_and_thirty_two(
     name = session.get_inputs()[0].name
     for batch in (1, 32):
         assert session.run(None, {name: np.zeros((batch, 1, 8, 8), np.float32)})[0].shape[0] == batch
+
+
+class VarArgs(nn.Module):
+    """``forward(self, *images)``, as some published code takes its inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = trained()
+
+    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+        return self.net(images[0])
+
+
+def test_a_forward_taking_star_args_keeps_the_batch_dynamic(tmp_path: Path) -> None:
+    from bnfold.convert import ConvertConfig, convert
+
+    out = tmp_path / "net.onnx"
+    result = convert(
+        VarArgs().eval(), ConvertConfig(output=out, bench=False), example_inputs=(torch.randn(2, 3, 16, 16),)
+    )
+    assert result.passed and result.report["fold"]["batchnorm_folded"] == 1
+    for batch in (1, 5):
+        got, expected = run(out, (batch, 3, 16, 16))
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)

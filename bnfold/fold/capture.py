@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,13 +94,28 @@ def widened_inputs(inputs: tuple[Any, ...], axes: DynamicAxes) -> tuple[Any, ...
 
 def _export(model: nn.Module, inputs: tuple[Any, ...], dynamic: Any) -> torch.export.ExportedProgram:
     try:
-        return torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
+        return torch.export.export(model, inputs, dynamic_shapes=_as_bound(model, dynamic), strict=False)
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
         if _shape_mismatch(exc):
             raise InputSpecError(f"the inputs do not fit the model: {one_line(exc)}; check --input-shape") from exc
         raise TraceError(f"the model's forward failed while tracing: {one_line(exc)}") from exc
     except Exception as exc:  # torch.export raises many private error types
         raise TraceError(f"torch.export could not trace the model: {one_line(exc)}") from exc
+
+
+def _as_bound(model: nn.Module, dynamic: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """``dynamic`` (one entry per input) laid out as torch.export binds the inputs to ``forward``'s
+    parameters: the entries of the inputs a ``*args`` parameter takes go in as one tuple."""
+    if dynamic is None:
+        return None
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature Python can read: as given
+        return dynamic
+    for index, parameter in enumerate(parameters[: len(dynamic)]):
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return (*dynamic[:index], tuple(dynamic[index:]))
+    return dynamic
 
 
 def _shape_mismatch(exc: BaseException) -> bool:
