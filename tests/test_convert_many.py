@@ -68,8 +68,38 @@ def test_check_reads_the_aggregate(zoo: tuple[Path, object]) -> None:
 def test_two_models_may_not_write_the_same_file(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="would both write"):
         plan([tmp_path / "a" / "m.pt2", tmp_path / "b" / "m.pt2"], tmp_path / "out")
-    runs = plan([tmp_path / "m.onnx", tmp_path / "m.pt2"], tmp_path)
+    runs = plan([tmp_path / "m.onnx", tmp_path / "m.pt2"], tmp_path / "out")
     assert [r.output.name for r in runs] == ["m.folded.onnx", "m.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "clash"),
+    [
+        (["m.onnx", "m.pt2"], "m.pt2 would write .*m.onnx, which is the input .*m.onnx"),  # m.pt2 -> m.onnx
+        (["m.report.json", "m.pt2"], "m.pt2 would write .*m.report.json, which is the input"),  # an ONNX file
+        (["summary.json"], "the summary would write .*summary.json, which is the input"),
+        (["m.pt2", "sub/../m.pt2"], r"sub/\.\./m.pt2 is given twice \(.*m.pt2\): give each model once"),
+    ],
+)
+def test_no_model_writes_what_another_reads(tmp_path: Path, inputs: list[str], clash: str) -> None:
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(OutputError, match=clash):
+        plan([tmp_path / name for name in inputs], tmp_path)
+
+
+def test_a_model_that_would_overwrite_another_is_refused_before_any_work(tmp_path: Path) -> None:
+    """``a.onnx`` and ``a.pt2`` into their own folder: ``a.pt2``'s output is ``a.onnx``. Refused in one line, exit
+    2, both inputs as they were and nothing written."""
+    shutil.copy(MODELS / "digits_cnn.pt2", tmp_path / "a.pt2")
+    assert run_cli("convert", "a.pt2", "-o", "b.onnx", "--no-bench", "-q", cwd=tmp_path).returncode == 0
+    (tmp_path / "b.onnx").rename(tmp_path / "a.onnx")
+    for stale in tmp_path.glob("b.*"):
+        stale.unlink()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    done = run_cli("convert", "a.onnx", "a.pt2", "--output-dir", ".", "--jobs", "2", "--no-bench", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "a.pt2 would write a.onnx, which is the input a.onnx" in done.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 @pytest.mark.parametrize(("codes", "expected"), [((0, 0), 0), ((0, 1), 1), ((1, 2), 2), ((0, 2), 2)])

@@ -165,7 +165,7 @@ def _convert_many(
         )
     if not output_dir.is_dir():
         raise click.UsageError(f"--output-dir {output_dir} does not exist: create it first")
-    runs = plan(list(models), output_dir)
+    runs = plan(list(models), output_dir, config)
 
     def done(run: Any) -> None:
         if not quiet:

@@ -39,22 +39,50 @@ class ModelRun:
         return self.output.with_name(self.output.stem + ".report.json")
 
 
-def plan(models: Sequence[Path], output_dir: Path | None) -> list[ModelRun]:
-    """Each model's ONNX path (``DIR/<stem>.onnx``, or beside the model); two models may not share one."""
+SUMMARY_FILES = ("summary.json", "summary.md", "summary.html")
+
+
+def plan(models: Sequence[Path], output_dir: Path | None, config: ConvertConfig | None = None) -> list[ModelRun]:
+    """Each model's ONNX path (``DIR/<stem>.onnx``, or beside the model), checked before any work starts:
+    no model is given twice, and nothing any model writes (its ONNX file and ``.data``, its reports, the
+    summary) is a file any model reads (a model, its external data, ``config``'s ``--data``,
+    ``--recalibrate`` or ``--model`` source) or one another model writes."""
+    from bnfold.outputs import same_file
+
     runs: list[ModelRun] = []
-    seen: dict[Path, Path] = {}
     for model in models:
+        twice = next((run.model for run in runs if same_file(run.model, model)), None)
+        if twice is not None:
+            raise OutputError(f"{model} is given twice ({twice}): give each model once")
         name = model.with_suffix(".folded.onnx" if model.suffix == ".onnx" else ".onnx").name
-        output = (output_dir / name) if output_dir is not None else model.with_name(name)
-        key = output.resolve()
-        if key in seen:
-            raise OutputError(
-                f"{seen[key]} and {model} would both write {output}: convert them into different --output-dir "
-                "folders, or rename one"
-            )
-        seen[key] = model
-        runs.append(ModelRun(model, output))
+        runs.append(ModelRun(model, (output_dir / name) if output_dir is not None else model.with_name(name)))
+    _check_paths(runs, output_dir, config)
     return runs
+
+
+def _check_paths(runs: Sequence[ModelRun], output_dir: Path | None, config: ConvertConfig | None) -> None:
+    """See :func:`plan`; an :class:`OutputError` naming the first clash."""
+    from bnfold.convert import plan as paths
+    from bnfold.outputs import same_file
+
+    reads = [item for run in runs for item in paths.model_reads(f"the input {run.model}", run.model).items()]
+    if config is not None:
+        reads += [(label, path) for label, path in paths.option_reads(config).items()]
+    writes = [
+        (str(run.model), path)
+        for run in runs
+        for path in paths.convert_writes(run.output, run.report_path, None).values()
+    ]
+    if output_dir is not None:
+        writes += [("the summary", output_dir / name) for name in SUMMARY_FILES]
+    where = "convert into another --output-dir" if output_dir is not None else "give --output-dir"
+    for i, (writer, path) in enumerate(writes):
+        read = next((what for what, source in reads if same_file(path, source)), None)
+        if read is not None:
+            raise OutputError(f"{writer} would write {path}, which is {read}: {where}, or rename the model")
+        other = next((w for w, p in writes[i + 1 :] if w != writer and same_file(path, p)), None)
+        if other is not None:
+            raise OutputError(f"{writer} and {other} would both write {path}: {where}, or rename one")
 
 
 def convert_many(
