@@ -134,6 +134,8 @@ def test_names_can_be_set(weights: Path, capfd: pytest.CaptureFixture[str]) -> N
         (("--output-names", "a,b"), "--output-names gives 2 name(s); the model has 1 output(s)"),
         (("--input-names", "x", "--output-names", "x"), "must differ: x given twice"),
         (("--dynamic", "depth"), "'depth' is not a dimension"),
+        (("--dynamic", "7"), "--dynamic 7: no input of the model has that axis (their ranks: 4)"),
+        (("--dynamic", "batch,length"), "--dynamic length: no input of the model has that axis"),
     ],
 )
 def test_bad_names_and_dimensions_are_refused(

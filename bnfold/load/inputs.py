@@ -113,7 +113,15 @@ def parse_dynamic(text: str) -> tuple[str, ...]:
 def dynamic_axes(names: tuple[str, ...], inputs: tuple[torch.Tensor, ...]) -> tuple[tuple[int, ...], ...]:
     """The axes ``names`` stand for in each input: batch is 0; height and width the last two axes of an
     image (rank 4 and up); length the last axis of a sequence (rank 3); numbers count from 0 (or from the
-    end when negative). A name an input has no axis for is skipped for that input."""
+    end when negative). A name an input has no axis for is skipped for that input; one no input has an axis
+    for is an :class:`InputSpecError` (it would otherwise be dropped without a word, and the batch with it)."""
+    for name in names:
+        if all(_axis(name, t.dim()) is None for t in inputs):
+            ranks = ", ".join(str(t.dim()) for t in inputs)
+            raise InputSpecError(
+                f"--dynamic {name}: no input of the model has that axis (their ranks: {ranks}); give batch, "
+                "height and width (rank 4 and up), length (rank 3) or an axis number below the rank"
+            )
     return tuple(tuple(sorted({a for a in (_axis(n, t.dim()) for n in names) if a is not None})) for t in inputs)
 
 
