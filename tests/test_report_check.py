@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_cli
 from test_report_sample import failing_report, sample_report
 
-from bnfold.errors import ReportError
+from bnfold.errors import ConfigError, ReportError
 from bnfold.report.check import check_reports, headline
 
 
@@ -61,6 +62,22 @@ def test_max_abs_err_threshold(tmp_path: Path) -> None:
     assert result.reason == (
         "max abs err 2.6e-06 > allowed 1.0e-06 (onnxruntime CPU (optimizations all) output logits)"
     )
+
+
+@pytest.mark.parametrize("option", ["max-abs-err", "min-speedup"])
+@pytest.mark.parametrize("value", ["nan", "-1", "inf"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(tmp_path: Path, option: str, value: str) -> None:
+    """NaN compares false with everything: as a threshold it would pass every report."""
+    path = write(tmp_path, failing_report())
+    with pytest.raises(ConfigError, match=f"--{option} {value}"):
+        check_reports([path], **{option.replace("-", "_"): float(value)})
+
+
+def test_a_nan_threshold_is_bad_input_on_the_command_line(tmp_path: Path) -> None:
+    path = write(tmp_path, failing_report())
+    done = run_cli("check", str(path), "--max-abs-err", "nan")
+    assert done.returncode == 2 and done.stderr == "Error: --max-abs-err nan: a threshold is a finite number >= 0\n"
+    assert run_cli("check", str(path), "--max-abs-err", "1").returncode == 1  # judged with a finite one
 
 
 def test_min_speedup_uses_the_slowest_onnxruntime_result(tmp_path: Path) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnfold.errors import ReportError, one_line
+from bnfold.errors import ConfigError, ReportError, one_line
 from bnfold.report.document import (
     REQUIRED,
     SCHEMA_NAME,
@@ -176,7 +177,11 @@ def check_reports(
     min_speedup: float | None = None,
 ) -> CheckVerdict:
     """Load and judge each report (a file that is not a report raises ReportError). A many-model summary
-    (``summary.json``) stands for every report it lists; a model it lists without one fails."""
+    (``summary.json``) stands for every report it lists; a model it lists without one fails. A threshold
+    that is not a finite number >= 0 is a :class:`~bnfold.errors.ConfigError` (NaN would pass every report)."""
+    for option, value in (("--max-abs-err", max_abs_err), ("--min-speedup", min_speedup)):
+        if value is not None and not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{option} {value!r}: a threshold is a finite number >= 0")
     results = []
     for path in paths:
         for name, report_path, reason in _expand(Path(path)):
