@@ -149,17 +149,19 @@ class OutputSet:
             return self._swap(staged)
 
     def discard(self) -> None:
-        """Remove the staging folders with whatever is still in them."""
-        for folder in self._folders.values():
-            shutil.rmtree(folder, ignore_errors=True)
-        self._folders.clear()
+        """Remove the staging folders with whatever is still in them (a signal waits till they are gone)."""
+        with _signals_held():
+            for folder in self._folders.values():
+                shutil.rmtree(folder, ignore_errors=True)
+            self._folders.clear()
 
     def _folder(self, directory: Path) -> Path:
         key = directory.resolve()
         if key not in self._folders:
             remove_stale_staging(directory)
             try:
-                self._folders[key] = Path(tempfile.mkdtemp(dir=directory, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+                with _signals_held():  # made and recorded as one step: a signal between would orphan it
+                    self._folders[key] = Path(tempfile.mkdtemp(dir=directory, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
             except OSError as exc:
                 raise OutputError(f"cannot write to {directory} ({one_line(exc)}): choose another output path") from exc
         return self._folders[key]

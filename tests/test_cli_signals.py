@@ -64,3 +64,31 @@ def test_a_signal_leaves_the_previous_set_and_no_staging(tmp_path: Path, signum:
     report = json.loads((tmp_path / "out.report.json").read_text())
     assert report["onnx"]["sha256"] == file_sha256(tmp_path / "out.onnx")
     assert report["onnx"]["external_data_sha256"] == file_sha256(tmp_path / "out.onnx.data")
+
+
+@pytest.mark.parametrize(("signum", "group", "code"), [(signal.SIGINT, False, 130), (signal.SIGINT, True, 130),
+                                                       (signal.SIGTERM, False, 143)])  # fmt: skip
+def test_a_signal_stops_every_worker_of_a_many_model_run_without_leftovers(
+    tmp_path: Path, signum: int, group: bool, code: int
+) -> None:
+    """To the parent alone (a scheduler's SIGTERM) or to the whole group (Ctrl-C): each worker removes its
+    staging folder before the run exits, and nothing else is written."""
+    (tmp_path / "out").mkdir()
+    models = [str(MODELS / "digits_cnn.pt2"), str(MODELS / "tabular_mlp.pt2")]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bnfold", "convert", *models, "--output-dir", "out", "--jobs", "2",
+         "--batch", "1,8,32", "--random-batches", "3"],
+        cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any((tmp_path / "out").glob(".bnfold-staging-*")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    if group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+    assert err == f"Interrupted ({signal.Signals(signum).name}).\n"
+    assert list((tmp_path / "out").iterdir()) == []

@@ -9,10 +9,13 @@ and reports are written as a single conversion writes them, and an aggregate (``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -95,16 +98,33 @@ def convert_many(
     context = multiprocessing.get_context("spawn")
     pending = list(runs)
     active: dict[int, _Worker] = {}
-    while pending or active:
-        while pending and len(active) < jobs:
-            worker = _Worker.start(context, pending.pop(0), config, threads)
-            active[worker.process.sentinel] = worker
-        for sentinel in wait(list(active)):
-            worker = active.pop(int(sentinel))  # type: ignore[arg-type]
-            worker.finish()
-            if on_done:
-                on_done(worker.run)
+    try:
+        while pending or active:
+            while pending and len(active) < jobs:
+                worker = _Worker.start(context, pending.pop(0), config, threads)
+                active[worker.process.sentinel] = worker
+            for sentinel in wait(list(active)):
+                worker = active.pop(int(sentinel))  # type: ignore[arg-type]
+                worker.finish()
+                if on_done:
+                    on_done(worker.run)
+    except BaseException:  # interrupted (SIGINT, SIGTERM) or failed: no worker outlives the batch
+        _stop(list(active.values()))
+        raise
     return runs
+
+
+def _stop(workers: list[_Worker], grace: float = 60.0) -> None:
+    """Stop the workers and wait for them: each removes its staging folders as it exits on SIGTERM (one that
+    has not within ``grace`` seconds is killed)."""
+    for worker in workers:
+        worker.process.terminate()
+    deadline = time.monotonic() + grace
+    for worker in workers:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
 
 
 @dataclass
@@ -121,7 +141,8 @@ class _Worker:
         own = dataclasses.replace(config, output=run.output, report=None, threads=threads)
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(target=_convert_one, args=(run.model, own, sender), daemon=True)
-        process.start()
+        with _interrupts_ignored_by_workers():
+            process.start()
         sender.close()
         return cls(run, process, receiver, time.perf_counter())
 
@@ -144,6 +165,7 @@ def _convert_one(model: Path, config: ConvertConfig, sender: Connection) -> None
     from bnfold.convert import convert
     from bnfold.errors import BnfoldError
 
+    signal.signal(signal.SIGTERM, _exit_unwinding)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
@@ -157,6 +179,31 @@ def _convert_one(model: Path, config: ConvertConfig, sender: Connection) -> None
         outcome = (EXIT_BAD_INPUT, f"internal error: {type(exc).__name__}: {exc}")
     sender.send((outcome[0], outcome[1][:2000]))
     sender.close()
+
+
+@contextlib.contextmanager
+def _interrupts_ignored_by_workers() -> Iterator[None]:
+    """While a worker starts, SIGINT is ignored (a disposition the worker inherits, from before Python starts up
+    in it) and blocked here (one that arrives meanwhile reaches this process's own handler after): Ctrl-C
+    reaches the whole process group, and the parent alone handles it, stopping the workers with SIGTERM."""
+    previous = signal.getsignal(signal.SIGINT)
+    usable = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    if not usable or previous is None:  # signals are only set from the main thread; a handler from C stays
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _exit_unwinding(signum: int, _frame: Any) -> None:
+    """SIGTERM in a worker: exit through the conversion's ``finally`` blocks, which remove its staging folders."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def exit_code(runs: Sequence[ModelRun]) -> int:
