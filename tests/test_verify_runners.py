@@ -298,3 +298,19 @@ def test_parity_of_the_shipped_models_is_the_same_with_a_float64_copy_as_referen
         patch.setattr(runners.TorchRunner, "__init__", on_a_copy)
         copied = parity("copied")
     assert streamed == copied and any(c["reference"] == "original fp64 (torch)" for c in streamed)
+
+
+def test_a_model_onnxruntime_has_no_kernel_for_says_which_op_and_what_runs() -> None:
+    """onnxruntime's CPU provider has no float64 Conv: the runner names the op and the way out."""
+    weight = numpy_helper.from_array(np.ones((2, 3, 1, 1)), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 2, 4, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    with pytest.raises(RuntimeError, match=r"has no kernel for Conv\(11\) .*a float64 model: a float32 copy") as said:
+        ort_runner(model)
+    assert "NOT_IMPLEMENTED" in str(said.value.__cause__)  # onnxruntime's own refusal, reworded

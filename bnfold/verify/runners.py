@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import fx, nn
@@ -177,11 +179,17 @@ class OrtRunner:
     ) -> None:
         self.providers = tuple(providers)
         self.optimization = optimization
-        self.session = ort.InferenceSession(
-            model if isinstance(model, bytes) else str(model),
-            sess_options=session_options(optimization, threads),
-            providers=list(self.providers),
-        )
+        try:
+            self.session = ort.InferenceSession(
+                model if isinstance(model, bytes) else str(model),
+                sess_options=session_options(optimization, threads),
+                providers=list(self.providers),
+            )
+        except Exception as exc:  # onnxruntime raises its own error types
+            missing = re.search(r"Could not find an implementation for (\S+)", str(exc))
+            if missing is None:
+                raise
+            raise RuntimeError(_no_kernel(missing.group(1), model, self.providers)) from exc
         self.inputs = self.session.get_inputs()
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -196,6 +204,23 @@ class OrtRunner:
             meta.name: np.ascontiguousarray(x, dtype=_ORT_DTYPES.get(meta.type, np.asarray(x).dtype))
             for meta, x in zip(self.inputs, inputs, strict=True)
         }
+
+
+def _no_kernel(op: str, model: str | Path | bytes, providers: Sequence[str]) -> str:
+    """Why onnxruntime cannot build a session: it has no kernel for ``op`` at the types the model uses."""
+    said = f"onnxruntime ({', '.join(providers)}) has no kernel for {op} at the element types this model uses"
+    try:
+        proto = (
+            onnx.load_from_string(model)
+            if isinstance(model, bytes)
+            else onnx.load(str(model), load_external_data=False)
+        )
+    except Exception:  # noqa: BLE001 - only for the hint below
+        return said
+    types = {i.type.tensor_type.elem_type for i in proto.graph.input}
+    if onnx.TensorProto.DOUBLE in types:
+        said += " (a float64 model: a float32 copy of it, model.float(), runs there)"
+    return said
 
 
 def ort_runner(
