@@ -197,6 +197,11 @@ def report_over_output(directory: Path, files: Files) -> list[str]:
     return convert_shared("small_onnx", "--report", str(directory / "out.onnx"))(directory, files)
 
 
+def data_over_report(directory: Path, files: Files) -> list[str]:
+    """``--data`` names the report ``-o out.onnx`` writes by default (no ``--report`` given)."""
+    return convert_copy(DIGITS, "--data", str(directory / "out.report.json"))(directory, files)
+
+
 def debug_empty_file(directory: Path, files: Files) -> list[str]:
     return ["--debug", *convert_bytes("model.pt2", b"")(directory, files)]
 
@@ -271,6 +276,17 @@ CASES = [
         ("--input-shape",),
     ),
     Case("input-shape-rank-onnx", convert_shared("small_onnx", "--input-shape", "8,8"), ("--input-shape",)),
+    Case(
+        "input-shape-twice",
+        convert_copy(DIGITS, "--input-shape", "2,1,8,8", "--input-shape", "2,1,8,8"),
+        ("forward takes 1 input(s), 2 were given", "give --input-shape once per input"),
+    ),
+    Case(
+        "recalibrate-not-npz",
+        convert_copy(DIGITS, "--recalibrate", str(DIGITS)),
+        ("--recalibrate", "cannot read its arrays", "numpy.savez"),
+    ),
+    Case("data-is-the-default-report", data_over_report, ("the JSON report", "is the --data file")),
     Case(
         "input-shape-not-numeric",
         convert_copy(DIGITS, "--input-shape", "a,b"),

@@ -27,7 +27,11 @@ DIGITS = str(MODELS / "digits_cnn.pt2")
         (["frobnicate"], "No such command 'frobnicate'; see 'bnfold --help'"),
         (
             ["convert", DIGITS, DIGITS, "--output-dir", "/nonexistent", "--save-inputs", "saved"],
-            "-o, --report, --save-optimized and --save-inputs name one model's files",
+            "--save-inputs and --output-dir both say where outputs go: with several models use --output-dir",
+        ),
+        (
+            ["convert", DIGITS, "--output-dir", ".", "-o", "x.onnx"],
+            "-o and --output-dir both say where outputs go: give one or the other",
         ),
         (["bench", "a.onnx", "b.onnx", "c.onnx"], "give one ONNX model, or two to compare (original first); see"),
     ],

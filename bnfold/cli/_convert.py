@@ -158,11 +158,11 @@ def _convert_many(
 
     if output_dir is None:
         raise click.UsageError("give --output-dir for several models: each model's outputs and summary.json go there")
-    if config.output or config.report or config.save_optimized or config.save_inputs:
-        raise click.UsageError(
-            "-o, --report, --save-optimized and --save-inputs name one model's files: with "
-            "several models use --output-dir"
-        )
+    given = [o for o, v in (("-o", config.output), ("--report", config.report), ("--save-optimized",
+             config.save_optimized), ("--save-inputs", config.save_inputs)) if v]  # fmt: skip
+    if given:
+        why = "with several models use --output-dir" if len(models) > 1 else "give one or the other"
+        raise click.UsageError(f"{' and '.join(given)} and --output-dir both say where outputs go: {why}")
     if not output_dir.is_dir():
         raise click.UsageError(f"--output-dir {output_dir} does not exist: create it first")
     runs = plan(list(models), output_dir, config)

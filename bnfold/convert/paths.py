@@ -79,7 +79,7 @@ class Converted:
 
 def calibration_batches(path: Path, count: int, batch: int = 64) -> list[tuple[torch.Tensor, ...]]:
     """``--recalibrate`` data as batches of at most ``batch`` samples."""
-    data = load_data(path, count)
+    data = load_data(path, count, "--recalibrate")
     n = data[0].shape[0]
     return [tuple(t[i : i + batch].float() for t in data) for i in range(0, n, batch)]
 

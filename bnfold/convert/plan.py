@@ -28,6 +28,7 @@ class Targets:
     save_inputs: Path | None = None
     batch_count: int = 0  # the parity batches, one ``--save-inputs`` pair of files each
     outputs: OutputSet | None = None
+    named: frozenset[str] = frozenset()  # the options that named a path ("-o", "--report"), for messages
 
     @classmethod
     def of(cls, source: Path | None, config: ConvertConfig) -> Targets:
@@ -35,11 +36,12 @@ class Targets:
         onnx_path, report = output_paths(source, config)
         optimized = Path(config.save_optimized) if config.save_optimized else None
         report_path = report if config.write_reports else None
-        return cls(onnx_path, report_path, optimized, config.save_inputs, config.parity.batch_count)
+        named = frozenset(o for o, given in (("-o", config.output), ("--report", config.report)) if given)
+        return cls(onnx_path, report_path, optimized, config.save_inputs, config.parity.batch_count, named=named)
 
     def writes(self) -> dict[str, Path]:
         """Every file the run may write, by label (for :func:`bnfold.outputs.check_plan`)."""
-        writes = convert_writes(self.onnx, self.report, self.optimized)
+        writes = convert_writes(self.onnx, self.report, self.optimized, self.named)
         if self.save_inputs is not None:
             writes.update(saved_inputs.planned(Path(self.save_inputs), self.batch_count))
         return writes
@@ -79,23 +81,27 @@ def data_file(path: Path) -> Path:
     return path.with_name(path.name + ".data")
 
 
-def convert_writes(onnx_path: Path, report: Path | None, optimized: Path | None) -> dict[str, Path]:
-    """Every file ``convert`` may write, by label. A ``.data`` file is reserved even when the model ends
-    up as one file: a previous run's is then removed, as it belongs to the previous set."""
-    writes = {"-o": onnx_path, "the external data of -o": data_file(onnx_path)}
-    writes.update(report_writes(report))
+def convert_writes(
+    onnx_path: Path, report: Path | None, optimized: Path | None, named: frozenset[str] = frozenset({"-o", "--report"})
+) -> dict[str, Path]:
+    """Every file ``convert`` may write, by label: an option in ``named`` (one the user gave) by its name, a
+    default path by what it is. A ``.data`` file is reserved even when the model ends up as one file: a
+    previous run's is then removed, as it belongs to the previous set."""
+    output = "-o" if "-o" in named else "the ONNX output"
+    writes = {output: onnx_path, f"the external data of {output}": data_file(onnx_path)}
+    writes.update(report_writes(report, "--report" if "--report" in named else "the JSON report"))
     if optimized is not None:
         writes["--save-optimized"] = optimized
         writes["the external data of --save-optimized"] = data_file(optimized)
     return writes
 
 
-def report_writes(report: Path | None) -> dict[str, Path]:
-    """The JSON report and its Markdown and HTML companions, by label."""
+def report_writes(report: Path | None, label: str = "--report") -> dict[str, Path]:
+    """The JSON report (as ``label``) and its Markdown and HTML companions, by label."""
     if report is None:
         return {}
     markdown, html = companion_paths(report)
-    return {"--report": report, "the Markdown report": markdown, "the HTML report": html}
+    return {label: report, "the Markdown report": markdown, "the HTML report": html}
 
 
 def model_reads(what: str, path: Path | None) -> dict[str, Path]:

@@ -49,6 +49,7 @@ def capture(
     such an axis would pin it to 1 (torch.export specialises 0 and 1), so the trace sees the example
     repeated to size 2 there; when the model cannot take that, it is traced as given and the axis stays
     fixed (said in the notes)."""
+    _check_arity(model, inputs)
     notes: list[str] = []
     if axes is None:
         axes = tuple((0,) if dynamic_batch and isinstance(t, torch.Tensor) and t.dim() > 0 else () for t in inputs)
@@ -101,6 +102,24 @@ def _export(model: nn.Module, inputs: tuple[Any, ...], dynamic: Any) -> torch.ex
         raise TraceError(f"the model's forward failed while tracing: {one_line(exc)}") from exc
     except Exception as exc:  # torch.export raises many private error types
         raise TraceError(f"torch.export could not trace the model: {one_line(exc)}") from exc
+
+
+def _check_arity(model: nn.Module, inputs: tuple[Any, ...]) -> None:
+    """An :class:`InputSpecError` when ``forward`` cannot take ``len(inputs)`` positional inputs."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature Python can read: the trace says what is wrong
+        return
+    kinds = [p.kind for p in parameters]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if not len(required) <= len(inputs) <= len(positional):
+        takes = f"{len(required)} to {len(positional)}" if len(required) < len(positional) else str(len(required))
+        raise InputSpecError(
+            f"the model's forward takes {takes} input(s), {len(inputs)} were given: give --input-shape once per input"
+        )
 
 
 def _as_bound(model: nn.Module, dynamic: tuple[Any, ...] | None) -> tuple[Any, ...] | None:

@@ -61,33 +61,39 @@ def make_inputs(spec: InputSpec, seed: int) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def load_data(path: str | Path, count: int) -> tuple[torch.Tensor, ...]:
-    """User data from ``.npz``: one array per input, in the file's order (arrays named y/labels skipped)."""
+NPZ_HINT = "save inputs with numpy.savez(path, x=inputs)"
+
+
+def load_data(path: str | Path, count: int, option: str = "--data") -> tuple[torch.Tensor, ...]:
+    """User data from ``.npz``: one array per input, in the file's order (arrays named y/labels skipped).
+    Errors name the file as ``option`` (the command-line option that gave it)."""
     path = Path(path)
     if not path.is_file():
-        raise InputSpecError(f"--data {path}: no such file")
-    archive = _open_npz(path)
+        raise InputSpecError(f"{option} {path}: no such file")
+    archive = _open_npz(path, option)
     with archive:
         keys = [k for k in archive.files if k not in ("y", "labels")]
         if len(keys) < count or not keys:
-            raise InputSpecError(f"--data {path}: the model takes {count} inputs, the file holds {len(keys)}")
+            raise InputSpecError(f"{option} {path}: the model takes {count} inputs, the file holds {len(keys)}")
         try:
             return tuple(torch.from_numpy(np.ascontiguousarray(archive[k])) for k in keys[:count])
         except Exception as exc:  # an object array (pickled), a dtype torch has no match for, a bad member
-            raise InputSpecError(f"--data {path}: cannot read its arrays as tensors ({one_line(exc)})") from None
+            raise InputSpecError(
+                f"{option} {path}: cannot read its arrays as tensors ({one_line(exc)}); {NPZ_HINT}"
+            ) from None
 
 
-def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
-    hint = "save inputs with numpy.savez(path, x=inputs)"
+def _open_npz(path: Path, option: str) -> np.lib.npyio.NpzFile:
+    hint = NPZ_HINT
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             check_zip(path, archive)  # an .npz is a zip: its declared sizes are checked before any is read
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as exc:  # not numpy at all, or a pickle (refused)
-        raise InputSpecError(f"--data {path}: not a readable .npz file ({one_line(exc)}); {hint}") from None
+        raise InputSpecError(f"{option} {path}: not a readable .npz file ({one_line(exc)}); {hint}") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise InputSpecError(f"--data {path}: a single .npy array, not an .npz archive; {hint}")
+        raise InputSpecError(f"{option} {path}: a single .npy array, not an .npz archive; {hint}")
     return loaded
 
 
