@@ -92,3 +92,21 @@ def test_a_signal_stops_every_worker_of_a_many_model_run_without_leftovers(
     assert process.returncode == code, err
     assert err == f"Interrupted ({signal.Signals(signum).name}).\n"
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_command_line_starts_without_torch() -> None:
+    """``import bnfold.cli`` leaves torch and onnxruntime to the commands that need them: ``--help`` and usage
+    errors answer at once, and a Ctrl-C while they load is handled (below)."""
+    code = "import sys, bnfold, bnfold.cli; print(sorted({'torch', 'onnxruntime', 'onnx'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    assert done.returncode == 0 and done.stdout == "[]\n", done.stderr
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.8])
+def test_a_ctrl_c_while_the_libraries_load_is_an_interruption_not_a_traceback(tmp_path: Path, delay: float) -> None:
+    process = _start(["convert", str(MODELS / "digits_cnn.pt2"), "-o", "out.onnx", "--no-bench"], tmp_path)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and err == "Interrupted (SIGINT).\n", err
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ import onnx
 import torch
 from torch import nn
 
+from bnfold._entry import make_callable
 from bnfold.convert import plan, saved_inputs
 from bnfold.convert.checks import (
     Batches,
@@ -358,3 +359,6 @@ def _write(staged: Path, data_path: Path | None, report: Report, targets: Target
     if targets.report is not None:
         write_report_files(report, targets.stage(targets.report))
     return targets.commit()
+
+
+make_callable(__name__, convert)  # bnfold.convert(model, config) calls convert(); bnfold.convert.many stays reachable
