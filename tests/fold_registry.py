@@ -146,6 +146,19 @@ class TwoHeads(nn.Module):
         return self.a(y), self.b(y)
 
 
+class TiedConvs(nn.Module):
+    """Two convs sharing one weight (``b.weight = a.weight``), a BN after ``a``: the exporters store the weight
+    once, under one name, and the record must still name ``a``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.a(x)) + self.b(x)
+
+
 def _sample(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     if str(MODELS) not in sys.path:
         sys.path.insert(0, str(MODELS))
@@ -189,6 +202,7 @@ def _entries() -> list[Entry]:
         ("channel_gain", lambda: (randomise(ChannelGain(), seed=28), (image(2, 3),))),
         ("linear_feature_scale", lambda: (randomise(LinearScale(), seed=29), (randn(2, 7, 5),))),
         ("channel_offset", lambda: (randomise(ChannelOffset(), seed=30), (image(2, 3),))),
+        ("tied_conv_weights", lambda: (randomise(TiedConvs(), seed=33), (image(2, 3),))),
         # backward into the consumer
         ("bn_conv_unpadded", lambda: (_seq(nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3), seed=14), (image(2, 4),))),
         (

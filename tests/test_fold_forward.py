@@ -124,3 +124,12 @@ class ConcatAlongHeight(nn.Module):
 def test_concatenation_along_another_axis_folds_into_every_piece() -> None:
     result = check_fold(randomise(ConcatAlongHeight(), seed=27), [image(2, 3)], folded=1, onnx_export=True)
     assert (result.records[0].how, result.records[0].into) == ("concat", ["a", "b"])
+
+
+def test_a_conv_sharing_its_weight_with_another_is_named_as_the_module_called() -> None:
+    """``b.weight = a.weight`` and a BN after ``a``: torch.export keeps the weight under one name (``b``'s), but
+    the record names ``a``, the conv whose output the BN reads; the numbers match the fp64 original."""
+    from fold_registry import TiedConvs
+
+    result = check_fold(randomise(TiedConvs(), seed=33), [image(2, 3)], folded=1)
+    assert [(r.name, r.how, r.into) for r in result.records] == [("bn", "forward", ["a"])]

@@ -27,6 +27,8 @@ CONVOLUTIONS = {
 }
 TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 LINEAR = {aten.linear.default}
+LAYER_MODULES = {"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear"}
+"""torch.nn's layer classes: a call they make is named by the module's path."""
 BATCHNORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
 
 # Ops that move or copy data without touching values: an affine passes through them, its axis remapped.
@@ -148,6 +150,14 @@ class Layer:
 
     @property
     def name(self) -> str:
+        """The layer module that made the call (``b`` for ``b(x)``, even when ``b.weight`` is ``a.weight``,
+        which torch.export stores under one name), else the owner of the weight (a functional call)."""
+        stack = self.node.meta.get("nn_module_stack")
+        if stack:
+            path, kind = list(stack.values())[-1]
+            kind = kind if isinstance(kind, str) else getattr(kind, "__qualname__", "")
+            if path and kind.rsplit(".", 1)[-1] in LAYER_MODULES:
+                return str(path)
         return attribute_owner(str(self.weight.target))
 
     def output_channel_axis(self) -> int | None:

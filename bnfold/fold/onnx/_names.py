@@ -4,7 +4,8 @@
 Where the path comes from, first found wins:
 
 1. the parameter names: both torch exporters keep the state-dict names of initializers
-   (``layer1.0.bn1.running_mean`` → ``layer1.0.bn1``), as the aten-graph fold names BNs and layers;
+   (``layer1.0.bn1.running_mean`` → ``layer1.0.bn1``), as the aten-graph fold names BNs and layers (but a
+   layer whose weight is another's too: step 2 first);
 2. the scope the exporter recorded: the dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata
    (``['', 'layer1', 'layer1.0', 'layer1.0.bn1', 'batch_norm']``), the TorchScript exporter's node names
    (``/layer1/layer1.0/bn1/BatchNormalization``);
@@ -31,8 +32,12 @@ _PARAMETER_SLOTS = {
 _FX_CALLS = {"BatchNormalization": "batch_norm", "_native_batch_norm_legit_no_training": "batch_norm"}
 
 
-def module_name(node: onnx.NodeProto) -> str:
-    """The module path of the PyTorch call ``node`` was exported from, or the node's name."""
+def module_name(node: onnx.NodeProto, shared_weight: bool = False) -> str:
+    """The module path of the PyTorch call ``node`` was exported from, or the node's name. A layer whose
+    weight other layers read too (``b.weight = a.weight``: the exporters store it once, under one name) is
+    named by its scope first, as the module that made the call, as the aten-graph fold names it."""
+    if shared_weight:
+        return _from_scopes(node) or _from_parameters(node) or node_name(node)
     return _from_parameters(node) or _from_scopes(node) or node_name(node)
 
 

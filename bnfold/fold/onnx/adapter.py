@@ -54,7 +54,8 @@ class OnnxLayer:
 
     @property
     def name(self) -> str:
-        return module_name(self.node)
+        layers = {id(user) for user, _ in self.graph.readers(self.node.input[1]) if user.op_type in LAYERS}
+        return module_name(self.node, shared_weight=len(layers) > 1)
 
     @property
     def groups(self) -> int:
