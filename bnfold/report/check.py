@@ -230,7 +230,13 @@ def parity_failure(parity: ParitySection | None) -> str | None:
     first = next((c for c in failing if c.stage == stage), failing[0] if failing else None)
     if first is None:
         return f"parity failed at stage {stage}"
-    return f"parity failed at stage {stage}: {check_name(first)} {_failure_detail(first)}"
+    said = f"parity failed at stage {stage}: {check_name(first)} {_failure_detail(first)}"
+    if stage == BASELINE and not first.error and not first.nan_count:
+        said += (
+            ": the untouched original in float32 already misses the tolerance, so no stage can be judged by it; "
+            "loosen --atol/--rtol, or leave them out to judge each stage against the original's own error"
+        )
+    return said
 
 
 def overall_verdict(report: Report) -> Verdict:

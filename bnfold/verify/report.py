@@ -129,9 +129,10 @@ class ParityCheck:
 class ParityReport:
     """Every check of the matrix; truthy when all pass. ``failed_stage`` names the step that broke parity.
 
-    ``failed_stage`` is the stage of the first failing check between neighbouring candidates (fold, then
-    export, ...); when all of those pass but a check against the reference fails, it is the stage of the
-    first such failing candidate ("baseline" means the tolerance is tighter than fp32 noise).
+    ``failed_stage`` is "baseline" when the original model in fp32 already fails against the reference: the
+    tolerance is then tighter than float32 itself, and no later stage can be judged by it. Otherwise it is
+    the stage of the first failing check between neighbouring candidates (fold, then export, ...); when all
+    of those pass but a check against the reference fails, the stage of the first such failing candidate.
     """
 
     reference: str
@@ -153,6 +154,8 @@ class ParityReport:
     def failed_stage(self) -> str | None:
         if self.passed:
             return None
+        if any(c.stage == BASELINE and not c for c in self.checks):
+            return BASELINE
         stage_checks = [c for c in self.checks if c.reference != self.reference and not c]
         failing = stage_checks or [c for c in self.checks if not c]
         return failing[0].stage if failing else None
