@@ -131,3 +131,17 @@ def test_inputs_from_a_mapping_or_a_factory() -> None:
         batches_of(mapping, [2])
     made = batches_of(lambda b: [np.zeros((b, 3))], [2, 5])
     assert {b: x[0].shape for b, x in made.items()} == {2: (2, 3), 5: (5, 3)}
+
+
+def test_timings_whose_median_run_stalled_are_unsteady_and_prove_no_speedup() -> None:
+    """Stalls (the cores busy with another process) in most runs: the median run takes 167x the fastest. The
+    paired ratios still say 2x, but the verdict claims nothing, and a warning says why and what to do."""
+    original = [1.2, 240.0, 180.0, 260.0, 200.0]
+    folded = [0.6, 120.0, 90.0, 130.0, 100.0]
+    with pytest.warns(RuntimeWarning, match=r"unsteady timings \(the median run took 167x the fastest\).*quiet"):
+        (s,) = speedups([_result("original", original), _result("folded", folded)])
+    assert s.speedup_low is not None and s.speedup_low > 1.0  # what the spread alone would call faster
+    assert not s.steady and s.verdict == "unchanged"
+    assert s.to_json()["steady"] is False and s.to_json()["verdict"] == "unchanged"
+    (steady,) = speedups([_result("original", [2.0, 2.2, 2.1]), _result("folded", [1.0, 1.1, 1.0])])
+    assert steady.steady and steady.verdict == "faster"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,8 +18,10 @@ class Speedup:
 
     Each pair of runs was timed in the same round; ``speedup_p50`` is the median of their ratios and
     ``speedup_low`` / ``speedup_high`` the 25th and 75th percentiles, so the headline always lies inside its
-    interval. Without samples, the ratio of the p50 latencies and no interval. ``verdict`` is "faster" only
-    when the whole interval lies above 1, "slower" when it lies below, else "unchanged".
+    interval. Without samples, the ratio of the p50 latencies and no interval. ``steady`` is False when on
+    either side the median run took more than :data:`UNSTEADY` times the fastest (stalls: another process
+    took the cores); the numbers then say little. ``verdict`` is "faster" only when the timings were steady
+    and the whole interval lies above 1, "slower" when it lies below, else "unchanged".
     """
 
     backend: str
@@ -29,15 +32,30 @@ class Speedup:
     speedup_high: float | None
     original_p50_ms: float
     folded_p50_ms: float
+    steady: bool = True
+    unsteady_ratio: float | None = None  # the worst side's p50 / fastest run, when not steady
 
     @property
     def verdict(self) -> str:
         low = self.speedup_low if self.speedup_low is not None else self.speedup_p50
         high = self.speedup_high if self.speedup_high is not None else self.speedup_p50
+        if not self.steady:
+            return "unchanged"
         return "faster" if low > 1.0 else "slower" if high < 1.0 else "unchanged"
+
+    def unsteady_note(self) -> str | None:
+        """What to say of timings that were not steady, or None."""
+        if self.steady or self.unsteady_ratio is None:
+            return None
+        return (
+            f"latency {self.backend} ({self.provider}) batch {self.batch}: unsteady timings (the median run took "
+            f"{self.unsteady_ratio:.0f}x the fastest): the cores were busy with something else, so the speedup "
+            "says little; measure again on a quiet machine, or with fewer --threads"
+        )
 
     def to_json(self) -> dict[str, Any]:
         fields = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        fields.pop("unsteady_ratio")
         return {**fields, "verdict": self.verdict}
 
     def describe(self) -> str:
@@ -53,7 +71,8 @@ class Speedup:
 
 
 def speedups(results: Sequence[LatencyResult], baseline: str = "original", candidate: str = "folded") -> list[Speedup]:
-    """One :class:`Speedup` per (backend, provider, batch) that has both models, in result order."""
+    """One :class:`Speedup` per (backend, provider, batch) that has both models, in result order; a
+    ``RuntimeWarning`` says which were timed unsteadily (``convert`` puts it in the report's warnings)."""
     by_key = {(r.backend, r.provider, r.batch, r.model): r for r in results}
     keys = dict.fromkeys((r.backend, r.provider, r.batch) for r in results)
     out = []
@@ -62,15 +81,27 @@ def speedups(results: Sequence[LatencyResult], baseline: str = "original", candi
         cand = by_key.get((backend, provider, batch, candidate))
         if base is not None and cand is not None:
             out.append(_speedup(base, cand))
+    for item in out:
+        note = item.unsteady_note()
+        if note is not None:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
     return out
 
 
+UNSTEADY = 3.0
+"""A median run slower than this many times the fastest run means the timings were disturbed."""
+
+
 def _speedup(base: LatencyResult, cand: LatencyResult) -> Speedup:
+    spread = max(r.p50_ms / r.min_ms if r.min_ms > 0 else 1.0 for r in (base, cand))
+    steady, unsteady = spread <= UNSTEADY, None if spread <= UNSTEADY else spread
     n = min(len(base.samples_ms), len(cand.samples_ms))
-    if not n:
-        return Speedup(
-            base.backend, base.provider, base.batch, base.p50_ms / cand.p50_ms, None, None, base.p50_ms, cand.p50_ms
-        )
-    ratios = np.asarray(base.samples_ms[:n]) / np.maximum(np.asarray(cand.samples_ms[:n]), 1e-12)
-    low, median, high = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
-    return Speedup(base.backend, base.provider, base.batch, median, low, high, base.p50_ms, cand.p50_ms)
+    low: float | None = None
+    high: float | None = None
+    median = base.p50_ms / cand.p50_ms
+    if n:
+        ratios = np.asarray(base.samples_ms[:n]) / np.maximum(np.asarray(cand.samples_ms[:n]), 1e-12)
+        low, median, high = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
+    return Speedup(
+        base.backend, base.provider, base.batch, median, low, high, base.p50_ms, cand.p50_ms, steady, unsteady
+    )

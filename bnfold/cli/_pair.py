@@ -71,8 +71,10 @@ def bench(models: tuple[Path, ...], as_json: bool, **options: Any) -> int:
             f"{row.model:>10} {row.provider} batch {row.batch}: p50 {row.p50_ms:.3f} ms, "
             f"p90 {row.p90_ms:.3f} ms, p99 {row.p99_ms:.3f} ms, {row.throughput:.1f} samples/s"
         )
+    unsteady = "; unsteady timings (the cores were busy): measure again on a quiet machine"
     for item in speedup:
         click.echo(
             f"speedup batch {item.batch}: x{item.speedup_p50:.2f} (IQR {item.speedup_low:.2f}-{item.speedup_high:.2f})"
+            + (unsteady if item.steady is False else "")
         )
     return EXIT_OK

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bnfold.report.document import SpeedupEntry, noise_label
-from bnfold.report.figures import LatencyGroup, ms, num, ratio_text, times
+from bnfold.report.figures import LatencyGroup, ms, num, ratio_text, speedup_verdict, times
 from bnfold.verify.report import BASELINE, ParityCheck
 
 ORIGINAL_COLOUR = "#8c959f"
@@ -112,8 +112,9 @@ def _bar_note(speedup: SpeedupEntry | None) -> tuple[str, str]:
     p50 = speedup.speedup_p50 if speedup else None
     if speedup is None or p50 is None:
         return "", ""
-    low, high = speedup.speedup_low or p50, speedup.speedup_high or p50
-    tone = "faster" if low > 1.0 else "slower" if high < 1.0 else ""
+    if speedup.steady is False:
+        return f" ({ratio_text(p50)}, unsteady timings)", ""
+    tone = {"faster": "faster", "slower": "slower"}.get(speedup_verdict(speedup), "")
     return f" ({ratio_text(p50)}, {tone or 'within noise'})", tone
 
 

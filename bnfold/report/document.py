@@ -211,8 +211,15 @@ class SpeedupEntry(Section):
     speedup_high: float | None = None
     original_p50_ms: float | None = None
     folded_p50_ms: float | None = None
+    steady: bool | None = None  # None in a report written before the key existed
     verdict: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.steady is None:  # a report written before the key existed reads back as it was
+            del out["steady"]
+        return out
 
 
 @dataclass

@@ -64,24 +64,39 @@ def speedup_range(head: Headline) -> str:
 
 
 def speedup_tone(report: Report) -> str | None:
-    """``faster`` when every headline speedup's spread is above 1, ``slower`` when one is below, else
-    ``unchanged`` (within the timing noise); None when nothing was measured."""
+    """``faster`` when every headline speedup is (its spread above 1, its timings steady), ``slower`` when
+    one is, else ``unchanged`` (within the timing noise); None when nothing was measured."""
     chosen = deployed_speedups(report.speedup)
     if not chosen:
         return None
-    if min(s.speedup_high or s.speedup_p50 or 0.0 for s in chosen) < 1.0:
-        return "slower"
-    return "faster" if min(s.speedup_low or s.speedup_p50 or 0.0 for s in chosen) > 1.0 else "unchanged"
+    tones = [speedup_verdict(s) for s in chosen]
+    return "slower" if "slower" in tones else "faster" if set(tones) == {"faster"} else "unchanged"
+
+
+def speedup_verdict(item: SpeedupEntry) -> str:
+    """The entry's ``verdict`` as written, or (an entry without one) from its spread."""
+    if item.verdict in ("faster", "slower", "unchanged"):
+        return str(item.verdict)
+    p50 = item.speedup_p50 or 0.0
+    low, high = item.speedup_low or p50, item.speedup_high or p50
+    return "faster" if low > 1.0 else "slower" if high < 1.0 else "unchanged"
 
 
 def other_speedups(report: Report) -> list[tuple[str, str]]:
     """Speedup ranges of the backends the headline leaves out (e.g. torch eager), by backend and provider."""
     shown = [id(s) for s in deployed_speedups(report.speedup)]
     ranges: dict[str, list[float]] = {}
+    unsteady: set[str] = set()
     for item in report.speedup:
         if item.speedup_p50 is not None and id(item) not in shown:
-            ranges.setdefault(f"{item.backend} {item.provider}", []).append(item.speedup_p50)
-    return [(name, _range(min(v), max(v))) for name, v in ranges.items()]
+            name = f"{item.backend} {item.provider}"
+            ranges.setdefault(name, []).append(item.speedup_p50)
+            if item.steady is False:
+                unsteady.add(name)
+    return [
+        (name, _range(min(v), max(v)) + (" (unsteady timings)" if name in unsteady else ""))
+        for name, v in ranges.items()
+    ]
 
 
 def _range(low: float, high: float) -> str:

@@ -40,6 +40,7 @@ def summary_lines(report: Report | Mapping[str, Any]) -> list[str]:
         lines.append(
             f"latency {item.backend} ({item.provider}) batch {item.batch}: "
             f"{item.original_p50_ms:.3f} ms → {item.folded_p50_ms:.3f} ms p50, ×{item.speedup_p50:.2f}"
+            + (" (unsteady timings: see the warnings)" if item.steady is False else "")
         )
     lines.append(("PASS: " if report.verdict.passed else "FAIL: ") + report.verdict.reason)
     return lines
