@@ -98,3 +98,42 @@ def test_public_api_names_are_the_functions() -> None:
     import bnfold.fold.maths  # importing a submodule must not shadow bnfold.fold, the function
 
     assert callable(bnfold.fold) and callable(bnfold.convert) and callable(bnfold.inspect_model)
+
+
+def two_outputs(path: Path, scales: dict[str, float], order: list[str]) -> Path:
+    """An ONNX model with outputs ``p`` and ``q`` (``x`` times their scale), listed in ``order``."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Mul", ["x", f"{name}_scale"], [name]) for name in scales]
+    inits = [numpy_helper.from_array(np.array(s, np.float32), f"{name}_scale") for name, s in scales.items()]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 4]) for name in order],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("scales", "order", "passes"),
+    [
+        ({"p": 2.0, "q": 3.0}, ["q", "p"], True),  # the same outputs, listed in another order
+        ({"p": 3.0, "q": 2.0}, ["q", "p"], False),  # position by position the same values, under swapped names
+    ],
+)
+def test_two_onnx_models_outputs_are_compared_by_name(
+    tmp_path: Path, scales: dict[str, float], order: list[str], passes: bool
+) -> None:
+    """Code reads an output by its name: the candidate's ``p`` must be the original's ``p``, wherever the
+    graph lists it."""
+    original = two_outputs(tmp_path / "original.onnx", {"p": 2.0, "q": 3.0}, ["p", "q"])
+    candidate = two_outputs(tmp_path / "candidate.onnx", scales, order)
+    report = bnfold.verify(original, candidate, bnfold.ConvertConfig(input_shapes=((2, 4),)))
+    assert report.verdict.passed is passes, report.verdict.reason
+    assert {c.output for c in report.parity.checks} == {"p", "q"}
+    if not passes:  # every output against the original's, in both sessions of the candidate
+        against = [c for c in report.parity.checks if c.reference.startswith("original")]
+        assert len(against) == 4 and not any(c.passed for c in against)

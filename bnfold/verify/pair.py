@@ -6,9 +6,12 @@ the original in PyTorch, then ``ort-optimization``) or a PyTorch model (checked 
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
@@ -27,6 +30,7 @@ from bnfold.report import OnnxSection, ParitySection, Report, new_report
 from bnfold.verify.chain import ParityChain, parity_chain
 from bnfold.verify.providers import require_providers, select_providers
 from bnfold.verify.report import PROVIDER
+from bnfold.verify.runners import Runner
 
 
 def _inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Tensor, ...]:
@@ -37,13 +41,49 @@ def _inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Tensor, .
 
 def _chain(original: LoadedModel, candidate: LoadedModel, config: ConvertConfig) -> ParityChain:
     """The parity chain from the original to the candidate: an ONNX candidate at the export stage (then
-    ort-optimization and, when selected, CUDA), a PyTorch one at the fold stage."""
+    ort-optimization and, when selected, CUDA), a PyTorch one at the fold stage. Two ONNX models' outputs are
+    matched by name (as code reading them by name sees them), by position when their names differ."""
     first = loaded_source(original) if original.onnx_model is not None else original.module
     if candidate.format != "onnx":
         return parity_chain(first, folded=candidate.module, candidate=True, lazy=False)  # type: ignore[arg-type]
     providers = select_providers(",".join(config.providers))
     model = loaded_source(candidate)
-    return parity_chain(first, model, providers=providers, threads=config.threads, candidate=True, lazy=False)  # type: ignore[arg-type]
+    chain = parity_chain(first, model, providers=providers, threads=config.threads, candidate=True, lazy=False)  # type: ignore[arg-type]
+    if original.onnx_model is None or candidate.onnx_model is None:
+        return chain
+    wanted = [o.name for o in original.onnx_model.graph.output]
+    given = [o.name for o in candidate.onnx_model.graph.output]
+    if sorted(wanted) != sorted(given):
+        if len(wanted) > 1:
+            chain.notes.append(
+                f"outputs compared by position: the candidate's ({', '.join(given)}) are not named as the "
+                f"original's ({', '.join(wanted)})"
+            )
+        return chain
+    if wanted != given:
+        order = [given.index(name) for name in wanted]
+        chain.candidates[:] = [
+            dataclasses.replace(c, runner=_ByName(c.runner, order, wanted)) for c in chain.candidates
+        ]
+    return chain
+
+
+@dataclass
+class _ByName:
+    """A runner whose outputs are put in the original's order, matched by name."""
+
+    runner: Runner
+    order: list[int]
+    output_names: list[str]
+
+    def __call__(self, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        outputs = self.runner(inputs)
+        return [outputs[i] for i in self.order]
+
+    def release(self) -> None:
+        release = getattr(self.runner, "release", None)
+        if callable(release):
+            release()
 
 
 def verify_pair(
