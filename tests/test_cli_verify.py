@@ -137,3 +137,37 @@ def test_two_onnx_models_outputs_are_compared_by_name(
     if not passes:  # every output against the original's, in both sessions of the candidate
         against = [c for c in report.parity.checks if c.reference.startswith("original")]
         assert len(against) == 4 and not any(c.passed for c in against)
+
+
+def scaled(path: Path, inputs: dict[str, list[int | str]]) -> Path:
+    """An ONNX model summing its inputs (``inputs``: name -> shape) times 2."""
+    from onnx import TensorProto, helper
+
+    names = list(inputs)
+    nodes = [helper.make_node("Sum", names, ["s"]), helper.make_node("Mul", ["s", "two"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({"x": ["N", 4], "z": ["N", 4]}, "b.onnx takes 2 input(s) of rank 2, 2: bnfold bench compares two versions"),
+        ({"x": [3, 4]}, "timed at batch 1 (the example's): b.onnx has a fixed batch of 3; give --batch 3"),
+    ],
+)
+def test_bench_refuses_two_models_it_cannot_feed_alike_in_one_line(
+    tmp_path: Path, second: dict[str, list[int | str]], message: str
+) -> None:
+    scaled(tmp_path / "a.onnx", {"x": ["N", 4]})
+    scaled(tmp_path / "b.onnx", second)
+    done = run_cli("bench", "a.onnx", "b.onnx", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("Error: ") and message in done.stderr
