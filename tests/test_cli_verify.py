@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import MODELS, run_cli
+from conftest import MODELS, ROOT, run_cli
 from onnx import numpy_helper
 
 import bnfold
@@ -171,3 +171,14 @@ def test_bench_refuses_two_models_it_cannot_feed_alike_in_one_line(
     done = run_cli("bench", "a.onnx", "b.onnx", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("Error: ") and message in done.stderr
+
+
+def test_verify_refuses_a_tolerance_for_an_output_two_pytorch_models_do_not_have() -> None:
+    """Two PyTorch models name their outputs by index: ``--tolerance nope=...`` would be ignored without a word."""
+    factory = ["--model", "models.architectures:digits_cnn"]
+    args = ["verify", str(DIGITS), "models/digits_cnn.state_dict.pt", *factory, "-q"]
+    done = run_cli(*args, "--tolerance", "nope=1,1", cwd=ROOT)
+    assert done.returncode == 2 and done.stderr == (
+        "Error: --tolerance nope=...: the model has no output 'nope'; its outputs are 0 = '0'\n"
+    )
+    assert run_cli(*args, "--tolerance", "0=0,0", cwd=ROOT).returncode == 1  # by index it applies: fp32 misses 0

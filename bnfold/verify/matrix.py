@@ -41,7 +41,15 @@ from bnfold.verify.report import (
     ParityReport,
 )
 from bnfold.verify.runners import LazyRunner, Runner, torch_runner
-from bnfold.verify.tolerance import NOISE_FACTOR, NOISE_RULE, RULE, OutputKey, Tolerance, Tolerances
+from bnfold.verify.tolerance import (
+    NOISE_FACTOR,
+    NOISE_RULE,
+    RULE,
+    OutputKey,
+    Tolerance,
+    Tolerances,
+    check_output_keys,
+)
 
 REFERENCE = "original fp64 (torch)"
 ORIGINAL = "original fp32"
@@ -120,6 +128,9 @@ def run_parity(
         raise ValueError("run_parity needs at least one input batch")
     outputs, errors = _run_every(reference, candidates, settings, reference_name)
     names = _names(output_names) if callable(output_names) else output_names
+    if settings.per_output:  # a key that names no output would be ignored without a word
+        count = len(outputs[reference_name][0])
+        check_output_keys([str(k) for k in settings.per_output], list(names or [str(i) for i in range(count)]))
     matrix = _Matrix(outputs, errors, [name for name, _ in settings.batches], reference_name, names)
     checks = _checks(matrix, candidates, settings, reference_name)
     tolerance = settings.tolerance
