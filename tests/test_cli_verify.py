@@ -182,3 +182,16 @@ def test_verify_refuses_a_tolerance_for_an_output_two_pytorch_models_do_not_have
         "Error: --tolerance nope=...: the model has no output 'nope'; its outputs are 0 = '0'\n"
     )
     assert run_cli(*args, "--tolerance", "0=0,0", cwd=ROOT).returncode == 1  # by index it applies: fp32 misses 0
+
+
+def test_verify_refuses_a_candidate_the_inputs_do_not_fit_as_bad_input(tmp_path: Path) -> None:
+    """A candidate fixed at batch 3 cannot run the example's batch: that is bad input (exit 2, what to give), not
+    a candidate failing parity; given inputs that fit, the same pair passes."""
+    scaled(tmp_path / "a.onnx", {"x": ["N", 4]})
+    scaled(tmp_path / "b.onnx", {"x": [3, 4]})
+    done = run_cli("verify", "a.onnx", "b.onnx", "-q", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr == (
+        "Error: the candidate (b.onnx) takes input 0 of shape 3x4; the example batch is 1x4: give --input-shape "
+        "3,4, or a model that takes the same inputs\n"
+    )
+    assert run_cli("verify", "a.onnx", "b.onnx", "-q", "--input-shape", "3,4", cwd=tmp_path).returncode == 0

@@ -120,6 +120,7 @@ def _verify_pair(
         _check_output_keys(config, original, candidate)
         names = candidates[-1].runner.output_names if hasattr(candidates[-1].runner, "output_names") else None
         batches = parity_batches(inputs, config.parity, _declared_dims(original, candidate, inputs))
+        _check_fits(batches, original, candidate)
     writer = _inputs_writer(config, outputs, batches, original, candidate)
     with stages.stage("parity", f"checking parity on {len(batches)} input batch{'es' if len(batches) > 1 else ''}"):
         parity = chain.run(parity_settings(batches, config.parity, stages.steps, writer), names)
@@ -194,6 +195,30 @@ def _declared_dims(original: LoadedModel, candidate: LoadedModel, inputs: tuple[
         if model.onnx_model is not None:
             return graph_dims(model.onnx_model)
     return [(None if original.dynamic_batch else t.shape[0], *t.shape[1:]) for t in inputs]
+
+
+def _check_fits(batches: Batches, original: LoadedModel, candidate: LoadedModel) -> None:
+    """Every input batch fits the dimensions each ONNX model among the two fixes: one that does not is bad
+    input (exit 2), not a candidate failing parity."""
+    from bnfold.convert.checks import graph_dims
+
+    for role, model in (("the original", original), ("the candidate", candidate)):
+        if model.onnx_model is None:
+            continue
+        for index, declared in enumerate(graph_dims(model.onnx_model)):
+            for source, arrays in batches:
+                shape = tuple(arrays[index].shape) if index < len(arrays) else ()
+                fits = len(shape) == len(declared) and all(
+                    d is None or d == s for d, s in zip(declared, shape, strict=True)
+                )
+                if not fits:
+                    wanted = "x".join("?" if d is None else str(d) for d in declared)
+                    got = "x".join(map(str, shape)) or "a scalar"
+                    example = ",".join("1" if d is None else str(d) for d in declared)
+                    raise InputSpecError(
+                        f"{role} ({model.path}) takes input {index} of shape {wanted}; the {source} batch is {got}: "
+                        f"give --input-shape {example}, or a model that takes the same inputs"
+                    )
 
 
 def _check_output_keys(config: ConvertConfig, original: LoadedModel, candidate: LoadedModel) -> None:
