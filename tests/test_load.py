@@ -118,6 +118,30 @@ def test_wrapper_prefixes_are_stripped(net: nn.Module, arch: ModuleType, tmp_pat
     assert_runs_like(loaded, net)
 
 
+def test_a_prefix_is_stripped_from_weights_saved_without_num_batches_tracked(
+    net: nn.Module, arch: ModuleType, tmp_path: Path
+) -> None:
+    """Files of older PyTorch lack BatchNorm's ``num_batches_tracked`` (loading fills it in): a DDP prefix on
+    them is stripped as on any other."""
+    state = {"module." + k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(net.state_dict())  # the model has BatchNorms
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt", factory=factory(arch))
+    assert loaded.notes == ["stripped the name prefix 'module.' from every weight"]
+    assert_runs_like(loaded, net)
+
+
+def test_weights_under_a_prefix_with_other_names_beside_say_what_is_left(
+    net: nn.Module, arch: ModuleType, tmp_path: Path
+) -> None:
+    """A LightningModule's state: ``model.``-prefixed weights and its loss's own (not the model's)."""
+    state = {"model." + k: v for k, v in net.state_dict().items()} | {"criterion.weight": torch.ones(3)}
+    torch.save(state, tmp_path / "lightning.pt")
+    with pytest.raises(LoadError, match=r"carry the prefix 'model.' .*not in the model criterion.weight; save") as e:
+        load_model(tmp_path / "lightning.pt", factory=factory(arch))
+    assert "\n" not in str(e.value) and "missing" not in str(e.value)
+
+
 @pytest.mark.parametrize(
     ("keys", "chosen"),
     [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +64,21 @@ def module_with_weights(
             "with --model package.module:factory"
         )
     module = factory.build()
-    state, notes = _match_names(state, set(module.state_dict()))
+    expected = set(module.state_dict())
+    state, notes = _match_names(state, expected)
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        raise LoadError(f"{path} does not fit the model built by {factory}: {_load_problem(exc)}") from exc
+        problem = _prefix_problem(state, expected) or _load_problem(exc)
+        raise LoadError(f"{path} does not fit the model built by {factory}: {problem}") from exc
     return module.eval(), notes
 
 
 def _match_names(state: StateDict, expected: set[str]) -> tuple[StateDict, list[str]]:
-    """Strip wrapper prefixes shared by every name when that makes the names fit the module exactly."""
+    """Strip wrapper prefixes shared by every name when that makes the names fit the module exactly (a
+    BatchNorm's ``num_batches_tracked``, which older files lack and loading fills in, aside)."""
     candidate, stripped = state, ""
-    while set(candidate) != expected:
+    while _core(candidate) != _core(expected):
         prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in candidate)), None)
         if prefix is None:
             return state, []  # no exact fit: load_state_dict will name the differences
@@ -83,6 +86,33 @@ def _match_names(state: StateDict, expected: set[str]) -> tuple[StateDict, list[
         stripped += prefix
     notes = [f"stripped the name prefix {stripped!r} from every weight"] if stripped else []
     return candidate, notes
+
+
+def _core(names: Iterable[str]) -> set[str]:
+    return {n for n in names if n.rpartition(".")[2] != "num_batches_tracked"}
+
+
+def _prefix_problem(state: StateDict, expected: set[str]) -> str | None:
+    """When most names carry a wrapper prefix the module's lack, what is left over once it is removed."""
+    for prefix in WRAPPER_PREFIXES:
+        carried = [k for k in state if k.startswith(prefix)]
+        if len(carried) * 2 <= len(state):
+            continue
+        stripped = {k.removeprefix(prefix) for k in state}
+        unexpected = sorted(_core(stripped) - expected)
+        missing = sorted(_core(expected) - stripped)
+        if len(unexpected) + len(missing) >= len(_core(expected)):
+            continue  # the prefix explains nothing
+        said = "; ".join(
+            f"{what} {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+            for what, names in (("missing", missing), ("not in the model", unexpected))
+            if names
+        )
+        return (
+            f"its names carry the prefix {prefix!r} (a training wrapper's), and once it is removed they still differ: "
+            f"{said}; save the model's own state_dict (e.g. lightning_module.model.state_dict())"
+        )
+    return None
 
 
 def _load_problem(exc: RuntimeError) -> str:
