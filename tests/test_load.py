@@ -150,6 +150,8 @@ def test_weights_under_a_prefix_with_other_names_beside_say_what_is_left(
         (["model", "state_dict"], "state_dict"),
         (["net", "model_state_dict"], "model_state_dict"),
         (["ema"], "ema"),
+        (["model_ema"], "model_ema"),  # EMA weights alone
+        (["state_dict", "state_dict_ema"], "state_dict"),  # the trained weights before their EMA
         (["module"], "module"),
     ],
 )

@@ -13,7 +13,7 @@ from bnfold.errors import LoadError
 from bnfold.load.factory import ModelFactory
 
 # Where training code keeps the weights in a checkpoint dict, most specific first.
-CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "ema", "net", "module")
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "ema", "model_ema", "state_dict_ema", "net", "module")
 # Name prefixes added by wrappers: DataParallel / DDP, torch.compile, a LightningModule's ``self.model``.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
