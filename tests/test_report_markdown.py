@@ -67,3 +67,9 @@ def test_one_line_per_output_gives_the_share_of_small_errors_of_each_candidate()
         assert f"{check['candidate']} {100 * np.mean(errors < 1e-6):.1f}%" in line
     assert line.count(" · ") == len(against_fp64) - 1
     assert document.index("| ort-optimization |") < document.index("Share of elements") < document.index("> CUDA")
+
+
+def test_text_reads_plainly_and_opens_no_markup() -> None:
+    """``<=`` and ``>`` as a reader types them; a ``<`` that would open a tag or an ``&`` an entity, escaped."""
+    assert esc("|a - b| <= atol, 8.5e-06 > tolerance & rtol") == r"\|a - b\| <= atol, 8.5e-06 > tolerance & rtol"
+    assert esc("<script>x</script> &amp; <!-- c -->") == "&lt;script>x&lt;/script> &amp;amp; &lt;!-- c -->"

@@ -215,7 +215,7 @@ def display(node: fx.Node) -> str:
     stack = node.meta.get("nn_module_stack")
     if stack:
         path = list(stack.values())[-1][0]
-        if path:
+        if path and path != node.name:
             return f"{path} ({node.name})"
     return node.name
 

@@ -240,10 +240,11 @@ def _latency(latency: Sequence[LatencyResult], speedup: Sequence[SpeedupEntry]) 
     ]
     header = ["backend", "provider", "batch", "original p50", "folded p50", "speedup", "paired IQR"]
     listing = table(header, rows, numeric={2, 3, 4, 5, 6})
-    threads = ", ".join(sorted({str(r.threads) for r in latency}))
+    counts = sorted({r.threads for r in latency})
+    threads = ", ".join(map(str, counts)) + (" thread" if counts == [1] else " threads")
     chart, axis = latency_chart(groups)
     note = (
-        f'<p class="note">Original and folded timed interleaved, {esc(threads)} thread(s). Every bar '
+        f'<p class="note">Original and folded timed interleaved, {esc(threads)}. Every bar '
         f"is on one time scale ({esc(axis.describe())}).</p>"
     )
     return section("Latency", chart + note + listing)

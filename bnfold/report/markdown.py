@@ -5,7 +5,6 @@ Every string from the report is escaped, so a layer name cannot break a table or
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,9 +39,17 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
 
 
 def esc(value: Any) -> str:
-    """Report text safe inside Markdown (and a table cell): HTML-escaped, markup characters backslashed."""
-    text = html.escape(str(value), quote=False).replace("\n", " ")
+    """Report text safe inside Markdown (and a table cell): markup characters backslashed, and a ``<`` that
+    would open an HTML tag or comment, or an ``&`` that would start an entity, escaped; ``>`` and ``<=`` stay
+    as they are, so the file also reads as plain text."""
+    text = str(value).replace("\n", " ")
+    text = _ENTITY_START.sub("&amp;", text)
+    text = _TAG_START.sub("&lt;", text)
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+_ENTITY_START = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 
 
 def render_markdown(report: Report | Mapping[str, Any]) -> str:
@@ -94,7 +101,8 @@ def _error_text(error: ErrorFigure) -> str:
 def _files(report: Report) -> str:
     model, onnx = report.model, report.onnx
     source = f"{esc(model.path or 'in-memory model')} ({esc(_known(model.format))})"
-    details = onnx_details(onnx) + [f"{esc(_known(onnx.batchnorm_nodes))} BatchNormalization nodes"]
+    nodes = "node" if onnx.batchnorm_nodes == 1 else "nodes"
+    details = onnx_details(onnx) + [f"{esc(_known(onnx.batchnorm_nodes))} BatchNormalization {nodes}"]
     line = f"{source} → {esc(_known(onnx.path))} ({', '.join(details)})"
     return line + "".join(f"\n\n> {esc(note)}" for note in model.notes)
 

@@ -19,7 +19,7 @@ def summary_lines(report: Report | Mapping[str, Any]) -> list[str]:
         lines.append(
             f"BatchNorms: {fold.batchnorm_found} found, {fold.batchnorm_folded} folded, "
             f"{fold.batchnorm_affine} frozen affine, {fold.kept_as_is} kept as is; "
-            f"{onnx.batchnorm_nodes} BatchNormalization nodes in {onnx.path}"
+            f"{onnx.batchnorm_nodes} BatchNormalization node{'' if onnx.batchnorm_nodes == 1 else 's'} in {onnx.path}"
         )
         muladds = muladd_summary(fold.layers)
         lines += [f"  {muladds}"] if muladds else []
