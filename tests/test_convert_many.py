@@ -38,6 +38,10 @@ def test_each_model_gets_its_outputs_and_the_damaged_one_fails_alone(zoo: tuple[
     lines = done.stdout.splitlines()
     assert any(line.startswith("PASS digits_cnn.pt2") for line in lines)
     assert any(line.startswith("ERROR damaged.pt2") and "copy or save" in line for line in lines)
+    assert lines[-2:] == [
+        "ERROR: 2/3 models passed, 0 failed parity, 1 could not be converted",
+        "wrote out/summary.json (+ .md, .html)",
+    ]
     assert "Traceback" not in done.stdout + done.stderr
 
 

@@ -174,6 +174,12 @@ def _convert_many(
 
     convert_many(runs, config, jobs, done)
     paths = write_summary(summary(runs, jobs, output_dir), output_dir)
+    code = exit_code(runs)
     if not quiet:
+        counts = {label: sum(1 for r in runs if r.exit_code == c) for c, label in ((0, "passed"), (1, "failed"))}
+        errors = len(runs) - counts["passed"] - counts["failed"]
+        head = {0: "PASS", 1: "FAIL"}.get(code, "ERROR")
+        click.echo(f"{head}: {counts['passed']}/{len(runs)} models passed, {counts['failed']} failed parity, "
+                   f"{errors} could not be converted")  # fmt: skip
         click.echo(f"wrote {paths[0]} (+ .md, .html)")
-    return exit_code(runs)
+    return code
