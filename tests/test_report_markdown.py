@@ -73,3 +73,15 @@ def test_text_reads_plainly_and_opens_no_markup() -> None:
     """``<=`` and ``>`` as a reader types them; a ``<`` that would open a tag or an ``&`` an entity, escaped."""
     assert esc("|a - b| <= atol, 8.5e-06 > tolerance & rtol") == r"\|a - b\| <= atol, 8.5e-06 > tolerance & rtol"
     assert esc("<script>x</script> &amp; <!-- c -->") == "&lt;script>x&lt;/script> &amp;amp; &lt;!-- c -->"
+
+
+def test_under_default_tolerances_the_headline_says_how_far_the_error_may_go() -> None:
+    """The noise rule lets a check pass up to 4x the original fp32's own error: the headline says so, next to the
+    ratio it is judged by; with the user's tolerances (no noise bound) it does not."""
+    report = sample_report()
+    for check in report["parity"]["checks"]:
+        if check["baseline_max_abs_err"] is not None:
+            check["noise_bound"] = 4 * check["baseline_max_abs_err"]
+    figures = render_markdown(report).split("\n\n")[1]
+    assert "(1.30× the original fp32 model's own, 2.0e-06; passes up to 4.00×)" in figures
+    assert "passes up to" not in render_markdown(sample_report())

@@ -15,6 +15,7 @@ from bnfold.bench.timing import LatencyResult
 from bnfold.report.check import Headline, deployed_speedups, headline
 from bnfold.report.document import OnnxSection, ParitySection, Report, SpeedupEntry
 from bnfold.verify.report import BASELINE, ParityCheck
+from bnfold.verify.tolerance import NOISE_FACTOR
 
 
 def fold_ran(report: Report) -> bool:
@@ -42,6 +43,11 @@ class ErrorFigure:
     ratio: float | None
     baseline: float | None
     baseline_name: str = "original fp32"
+    limit_ratio: float | None = None  # under default tolerances: a check passes up to this many times the baseline
+
+    def limit_text(self) -> str:
+        """``; passes up to 4×`` under default tolerances, else nothing."""
+        return f"; passes up to {times(self.limit_ratio)}" if self.limit_ratio is not None else ""
 
 
 def error_figure(report: Report) -> ErrorFigure:
@@ -51,7 +57,9 @@ def error_figure(report: Report) -> ErrorFigure:
     checks = report.parity.against_reference() if report.parity else []
     ratios = [c.error_ratio for c in checks if c.stage != BASELINE and c.error_ratio is not None]
     name = report.parity.baseline_name if report.parity else "original fp32"
-    return ErrorFigure(head.max_abs_err, max(ratios, default=None), head.baseline_max_abs_err, name)
+    noise_rule = any(c.noise_bound is not None for c in checks)
+    limit = NOISE_FACTOR if noise_rule else None
+    return ErrorFigure(head.max_abs_err, max(ratios, default=None), head.baseline_max_abs_err, name, limit)
 
 
 def worst_top1(report: Report) -> float | None:

@@ -140,7 +140,8 @@ def _error_card(report: Report) -> str:
     error, top1 = error_figure(report), worst_top1(report)
     parts = []
     if error.ratio is not None and error.baseline:
-        parts.append(f"{times(error.ratio)} the {error.baseline_name} model's own error ({num(error.baseline)})")
+        own = f"{times(error.ratio)} the {error.baseline_name} model's own error ({num(error.baseline)})"
+        parts.append(own + error.limit_text())
     elif error.baseline:
         parts.append(f"{error.baseline_name} model's own: {num(error.baseline)}")
     if top1 is not None:

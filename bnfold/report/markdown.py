@@ -94,7 +94,8 @@ def _figures(report: Report) -> str:
 def _error_text(error: ErrorFigure) -> str:
     text = f"**max abs error {num(error.max_abs_err)}** vs fp64"
     if error.ratio is not None and error.baseline:
-        return text + f" ({times(error.ratio)} the {error.baseline_name} model's own, {num(error.baseline)})"
+        own = f"{times(error.ratio)} the {error.baseline_name} model's own, {num(error.baseline)}"
+        return text + f" ({own}{error.limit_text()})"
     return text + (f" ({error.baseline_name} itself: {num(error.baseline)})" if error.baseline else "")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from bnfold.fold.records import muladd_summary
 from bnfold.report.check import headline, parity_failure
 from bnfold.report.document import ParitySection, Report, as_report
+from bnfold.verify.tolerance import NOISE_FACTOR
 
 
 def summary_lines(report: Report | Mapping[str, Any]) -> list[str]:
@@ -70,10 +71,11 @@ def _parity_line(report: Report) -> str:
         if head.baseline_max_abs_err is not None
         else ""
     )
-    return (
-        f"parity: passed, {len(parity.checks)} checks, max abs err {worst}{base}; "
-        f"atol {parity.atol:g}, rtol {parity.rtol:g}"
-    )
+    noise_rule = any(c.noise_bound is not None for c in parity.checks)
+    rule = f"atol {parity.atol:g}, rtol {parity.rtol:g}"
+    if noise_rule and head.baseline_max_abs_err is not None:
+        rule += f", or up to {NOISE_FACTOR:g}x the {parity.baseline_name} model's own error"
+    return f"parity: passed, {len(parity.checks)} checks, max abs err {worst}{base}; {rule}"
 
 
 def _agreement_lines(parity: ParitySection | None) -> list[str]:
