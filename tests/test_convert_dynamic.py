@@ -192,3 +192,23 @@ def test_a_forward_taking_star_args_keeps_the_batch_dynamic(tmp_path: Path) -> N
     for batch in (1, 5):
         got, expected = run(out, (batch, 3, 16, 16))
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_an_archive_exported_with_a_fixed_batch_refuses_another_in_one_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """torch.export fixed the batch at 2 (no dynamic_shapes): its module refuses batch 1 (a guard), so
+    ``--input-shape 1,...`` is bad input, said before any work, not an AssertionError from the parity run."""
+    archive = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(trained(), (torch.randn(2, 3, 16, 16),)), archive)
+    code, err = cli("convert", str(archive), "--input-shape", "1,3,16,16", "-o", str(tmp_path / "out.onnx"),
+                    "--no-bench", "-q", capfd=capfd)  # fmt: skip
+    assert code == 2 and err == (
+        "Error: --input-shape 1x3x16x16 does not fit input 0 of the archive, exported for shape 2x3x16x16 "
+        "(? dynamic); give --input-shape 2,3,16,16, or export it with those dimensions dynamic (torch.export "
+        "dynamic_shapes)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.pt2"]
+    code, err = cli("convert", str(archive), "--input-shape", "2,3,16,16", "-o", str(tmp_path / "out.onnx"),
+                    "--no-bench", "-q", capfd=capfd)  # fmt: skip
+    assert code == 0, err

@@ -18,6 +18,8 @@ def resolve_inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Te
     stored = loaded.example_inputs
     if config.input_shapes and loaded.onnx_model is not None:
         check_onnx_shapes(loaded.onnx_model, config.input_shapes)
+    if config.input_shapes and loaded.exported is not None:
+        check_program_shapes(loaded.exported, config.input_shapes)
     if config.input_shapes:
         check_shape_sizes(config.input_shapes)
         same_count = stored is not None and len(stored) == len(config.input_shapes)
@@ -50,6 +52,28 @@ def check_shape_sizes(shapes: tuple[tuple[int, ...], ...]) -> None:
             raise InputSpecError(
                 f"--input-shape {given}: {elements:.3g} elements, more than bnfold makes inputs of "
                 f"({MAX_INPUT_ELEMENTS:.3g}); give the shape of one real batch"
+            )
+
+
+def check_program_shapes(program: torch.export.ExportedProgram, shapes: tuple[tuple[int, ...], ...]) -> None:
+    """``--input-shape`` against a torch.export program's inputs: count, rank and the sizes it fixed (its
+    module refuses any other: torch.export guards them)."""
+    users = set(program.graph_signature.user_inputs)
+    values = [n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and n.name in users]
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if len(tensors) != len(values):
+        return  # inputs other than tensors: the trace says what does not fit
+    if len(tensors) != len(shapes):
+        raise InputSpecError(f"the model takes {len(tensors)} input(s), --input-shape gave {len(shapes)}")
+    for index, (value, shape) in enumerate(zip(tensors, shapes, strict=True)):
+        dims = [d if isinstance(d, int) else None for d in value.shape]
+        if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
+            given, expected = "x".join(map(str, shape)), "x".join("?" if d is None else str(d) for d in dims)
+            fitting = ",".join(str(d) if d is not None else str(s) for d, s in zip(dims, shape, strict=False))
+            hint = f"give --input-shape {fitting}, or " if len(dims) == len(shape) else ""
+            raise InputSpecError(
+                f"--input-shape {given} does not fit input {index} of the archive, exported for shape {expected} "
+                f"(? dynamic); {hint}export it with those dimensions dynamic (torch.export dynamic_shapes)"
             )
 
 
