@@ -16,12 +16,12 @@ from bnfold.load import InputSpec, LoadedModel, make_inputs
 def resolve_inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Tensor, ...]:
     """The example inputs: ``--input-shape`` wins over the ones stored with the model."""
     stored = loaded.example_inputs
-    if config.input_shapes and loaded.onnx_model is not None:
-        check_onnx_shapes(loaded.onnx_model, config.input_shapes)
-    if config.input_shapes and loaded.exported is not None:
-        check_program_shapes(loaded.exported, config.input_shapes)
     if config.input_shapes:
         check_shape_sizes(config.input_shapes)
+        if loaded.onnx_model is not None:
+            check_onnx_shapes(loaded.onnx_model, config.input_shapes)
+        if loaded.exported is not None:
+            check_program_shapes(loaded.exported, config.input_shapes)
         same_count = stored is not None and len(stored) == len(config.input_shapes)
         dtypes = tuple(t.dtype for t in stored) if same_count else (torch.float32,) * len(config.input_shapes)  # type: ignore[union-attr]
         try:
@@ -64,7 +64,9 @@ def check_program_shapes(program: torch.export.ExportedProgram, shapes: tuple[tu
     if len(tensors) != len(values):
         return  # inputs other than tensors: the trace says what does not fit
     if len(tensors) != len(shapes):
-        raise InputSpecError(f"the model takes {len(tensors)} input(s), --input-shape gave {len(shapes)}")
+        raise InputSpecError(
+            f"the model takes {len(tensors)} input(s), --input-shape gave {len(shapes)}: give it once per input"
+        )
     for index, (value, shape) in enumerate(zip(tensors, shapes, strict=True)):
         dims = [d if isinstance(d, int) else None for d in value.shape]
         if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
@@ -82,7 +84,9 @@ def check_onnx_shapes(model: Any, shapes: tuple[tuple[int, ...], ...]) -> None:
     stored = {t.name for t in model.graph.initializer}
     declared = [v for v in model.graph.input if v.name not in stored]
     if len(declared) != len(shapes):
-        raise InputSpecError(f"the model takes {len(declared)} input(s), --input-shape gave {len(shapes)}")
+        raise InputSpecError(
+            f"the model takes {len(declared)} input(s), --input-shape gave {len(shapes)}: give it once per input"
+        )
     for value, shape in zip(declared, shapes, strict=True):
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         expected = "x".join(str(d) if d is not None else "?" for d in dims)
