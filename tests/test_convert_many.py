@@ -110,3 +110,16 @@ def test_a_model_that_would_overwrite_another_is_refused_before_any_work(tmp_pat
 def test_exit_code_of_a_batch(codes: tuple[int, ...], expected: int) -> None:
     runs = [ModelRun(Path("m.pt2"), Path("m.onnx"), exit_code=c) for c in codes]
     assert exit_code(runs) == expected
+
+
+def test_among_passing_models_one_with_batchnorms_left_comes_first() -> None:
+    """A reader triages top down: a model that kept BNs matters more than a small error ratio elsewhere."""
+    from bnfold.report.aggregate import SummaryRow, _worst_first
+
+    rows = [
+        SummaryRow(model="clean", status="passed", batchnorm_found=4, batchnorm_folded=4, error_ratio=3.0),
+        SummaryRow(model="kept", status="passed", batchnorm_found=2, batchnorm_folded=1, error_ratio=1.0),
+        SummaryRow(model="broken", status="error"),
+        SummaryRow(model="wrong", status="failed", batchnorm_found=2, batchnorm_folded=2, error_ratio=9.0),
+    ]
+    assert [r.model for r in sorted(rows, key=_worst_first)] == ["broken", "wrong", "kept", "clean"]

@@ -1,6 +1,7 @@
 """The aggregate of a many-model conversion: ``summary.json`` (schema ``bnfold.summary/1``), ``.md``, ``.html``.
 
-One row per model, worst first (bad input, then failed parity, then by how much error folding added):
+One row per model, worst first (bad input, then failed parity, then BatchNorms left unfolded, then by how much
+error folding added):
 BatchNorms found and folded, the parity verdict and its worst error ratio, the speedup, the time. Each row
 names the model's own report; ``bnfold check summary.json`` judges every report it lists.
 """
@@ -107,9 +108,10 @@ def _read(path: Path) -> Report | None:
         return None
 
 
-def _worst_first(row: SummaryRow) -> tuple[int, float, str]:
+def _worst_first(row: SummaryRow) -> tuple[int, int, float, str]:
     rank = {"error": 0, "failed": 1, "passed": 2}[row.status]
-    return rank, -(row.error_ratio or 0.0), row.model
+    left = (row.batchnorm_found or 0) - (row.batchnorm_folded or 0)
+    return rank, -left, -(row.error_ratio or 0.0), row.model
 
 
 def write_summary(data: Summary, directory: Path) -> list[Path]:
