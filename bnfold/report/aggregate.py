@@ -128,13 +128,14 @@ def write_summary(data: Summary, directory: Path) -> list[Path]:
     return paths
 
 
-_HEADER = ["model", "status", "BatchNorms folded", "max abs err", "error ratio", "speedup", "time", "reason"]
+_HEADER = ["model", "status", "BatchNorms folded", "max abs err", "error ratio", "speedup (onnxruntime p50, lowest)",
+           "time", "reason"]  # fmt: skip
 
 
 def _cells(row: SummaryRow) -> list[str]:
     folded = f"{row.batchnorm_folded}/{row.batchnorm_found}" if row.batchnorm_found is not None else "—"
     return [os.path.basename(row.model), row.status, folded, num(row.max_abs_err),
-            "—" if row.error_ratio is None else f"{row.error_ratio:.2f}x", ratio_text(row.speedup_p50),
+            "—" if row.error_ratio is None else ratio_text(row.error_ratio), ratio_text(row.speedup_p50),
             f"{row.seconds:.1f} s", row.reason or ""]  # fmt: skip
 
 
