@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 @click.option(
     "--output-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Write each model's outputs into this folder (needed for several models, with summary.json/.md/.html).",
+    help="Write each model's outputs into this existing folder (needed for several models, with "
+    "summary.json/.md/.html).",
 )
 @click.option(
     "--jobs",

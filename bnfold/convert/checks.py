@@ -17,6 +17,7 @@ from bnfold.convert.paths import Converted
 from bnfold.errors import InputSpecError
 from bnfold.export import session_source
 from bnfold.load import InputSpec, LoadedModel, load_data, make_inputs
+from bnfold.load.inputs import dims_text, fits
 from bnfold.report.document import ParitySection, SpeedupEntry, timed
 from bnfold.verify import Tolerance, select_providers
 from bnfold.verify.chain import ParityChain, parity_chain
@@ -77,11 +78,10 @@ def fit_data(path: Path, index: int, data: torch.Tensor, example: torch.Tensor, 
             f"{index} of the model takes {kind} values ({str(example.dtype).removeprefix('torch.')})"
         )
     shape = tuple(data.shape)
-    if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
-        wanted = "x".join("?" if d is None else str(d) for d in dims)
+    if not fits(dims, shape):
         raise InputSpecError(
             f"--data {path}: array {index} has shape {'x'.join(map(str, shape)) or 'scalar'}, input "
-            f"{index} of the model takes {wanted}" + (" (? free)" if None in dims else "")
+            f"{index} of the model takes {dims_text(dims)}" + (" (? free)" if None in dims else "")
         )
     return as_numpy(data.to(example.dtype))
 

@@ -11,6 +11,7 @@ import torch
 from bnfold.convert.config import ConvertConfig
 from bnfold.errors import InputSpecError, one_line
 from bnfold.load import InputSpec, LoadedModel, make_inputs
+from bnfold.load.inputs import dims_text, fits
 
 
 def resolve_inputs(loaded: LoadedModel, config: ConvertConfig) -> tuple[torch.Tensor, ...]:
@@ -69,8 +70,8 @@ def check_program_shapes(program: torch.export.ExportedProgram, shapes: tuple[tu
         )
     for index, (value, shape) in enumerate(zip(tensors, shapes, strict=True)):
         dims = [d if isinstance(d, int) else None for d in value.shape]
-        if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
-            given, expected = "x".join(map(str, shape)), "x".join("?" if d is None else str(d) for d in dims)
+        if not fits(dims, shape):
+            given, expected = "x".join(map(str, shape)), dims_text(dims)
             fitting = ",".join(str(d) if d is not None else str(s) for d, s in zip(dims, shape, strict=False))
             hint = f"give --input-shape {fitting}, or " if len(dims) == len(shape) else ""
             raise InputSpecError(
@@ -89,7 +90,6 @@ def check_onnx_shapes(model: Any, shapes: tuple[tuple[int, ...], ...]) -> None:
         )
     for value, shape in zip(declared, shapes, strict=True):
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-        expected = "x".join(str(d) if d is not None else "?" for d in dims)
-        if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims, shape, strict=True)):
+        if not fits(dims, shape):
             given = "x".join(map(str, shape))
-            raise InputSpecError(f"--input-shape {given} does not fit input '{value.name}' of shape {expected}")
+            raise InputSpecError(f"--input-shape {given} does not fit input '{value.name}' of shape {dims_text(dims)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,16 @@ def make_inputs(spec: InputSpec, seed: int) -> tuple[torch.Tensor, ...]:
         else:
             out.append(torch.randint(0, 2, shape, generator=gen).to(dtype))
     return tuple(out)
+
+
+def fits(dims: Sequence[int | None], shape: tuple[int, ...]) -> bool:
+    """Whether a tensor of ``shape`` fits ``dims``: the same rank, every fixed dimension equal."""
+    return len(dims) == len(shape) and all(d is None or d == s for d, s in zip(dims, shape, strict=True))
+
+
+def dims_text(dims: Sequence[int | None]) -> str:
+    """An input's declared dimensions (None where free) as ``2x?x8``."""
+    return "x".join("?" if d is None else str(d) for d in dims)
 
 
 NPZ_HINT = "save inputs with numpy.savez(path, x=inputs)"

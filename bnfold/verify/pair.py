@@ -23,6 +23,7 @@ from bnfold.errors import InputSpecError
 from bnfold.export import count_ops
 from bnfold.library_logs import captured_logs
 from bnfold.load import LoadedModel, load_model
+from bnfold.load.inputs import dims_text, fits
 from bnfold.load.loaded import loaded_source
 from bnfold.outputs import OutputSet
 from bnfold.progress import ProgressCallback, Stages
@@ -208,12 +209,8 @@ def _check_fits(batches: Batches, original: LoadedModel, candidate: LoadedModel)
         for index, declared in enumerate(graph_dims(model.onnx_model)):
             for source, arrays in batches:
                 shape = tuple(arrays[index].shape) if index < len(arrays) else ()
-                fits = len(shape) == len(declared) and all(
-                    d is None or d == s for d, s in zip(declared, shape, strict=True)
-                )
-                if not fits:
-                    wanted = "x".join("?" if d is None else str(d) for d in declared)
-                    got = "x".join(map(str, shape)) or "a scalar"
+                if not fits(declared, shape):
+                    wanted, got = dims_text(declared), "x".join(map(str, shape)) or "a scalar"
                     example = ",".join("1" if d is None else str(d) for d in declared)
                     raise InputSpecError(
                         f"{role} ({model.path}) takes input {index} of shape {wanted}; the {source} batch is {got}: "
