@@ -96,7 +96,7 @@ def tolerance_of(config: ParityConfig) -> tuple[Tolerance | None, dict[str | int
             config.atol if config.atol is not None else base.atol, config.rtol if config.rtol is not None else base.rtol
         )
     per_output: dict[str | int, Tolerance] = {
-        int(k) if k.isdigit() else k: Tolerance(a, r) for k, a, r in config.tolerances
+        int(k) if isinstance(k, int) or k.isdigit() else k: Tolerance(a, r) for k, a, r in config.tolerances
     }
     return default, per_output
 

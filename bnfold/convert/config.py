@@ -36,7 +36,7 @@ MAX_RANDOM_BATCHES = 100
 OLD_NAMES = {"seeds": "random_batches", "factory": "model", "trust_pickle": "trust_code"}
 
 Shapes = tuple[tuple[int, ...], ...]
-OutputTolerances = tuple[tuple[str, float, float], ...]
+OutputTolerances = tuple[tuple[str | int, float, float], ...]
 
 
 @dataclass(frozen=True)

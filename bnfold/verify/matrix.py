@@ -180,7 +180,7 @@ def _checks(
             checks += matrix.compare(cand, cand.compare_against, tolerances, settings.per_batch, baseline)
     _fill_baseline_errors(checks, baseline, reference_name)
     if settings.tolerance is None:
-        _apply_noise_rule(checks, baseline, reference_name, settings.per_output or {})
+        _apply_noise_rule(checks, baseline, reference_name, matrix.labels(settings.per_output or {}))
     return checks
 
 
@@ -223,6 +223,20 @@ class _Matrix:
         self.count = len(outputs[reference][0])
         self.names = list(output_names) if output_names and len(output_names) == self.count else None
 
+    def label(self, k: int) -> str:
+        """How checks name output ``k``: its name, else its index."""
+        return self.names[k] if self.names else str(k)
+
+    def labels(self, keys: Mapping[OutputKey, Tolerance]) -> set[str]:
+        """The outputs the per-output tolerances ``keys`` name (by name or index, as :class:`Tolerances`
+        reads them), each as checks name it."""
+        found = set()
+        for k in range(self.count):
+            name = self.names[k] if self.names else None
+            if (name is not None and name in keys) or k in keys or str(k) in keys:
+                found.add(self.label(k))
+        return found
+
     def compare(
         self, cand: Candidate, against: str, tolerances: Tolerances, per_batch: bool, baseline: str | None
     ) -> list[ParityCheck]:
@@ -252,7 +266,7 @@ class _Matrix:
                 predictions[i][k] if predictions and k < len(predictions[i]) else None,
             )
         source = "all" if len(group) > 1 else self.batch_names[group[0]]
-        return ParityCheck.of(against, cand.name, name or str(k), source, cand.stage, acc)
+        return ParityCheck.of(against, cand.name, self.label(k), source, cand.stage, acc)
 
 
 def _run_all(
@@ -315,20 +329,18 @@ def _fill_baseline_errors(checks: list[ParityCheck], baseline: str | None, refer
         check.error_ratio = _ratio(check.max_abs_err, base)
 
 
-def _apply_noise_rule(
-    checks: list[ParityCheck], baseline: str | None, reference: str, overridden: Mapping[OutputKey, Tolerance]
-) -> None:
+def _apply_noise_rule(checks: list[ParityCheck], baseline: str | None, reference: str, overridden: set[str]) -> None:
     """Under default tolerances, pass a check whose error is within fp32 noise of this model at that output.
 
     The yardstick is the original fp32 model's own max abs error against the fp64 reference on the same
     inputs; a check passes when its max abs error is at most :data:`NOISE_FACTOR` times it. Outputs with a
-    tolerance of the user's keep the plain rule."""
+    tolerance of the user's (``overridden``: the outputs as checks name them) keep the plain rule."""
     if baseline is None:
         return
     own = _own_errors(checks, baseline, reference)
     for check in checks:
         base = own.get((check.output, check.batch_source))
-        if check.output in overridden or (check.output.isdigit() and int(check.output) in overridden):
+        if check.output in overridden:
             continue
         if base is None or not np.isfinite(base) or base <= 0.0 or check.error:
             continue

@@ -104,12 +104,13 @@ def check_tolerance(label: str, value: float) -> float:
     return value
 
 
-def check_output_keys(keys: Sequence[str], names: Sequence[str]) -> None:
+def check_output_keys(keys: Sequence[OutputKey], names: Sequence[str]) -> None:
     """Each per-output tolerance names one of the model's outputs (``names``), by name or index."""
     from bnfold.errors import InputSpecError
 
     for key in keys:
-        if key in names or (key.isdigit() and int(key) < len(names)):
+        text = str(key)
+        if text in names or (text.isdigit() and int(text) < len(names)):
             continue
         listed = ", ".join(f"{i} = {name!r}" for i, name in enumerate(names))
         raise InputSpecError(f"--tolerance {key}=...: the model has no output {key!r}; its outputs are {listed}")
