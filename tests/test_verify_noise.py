@@ -4,12 +4,18 @@ model makes by itself (the original fp32 model's own error against fp64), not wh
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import bnfold
+from bnfold.convert import ConvertConfig
+from bnfold.report.html import render_html
+from bnfold.report.markdown import render_markdown
+from bnfold.report.summary import summary_lines
 from bnfold.verify import Candidate, ParitySettings, Tolerance, run_parity
 from bnfold.verify.matrix import FOLDED, ORIGINAL
 from bnfold.verify.report import BASELINE, FOLD
@@ -79,3 +85,36 @@ def test_user_tolerances_override_the_noise_rule(net: nn.Module) -> None:
     report = _parity(net, bnfold.fold(net, (x,)).module, Tolerance(1e-4, 1e-3))
     assert all(c.noise_bound is None for c in report.checks)
     assert np.isclose(report.tolerance.atol, 1e-4) and "noise_bound" not in report.to_json()["rule"]
+
+
+@pytest.mark.parametrize("by", ["index", "index as text", "name"])
+def test_a_tolerance_for_one_output_replaces_the_noise_rule_there(tmp_path: Path, by: str) -> None:
+    """An output given its own tolerance is judged by it alone, whether the option names it or gives its
+    index: a tolerance far below fp32 rounding fails every check on that output."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    model[1].running_var.uniform_(0.5, 2.0)
+    x = (torch.randn(4, 16),)
+    default = bnfold.convert(model, ConvertConfig(output=tmp_path / "a.onnx", bench=False), example_inputs=x)
+    assert default.report.parity is not None and default.report.parity.passed
+    output = default.report.parity.checks[0].output
+    assert not output.isdigit()  # named by the ONNX export: the index and the name are different keys
+    key: str | int = {"index": 0, "index as text": "0"}.get(by, output)
+    config = ConvertConfig(output=tmp_path / "b.onnx", bench=False, tolerances=((key, 1e-12, 0.0),))
+    strict = bnfold.convert(model, config, example_inputs=x).report.parity
+    assert strict is not None and not strict.passed
+    assert all(c.noise_bound is None for c in strict.checks if c.reference == "fp64 reference")
+
+
+def test_reports_name_the_tolerance_an_output_was_judged_by(tmp_path: Path) -> None:
+    """A tolerance given to the model's one output is the one the summary, Markdown and HTML state (the
+    checks were judged by it), not the default the other outputs would have had."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.Linear(32, 8)).eval()
+    config = ConvertConfig(output=tmp_path / "m.onnx", bench=False, tolerances=(("0", 3e-3, 2e-2),))
+    report = bnfold.convert(model, config, example_inputs=(torch.randn(4, 16),)).report
+    assert report.parity is not None and {(c.atol, c.rtol) for c in report.parity.checks} == {(3e-3, 2e-2)}
+    assert next(line for line in summary_lines(report) if line.startswith("parity:")).endswith("atol 0.003, rtol 0.02")
+    assert "atol 3.0e-03, rtol 2.0e-02" in render_markdown(report)
+    assert "atol 3.0e-03, rtol 2.0e-02" in render_html(report)
+    assert "1.0e-04" not in render_markdown(report).split("## Parity")[1].split("\n\n")[1]

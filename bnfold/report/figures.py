@@ -6,7 +6,7 @@ latencies paired per (backend, provider, batch), and numbers as text (``2.1e-06`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,21 @@ def latency_groups(latency: Sequence[LatencyResult], speedup: Sequence[SpeedupEn
 def spread_text(speedup: SpeedupEntry | None) -> str:
     low, high = (speedup.speedup_low, speedup.speedup_high) if speedup else (None, None)
     return "" if low is None or high is None else f"{low:.2f}–{high:.2f}×"
+
+
+def tolerance_text(parity: ParitySection, number: Callable[[Any], str]) -> str:
+    """The tolerances the checks were judged by: ``atol A, rtol R``, then each output given its own (every
+    check of it at one tolerance other than the default), ``; output 'y': atol A, rtol R``; an own tolerance
+    that every output shares replaces the default."""
+    own: dict[str, set[tuple[float, float]]] = {}
+    for check in parity.checks:
+        own.setdefault(check.output, set()).add((check.atol, check.rtol))
+    default = (parity.atol, parity.rtol)
+    differ = {out: next(iter(pair)) for out, pair in own.items() if len(pair) == 1 and pair != {default}}
+    if differ and len(differ) == len(own) and len(set(differ.values())) == 1:
+        default, differ = next(iter(differ.values())), {}
+    text = f"atol {number(default[0])}, rtol {number(default[1])}"
+    return text + "".join(f"; output '{out}': atol {number(a)}, rtol {number(r)}" for out, (a, r) in differ.items())
 
 
 def num(value: Any) -> str:

@@ -34,6 +34,7 @@ from bnfold.report.figures import (
     speedup_tone,
     spread_text,
     times,
+    tolerance_text,
     worst_top1,
 )
 from bnfold.report.html_blocks import CSS, cell_num, esc, esc_name, section, table
@@ -310,7 +311,7 @@ def _histograms(parity: ParitySection) -> str:
 
 def _parity_intro(parity: ParitySection, outputs: Sequence[str]) -> str:
     inputs = ", ".join(f"{i.source} (batch {i.batch})" for i in parity.inputs)
-    tolerance = f"atol {num(parity.atol)}, rtol {num(parity.rtol)}"
+    tolerance = tolerance_text(parity, num)
     output = f" of output {outputs[0]}" if len(outputs) == 1 else ""
     return (
         f'<p class="note">Every candidate{esc(output)} against {esc(parity.reference)}, and '

@@ -31,6 +31,7 @@ from bnfold.report.figures import (
     speedup_tone,
     spread_text,
     times,
+    tolerance_text,
 )
 from bnfold.report.merged import merged_markdown
 from bnfold.verify.report import ParityCheck
@@ -157,8 +158,8 @@ def _parity(parity: ParitySection | None) -> str:
     inputs = ", ".join(f"{esc(i.source)} (batch {esc(i.batch)})" for i in parity.inputs)
     intro = (
         f"## Parity: {verdict}\n\nEvery candidate against {esc(parity.reference)}, and each "
-        f"stage against the one before it. Rule: {esc(parity.rule)}, atol "
-        f"{num(parity.atol)}, rtol {num(parity.rtol)}. Inputs: {inputs or 'none'}."
+        f"stage against the one before it. Rule: {esc(parity.rule)}, {esc(tolerance_text(parity, num))}. "
+        f"Inputs: {inputs or 'none'}."
     )
     header = [
         "",

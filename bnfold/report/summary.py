@@ -8,6 +8,7 @@ from typing import Any
 from bnfold.fold.records import muladd_summary
 from bnfold.report.check import headline, parity_failure
 from bnfold.report.document import ParitySection, Report, as_report
+from bnfold.report.figures import tolerance_text
 from bnfold.verify.tolerance import NOISE_FACTOR
 
 
@@ -72,7 +73,7 @@ def _parity_line(report: Report) -> str:
         else ""
     )
     noise_rule = any(c.noise_bound is not None for c in parity.checks)
-    rule = f"atol {parity.atol:g}, rtol {parity.rtol:g}"
+    rule = tolerance_text(parity, lambda value: f"{value:g}")
     if noise_rule and head.baseline_max_abs_err is not None:
         rule += f", or up to {NOISE_FACTOR:g}x the {parity.baseline_name} model's own error"
     return f"parity: passed, {len(parity.checks)} checks, max abs err {worst}{base}; {rule}"
