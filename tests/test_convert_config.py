@@ -98,3 +98,16 @@ def test_good_values_pass() -> None:
     config = ConvertConfig(providers=("cpu", "CUDAExecutionProvider"), opset=30, exporter="dynamo",
                            external_data="never")  # fmt: skip
     assert config.providers == ("cpu", "CUDAExecutionProvider") and config.exporter == "dynamo"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"trust_pickle": True, "trust_code": False},  # an explicit refusal of code is not a default to override
+        {"seeds": 3, "random_batches": 1},  # the newer name at its default value, given all the same
+        {"factory": "a:b", "model": None},
+    ],
+)
+def test_an_older_name_and_its_newer_one_given_together_must_agree(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="disagree"):
+        ConvertConfig(**kwargs)  # type: ignore[arg-type]

@@ -15,8 +15,10 @@ conversion.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -34,6 +36,7 @@ OPSETS = (7, 30)
 MAX_RANDOM_BATCHES = 100
 
 OLD_NAMES = {"seeds": "random_batches", "factory": "model", "trust_pickle": "trust_code"}
+UNSET: dict[str, Any] = {"seeds": None, "factory": None, "trust_pickle": False}  # the older names' defaults
 
 Shapes = tuple[tuple[int, ...], ...]
 OutputTolerances = tuple[tuple[str | int, float, float], ...]
@@ -154,12 +157,9 @@ class ConvertConfig:
     trust_pickle: InitVar[bool] = False  # the older name of trust_code
 
     def __post_init__(self, seeds: int | None, factory: str | None, trust_pickle: bool) -> None:
-        if seeds is not None:
-            _take_old_name(self, "seeds", seeds, default=1)
-        if factory is not None:
-            _take_old_name(self, "factory", factory, default=None)
-        if trust_pickle:
-            object.__setattr__(self, "trust_code", True)
+        for old, value in (("seeds", seeds), ("factory", factory), ("trust_pickle", trust_pickle)):
+            if value != UNSET[old]:
+                object.__setattr__(self, OLD_NAMES[old], value)
         check_config(self)
 
     @property
@@ -201,14 +201,24 @@ class ConvertConfig:
         return BenchConfig(self.batches, self.providers, self.threads)
 
 
-def _take_old_name(config: ConvertConfig, old: str, value: Any, default: Any) -> None:
-    new = OLD_NAMES[old]
-    current = getattr(config, new)
-    if current != default and current != value:
-        raise ConfigError(
-            f"{old}={value!r} and {new}={current!r} disagree: {old} is the older name of {new}; give {new} alone"
-        )
-    object.__setattr__(config, new, value)
+def _older_names_agree(init: Callable[..., None]) -> Callable[..., None]:
+    """``init``, refusing an older name and its newer one given together with different values (an explicit
+    ``trust_code=False`` beside ``trust_pickle=True`` is a contradiction, not a default to override)."""
+
+    @functools.wraps(init)
+    def checked(self: ConvertConfig, *args: Any, **kwargs: Any) -> None:
+        for old, new in OLD_NAMES.items():  # an older name at its default is not given (replace() passes it)
+            if kwargs.get(old, UNSET[old]) != UNSET[old] and new in kwargs and kwargs[old] != kwargs[new]:
+                raise ConfigError(
+                    f"{old}={kwargs[old]!r} and {new}={kwargs[new]!r} disagree: {old} is the older name of {new}; "
+                    f"give {new} alone"
+                )
+        init(self, *args, **kwargs)
+
+    return checked
+
+
+setattr(ConvertConfig, "__init__", _older_names_agree(ConvertConfig.__init__))  # noqa: B010 - mypy: no assigning methods
 
 
 def check_config(config: ConvertConfig) -> tuple[LoadConfig, ExportConfig, ParityConfig, BenchConfig]:
