@@ -10,7 +10,7 @@ import pytest
 from conftest import MODELS, run_cli
 
 from bnfold.convert.many import ModelRun, exit_code, plan
-from bnfold.errors import OutputError
+from bnfold.errors import OutputError, ReportError
 from bnfold.report.check import check_reports
 
 
@@ -67,6 +67,25 @@ def test_check_reads_the_aggregate(zoo: tuple[Path, object]) -> None:
     assert [r.passed for r in verdict.results] == [False, True, True]
     done = run_cli("check", "out/summary.json", cwd=root)
     assert done.returncode == 1 and "2/3 reports pass" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("models", "says"),
+    [
+        ({"schema": "bnfold.summary/2", "models": []}, 'summary schema "bnfold.summary/2" is not readable'),
+        ({"schema": "bnfold.summary/1"}, "lists no models"),
+        ({"schema": "bnfold.summary/1", "models": []}, "lists no models"),
+        ({"schema": "bnfold.summary/1", "models": [{"report": "a.report.json"}]}, r"models\[0\] has no model name"),
+    ],
+)
+def test_check_refuses_a_summary_it_cannot_judge(tmp_path: Path, models: dict[str, object], says: str) -> None:
+    """A summary of another major version, or one listing no models, is bad input (one line, exit 2): judged,
+    it would pass or fail on nothing."""
+    (tmp_path / "summary.json").write_text(json.dumps(models))
+    with pytest.raises(ReportError, match=says):
+        check_reports([tmp_path / "summary.json"])
+    done = run_cli("check", "summary.json", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_two_models_may_not_write_the_same_file(tmp_path: Path) -> None:

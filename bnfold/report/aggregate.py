@@ -191,9 +191,21 @@ def report_paths(data: Summary, where: Path) -> list[tuple[str, Path | None, str
 
 
 def read_summary(data: Any, where: str = "summary") -> Summary:
-    """A ``summary.json``'s data as a :class:`Summary`; :class:`~bnfold.errors.ReportError` when a field has
-    the wrong type."""
+    """A ``summary.json``'s data as a :class:`Summary`; :class:`~bnfold.errors.ReportError` when it is of a
+    schema major this version does not read, lists no models, or a field has the wrong type."""
+    name, _, version = str(data.get("schema", "") if isinstance(data, dict) else "").partition("/")
+    if version.split(".")[0] != SUMMARY_SCHEMA.partition("/")[2]:
+        raise ReportError(
+            f'{where}: summary schema "{name}/{version}" is not readable by this bnfold, which reads '
+            f'"{SUMMARY_SCHEMA}"; use a matching bnfold version'
+        )
     try:
-        return Summary.from_dict(data)
+        found = Summary.from_dict(data)
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise ReportError(f"{where}: malformed bnfold summary, a field has the wrong type ({one_line(exc)})") from exc
+    if not isinstance(data.get("models"), list) or not found.models:
+        raise ReportError(f"{where}: malformed bnfold summary, it lists no models")
+    unnamed = [str(i) for i, row in enumerate(found.models) if not row.model or row.status not in STATUS.values()]
+    if unnamed:
+        raise ReportError(f"{where}: malformed bnfold summary, models[{unnamed[0]}] has no model name or status")
+    return found
