@@ -241,6 +241,9 @@ def test_malicious_pickle_does_not_run(tmp_path: Path, payload: type, legacy: bo
         ("1,-3,8", "dimension -3 is not positive"),
         ("", "no dimensions"),
         (" , ", "no dimensions"),
+        ("1,,8", "a dimension is missing"),  # not read as 1x8
+        ("1,1,8,8,", "a dimension is missing"),
+        ("1,3,x", "a dimension is missing"),  # 'x' separates dimensions; it is no placeholder
     ],
 )
 def test_parse_shape_errors(text: str, expected: str) -> None:

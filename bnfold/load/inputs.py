@@ -35,9 +35,11 @@ class InputSpec:
 def parse_shape(text: str) -> tuple[int, ...]:
     """``"1,3,224,224"`` (or ``1x3x224x224``) to a tuple of positive ints."""
     example = "comma-separated positive integers like 1,3,224,224"
-    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
-    if not parts:
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    if not any(parts):
         raise InputSpecError(f"--input-shape {text!r}: no dimensions; expected {example}")
+    if "" in parts:
+        raise InputSpecError(f"--input-shape {text!r}: a dimension is missing (separate them by ',' or 'x'); expected {example}")
     dims = []
     for part in parts:
         try:
