@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,17 @@ def test_verify_refuses_a_candidate_the_inputs_do_not_fit_as_bad_input(tmp_path:
         "3,4, or a model that takes the same inputs\n"
     )
     assert run_cli("verify", "a.onnx", "b.onnx", "-q", "--input-shape", "3,4", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("candidate", ["tabular_mlp.pt2", "tabular_mlp.onnx"])
+def test_verify_refuses_two_models_no_input_fits_as_bad_input(tmp_path: Path, candidate: str) -> None:
+    """The digits CNN against the tabular MLP (a torch.export archive, or its ONNX export): the archive declares
+    its inputs as an ONNX file does, so no batch fitting both is bad input, not a candidate failing parity
+    (which printed a 100 % top-1 agreement for a candidate that never ran)."""
+    shutil.copy(MODELS / "tabular_mlp.pt2", tmp_path)
+    if candidate.endswith(".onnx"):
+        assert run_cli("convert", "tabular_mlp.pt2", "-q", "--no-bench", cwd=tmp_path).returncode == 0
+    done = run_cli("verify", str(DIGITS), candidate, cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.startswith("Error: the original (") and done.stderr.count("\n") == 1
+    assert "?x1x8x8, the candidate (" in done.stderr and "?x30 (? dynamic): no input fits both" in done.stderr

@@ -56,20 +56,26 @@ def check_shape_sizes(shapes: tuple[tuple[int, ...], ...]) -> None:
             )
 
 
-def check_program_shapes(program: torch.export.ExportedProgram, shapes: tuple[tuple[int, ...], ...]) -> None:
-    """``--input-shape`` against a torch.export program's inputs: count, rank and the sizes it fixed (its
-    module refuses any other: torch.export guards them)."""
+def program_dims(program: torch.export.ExportedProgram) -> list[list[int | None]] | None:
+    """The dimensions of each input a torch.export program takes, None where dynamic (its module refuses
+    any other size: torch.export guards them); None when an input is not a tensor."""
     users = set(program.graph_signature.user_inputs)
     values = [n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and n.name in users]
-    tensors = [v for v in values if isinstance(v, torch.Tensor)]
-    if len(tensors) != len(values):
-        return  # inputs other than tensors: the trace says what does not fit
-    if len(tensors) != len(shapes):
+    if not all(isinstance(v, torch.Tensor) for v in values):
+        return None  # inputs other than tensors: the trace says what does not fit
+    return [[d if isinstance(d, int) else None for d in v.shape] for v in values]
+
+
+def check_program_shapes(program: torch.export.ExportedProgram, shapes: tuple[tuple[int, ...], ...]) -> None:
+    """``--input-shape`` against a torch.export program's inputs: count, rank and the sizes it fixed."""
+    declared = program_dims(program)
+    if declared is None:
+        return
+    if len(declared) != len(shapes):
         raise InputSpecError(
-            f"the model takes {len(tensors)} input(s), --input-shape gave {len(shapes)}: give it once per input"
+            f"the model takes {len(declared)} input(s), --input-shape gave {len(shapes)}: give it once per input"
         )
-    for index, (value, shape) in enumerate(zip(tensors, shapes, strict=True)):
-        dims = [d if isinstance(d, int) else None for d in value.shape]
+    for index, (dims, shape) in enumerate(zip(declared, shapes, strict=True)):
         if not fits(dims, shape):
             given, expected = "x".join(map(str, shape)), dims_text(dims)
             fitting = ",".join(str(d) if d is not None else str(s) for d, s in zip(dims, shape, strict=False))

@@ -39,7 +39,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not any(parts):
         raise InputSpecError(f"--input-shape {text!r}: no dimensions; expected {example}")
     if "" in parts:
-        raise InputSpecError(f"--input-shape {text!r}: a dimension is missing (separate them by ',' or 'x'); expected {example}")
+        raise InputSpecError(
+            f"--input-shape {text!r}: a dimension is missing (separate them by ',' or 'x'); expected {example}"
+        )
     dims = []
     for part in parts:
         try:

@@ -199,16 +199,22 @@ def _declared_dims(original: LoadedModel, candidate: LoadedModel, inputs: tuple[
 
 
 def _check_fits(batches: Batches, original: LoadedModel, candidate: LoadedModel) -> None:
-    """Every input batch fits the dimensions each ONNX model among the two fixes: one that does not is bad
-    input (exit 2), not a candidate failing parity."""
-    from bnfold.convert.checks import graph_dims
-
+    """Every input batch fits the dimensions each ONNX model or torch.export archive among the two fixes: one
+    that does not is bad input (exit 2), not a candidate failing parity."""
+    _check_alike(original, candidate)
     for role, model in (("the original", original), ("the candidate", candidate)):
-        if model.onnx_model is None:
+        inputs = _declared_inputs(model)
+        if inputs is None:
             continue
-        for index, declared in enumerate(graph_dims(model.onnx_model)):
+        for source, arrays in batches:
+            if len(arrays) != len(inputs):
+                raise InputSpecError(
+                    f"{role} ({model.path}) takes {len(inputs)} input(s), the {source} batch has {len(arrays)}: "
+                    "give two models that take the same inputs"
+                )
+        for index, declared in enumerate(inputs):
             for source, arrays in batches:
-                shape = tuple(arrays[index].shape) if index < len(arrays) else ()
+                shape = tuple(arrays[index].shape)
                 if not fits(declared, shape):
                     wanted, got = dims_text(declared), "x".join(map(str, shape)) or "a scalar"
                     example = ",".join("1" if d is None else str(d) for d in declared)
@@ -216,6 +222,35 @@ def _check_fits(batches: Batches, original: LoadedModel, candidate: LoadedModel)
                         f"{role} ({model.path}) takes input {index} of shape {wanted}; the {source} batch is {got}: "
                         f"give --input-shape {example}, or a model that takes the same inputs"
                     )
+
+
+def _check_alike(original: LoadedModel, candidate: LoadedModel) -> None:
+    """Two models that declare their inputs take inputs of the same count and rank, and agree on each size
+    both fix: else no batch fits both."""
+    first, second = _declared_inputs(original), _declared_inputs(candidate)
+    if first is None or second is None:
+        return
+    clash = len(first) != len(second) or any(
+        len(a) != len(b) or any(x is not None and y is not None and x != y for x, y in zip(a, b, strict=True))
+        for a, b in zip(first, second, strict=False)
+    )
+    if clash:
+        shapes = [", ".join(dims_text(dims) for dims in inputs) for inputs in (first, second)]
+        raise InputSpecError(
+            f"the original ({original.path}) takes inputs of shape {shapes[0]}, the candidate ({candidate.path}) "
+            f"{shapes[1]} (? dynamic): no input fits both; give two models of the same inputs"
+        )
+
+
+def _declared_inputs(model: LoadedModel) -> list[list[int | None]] | None:
+    """The dimensions of each input an ONNX model or torch.export archive fixes (None: dynamic); None when
+    the model does not declare them."""
+    from bnfold.convert.checks import graph_dims
+    from bnfold.convert.inputs import program_dims
+
+    if model.onnx_model is not None:
+        return [list(dims) for dims in graph_dims(model.onnx_model)]
+    return program_dims(model.exported) if model.exported is not None else None
 
 
 def _check_output_keys(config: ConvertConfig, original: LoadedModel, candidate: LoadedModel) -> None:
