@@ -32,6 +32,7 @@ from fold_models import (
     randomise,
 )
 from test_fold_inplace import InPlaceMobileOne, InPlaceRepVGG
+from test_fold_rules_moves import BNUpConv, ChannelSlice, Chomp, FlattenToBN1d
 from torch import nn
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -203,6 +204,8 @@ def _entries() -> list[Entry]:
         ("linear_feature_scale", lambda: (randomise(LinearScale(), seed=29), (randn(2, 7, 5),))),
         ("channel_offset", lambda: (randomise(ChannelOffset(), seed=30), (image(2, 3),))),
         ("tied_conv_weights", lambda: (randomise(TiedConvs(), seed=33), (image(2, 3),))),
+        ("tcn_chomp", lambda: (randomise(Chomp(), seed=34), (randn(2, 4, 12),))),  # through moves
+        ("flatten_to_bn1d", lambda: (randomise(FlattenToBN1d(), seed=35), (image(2, 3, size=8),))),
         # backward into the consumer
         ("bn_conv_unpadded", lambda: (_seq(nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3), seed=14), (image(2, 4),))),
         (
@@ -225,6 +228,7 @@ def _entries() -> list[Entry]:
             "bn_dropout2d_conv",
             lambda: (_seq(nn.BatchNorm2d(4), nn.Dropout2d(0.2), nn.Conv2d(4, 5, 3), seed=32), (image(2, 4),)),
         ),
+        ("bn_upsample_conv", lambda: (randomise(BNUpConv(), seed=37), (image(2, 3),))),
         (
             "frozen_bn_after_relu",
             lambda: (nn.Sequential(nn.ReLU(), FrozenBatchNorm2d(3), nn.Conv2d(3, 4, 3)).eval(), (image(2, 3),)),
@@ -241,6 +245,7 @@ def _entries() -> list[Entry]:
             lambda: (_seq(nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3, padding=1), seed=21), (image(2, 4),)),
         ),
         ("concat_height_axis", lambda: (randomise(ConcatBatchAxis(), seed=22), (image(2, 3),))),
+        ("channel_slice", lambda: (randomise(ChannelSlice(), seed=38), (image(2, 3, size=8),))),
         (
             "batch_statistics",
             lambda: (_seq(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), seed=23), (image(2, 3),)),

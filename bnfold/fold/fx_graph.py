@@ -21,12 +21,10 @@ from bnfold.fold.graph import (
     aten,
     constant,
     display,
-    is_permute,
-    map_axis_back,
-    map_axis_forward,
     ndim,
     readers,
 )
+from bnfold.fold.moves import is_move, source_axis, target_axis
 from bnfold.fold.reasons import reason
 from bnfold.fold.rules.graph import Affine, LayerKind, Pads, PadView, PassThrough
 from bnfold.fold.sites import AffineSite
@@ -194,7 +192,7 @@ class FxGraph:
             return "add"
         if node.op == "call_function" and node.target == aten.cat.default:
             return "concat"
-        return "permute" if is_permute(node) else None
+        return "move" if is_move(node) else None
 
     def layer_kind(self, node: fx.Node) -> LayerKind | None:
         layer = as_layer(node)
@@ -227,11 +225,11 @@ class FxGraph:
     def concat_axis(self, node: fx.Node) -> int:
         return int(arguments(node)["dim"])
 
-    def source_axis(self, node: fx.Node, axis: int) -> int | None:
-        return map_axis_back(node, axis)
+    def source_axis(self, node: fx.Node, axis: int) -> int | str:
+        return source_axis(node, axis)
 
-    def target_axis(self, node: fx.Node, axis: int) -> int | None:
-        return map_axis_forward(node, axis)
+    def target_axis(self, node: fx.Node, axis: int) -> int | str:
+        return target_axis(node, axis)
 
     def pad(self, node: fx.Node) -> PadView | None:
         if node.op != "call_function" or node.target != aten.pad.default:

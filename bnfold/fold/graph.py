@@ -224,36 +224,6 @@ def is_permute(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in PERMUTES
 
 
-def map_axis_back(node: fx.Node, axis: int) -> int | None:
-    """The axis of ``node``'s input that becomes ``axis`` of its output (node is a permute-like op)."""
-    dims = ndim(node)
-    if dims is None:
-        return None
-    axis %= dims
-    if node.target == aten.permute.default:
-        return int(_ints(node.args[1])[axis]) % dims
-    if node.target == aten.transpose.int:
-        a, b = int(node.args[1]) % dims, int(node.args[2]) % dims  # type: ignore[arg-type]
-        return b if axis == a else a if axis == b else axis
-    return axis
-
-
-def map_axis_forward(node: fx.Node, axis: int) -> int | None:
-    """The axis of ``node``'s output that ``axis`` of its input becomes."""
-    dims = ndim(node)
-    if dims is None:
-        return None
-    axis %= dims
-    if node.target == aten.permute.default:
-        order = [int(d) % dims for d in _ints(node.args[1])]
-        return order.index(axis)
-    return map_axis_back(node, axis)
-
-
-def _ints(value: object) -> list[int]:
-    return [int(v) for v in value]  # type: ignore[attr-defined]
-
-
 def is_getitem_zero(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target is operator.getitem and bool(node.args[1] == 0)
 

@@ -19,6 +19,8 @@ TEMPLATES: dict[str, str] = {
     "zero_padding": "{layer} pads its input with zeros ({padding}): folded backward, the shift would be missing "
     "at the border",
     "model_output": "its output is a model output",
+    "not_whole": "{node} does not keep the channel axis whole (it slices, merges, splits or resizes it)",
+    "shape_unknown": "the shapes around {node} are unknown",
     "pad_values": "{pad} pads with {mode} values: folding backward would change the border",
     "pad_channels": "{pad} pads the channel axis",
     "identity": "as an identity branch: {problems}",

@@ -40,6 +40,7 @@ class ValueType:
 
     elem_type: int
     rank: int | None
+    dims: tuple[int | str | None, ...] | None = None  # each an int, a symbolic name, or None (unknown)
 
 
 class Graph:
@@ -72,15 +73,25 @@ class Graph:
         known = self.types.get(name)
         return known.rank if known else None
 
+    def dims(self, name: str) -> tuple[int | str | None, ...] | None:
+        """The dimensions shape inference gave ``name`` (ints, symbolic names, None where unknown)."""
+        known = self.types.get(name)
+        return known.dims if known else None
+
     def readers(self, name: str) -> list[Use]:
         """The input slots that read ``name`` (slot -1: a subgraph of that node reads it)."""
         return list(self.uses.get(name, []))
 
+    def value_readers(self, name: str) -> list[Use]:
+        """The input slots that read the values of ``name``: all but those of a ``Shape`` or ``Size`` node,
+        which read its dimensions alone (no fold changes them)."""
+        return [(node, slot) for node, slot in self.uses.get(name, []) if not _reads_dims_only(node)]
+
     def exclusive(self, name: str, use: Use) -> str | None:
-        """Why ``name`` is not read by ``use`` alone, or None when it is."""
+        """Why the values of ``name`` are not read by ``use`` alone, or None when they are."""
         source = self.producer.get(name)
         what = label(source) if source is not None else f"value '{name}'"
-        uses = self.uses.get(name, [])
+        uses = self.value_readers(name)
         if name not in self.outputs and len(uses) == 1 and _same(uses[0], use):
             return None
         others = [repr(o) for o in sorted({node_name(n) for n, slot in uses if not _same((n, slot), use)})]
@@ -197,6 +208,10 @@ class Graph:
                 self._taken.add(name)
         if node.name:
             self._taken.add(node.name)
+
+
+def _reads_dims_only(node: onnx.NodeProto) -> bool:
+    return node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx")
 
 
 def _same(a: Use, b: Use) -> bool:

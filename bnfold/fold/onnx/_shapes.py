@@ -45,22 +45,33 @@ def _elements(tensor: onnx.TensorProto) -> int:
 
 
 def infer_types(model: onnx.ModelProto) -> tuple[dict[str, ValueType], bool]:
-    """Element type and rank of every value shape inference can type, and whether strict inference passed."""
+    """Element type, rank and dimensions of every value shape inference can type, and whether strict
+    inference passed. The values of shape computations are propagated (``data_prop``): a Reshape whose
+    shape is computed from another value's gets its dimensions."""
     skel = skeleton(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=True)
-        strict = True
-    except Exception:  # noqa: BLE001 - the model's own problem; fall back to what can be inferred
+    inferred, strict = None, True
+    for options in ({"strict_mode": True, "data_prop": True}, {"strict_mode": True}):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(skel, **options)
+            break
+        except Exception:  # noqa: BLE001, PERF203 - the model's own problem; fall back to what can be inferred
+            continue
+    if inferred is None:
         inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=False)
         strict = False
-    graph = inferred.graph
-    types = {t.name: ValueType(t.data_type, len(t.dims)) for t in model.graph.initializer}
-    for info in [*graph.input, *graph.value_info, *graph.output]:
+    types = {t.name: ValueType(t.data_type, len(t.dims), tuple(t.dims)) for t in model.graph.initializer}
+    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         tensor = info.type.tensor_type
         if info.type.HasField("tensor_type"):
-            rank = len(tensor.shape.dim) if tensor.HasField("shape") else None
-            types[info.name] = ValueType(tensor.elem_type, rank)
+            dims = tuple(_dim(d) for d in tensor.shape.dim) if tensor.HasField("shape") else None
+            types[info.name] = ValueType(tensor.elem_type, None if dims is None else len(dims), dims)
     return types, strict
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> int | str | None:
+    if dim.HasField("dim_value"):
+        return int(dim.dim_value)
+    return str(dim.dim_param) if dim.HasField("dim_param") else None
 
 
 def check_folded(folded: onnx.ModelProto, original: onnx.ModelProto, strict_inference: bool) -> None:

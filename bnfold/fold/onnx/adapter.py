@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import torch
 
+from bnfold.fold.onnx import _moves as moves
 from bnfold.fold.onnx._affine import MUL_ADD, ChannelAffine, to_f64, to_numpy
 from bnfold.fold.onnx._freeze import freeze
 from bnfold.fold.onnx._graph import Graph, Use, attribute, label, set_attribute
@@ -26,7 +27,7 @@ from bnfold.fold.reasons import reason
 from bnfold.fold.rules.graph import Affine, LayerKind, Pads, PadView, PassThrough
 
 LAYERS: dict[str, LayerKind] = {"Conv": "conv", "ConvTranspose": "conv_transpose", "Gemm": "linear", "MatMul": "linear"}
-PASSES: dict[str, PassThrough] = {"Add": "add", "Concat": "concat", "Transpose": "permute"}
+PASSES: dict[str, PassThrough] = {"Add": "add", "Concat": "concat"}
 COPYING_PADS = ("reflect", "edge", "wrap")
 
 
@@ -176,7 +177,9 @@ class OnnxGraph:
         return list(node.input)
 
     def pass_through(self, node: onnx.NodeProto) -> PassThrough | None:
-        return PASSES.get(node.op_type) if _standard(node) else None
+        if not _standard(node):
+            return None
+        return "move" if moves.is_move(node) else PASSES.get(node.op_type)
 
     def layer_kind(self, node: onnx.NodeProto) -> LayerKind | None:
         return LAYERS.get(node.op_type) if _standard(node) else None
@@ -185,7 +188,7 @@ class OnnxGraph:
         return str(node.input[0])
 
     def readers(self, value: str) -> list[Use]:
-        return self.graph.readers(value)
+        return self.graph.value_readers(value)
 
     def is_output(self, value: str) -> bool:
         return value in self.graph.outputs
@@ -213,19 +216,11 @@ class OnnxGraph:
     def concat_axis(self, node: onnx.NodeProto) -> int:
         return int(attribute(node, "axis", 0))
 
-    def source_axis(self, node: onnx.NodeProto, axis: int) -> int | None:
-        perm = attribute(node, "perm")
-        rank = self.graph.rank(node.output[0]) if perm is None else len(perm)
-        if rank is None:
-            return None
-        return int(list(perm)[axis]) if perm is not None else rank - 1 - axis
+    def source_axis(self, node: onnx.NodeProto, axis: int) -> int | str:
+        return moves.source_axis(self.graph, node, axis)
 
-    def target_axis(self, node: onnx.NodeProto, axis: int) -> int | None:
-        perm = attribute(node, "perm")
-        rank = self.graph.rank(node.output[0]) if perm is None else len(perm)
-        if rank is None:
-            return None
-        return [int(p) for p in perm].index(axis) if perm is not None else rank - 1 - axis
+    def target_axis(self, node: onnx.NodeProto, axis: int) -> int | str:
+        return moves.target_axis(self.graph, node, axis)
 
     def pad(self, node: onnx.NodeProto) -> PadView | None:
         if node.op_type != "Pad" or not _standard(node):

@@ -7,8 +7,8 @@ pattern, checks it (returning the reason as a string when it refuses, ``None`` w
 apply) and returns a :class:`~bnfold.fold.rules.graph.Plan` whose ``rewrite`` edits the graph:
 
 * :mod:`.forward`: into the layers that compute the affine's input, through bias adds, branch sums,
-  concatenations and permutes.
+  concatenations and moves (permutes, slices, reshapes, ...: see :mod:`.graph`).
 * :mod:`.identity`: a RepVGG identity branch ``conv(x) + bn(x)`` into the conv beside it.
-* :mod:`.backward`: into every layer that reads the affine's output, through permutes and pads that copy
+* :mod:`.backward`: into every layer that reads the affine's output, through moves and pads that copy
   values.
 """

@@ -4,8 +4,9 @@
     W'[o, i, k] = W[o, i, k]·s[i]        b'[o] = b[o] + α·Σ_{i,k} W[o, i, k]·t[i]
 
 (α is 1 except for a Gemm, which scales its product by α). Pattern: y is read only by convs and linear
-layers (on their data input, along the channels they read), directly or through permutes and through pads
-that copy values (reflect, replicate/edge, circular/wrap: these commute with a per-channel affine). Check:
+layers (on their data input, along the channels they read), directly or through moves (permutes, slices
+along other axes, reshapes keeping the channel axis whole, ...: :mod:`.graph`) and through pads that copy
+values (reflect, replicate/edge, circular/wrap): these commute with a per-channel affine. Check:
 every output position of a conv sees the whole kernel over real input, so a conv must not pad with zeros (a
 padded border would see 0, not t, and the bias would be wrong there); a transposed conv spreads a constant
 unevenly over its output, so it never qualifies; no pad along the channel axis; y is no model output; the
@@ -69,10 +70,10 @@ class _Consumers(Generic[N, V]):
 
     def reader(self, node: N, slot: int, axis: int) -> list[FoldLayer] | str:
         g = self.graph
-        if g.pass_through(node) == "permute":
+        if g.pass_through(node) == "move" and slot == 0:
             mapped = g.target_axis(node, axis)
-            if mapped is None:
-                return f"the rank of the output of {g.label(node)} is unknown"
+            if isinstance(mapped, str):
+                return mapped
             return self.of(g.output(node), mapped)
         pad = g.pad(node)
         if pad is not None:

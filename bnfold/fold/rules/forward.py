@@ -9,7 +9,9 @@ per-channel affine through exactly (:func:`bnfold.fold.maths.fold_into_producer`
     add(P, Q)  (branches):                       P gets (s, t),       Q gets (s, 0)
     concat(P, Q, axis)                           along the channels: each gets its slice of (s, t);
                                                  along another axis: each gets all of (s, t)
-    permute(P)                                   P gets (s, t) along the axis that becomes the channels
+    move(P)                                      P gets (s, t) along the axis the move takes the channels
+                                                 from (a permute, a slice along another axis, a reshape
+                                                 keeping the channel axis whole, nearest resizing, ...)
 
 Check: every value in the tree is read only by its parent (no other node, not a model output), and every
 leaf can absorb the affine along that axis; the first failure is the reason returned. Rewrite: only after
@@ -63,8 +65,8 @@ class _Walk(Generic[N, V]):
             found = self.add(node, axis, channels, depth, what)
         elif op == "concat":
             found = self.concat(node, axis, channels, depth)
-        elif op == "permute":
-            found = self.permute(node, axis, channels, depth, what)
+        elif op == "move":
+            found = self.move(node, axis, channels, depth, what)
         else:
             found = self.layer(node, axis)
         if isinstance(found, str) or channels is None or found.channels == channels:
@@ -157,11 +159,11 @@ class _Walk(Generic[N, V]):
         width = sum(p.channels for p in parts) if along else parts[0].channels
         return Fold("concat", width, [name for part in parts for name in part.into], apply)
 
-    def permute(self, node: N, axis: int, channels: int | None, depth: int, what: str) -> Fold | str:
+    def move(self, node: N, axis: int, channels: int | None, depth: int, what: str) -> Fold | str:
         g = self.graph
         inner_axis = g.source_axis(node, axis)
-        if inner_axis is None:
-            return f"the rank of the output of {g.label(node)} is unknown"
+        if isinstance(inner_axis, str):
+            return inner_axis
         return self.fold(g.inputs(node)[0], (node, 0), inner_axis, channels, depth + 1, what)
 
 

@@ -2,8 +2,11 @@
 
 A rule sees a graph as values (``V``) computed by nodes (``N``): who produces a value, who reads it (a
 *use* is a reading node and the input slot it reads through), what kind of node a node is — a layer with
-weights, or one of the pass-through ops an affine can be moved across (``add``, ``concat``, ``permute``) —
-and how to write a parameter back. Each graph representation implements it in an adapter: torch FX
+weights, or one of the pass-through ops an affine can be moved across (``add``, ``concat``, ``move``) —
+and how to write a parameter back. A ``move`` moves or copies values without combining them, each value
+staying in its channel: permutes and transposes, slices along other axes, reshapes that keep the channel
+axis whole, unsqueeze and squeeze, nearest-neighbour resizing; a per-channel affine commutes with it, along
+the axis it maps the channels to. Each graph representation implements it in an adapter: torch FX
 (:class:`bnfold.fold.fx_graph.FxGraph`) and ONNX (:class:`bnfold.fold.onnx.adapter.OnnxGraph`).
 
 Tensors cross the interface in float64 and in a canonical layout (a layer's weight has its output
@@ -24,7 +27,7 @@ V = TypeVar("V")
 N_co = TypeVar("N_co", covariant=True)
 V_co = TypeVar("V_co", covariant=True)
 
-PassThrough = Literal["add", "concat", "permute"]
+PassThrough = Literal["add", "concat", "move"]
 LayerKind = Literal["conv", "conv_transpose", "linear"]
 Pads = list[int] | Literal["same", "valid"]
 """A conv's zero padding: amounts per spatial axis (all the starts, then all the ends), or as computed."""
@@ -166,12 +169,13 @@ class FoldGraph(Protocol[N, V]):
         """The axis a concat joins along, as written (possibly negative)."""
         ...
 
-    def source_axis(self, node: N, axis: int) -> int | None:
-        """For a permute: the axis of its input that becomes ``axis`` of its output (None when unknown)."""
+    def source_axis(self, node: N, axis: int) -> int | str:
+        """For a move: the axis of its input whose values it moves, each within its channel, to ``axis`` of its
+        output; or why it does not keep that axis whole (it slices it, merges it with another, ...)."""
         ...
 
-    def target_axis(self, node: N, axis: int) -> int | None:
-        """For a permute: the axis of its output that ``axis`` of its input becomes (None when unknown)."""
+    def target_axis(self, node: N, axis: int) -> int | str:
+        """For a move: the axis of its output ``axis`` of its input goes to, or why it does not keep it whole."""
         ...
 
     def pad(self, node: N) -> PadView | None:
