@@ -31,6 +31,7 @@ from fold_models import (
     randn,
     randomise,
 )
+from test_fold_computed_weights import BatchNormStdConv
 from test_fold_inplace import InPlaceMobileOne, InPlaceRepVGG
 from test_fold_rules_moves import BNUpConv, ChannelSlice, Chomp, FlattenToBN1d
 from torch import nn
@@ -204,6 +205,10 @@ def _entries() -> list[Entry]:
         ("linear_feature_scale", lambda: (randomise(LinearScale(), seed=29), (randn(2, 7, 5),))),
         ("channel_offset", lambda: (randomise(ChannelOffset(), seed=30), (image(2, 3),))),
         ("tied_conv_weights", lambda: (randomise(TiedConvs(), seed=33), (image(2, 3),))),
+        (
+            "std_conv_bn",  # timm's StdConv2d: F.batch_norm standardises the weight, a constant
+            lambda: (_seq(BatchNormStdConv(3, 4, 3, bias=False), nn.BatchNorm2d(4), seed=39), (image(2, 3),)),
+        ),
         ("tcn_chomp", lambda: (randomise(Chomp(), seed=34), (randn(2, 4, 12),))),  # through moves
         ("flatten_to_bn1d", lambda: (randomise(FlattenToBN1d(), seed=35), (image(2, 3, size=8),))),
         # backward into the consumer

@@ -29,6 +29,8 @@ TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.c
 LINEAR = {aten.linear.default}
 LAYER_MODULES = {"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear"}
 """torch.nn's layer classes: a call they make is named by the module's path."""
+OWN_PREFIX = "_bnfold_"
+"""The prefix of the buffers bnfold adds (an evaluated constant, a private copy of a shared weight)."""
 BATCHNORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
 
 # Ops that move or copy data without touching values: an affine passes through them, its axis remapped.
@@ -151,12 +153,14 @@ class Layer:
     @property
     def name(self) -> str:
         """The layer module that made the call (``b`` for ``b(x)``, even when ``b.weight`` is ``a.weight``,
-        which torch.export stores under one name), else the owner of the weight (a functional call)."""
+        which torch.export stores under one name; a subclass of a torch.nn layer too), or the module that
+        computed its weight (weight normalisation, a mask: the weight is a constant of bnfold's), else the
+        owner of the weight (a functional call)."""
         stack = self.node.meta.get("nn_module_stack")
+        computed = str(self.weight.target).startswith(OWN_PREFIX)
         if stack:
             path, kind = list(stack.values())[-1]
-            kind = kind if isinstance(kind, str) else getattr(kind, "__qualname__", "")
-            if path and kind.rsplit(".", 1)[-1] in LAYER_MODULES:
+            if path and (computed or _layer_class(kind)):
                 return str(path)
         return attribute_owner(str(self.weight.target))
 
@@ -171,6 +175,13 @@ class Layer:
             return 1
         dims = ndim(self.node.args[0]) if isinstance(self.node.args[0], fx.Node) else None
         return None if dims is None else dims - 1
+
+
+def _layer_class(kind: object) -> bool:
+    """Whether a module class (or its qualified name, as a loaded archive keeps it) is a torch.nn layer."""
+    if isinstance(kind, type):
+        return any(c.__name__ in LAYER_MODULES and c.__module__.startswith("torch.nn") for c in kind.__mro__)
+    return str(kind).rsplit(".", 1)[-1] in LAYER_MODULES
 
 
 def as_layer(node: fx.Node) -> Layer | None:
@@ -250,10 +261,10 @@ class ParameterWriter:
     def new_attribute(self, before: fx.Node, value: torch.Tensor, hint: str, owned: bool = False) -> fx.Node:
         """A fresh buffer on the module and a get_attr node reading it, inserted before ``before``."""
         self._count += 1
-        name = f"_bnfold_{hint}_{self._count}"
+        name = f"{OWN_PREFIX}{hint}_{self._count}"
         while hasattr(self.gm, name):
             self._count += 1
-            name = f"_bnfold_{hint}_{self._count}"
+            name = f"{OWN_PREFIX}{hint}_{self._count}"
         self.gm.register_buffer(name, value.detach() if owned else value.detach().clone())
         with self.gm.graph.inserting_before(before):
             return self.gm.graph.get_attr(name)

@@ -8,7 +8,9 @@ the constants they are. Each is computed as ONNX defines the op, in the tensor's
 compute it on every call.
 
 onnxscript leaves every ``ConstantOfShape`` alone (a constant fill can be huge); a small one is evaluated
-too, since the TorchScript exporter builds a reflect Pad's amounts with one.
+too, since the TorchScript exporter builds a reflect Pad's amounts with one. It also leaves an op with
+several outputs alone: a BatchNormalization of constants (timm's ``StdConv2d`` standardises its weight with
+one, in training mode) is evaluated here, in float64, and cast back.
 
 Never evaluated: anything that reads a graph input, including an initializer that is also a graph input (a
 caller may feed it), control-flow and non-deterministic ops. Nothing else is removed here but Identity nodes
@@ -24,6 +26,7 @@ import sys
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnx_ir.convenience
 import onnx_ir.passes.common as common
 from onnxscript import optimizer
 
@@ -39,18 +42,64 @@ def evaluate_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     largest = max((_elements(t) for t in model.graph.initializer), default=0)
     work = ir.serde.deserialize_model(model)
-    optimizer.fold_constants(
-        work,
-        onnx_shape_inference=False,
-        input_size_limit=sys.maxsize,
-        output_size_limit=max(largest, DEFAULT_OUTPUT_LIMIT),
-        should_fold=small_fill,
-    )
+    limit = max(largest, DEFAULT_OUTPUT_LIMIT)
+
+    def fold() -> None:
+        optimizer.fold_constants(
+            work,
+            onnx_shape_inference=False,
+            input_size_limit=sys.maxsize,
+            output_size_limit=limit,
+            should_fold=small_fill,
+        )
+
+    fold()
+    if evaluate_batchnorms(work.graph):
+        fold()  # what reads the standardised weight (a Reshape back to its shape)
     from bnfold.export.cleanup import has_subgraphs
 
     if not has_subgraphs(model):
         common.IdentityEliminationPass()(work)
     return ir.serde.serialize_model(work)
+
+
+def evaluate_batchnorms(graph: ir.Graph) -> int:
+    """Evaluate each BatchNormalization of constants whose extra outputs nothing reads (onnxscript leaves an op
+    with several outputs alone): timm's ``StdConv2d`` standardises its weight with a BatchNorm in training
+    mode, a constant, not a BatchNorm of the model. Returns how many."""
+    count = 0
+    for node in list(graph):
+        value = _batchnorm_value(node)
+        if value is None:
+            continue
+        out = node.outputs[0]
+        constant = ir.Value(name=f"{out.name}_evaluated", const_value=ir.tensor(value))
+        graph.register_initializer(constant)
+        onnx_ir.convenience.replace_all_uses_with(out, constant)
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def _batchnorm_value(node: ir.Node) -> np.ndarray | None:
+    """The output of a BatchNormalization of constants, computed in float64 as ONNX defines it (training
+    mode: the statistics of the input over every axis but 1, the biased variance) and cast back; None for any
+    other node, or one whose running statistics outputs are read."""
+    if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 5:
+        return None
+    tensors = [None if v is None else v.const_value for v in node.inputs[:5]]
+    if any(t is None for t in tensors) or any(o.uses() for o in node.outputs[1:]):
+        return None
+    x, scale, bias, mean, var = (np.asarray(t.numpy(), np.float64) for t in tensors)  # type: ignore[union-attr]
+    attrs = node.attributes
+    epsilon = attrs["epsilon"].as_float() if "epsilon" in attrs else 1e-5
+    if "training_mode" in attrs and attrs["training_mode"].as_int():
+        axes = tuple(a for a in range(x.ndim) if a != 1)
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    scale = scale.reshape(shape) / np.sqrt(var.reshape(shape) + epsilon)
+    y = (x - mean.reshape(shape)) * scale + bias.reshape(shape)
+    return y.astype(tensors[0].numpy().dtype)  # type: ignore[union-attr]
 
 
 def small_fill(node: ir.Node) -> bool | None:
