@@ -175,3 +175,14 @@ def test_max_abs_err_judges_what_bnfold_made_not_the_fp32_original(tmp_path: Pat
     shown = f"{worst:.1e}"
     assert shown in texts["md"] and shown in texts["html"]
     assert f"{worst:.2e}" in "\n".join(summary_lines(report))
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_a_parity_verdict_its_checks_contradict_is_a_report_error(tmp_path: Path, passed: bool) -> None:
+    """An edited report whose ``parity.passed`` disagrees with its checks cannot be judged either way."""
+    report = sample_report() if passed else failing_report()
+    assert bool(check_reports([write(tmp_path, report)])) is passed  # control: as written, it is judged
+    for check in report["parity"]["checks"]:
+        check["passed"] = not passed
+    with pytest.raises(ReportError, match="inconsistent bnfold report: parity.passed says"):
+        check_reports([write(tmp_path, report)])

@@ -213,7 +213,12 @@ def _judged(
     require_no_batchnorm: bool,
     min_speedup: float | None,
 ) -> ReportCheck:
-    """:func:`check_report`, a field of the wrong type being a :class:`ReportError` (exit 2), not a crash."""
+    """:func:`check_report`, a field of the wrong type being a :class:`ReportError` (exit 2), not a crash, as a
+    parity verdict its own checks contradict (an edited report: check judges by the verdict)."""
+    parity = report.parity
+    if parity is not None and parity.checks and bool(parity.passed) != all(c.passed for c in parity.checks):
+        said = "passed" if parity.passed else "failed"
+        raise ReportError(f"{path}: inconsistent bnfold report: parity.passed says {said}, its checks do not agree")
     try:
         return check_report(report, str(path), max_abs_err, require_no_batchnorm, min_speedup)
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
