@@ -304,6 +304,11 @@ CASES = [
         ("does not exist", "create it first"),
     ),
     Case("report-is-output", report_over_output, ("--report",)),
+    Case(
+        "report-not-json",  # its companions would be x.report.md.md and x.report.md.html
+        convert_shared("small_onnx", "--report", "x.report.md"),
+        ("--report x.report.md", "the report is JSON", "ending in .json"),
+    ),
     Case("check-not-json", check_file("notes.txt", "hello\n"), ("not a bnfold report", "not JSON")),
     Case(
         "check-json-without-schema",

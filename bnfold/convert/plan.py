@@ -100,6 +100,10 @@ def report_writes(report: Path | None, label: str = "--report") -> dict[str, Pat
     """The JSON report (as ``label``) and its Markdown and HTML companions, by label."""
     if report is None:
         return {}
+    if Path(report).suffix.lower() != ".json":
+        raise OutputError(
+            f"{label} {report}: the report is JSON, with its .md and .html beside it; give a path ending in .json"
+        )
     markdown, html = companion_paths(report)
     return {label: report, "the Markdown report": markdown, "the HTML report": html}
 

@@ -52,7 +52,7 @@ def new_report() -> Report:
 
 def companion_paths(json_path: Path) -> tuple[Path, Path]:
     """The Markdown and HTML paths written beside ``REPORT.json`` (same stem)."""
-    stem = json_path.name[: -len(".json")] if json_path.name.endswith(".json") else json_path.name
+    stem = json_path.name[: -len(".json")] if json_path.name.lower().endswith(".json") else json_path.name
     return json_path.with_name(stem + ".md"), json_path.with_name(stem + ".html")
 
 
