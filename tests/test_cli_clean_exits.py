@@ -138,7 +138,12 @@ CASES = {
     "verify-tolerance-unknown-output": (["verify", "small.onnx", "small.onnx", "--tolerance", "nope=1,1"], "'logits'"),
     "check-fields-of-the-wrong-type": (["check", "bad_types.report.json"], "wrong type"),
     "opset-the-exporter-cannot-write": (["convert", "small.pt2", "--opset", "30"], "--opset 30"),
-    "opset-other-than-an-onnx-input-has": (["convert", "small.onnx", "--opset", "7"], "keeps its own opset"),
+    "opset-other-than-an-onnx-input-has": (
+        ["convert", "small.onnx", "--opset", "7"],
+        "an ONNX input is folded as it is",
+    ),
+    "dynamic-for-an-onnx-input": (["convert", "small.onnx", "--dynamic", "none"], "--dynamic: an ONNX input is folded"),
+    "exporter-for-an-onnx-input": (["convert", "small.onnx", "--exporter", "dynamo"], "--exporter dynamo: an ONNX"),
     "bench-batch-a-static-model-cannot-take": (["bench", "static.onnx", "--batch", "1,8"], "fixed batch of 2"),
 }
 

@@ -12,9 +12,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bnfold.errors import LoadError, one_line
+from bnfold.errors import ConfigError, LoadError, one_line
 
 if TYPE_CHECKING:
+    from bnfold.convert.config import ConvertConfig
     from bnfold.load import LoadedModel
 
 
@@ -30,6 +31,26 @@ def check_onnx_input(model: onnx.ModelProto, path: Path | None) -> None:
         if problem:
             raise LoadError(f"{where}: BatchNormalization {node.name or node.output[0]!r} {problem}")
     _check_runs(path if path is not None else model.SerializeToString(), where)
+
+
+def check_onnx_options(config: ConvertConfig, model: onnx.ModelProto) -> None:
+    """The export options an ONNX input cannot take (it is folded as it is: its dimensions, names, opset and
+    exporter stay): :class:`ConfigError` naming them, rather than ignoring them."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    given = [
+        ("--dynamic", config.dynamic is not None),
+        (f"--exporter {config.exporter}", config.exporter != "auto"),
+        ("--input-names", bool(config.input_names)),
+        ("--output-names", bool(config.output_names)),
+        (f"--opset {config.opset} (the file has opset {opset})", config.opset not in (None, opset)),
+    ]
+    named = [option for option, present in given if present]
+    if named:
+        them = "it" if len(named) == 1 else "them"
+        raise ConfigError(
+            f"{', '.join(named)}: an ONNX input is folded as it is, with the dimensions, names, opset and exporter "
+            f"it was written with; leave {them} out, or convert the PyTorch model"
+        )
 
 
 def check_loaded_onnx(*models: LoadedModel) -> None:

@@ -189,9 +189,10 @@ def convert_onnx_level(
     from bnfold.fold.onnx import fold_onnx
 
     if loaded.format == "onnx":
-        from bnfold.convert.onnx_input import check_onnx_input
+        from bnfold.convert.onnx_input import check_onnx_input, check_onnx_options
 
         original: onnx.ModelProto = loaded.onnx_model  # type: ignore[assignment]
+        check_onnx_options(config, original)
         check_onnx_input(original, loaded.path)
         exporter, used_opset = "none (ONNX input)", _opset_of(original)
     else:
