@@ -115,6 +115,20 @@ def test_an_archive_keeps_its_own_dynamic_dimensions(tmp_path: Path, capfd: pyte
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("dynamic", ["none", "batch,height,width"])
+def test_an_archive_retraced_for_other_dimensions_says_nothing_of_a_training_mode(
+    tmp_path: Path, dynamic: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The shipped archive was traced in eval mode; the module torch.export gives back has no mode of its
+    own, so retracing it for other dynamic dimensions reports none (it said the model was in training mode)."""
+    out = tmp_path / "d.onnx"
+    code, err = cli("convert", str(MODELS / "digits_cnn.pt2"), "-o", str(out), "--no-bench", "-q", "--dynamic",
+                    dynamic, capfd=capfd)  # fmt: skip
+    assert code == 0, err
+    assert "training mode" not in (tmp_path / "d.report.md").read_text()
+    assert "training mode" not in json.dumps(json.loads((tmp_path / "d.report.json").read_text()))
+
+
 def test_names_can_be_set(weights: Path, capfd: pytest.CaptureFixture[str]) -> None:
     code, err = cli("convert", str(weights), "--model", "netdef:trained", "--input-shape", "1,3,16,16",
                     "--input-names", "pixels", "--output-names", "logits", "-o", "net.onnx", "--no-bench", "-q",

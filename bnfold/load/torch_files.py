@@ -55,9 +55,12 @@ def read_exported(path: Path, trust_code: bool = False) -> LoadedModel:
         _refuse_foreign_calls(path, program)
     example = program.example_inputs
     args = tuple(example[0]) if example else None
+    module = program.module()
+    for submodule in module.modules():  # a traced graph has no mode (its ops are fixed): none to report
+        submodule.training = False
     return LoadedModel(
         format="torch.export",
-        module=program.module(),
+        module=module,
         example_inputs=args,
         exported=program,
         dynamic_batch=_has_dynamic_batch(program),
