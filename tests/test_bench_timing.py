@@ -145,3 +145,17 @@ def test_timings_whose_median_run_stalled_are_unsteady_and_prove_no_speedup() ->
     assert s.to_json()["steady"] is False and s.to_json()["verdict"] == "unchanged"
     (steady,) = speedups([_result("original", [2.0, 2.2, 2.1]), _result("folded", [1.0, 1.1, 1.0])])
     assert steady.steady and steady.verdict == "faster"
+
+
+@pytest.mark.parametrize(
+    ("folded_scale", "verdict"), [(1.0007, "unchanged"), (0.9993, "unchanged"), (1.05, "slower"), (0.95, "faster")]
+)
+def test_a_difference_below_one_percent_is_unchanged_even_with_a_tight_interval(
+    folded_scale: float, verdict: str
+) -> None:
+    """A model timed against itself (seen: every paired ratio 0.999x, steady) is not slower; 5 % is."""
+    original = [1.0 + 0.001 * i for i in range(40)]
+    folded = [t * folded_scale for t in original]
+    (s,) = speedups([_result("original", original), _result("folded", folded)])
+    assert s.steady and s.speedup_low is not None and s.speedup_high is not None
+    assert (s.speedup_low > 1.0 or s.speedup_high < 1.0) and s.verdict == verdict  # the interval excludes 1

@@ -20,8 +20,9 @@ class Speedup:
     ``speedup_low`` / ``speedup_high`` the 25th and 75th percentiles, so the headline always lies inside its
     interval. Without samples, the ratio of the p50 latencies and no interval. ``steady`` is False when on
     either side the median run took more than :data:`UNSTEADY` times the fastest (stalls: another process
-    took the cores); the numbers then say little. ``verdict`` is "faster" only when the timings were steady
-    and the whole interval lies above 1, "slower" when it lies below, else "unchanged".
+    took the cores); the numbers then say little. ``verdict`` is "faster" only when the timings were steady,
+    the whole interval lies above 1 and the median is at least :data:`NOTICEABLE` above it, "slower" likewise
+    below, else "unchanged" (a model timed against itself is not called slower for 0.1 %).
     """
 
     backend: str
@@ -41,7 +42,11 @@ class Speedup:
         high = self.speedup_high if self.speedup_high is not None else self.speedup_p50
         if not self.steady:
             return "unchanged"
-        return "faster" if low > 1.0 else "slower" if high < 1.0 else "unchanged"
+        if low > 1.0 and self.speedup_p50 >= 1.0 + NOTICEABLE:
+            return "faster"
+        if high < 1.0 and self.speedup_p50 <= 1.0 / (1.0 + NOTICEABLE):
+            return "slower"
+        return "unchanged"
 
     def unsteady_note(self) -> str | None:
         """What to say of timings that were not steady, or None."""
@@ -87,6 +92,10 @@ def speedups(results: Sequence[LatencyResult], baseline: str = "original", candi
             warnings.warn(note, RuntimeWarning, stacklevel=2)
     return out
 
+
+NOTICEABLE = 0.01
+"""A speedup or slowdown smaller than this (1 %) is "unchanged", whatever its interval: below what timings on
+a shared machine can tell apart."""
 
 UNSTEADY = 3.0
 """A median run slower than this many times the fastest run means the timings were disturbed."""
