@@ -41,7 +41,10 @@ def test_verify_passes_on_the_folded_model_and_writes_a_checkable_report(folded_
     assert done.returncode == 0, done.stdout + done.stderr
     data = json.loads(report.read_text())
     assert data["parity"]["passed"] and data["onnx"]["batchnorm_nodes"] == 0
-    assert run_cli("check", str(report), "--require-no-batchnorm").returncode == 0
+    assert data["fold"] == {} and data["onnx"]["format"] == "onnx"  # as README describes a verify report
+    checked = run_cli("check", str(report), "--require-no-batchnorm")
+    assert checked.returncode == 0 and "ok: parity passed" in checked.stdout
+    assert "BatchNorms folded" not in checked.stdout  # nothing was folded: no 0/0 count
 
 
 def test_verify_names_the_export_stage_for_a_perturbed_onnx_weight(folded_onnx: Path, tmp_path: Path) -> None:

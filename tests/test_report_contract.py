@@ -31,7 +31,7 @@ def documented_keys() -> dict[str, set[str]]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     table = text.split("## The report (`bnfold.report/1`)")[1].split("### The parity rule")[0]
     keys: dict[str, set[str]] = {}
-    for row in table.splitlines()[4:]:
+    for row in [line for line in table.splitlines() if line.startswith("| `")]:
         cells = row.split(" | ")
         where = [name.strip("`").removesuffix("[]") for name in re.findall(r"`[a-z_.0-9\[\]]+`", cells[0])]
         for name in where:

@@ -167,7 +167,7 @@ def check_report(
     ]
     if problems:
         return ReportCheck(path, False, "; ".join(dict.fromkeys(problems)))
-    return ReportCheck(path, True, _ok_reason(head))
+    return ReportCheck(path, True, _ok_reason(head, folded=report.fold is not None))
 
 
 def check_reports(
@@ -303,11 +303,12 @@ def _speedup_problems(head: Headline, required: float | None) -> list[str]:
     return []
 
 
-def _ok_reason(head: Headline) -> str:
-    parts = [
-        f"ok: {head.batchnorm_folded}/{head.batchnorm_found} BatchNorms folded",
-        f"parity passed (max abs err {_num(head.max_abs_err)})",
-    ]
+def _ok_reason(head: Headline, folded: bool = True) -> str:
+    """What passed; a ``verify`` report (nothing folded) has no BatchNorm count."""
+    parts = [f"parity passed (max abs err {_num(head.max_abs_err)})"]
+    if folded:
+        parts.insert(0, f"{head.batchnorm_folded}/{head.batchnorm_found} BatchNorms folded")
+    parts[0] = "ok: " + parts[0]
     speedup = head.speedup_text()
     if speedup:
         parts.append(f"speedup {speedup}")
