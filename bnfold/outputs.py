@@ -40,16 +40,22 @@ def check_plan(writes: Mapping[str, Path], reads: Mapping[str, Path]) -> None:
         for other, source in reads.items():
             if same_file(path, source):
                 raise OutputError(
-                    f"{label} {path} is {other} ({source}), which bnfold reads: choose another output path"
+                    f"{shown(label, path)} is {other} ({source}), which bnfold reads: choose another output path"
                 )
     labels = list(writes)
     for i, label in enumerate(labels):
         for other in labels[i + 1 :]:
             if same_file(writes[label], writes[other]):
                 raise OutputError(
-                    f"{other} {writes[other]} is the same file as {label} {writes[label]}: "
+                    f"{shown(other, writes[other])} is the same file as {shown(label, writes[label])}: "
                     "give each output its own name"
                 )
+
+
+def shown(label: str, path: Path) -> str:
+    """A labelled path in a message: ``-o out.onnx``, or ``the external data of -o out.onnx (out.onnx.data)``
+    for a file named by what it belongs to."""
+    return f"{label} ({path})" if label.startswith("the external data of") else f"{label} {path}"
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -68,7 +74,7 @@ def check_target(label: str, path: Path) -> None:
     directory = path.parent
     if not directory.is_dir():
         what = "does not exist; create it first" if not directory.exists() else "is not a directory"
-        raise OutputError(f"cannot write {label} {path}: the directory {directory} {what}")
+        raise OutputError(f"cannot write {shown(label, path)}: the directory {directory} {what}")
     limit = _name_max(directory)
     if len(os.fsencode(path.name)) > limit:
         raise OutputError(
@@ -80,12 +86,14 @@ def check_target(label: str, path: Path) -> None:
     except FileNotFoundError:
         mode = None
     except OSError as exc:
-        raise OutputError(f"{label} {path}: cannot write it ({one_line(exc)}): choose another output path") from None
+        raise OutputError(
+            f"{shown(label, path)}: cannot write it ({one_line(exc)}): choose another output path"
+        ) from None
     if mode is not None and stat.S_ISDIR(mode):
-        raise OutputError(f"{label} {path} is a directory: give a file name for the output")
+        raise OutputError(f"{shown(label, path)} is a directory: give a file name for the output")
     if mode is not None and not stat.S_ISREG(mode):
         raise OutputError(
-            f"{label} {path} exists and is not a regular file ({_kind(mode)}): bnfold only "
+            f"{shown(label, path)} exists and is not a regular file ({_kind(mode)}): bnfold only "
             "replaces regular files; choose another output path"
         )
 

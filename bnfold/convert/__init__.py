@@ -157,6 +157,7 @@ def convert(
     with saved_inputs.directory(config.save_inputs):
         writes = targets.writes()
         check_plan(writes, {**plan.model_reads("the input file itself", source), **plan.option_reads(config)})
+        plan.check_report_name(config.report)
         require_providers(config.providers)
         with OutputSet(list(writes.values())) as outputs, captured_logs() as logs:
             with stages.stage("load", f"loading {source or 'the model'}"):
@@ -227,10 +228,10 @@ def _export_again(run: Run, converted: Converted, report: Report) -> Saved:
 def _bench(run: Run, converted: Converted, report: Report, folded: Path) -> None:
     """The latency stage: ``report.latency`` and ``report.speedup``, the folded model timed from ``folded``."""
     ignored = ignored_batches(converted, run.inputs, run.config.batches)
-    if ignored:
-        report.warnings.append(ignored)
-        run.stages.note(ignored)
     with run.stages.stage("latency", "measuring latency"), caught_warnings() as skipped:
+        if ignored:  # said as the latency stage starts, under its name
+            report.warnings.append(ignored)
+            run.stages.note(ignored)
         report.latency, report.speedup = bench_stage(
             run.loaded, converted, run.inputs, run.config.timing, folded, run.stages.steps
         )

@@ -88,11 +88,11 @@ def convert_writes(
     default path by what it is. A ``.data`` file is reserved even when the model ends up as one file: a
     previous run's is then removed, as it belongs to the previous set."""
     output = "-o" if "-o" in named else "the ONNX output"
-    writes = {output: onnx_path, f"the external data of {output}": data_file(onnx_path)}
+    writes = {output: onnx_path, f"the external data of {output} {onnx_path}": data_file(onnx_path)}
     writes.update(report_writes(report, "--report" if "--report" in named else "the JSON report"))
     if optimized is not None:
         writes["--save-optimized"] = optimized
-        writes["the external data of --save-optimized"] = data_file(optimized)
+        writes[f"the external data of --save-optimized {optimized}"] = data_file(optimized)
     return writes
 
 
@@ -100,12 +100,17 @@ def report_writes(report: Path | None, label: str = "--report") -> dict[str, Pat
     """The JSON report (as ``label``) and its Markdown and HTML companions, by label."""
     if report is None:
         return {}
-    if Path(report).suffix.lower() != ".json":
+    markdown, html = companion_paths(report)
+    return {label: report, "the Markdown report": markdown, "the HTML report": html}
+
+
+def check_report_name(report: Path | None, label: str = "--report") -> None:
+    """A JSON report's path ends in ``.json`` (its ``.md`` and ``.html`` are named from it); checked after the
+    plan, which says first what a path would overwrite."""
+    if report is not None and Path(report).suffix.lower() != ".json":
         raise OutputError(
             f"{label} {report}: the report is JSON, with its .md and .html beside it; give a path ending in .json"
         )
-    markdown, html = companion_paths(report)
-    return {label: report, "the Markdown report": markdown, "the HTML report": html}
 
 
 def model_reads(what: str, path: Path | None) -> dict[str, Path]:

@@ -160,6 +160,7 @@ def verify_and_report(
     }
     with saved_inputs.directory(config.save_inputs):
         check_plan(writes, {**reads, **plan.option_reads(config)})
+        plan.check_report_name(report_path)
         with OutputSet(list(writes.values())) as outputs:
             result = verify_pair(original_path, candidate_path, config, progress, outputs)
             if writes:
