@@ -33,7 +33,7 @@ from fold_models import (
 )
 from test_fold_computed_weights import BatchNormStdConv
 from test_fold_inplace import InPlaceMobileOne, InPlaceRepVGG
-from test_fold_rules_moves import BNUpConv, ChannelSlice, Chomp, FlattenToBN1d
+from test_fold_rules_moves import BNCircularConv, BNUpConv, ChannelSlice, Chomp, FlattenToBN1d
 from torch import nn
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -234,6 +234,7 @@ def _entries() -> list[Entry]:
             lambda: (_seq(nn.BatchNorm2d(4), nn.Dropout2d(0.2), nn.Conv2d(4, 5, 3), seed=32), (image(2, 4),)),
         ),
         ("bn_upsample_conv", lambda: (randomise(BNUpConv(), seed=37), (image(2, 3),))),
+        ("bn_conv_circular", lambda: (randomise(BNCircularConv(), seed=40), (image(2, 3),))),  # slices + Concats
         (
             "frozen_bn_after_relu",
             lambda: (nn.Sequential(nn.ReLU(), FrozenBatchNorm2d(3), nn.Conv2d(3, 4, 3)).eval(), (image(2, 3),)),

@@ -110,6 +110,30 @@ class BNTokenLinear(nn.Module):
         return self.linear(self.bn(x.reshape(-1, c)).reshape(n, length, c))
 
 
+class BNCircularConv(nn.Module):
+    """A circular pad: the TorchScript exporter writes it as slices of the BN's output joined by Concats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.bn(x))
+
+
+class BNJoinedConv(nn.Module):
+    """The BN's output joined along the width with another value: the joined map is no copy of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.bn(x), x], 3))
+
+
 class ChannelSlice(nn.Module):
     """Half of a conv's channels into a BN: the slice cuts the channel axis."""
 
@@ -153,6 +177,7 @@ FOLDS = [
     (BNSliceConv, (2, 4, 12), "backward", ["conv"]),
     (BNUpConv, (2, 3, 6, 6), "backward", ["conv"]),
     (BNTokenLinear, (2, 6, 5), "backward", ["linear"]),
+    (BNCircularConv, (2, 3, 6, 6), "backward", ["conv"]),
 ]
 REFUSED = [
     (ChannelSlice, (2, 3, 8, 8), "not_whole"),
@@ -222,3 +247,11 @@ def test_a_move_that_cuts_or_mixes_the_channels_is_refused_alike(
         assert_matches(found[0].module(x), reference(model, (x,)))
     (actual,) = run_onnx(found[-1].model, (x,))
     np.testing.assert_allclose(actual.double().numpy(), reference(model, (x,)).numpy(), rtol=1e-4, atol=1e-5)  # type: ignore[union-attr]
+
+
+def test_a_bn_joined_with_another_value_does_not_fold_backward() -> None:
+    model = randomise(BNJoinedConv(), seed=7)
+    x = randn(2, 3, 6, 6, seed=1)
+    for result in [fold(model, (x,))] + [fold_onnx(_onnx(model, x, export)) for export in EXPORTS]:
+        (record,) = result.records
+        assert (record.action, kinds(record.reason)) == ("affine", ["no_weights", "joined"]), record.reason

@@ -19,6 +19,7 @@ TEMPLATES: dict[str, str] = {
     "zero_padding": "{layer} pads its input with zeros ({padding}): folded backward, the shift would be missing "
     "at the border",
     "model_output": "its output is a model output",
+    "joined": "{node} joins its output with other values",
     "not_whole": "{node} does not keep the channel axis whole (it slices, merges, splits or resizes it)",
     "shape_unknown": "the shapes around {node} are unknown",
     "pad_values": "{pad} pads with {mode} values: folding backward would change the border",

@@ -5,8 +5,9 @@
 
 (α is 1 except for a Gemm, which scales its product by α). Pattern: y is read only by convs and linear
 layers (on their data input, along the channels they read), directly or through moves (permutes, slices
-along other axes, reshapes keeping the channel axis whole, ...: :mod:`.graph`) and through pads that copy
-values (reflect, replicate/edge, circular/wrap): these commute with a per-channel affine. Check:
+along other axes, reshapes keeping the channel axis whole, ...: :mod:`.graph`), through pads that copy
+values (reflect, replicate/edge, circular/wrap) and through a concatenation along another axis of copies
+of y alone (a circular pad written as slices and a Concat): these commute with a per-channel affine. Check:
 every output position of a conv sees the whole kernel over real input, so a conv must not pad with zeros (a
 padded border would see 0, not t, and the bias would be wrong there); a transposed conv spreads a constant
 unevenly over its output, so it never qualifies; no pad along the channel axis; y is no model output; the
@@ -16,7 +17,7 @@ y reads x.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic
 
 import torch
@@ -29,7 +30,7 @@ from bnfold.fold.rules.graph import Affine, FoldGraph, FoldLayer, Match, N, Plan
 def match(graph: FoldGraph[N, V], affine: Affine[N, V]) -> Match:
     """The backward fold of ``affine`` into every layer that reads its output, or why there is none."""
     channels = affine.scale.numel()
-    found = _Consumers(graph, channels).of(affine.output, affine.axis)
+    found = _Consumers(graph, channels, affine.output, affine.axis).of(affine.output, affine.axis)
     if isinstance(found, str):
         return found
     layers = found
@@ -54,6 +55,9 @@ def _into_layer(layer: FoldLayer, scale: torch.Tensor, shift: torch.Tensor) -> N
 class _Consumers(Generic[N, V]):
     graph: FoldGraph[N, V]
     channels: int
+    source: V  # the affine's output
+    axis: int  # its channel axis
+    joined: list[N] = field(default_factory=list)  # the concatenations of copies already followed
 
     def of(self, value: V, axis: int) -> list[FoldLayer] | str:
         """Every layer reached from ``value`` (the affine along ``axis``), or why one cannot take it."""
@@ -75,6 +79,8 @@ class _Consumers(Generic[N, V]):
             if isinstance(mapped, str):
                 return mapped
             return self.of(g.output(node), mapped)
+        if g.pass_through(node) == "concat":
+            return self.concat(node, axis)
         pad = g.pad(node)
         if pad is not None:
             if slot != 0:
@@ -88,6 +94,37 @@ class _Consumers(Generic[N, V]):
             return self.of(g.output(node), axis)
         found = self.layer(node, slot, axis)
         return found if isinstance(found, str) else [found]
+
+    def concat(self, node: N, axis: int) -> list[FoldLayer] | str:
+        """A concatenation along another axis of pieces that are all copies of the affine's output (a circular
+        pad written as slices and a Concat): a move of it, followed once."""
+        g = self.graph
+        rank = g.rank(g.output(node))
+        if rank is None or g.concat_axis(node) % rank == axis:
+            return reason("not_a_layer", node=g.label(node))
+        if not all(self.copies(piece, axis) for piece in g.inputs(node)):
+            return reason("joined", node=g.label(node))
+        if node in self.joined:
+            return []  # reached again through another of its pieces
+        self.joined.append(node)
+        return self.of(g.output(node), axis)
+
+    def copies(self, value: V, axis: int, depth: int = 0) -> bool:
+        """Whether ``value`` is the affine's output moved or joined to copies of itself, its channel axis now
+        ``axis``."""
+        g = self.graph
+        if value == self.source:
+            return axis == self.axis
+        node = g.producer(value)
+        if node is None or depth >= 8:
+            return False
+        kind = g.pass_through(node)
+        if kind == "concat":
+            rank = g.rank(value)
+            along = rank is None or g.concat_axis(node) % rank == axis
+            return not along and all(self.copies(piece, axis, depth + 1) for piece in g.inputs(node))
+        found = g.source_axis(node, axis) if kind == "move" else "not a move"
+        return not isinstance(found, str) and self.copies(g.inputs(node)[0], found, depth + 1)
 
     def layer(self, node: N, slot: int, axis: int) -> FoldLayer | str:
         g = self.graph
