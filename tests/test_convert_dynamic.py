@@ -13,6 +13,7 @@ import torch
 from conftest import MODELS
 from torch import nn
 
+import bnfold
 from bnfold.cli import main
 
 
@@ -140,6 +141,16 @@ def test_names_can_be_set(weights: Path, capfd: pytest.CaptureFixture[str]) -> N
     report = json.loads(Path("net.report.json").read_text())
     assert report["model"]["inputs"][0]["name"] == "pixels"
     assert {c["output"] for c in report["parity"]["checks"]} == {"logits"}
+
+
+def test_an_input_keeps_the_name_of_its_argument_where_it_shadows_a_builtin(tmp_path: Path) -> None:
+    """``nn.Sequential.forward(input)``: fx renames the argument ``input_1`` (``input`` is a builtin); the ONNX
+    input is still ``input``, as the dynamo exporter names it."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).eval()
+    config = bnfold.ConvertConfig(output=tmp_path / "m.onnx", bench=False, write_reports=False)
+    bnfold.convert(model, config, example_inputs=(torch.randn(2, 4),))
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.shape) for i in session.get_inputs()] == [("input", ["batch", 4])]
 
 
 @pytest.mark.parametrize(

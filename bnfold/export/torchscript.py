@@ -49,7 +49,7 @@ def export_torchscript(
             f"{computed.name} takes a size computed from a dynamic dimension, which the TorchScript exporter "
             "would write as the example's size"
         )
-    names_in, names_out = [n.name for n in placeholders], [n.name for n in outputs]
+    names_in, names_out = [_input_name(n) for n in placeholders], [n.name for n in outputs]
     dynamic = _dynamic_axis_names(placeholders, outputs)
     options = dict(opset_version=opset, input_names=names_in, output_names=names_out, dynamic_axes=dynamic or None)
     if weights_file is not False:
@@ -224,11 +224,16 @@ def _dynamic_axis_names(placeholders: list[fx.Node], outputs: list[fx.Node]) -> 
     names: dict[str, str] = {}
     for node in placeholders:
         for axis, symbol in _symbolic_dims(node).items():
-            names.setdefault(symbol, "batch" if axis == 0 else f"{node.name}_dim{axis}")
+            names.setdefault(symbol, "batch" if axis == 0 else f"{_input_name(node)}_dim{axis}")
     axes = {}
     for node in [*placeholders, *outputs]:
-        symbols = _symbolic_dims(node).items()
-        dims = {axis: names.setdefault(symbol, f"{node.name}_dim{axis}") for axis, symbol in symbols}
+        name = _input_name(node) if node.op == "placeholder" else node.name
+        dims = {axis: names.setdefault(symbol, f"{name}_dim{axis}") for axis, symbol in _symbolic_dims(node).items()}
         if dims:
-            axes[node.name] = dims
+            axes[name] = dims
     return axes
+
+
+def _input_name(node: fx.Node) -> str:
+    """An input's name: the forward's argument (``input``), which fx renames where it shadows a builtin."""
+    return str(node.target)
