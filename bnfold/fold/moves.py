@@ -12,7 +12,7 @@ does not). The forward and backward rules move an affine across them (:mod:`bnfo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -119,21 +119,26 @@ def _squeezed(node: fx.Node, before: Sequence[Any], axis: int) -> bool:
 
 
 def reshaped(before: Sequence[Any], after: Sequence[Any]) -> Axes:
-    """For each axis of a reshape's output, the input axis it is whole (the same length, and the same
-    number of elements before it or after it, so each element keeps its index along it), or None."""
-    found: Axes = []
-    for a, length in enumerate(after):
-        match = [
-            b
-            for b, other in enumerate(before)
-            if _equal(other, length)
-            and (
-                _equal(math.prod(before[:b]), math.prod(after[:a]))
-                or _equal(math.prod(before[b + 1 :]), math.prod(after[a + 1 :]))
-            )
-        ]
-        found.append(match[0] if match else None)
-    return found
+    """:func:`whole_axes` of a reshape of sizes known to torch.export (ints or symbols)."""
+    return whole_axes(before, after, _equal, lambda a, b: _equal(math.prod(a), math.prod(b)))
+
+
+def whole_axes(
+    before: Sequence[Any],
+    after: Sequence[Any],
+    same_size: Callable[[Any, Any], bool],
+    same_count: Callable[[Sequence[Any], Sequence[Any]], bool],
+) -> Axes:
+    """For each axis of a reshape's output, the input axis it keeps whole, or None: the same length, and as
+    many elements before it or after it (then each element keeps its index along it). ``same_size`` and
+    ``same_count`` say whether two sizes, and two runs of sizes, are known to be equal."""
+
+    def whole(a: int, b: int) -> bool:
+        if not same_size(before[b], after[a]):
+            return False
+        return same_count(before[:b], after[:a]) or same_count(before[b + 1 :], after[a + 1 :])
+
+    return [next((b for b in range(len(before)) if whole(a, b)), None) for a in range(len(after))]
 
 
 def _shape_of(value: Any) -> tuple[Any, ...] | None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
+from bnfold.fold.moves import whole_axes
 from bnfold.fold.onnx._graph import Graph, attribute, label
 from bnfold.fold.reasons import reason
 
@@ -127,19 +128,12 @@ def _resized(node: onnx.NodeProto, before: Dims, operands: Sequence[np.ndarray |
 
 
 def reshaped(before: Dims, after: Dims) -> Axes:
-    """For each axis of a reshape's output, the input axis it is whole (the same length, and the same
-    elements before it or after it, so each element keeps its index along it), or None. Symbolic
-    dimensions compare by name: ``batch×8×64`` and ``unk×8×64`` share the ``8``, their tails being alike."""
-
-    def whole(a: int, b: int) -> bool:
-        if before[b] is None or before[b] != after[a]:
-            return False
-        return _same(before[:b], after[:a]) or _same(before[b + 1 :], after[a + 1 :])
-
-    return [next((b for b in range(len(before)) if whole(a, b)), None) for a in range(len(after))]
+    """:func:`bnfold.fold.moves.whole_axes` of a reshape whose sizes shape inference gave: symbolic sizes
+    compare by name (``batch×8×64`` and ``unk×8×64`` share the ``8``, their tails being alike)."""
+    return whole_axes(before, after, lambda a, b: a is not None and a == b, _same)
 
 
-def _same(first: Dims, second: Dims) -> bool:
+def _same(first: Sequence[int | str | None], second: Sequence[int | str | None]) -> bool:
     """Whether two runs of dimensions hold as many elements: equal products of their known sizes and the same
     symbolic names (any unknown dimension: not known to be the same)."""
     if None in first or None in second:
