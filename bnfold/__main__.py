@@ -1,3 +1,3 @@
-from bnfold.cli import main
+from bnfold._launch import main
 
 main()

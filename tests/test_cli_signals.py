@@ -3,12 +3,14 @@ consistent (the report still describes the ONNX file beside it)."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,25 @@ def test_a_ctrl_c_while_the_libraries_load_is_an_interruption_not_a_traceback(tm
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and err == "Interrupted (SIGINT).\n", err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_while_a_compiled_library_loads_is_acted_on_once_it_has_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception raised inside the import of a library with compiled code can abort the process (seen:
+    SIGABRT, SIGSEGV from torch's) or leave it half-initialised: the interruption waits for the import."""
+    from bnfold.cli import _app
+
+    spec = importlib.machinery.ModuleSpec("numpy._being_imported", None)
+    spec._initializing = True  # type: ignore[attr-defined]  # what importlib sets while a module executes
+    module = types.ModuleType(spec.name)
+    module.__spec__ = spec
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    with _app._signals_unwind():
+        _app._on_signal(signal.SIGINT, None)  # returns: the import is still running
+        assert _app._received == [signal.SIGINT]
+        spec._initializing = False  # type: ignore[attr-defined]
+        with pytest.raises(_app.Interrupted):
+            time.sleep(2)  # the retry finds the import done, and raises
+    with _app._signals_unwind(), pytest.raises(_app.Interrupted):  # control: no import running, raised at once
+        _app._on_signal(signal.SIGINT, None)

@@ -52,7 +52,49 @@ class Interrupted(BaseException):
 def _on_signal(signum: int, _frame: Any) -> None:
     for other in _SIGNALS:  # a second Ctrl-C must not cut the clean-up short
         signal.signal(other, signal.SIG_IGN)
+    _received.append(signum)
+    if _native_import_running():  # an exception inside it can abort the process: raise once it is done
+        for other in _SIGNALS:  # ... unless the user insists
+            signal.signal(other, _leave_now)
+        signal.signal(signal.SIGALRM, _when_imported)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return
     raise Interrupted(signum)
+
+
+def _when_imported(_signum: int, _frame: Any) -> None:
+    if _native_import_running():
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return
+    for other in _SIGNALS:
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(_received[0])
+
+
+def _leave_now(signum: int, _frame: Any) -> None:
+    """A second signal while a library still loads: nothing has been written yet; leave at once."""
+    sys.stderr.write(f"Interrupted ({signal.Signals(_received[0]).name}).\n")
+    sys.stderr.flush()
+    os._exit(128 + _received[0])
+
+
+NATIVE = ("torch", "numpy", "onnx", "onnxruntime", "onnxscript", "onnx_ir", "ml_dtypes", "safetensors")
+"""Libraries with compiled extensions: an exception raised while one is being imported can leave it
+half-initialised (a later import fails) or abort the process from its C++ code."""
+
+
+def _native_import_running() -> bool:
+    """Whether one of :data:`NATIVE` (or a module of it) is being imported in this thread right now."""
+    return any(
+        getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for name, module in list(sys.modules.items())
+        if name.partition(".")[0] in NATIVE
+    )
+
+
+_received: list[int] = []
+"""The signals that arrived: an error raised after one is its consequence (a library whose import was cut
+short raises ImportError), and the run ends as interrupted."""
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -65,11 +107,13 @@ def _signals_unwind() -> Any:
         yield
         return
     previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    _received.clear()  # this command's signals only
     for s in _SIGNALS:
         signal.signal(s, _on_signal)
     try:
         yield
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -118,31 +162,43 @@ def _one_line(text: str) -> str:
 
 
 def _run(args: list[str], debug: bool) -> int:
-    from bnfold.outputs import out_of_space_said
-
     try:
+        from bnfold.outputs import out_of_space_said
+
+        if not debug:
+            _quiet_libraries()
         with out_of_space_said():
             code: Any = cli.main(args=args, prog_name="bnfold", standalone_mode=False)
-    except Interrupted as exc:
-        click.echo(f"Interrupted ({exc}).", err=True)
-        return 128 + exc.signum
-    except BnfoldError as exc:
+    except BaseException as exc:  # noqa: BLE001 - each way a command ends, sorted in _ended; bugs re-raised
+        return _ended(exc, args, debug)
+    return code if isinstance(code, int) else EXIT_OK
+
+
+def _ended(exc: BaseException, args: list[str], debug: bool) -> int:
+    """The exit code of a command that raised ``exc``: an interruption (or what a signal cut short raised: an
+    import stopped half-way raises ImportError) 128 + the signal, user errors and usage mistakes one line
+    and 2; anything else is a bug and keeps its traceback."""
+    if isinstance(exc, Interrupted) or _received:
+        signum = exc.signum if isinstance(exc, Interrupted) else _received[0]
+        click.echo(f"Interrupted ({signal.Signals(signum).name}).", err=True)
+        return 128 + signum
+    if isinstance(exc, BnfoldError):
         return _user_error(exc, debug)
-    except click.exceptions.Exit as exc:
+    if isinstance(exc, click.exceptions.Exit):
         return exc.exit_code
-    except click.exceptions.NoArgsIsHelpError as exc:  # `bnfold` alone: the help, as asked
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # `bnfold` alone: the help, as asked
         exc.show()
         return EXIT_USAGE
-    except click.UsageError as exc:
+    if isinstance(exc, click.UsageError):
         click.echo(usage_error_line(exc, args), err=True)
         return EXIT_USAGE
-    except click.ClickException as exc:
+    if isinstance(exc, click.ClickException):
         click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
         return EXIT_USAGE
-    except click.exceptions.Abort:
+    if isinstance(exc, click.exceptions.Abort):
         click.echo("Aborted.", err=True)
         return EXIT_USAGE
-    return code if isinstance(code, int) else EXIT_OK
+    raise exc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,8 +206,6 @@ def main(argv: list[str] | None = None) -> None:
     traceback; SIGINT and SIGTERM exit 130 and 143 once the staging folders are removed."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("BNFOLD_DEBUG") == "1"
-    if not debug:
-        _quiet_libraries()
     with _signals_unwind():
         code = _run(args, debug)
     sys.exit(code)
