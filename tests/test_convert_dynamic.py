@@ -3,6 +3,7 @@ what else is dynamic, a torch.export archive keeps its own, and names come from 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -141,6 +142,40 @@ def test_names_can_be_set(weights: Path, capfd: pytest.CaptureFixture[str]) -> N
     report = json.loads(Path("net.report.json").read_text())
     assert report["model"]["inputs"][0]["name"] == "pixels"
     assert {c["output"] for c in report["parity"]["checks"]} == {"logits"}
+
+
+class FixedBatchReshape(nn.Module):
+    """``reshape(2, C, -1)``: the model's code needs a batch of 2 (at 4 it would mix the batch into the
+    length), so torch.export fixes the batch the trace was asked to keep dynamic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 1)
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x).reshape(2, 4, -1))
+
+
+def test_a_batch_the_trace_fixed_is_fixed_in_the_onnx_file_and_said(tmp_path: Path) -> None:
+    """The fold is right for the traced batch only: the ONNX file must not take another (it took batch 4,
+    1.19 off), and the report says why."""
+    torch.manual_seed(0)
+    model = FixedBatchReshape().eval()
+    with torch.no_grad():
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.normal_()
+    x = torch.randn(2, 3, 6)
+    config = bnfold.ConvertConfig(output=tmp_path / "m.onnx", bench=False)
+    report = bnfold.convert(model, config, example_inputs=(x,)).report
+    assert report.parity is not None and report.parity.passed
+    assert any("stays fixed at 2" in note for note in report.model.notes)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [2, 3, 6]
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = copy.deepcopy(model).double()(x.double()).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_an_input_keeps_the_name_of_its_argument_where_it_shadows_a_builtin(tmp_path: Path) -> None:

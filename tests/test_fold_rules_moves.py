@@ -14,11 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fold_models import assert_matches, randn, randomise, reference, run_onnx
+from onnx import helper, numpy_helper
 from torch import nn
 
 from bnfold.export import quiet
 from bnfold.fold import fold
 from bnfold.fold.onnx import fold_onnx
+from bnfold.fold.onnx.testing import run_onnx as run_onnx_feeds
 from bnfold.fold.reasons import kinds
 
 
@@ -67,6 +69,16 @@ class TokenBN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, length, _ = x.shape
         return self.bn(self.linear(x).reshape(-1, 7)).reshape(n, length, 7)
+
+
+class Narrowed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3)
+        self.bn = nn.BatchNorm1d(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x).narrow(2, 1, 5))
 
 
 class NearestUp(nn.Module):
@@ -174,6 +186,7 @@ FOLDS = [
     (UnsqueezeToBN2d, (2, 4, 9), "forward", ["conv"]),
     (TokenBN, (2, 6, 5), "forward", ["linear"]),
     (NearestUp, (2, 3, 8, 8), "forward", ["conv"]),
+    (Narrowed, (2, 4, 12), "forward", ["conv"]),
     (BNSliceConv, (2, 4, 12), "backward", ["conv"]),
     (BNUpConv, (2, 3, 6, 6), "backward", ["conv"]),
     (BNTokenLinear, (2, 6, 5), "backward", ["linear"]),
@@ -255,3 +268,33 @@ def test_a_bn_joined_with_another_value_does_not_fold_backward() -> None:
     for result in [fold(model, (x,))] + [fold_onnx(_onnx(model, x, export)) for export in EXPORTS]:
         (record,) = result.records
         assert (record.action, kinds(record.reason)) == ("affine", ["no_weights", "joined"]), record.reason
+
+
+def test_a_cropping_resize_is_no_move() -> None:
+    """``tf_crop_and_resize`` writes its ``extrapolation_value`` where the region reaches past the input: a
+    constant, not a copy, so a BN on either side of it does not commute with it."""
+    rng = np.random.default_rng(0)
+    values = {
+        "W": rng.standard_normal((4, 3, 3, 3)),
+        "roi": np.array([0, 0, -0.5, -0.5, 1, 1, 1.5, 1.5]),
+        "scales": np.array([1, 1, 2, 2]),
+        **{name: rng.standard_normal(4) for name in ("g", "b", "m")},
+        "v": rng.uniform(0.2, 2, 4),
+    }
+    initializers = [numpy_helper.from_array(v.astype(np.float32), name) for name, v in values.items()]
+    crop = {"mode": "nearest", "coordinate_transformation_mode": "tf_crop_and_resize", "extrapolation_value": 0.0}
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["y"]),
+        helper.make_node("Resize", ["y", "roi", "scales"], ["r"], **crop),
+        helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["out"]),
+    ]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    out = helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 4, 12, 12])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [out], initializers))
+    model.opset_import[0].version = 18
+    result = fold_onnx(model)
+    (record,) = result.records
+    assert (record.action, kinds(record.reason)) == ("affine", ["no_weights", "model_output"]), record.reason
+    feeds = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    expected = [np.asarray(v, np.float64) for v in run_onnx_feeds(model, feeds)]
+    np.testing.assert_allclose(run_onnx_feeds(result.model, feeds)[0], expected[0], rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ from typing import Any
 import onnx
 import torch
 from torch import fx, nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils import _pytree as pytree
 
 from bnfold.errors import ExportError, one_line
@@ -190,7 +191,13 @@ def _symbolic_dims(node: fx.Node) -> dict[int, str]:
     value = node.meta.get("val")
     if not isinstance(value, torch.Tensor):
         return {}
-    return {i: str(d) for i, d in enumerate(value.shape) if isinstance(d, torch.SymInt)}
+    return {i: str(d) for i, d in enumerate(value.shape) if is_symbolic(d)}
+
+
+def is_symbolic(size: Any) -> bool:
+    """Whether a size is a free symbol torch.export kept dynamic; a SymInt the trace fixed (the model's code
+    needed that size: ``reshape(2, ...)``) is a constant."""
+    return isinstance(size, torch.SymInt) and not is_concrete_int(size)
 
 
 SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)

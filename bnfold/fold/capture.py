@@ -68,15 +68,39 @@ def _export_dynamic(
 ) -> torch.export.ExportedProgram:
     dynamic = batch_dynamic_shapes(inputs, axes) if any(axes) else None
     widened = widened_inputs(inputs, axes)
+    program = None
     if widened is not None:
         try:
-            return _export(model, widened, dynamic)
+            program = _export(model, widened, dynamic)
         except (InputSpecError, TraceError):
             notes.append(
                 "the model does not take the example repeated along its dynamic axes: traced with "
                 "the example as given, so axes of size 1 stay fixed"
             )
-    return _export(model, inputs, dynamic)
+    program = program or _export(model, inputs, dynamic)
+    notes += fixed_by_trace(program, axes)
+    return program
+
+
+def fixed_by_trace(program: torch.export.ExportedProgram, axes: DynamicAxes) -> list[str]:
+    """A note for each dimension asked to stay dynamic that the trace fixed (the model's code needs that size,
+    ``x.reshape(2, ...)``): the folded model and its ONNX file take that size only."""
+    from bnfold.export.torchscript import is_symbolic
+
+    users = set(program.graph_signature.user_inputs)
+    values = [n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and n.name in users]
+    notes = []
+    for index, (value, wanted) in enumerate(zip(values, axes, strict=False)):
+        if not isinstance(value, torch.Tensor):
+            continue
+        for axis in wanted:
+            if not is_symbolic(value.shape[axis]):
+                size = int(value.shape[axis])
+                notes.append(
+                    f"dimension {axis} of input {index} stays fixed at {size}: the model's code needs that size "
+                    "(torch.export could not keep it dynamic), so the folded model takes that size only"
+                )
+    return notes
 
 
 def widened_inputs(inputs: tuple[Any, ...], axes: DynamicAxes) -> tuple[Any, ...] | None:

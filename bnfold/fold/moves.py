@@ -24,7 +24,7 @@ from bnfold.fold.reasons import reason
 
 aten = torch.ops.aten
 
-SLICES = {aten.slice.Tensor}
+SLICES = {aten.slice.Tensor, aten.narrow.default}
 UNSQUEEZES = {aten.unsqueeze.default}
 SQUEEZES = {aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims}
 RESHAPES = {
@@ -103,7 +103,12 @@ def _permuted(node: fx.Node, rank: int) -> Axes:
 def _sliced(node: fx.Node, before: Sequence[Any]) -> Axes:
     args = arguments(node)
     dim = int(args["dim"]) % len(before)
-    start, end, step = args["start"], args["end"], args["step"]
+    if node.target == aten.narrow.default:  # narrow(dim, start, length)
+        start, step = args["start"], 1
+        end = start + args["length"] if isinstance(start, int) and isinstance(args["length"], int) else None
+        end = end if end is not None else -1  # not known: not the whole axis
+    else:
+        start, end, step = args["start"], args["end"], args["step"]
     whole = start in (None, 0) and step == 1 and (end is None or _at_least(end, before[dim]))
     return [i if i != dim or whole else None for i in range(len(before))]
 

@@ -49,8 +49,13 @@ def target_axis(graph: Graph, node: onnx.NodeProto, axis: int) -> int | str:
 
 
 def is_move(node: onnx.NodeProto) -> bool:
-    """A move: one of :data:`MOVES` (a Resize only when nearest-neighbour: others mix values)."""
-    return node.op_type in MOVES and (node.op_type != "Resize" or _mode(node) == "nearest")
+    """A move: one of :data:`MOVES` (a Resize only when nearest-neighbour: others mix values; and not cropping,
+    which writes ``extrapolation_value`` where its region reaches past the input)."""
+    if node.op_type != "Resize":
+        return node.op_type in MOVES
+    crop = attribute(node, "coordinate_transformation_mode", b"half_pixel")
+    crop = crop.decode() if isinstance(crop, bytes) else str(crop)
+    return _mode(node) == "nearest" and crop != "tf_crop_and_resize"
 
 
 def _mode(node: onnx.NodeProto) -> str:
