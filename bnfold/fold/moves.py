@@ -103,10 +103,9 @@ def _permuted(node: fx.Node, rank: int) -> Axes:
 def _sliced(node: fx.Node, before: Sequence[Any]) -> Axes:
     args = arguments(node)
     dim = int(args["dim"]) % len(before)
-    if node.target == aten.narrow.default:  # narrow(dim, start, length)
-        start, step = args["start"], 1
-        end = start + args["length"] if isinstance(start, int) and isinstance(args["length"], int) else None
-        end = end if end is not None else -1  # not known: not the whole axis
+    if node.target == aten.narrow.default:  # narrow(dim, start, length); -1: an end not known, not the whole axis
+        start, length, step = args["start"], args["length"], 1
+        end = start + length if isinstance(start, int) and isinstance(length, int) else -1
     else:
         start, end, step = args["start"], args["end"], args["step"]
     whole = start in (None, 0) and step == 1 and (end is None or _at_least(end, before[dim]))
