@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 @click.option(
     "--report",
     type=click.Path(path_type=Path),
-    help="JSON report [default: <output stem>.report.json]; .md and .html beside it.",
+    help="JSON report, a path ending in .json [default: <output stem>.report.json]; .md and .html beside it.",
 )
 @shape_option
 @click.option(

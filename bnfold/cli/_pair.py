@@ -25,7 +25,11 @@ from bnfold.cli._options import (
 @cli.command(short_help="Check a candidate model against the original.")
 @click.argument("original", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
-@click.option("--report", type=click.Path(path_type=Path), help="Write the JSON report here (.md and .html beside it).")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    help="Write the JSON report here, a path ending in .json (.md and .html beside it).",
+)
 @shape_option
 @parity_options
 @providers_option("Execution providers: auto, cpu, cuda.")
