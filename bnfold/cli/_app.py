@@ -56,7 +56,7 @@ def _on_signal(signum: int, _frame: Any) -> None:
     if _native_import_running():  # an exception inside it can abort the process: raise once it is done
         for other in _SIGNALS:  # ... unless the user insists
             signal.signal(other, _leave_now)
-        signal.signal(signal.SIGALRM, _when_imported)
+        _waiting.append(signal.signal(signal.SIGALRM, _when_imported))
         signal.setitimer(signal.ITIMER_REAL, 0.05)
         return
     raise Interrupted(signum)
@@ -93,6 +93,7 @@ def _native_import_running() -> bool:
 
 
 _received: list[int] = []
+_waiting: list[Any] = []  # while a signal waits for an import: the SIGALRM handler the retry replaced
 """The signals that arrived: an error raised after one is its consequence (a library whose import was cut
 short raises ImportError), and the run ends as interrupted."""
 
@@ -113,7 +114,9 @@ def _signals_unwind() -> Any:
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        if _waiting:  # the retry armed for a library's import: disarmed, its handler put back
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, _waiting.pop())
         for s, handler in previous.items():
             signal.signal(s, handler)
 
